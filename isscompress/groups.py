@@ -1,0 +1,107 @@
+"""The one description of ISS groups, and their per-unit norms.
+
+Unit ``k`` of a :class:`GroupSet` is element ``start + k`` along ``axis`` of every member,
+for every ``start`` of that member. Regularisation, thresholding, shrinking and reporting
+all read this description, so they cannot disagree about which weights belong to a unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+ROLES = ("cell", "proj")
+
+
+@dataclass(frozen=True)
+class Member:
+    """Slices of one tensor along one axis: unit k owns ``start + k`` for each start."""
+
+    key: str
+    axis: int
+    starts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class GroupSet:
+    """All ISS groups of one layer, direction and role (cell units or projection outputs)."""
+
+    name: str
+    size: int
+    members: tuple[Member, ...]
+    layer: int
+    direction: int = 0
+    role: str = "cell"
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"GroupSet {self.name}: role must be one of {ROLES}, not {self.role!r}")
+        spans: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        for member in self.members:
+            for start in member.starts:
+                spans.setdefault((member.key, member.axis), []).append((start, start + self.size))
+        for (key, axis), ranges in spans.items():
+            ranges.sort()
+            for (_, end), (start, _) in zip(ranges, ranges[1:]):
+                if start < end:
+                    raise ValueError(
+                        f"GroupSet {self.name}: members overlap on {key} axis {axis}; "
+                        "each position may belong to a set only once"
+                    )
+
+    def overlaps(self) -> list[tuple[str, int, int]]:
+        """``(key, row_start, col_start)`` where a row member and a column member of the same
+        2-D tensor both contain element ``[row_start + k, col_start + k]`` for unit k.
+
+        Such elements (the diagonal of ``weight_hh`` gate blocks) are in unit k's group once.
+        """
+        rows = [m for m in self.members if m.axis == 0]
+        cols = [m for m in self.members if m.axis == 1]
+        return [
+            (r.key, rs, cs)
+            for r in rows
+            for c in cols
+            if r.key == c.key
+            for rs in r.starts
+            for cs in c.starts
+        ]
+
+
+def member_slice(tensor: Tensor, member: Member, start: int, size: int) -> Tensor:
+    """The ``size`` positions of ``member`` starting at ``start``, with the unit axis first."""
+    return tensor.narrow(member.axis, start, size).movedim(member.axis, 0)
+
+
+def _diagonal(tensor: Tensor, row: int, col: int, size: int) -> Tensor:
+    return tensor[row : row + size, col : col + size].diagonal()
+
+
+def unit_squared_norms(state: Mapping[str, Tensor], group_set: GroupSet) -> Tensor:
+    """Sum of squares of every weight in each unit's group (shared diagonal counted once)."""
+    size = group_set.size
+    total = None
+    for member in group_set.members:
+        tensor = state[member.key]
+        for start in member.starts:
+            part = member_slice(tensor, member, start, size).reshape(size, -1).pow(2).sum(1)
+            total = part if total is None else total + part
+    for key, row, col in group_set.overlaps():
+        total = total - _diagonal(state[key], row, col, size).pow(2)
+    if total is None:
+        raise ValueError(f"GroupSet {group_set.name} has no members")
+    return total.clamp_min(0)
+
+
+def unit_norms(state: Mapping[str, Tensor], group_set: GroupSet) -> Tensor:
+    """L2 norm of each unit's group, vectorised over units."""
+    with torch.no_grad():
+        return unit_squared_norms(state, group_set).sqrt()
+
+
+def all_unit_norms(state: Mapping[str, Tensor], group_sets: tuple[GroupSet, ...]) -> dict[str, Tensor]:
+    """Norms of every group set, by set name."""
+    return {gs.name: unit_norms(state, gs).detach().float().cpu() for gs in group_sets}
+

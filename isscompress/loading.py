@@ -1,0 +1,77 @@
+"""Load any supported checkpoint into the canonical layout, and build a runnable model from it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from .checkpoint import RawCheckpoint, read_checkpoint, sha256_file
+from .errors import CheckpointError
+from .families import detect_family, get_family
+from .groups import GroupSet
+from .model import RecurrentModel, build_model
+from .spec import ModelSpec, group_sets, infer_spec
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint in the canonical layout: where it came from, its architecture and its tensors."""
+
+    path: Path
+    family: str
+    spec: ModelSpec
+    state: dict[str, Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)  # our own metadata, when the file has it
+
+    @cached_property
+    def group_sets(self) -> tuple[GroupSet, ...]:
+        return group_sets(self.spec)
+
+    @cached_property
+    def sha256(self) -> str:
+        return sha256_file(self.path)
+
+    @property
+    def file_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    def model(self, dropout: float = 0.0) -> RecurrentModel:
+        """A runnable model sharing this checkpoint's tensors."""
+        return build_model(self.spec, self.state, dropout)
+
+
+def _canonical(raw: RawCheckpoint, family: str | None):
+    chosen = get_family(family) if family else detect_family(raw.tensors, str(raw.path))
+    try:
+        canonical = chosen.convert(raw)
+        spec = infer_spec(canonical.tensors, cell_hint=canonical.cell_hint, tied=canonical.tied)
+    except CheckpointError as err:
+        raise CheckpointError(f"{raw.path} ({chosen.name} layout): {err.message}", err.hint) from None
+    except (KeyError, IndexError) as err:
+        raise CheckpointError(f"{raw.path} does not have the {chosen.name} layout (missing {err}).",
+                              f"The {chosen.name} family expects: {chosen.expects}.") from None
+    return chosen.name, canonical, spec
+
+
+def load_checkpoint(path: str | os.PathLike, family: str | None = None) -> Checkpoint:
+    """Read, recognise and check a checkpoint (``family`` overrides auto-detection)."""
+    raw = read_checkpoint(path)
+    name, canonical, spec = _canonical(raw, family)
+    state = dict(canonical.tensors)
+    dtypes = {t.dtype for t in state.values()}
+    if len(dtypes) > 1:
+        raise CheckpointError(f"{raw.path} mixes dtypes {sorted(map(str, dtypes))}.",
+                              "Save every weight in one dtype.")
+    ours = raw.isscompress_metadata or {}
+    source_family = ours.get("family", name) if name == "isscompress" else name
+    return Checkpoint(raw.path, source_family, spec, state, ours)
+
+
+def load(path: str | os.PathLike, family: str | None = None, dropout: float = 0.0) -> RecurrentModel:
+    """A runnable ``nn.Module`` for any supported checkpoint, including shrunk ones."""
+    return load_checkpoint(path, family).model(dropout)

@@ -1,0 +1,71 @@
+"""Pure tensor surgery on ISS groups: zero the dropped units (mask) or remove them (shrink).
+
+Both read the same group sets and the same position rule, so
+``shrink(state, kept)`` computes exactly what ``mask(state, kept)`` computes.
+Shrinking gathers, per (tensor, axis), the union of dropped positions from every member of
+every set, then does one ``index_select``: removing member by member would shift the
+offsets of later members (the backward half of a bidirectional layer) and corrupt the model.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+from .groups import GroupSet, Member
+
+
+def dropped_units(group_set: GroupSet, kept: Tensor) -> Tensor:
+    """Indices of the units of ``group_set`` that are not in ``kept``."""
+    mask = torch.ones(group_set.size, dtype=torch.bool)
+    mask[kept.cpu()] = False
+    return mask.nonzero().squeeze(1)
+
+
+def _positions(member: Member, units: Tensor) -> Tensor:
+    return torch.cat([units + start for start in member.starts])
+
+
+def dropped_positions(
+    group_sets: tuple[GroupSet, ...], kept: Mapping[str, Tensor]
+) -> dict[tuple[str, int], Tensor]:
+    """Per (tensor key, axis): every position that belongs to a dropped unit of any set."""
+    gathered: dict[tuple[str, int], list[Tensor]] = defaultdict(list)
+    for group_set in group_sets:
+        dropped = dropped_units(group_set, kept[group_set.name])
+        for member in group_set.members:
+            gathered[(member.key, member.axis)].append(_positions(member, dropped))
+    return {where: torch.cat(parts).unique() for where, parts in gathered.items()}
+
+
+def mask_state_dict(
+    state: Mapping[str, Tensor],
+    group_sets: tuple[GroupSet, ...],
+    kept: Mapping[str, Tensor],
+    *,
+    in_place: bool = False,
+) -> dict[str, Tensor]:
+    """``state`` with every weight of every dropped unit set to zero (a copy unless ``in_place``)."""
+    masked = dict(state)
+    for (key, axis), positions in dropped_positions(group_sets, kept).items():
+        tensor = masked[key] if in_place else masked[key].clone()
+        with torch.no_grad():
+            tensor.index_fill_(axis, positions.to(tensor.device), 0)
+        masked[key] = tensor
+    return masked
+
+
+def shrink_state_dict(
+    state: Mapping[str, Tensor], group_sets: tuple[GroupSet, ...], kept: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """A new, smaller ``state`` with every dropped unit physically removed. Pure: inputs untouched."""
+    shrunk = dict(state)
+    for (key, axis), positions in dropped_positions(group_sets, kept).items():
+        tensor = shrunk[key]
+        keep = torch.ones(tensor.shape[axis], dtype=torch.bool)
+        keep[positions] = False
+        shrunk[key] = tensor.index_select(axis, keep.nonzero().squeeze(1).to(tensor.device))
+    return shrunk

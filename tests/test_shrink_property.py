@@ -1,0 +1,111 @@
+"""The contract: shrink(state, kept) computes exactly what mask(state, kept) computes."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings, strategies as st
+
+from isscompress.model import RecurrentModel, build_model, probe_inputs
+from isscompress.spec import LayerSpec, ModelSpec, check_shapes, group_sets, shrunk_spec
+from isscompress.surgery import mask_state_dict, shrink_state_dict
+from isscompress.groups import all_unit_norms
+from isscompress.thresholding import kept_counts, select_kept
+
+
+@st.composite
+def specs(draw) -> ModelSpec:
+    cell = draw(st.sampled_from(["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]))
+    n_layers = draw(st.integers(1, 3))
+    bidirectional = draw(st.booleans())
+    language_model = draw(st.booleans())
+    tied = language_model and draw(st.booleans())
+    widths = [draw(st.integers(2, 7)) for _ in range(n_layers)]
+    projs = [0] * n_layers
+    if cell == "LSTM" and draw(st.booleans()):
+        projs = [draw(st.integers(1, w - 1)) for w in widths]
+    directions = 2 if bidirectional else 1
+    first_input = draw(st.integers(1, 6))
+    if tied:
+        first_input = directions * (projs[-1] or widths[-1])
+    layers, input_size = [], first_input
+    for width, proj in zip(widths, projs):
+        layers.append(LayerSpec(input_size, width, proj))
+        input_size = directions * (proj or width)
+    return ModelSpec(cell=cell, layers=tuple(layers), bidirectional=bidirectional,
+                     vocab_size=draw(st.integers(3, 11)) if language_model else 0, tied=tied)
+
+
+def _random_kept(draw, spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """Kept units per group set, shape-legal: equal per direction, proj < hidden, never empty."""
+    kept = {}
+    for index, layer in enumerate(spec.layers):
+        hidden_keep = draw(st.integers(1, layer.hidden_size))
+        proj_keep = 0
+        if layer.proj_size:
+            proj_keep = draw(st.integers(1, layer.proj_size))
+            hidden_keep = max(hidden_keep, proj_keep + 1)
+        for direction in range(spec.directions):
+            name = f"layer{index}" + (".reverse" if direction else "")
+            perm = draw(st.permutations(range(layer.hidden_size)))
+            kept[name] = torch.tensor(sorted(perm[:hidden_keep]))
+            if layer.proj_size:
+                perm = draw(st.permutations(range(layer.proj_size)))
+                kept[f"{name}.proj"] = torch.tensor(sorted(perm[:proj_keep]))
+    return kept
+
+
+def _outputs(model: RecurrentModel, inputs: torch.Tensor) -> torch.Tensor:
+    """Two consecutive chunks with the hidden state carried over."""
+    with torch.no_grad():
+        first, hidden = model(inputs)
+        second, _ = model(inputs.flip(0), hidden)
+    return torch.cat([first, second])
+
+
+def _output_columns(spec: ModelSpec, kept: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Where the kept outputs of a bare stack's last layer sit in the full-width output."""
+    last = len(spec.layers) - 1
+    out = spec.layers[-1].out_size
+    suffix = ".proj" if spec.layers[-1].proj_size else ""
+    names = [f"layer{last}{'.reverse' if d else ''}{suffix}" for d in range(spec.directions)]
+    return torch.cat([kept[name] + d * out for d, name in enumerate(names)])
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_shrunk_model_equals_masked_model(data) -> None:
+    spec = data.draw(specs())
+    torch.manual_seed(data.draw(st.integers(0, 2**16)))
+    state = RecurrentModel(spec).double().canonical_state()
+    sets = group_sets(spec)
+    kept = _random_kept(data.draw, spec)
+
+    masked = build_model(spec, mask_state_dict(state, sets, kept))
+    small_spec = shrunk_spec(spec, kept_counts(kept))
+    shrunk_state = shrink_state_dict(state, sets, kept)
+    check_shapes(shrunk_state, small_spec)
+    shrunk = build_model(small_spec, shrunk_state)
+
+    inputs = probe_inputs(spec, dtype=torch.float64)
+    expected = _outputs(masked, inputs)
+    if not spec.is_language_model:
+        expected = expected[..., _output_columns(spec, kept)]
+    got = _outputs(shrunk, inputs)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.data())
+def test_selected_units_are_shape_legal_and_zeroed_units_are_dropped(data) -> None:
+    spec = data.draw(specs())
+    torch.manual_seed(data.draw(st.integers(0, 2**16)))
+    state = RecurrentModel(spec).double().canonical_state()
+    sets = group_sets(spec)
+    wanted = _random_kept(data.draw, spec)
+    state = mask_state_dict(state, sets, wanted)
+    kept = select_kept(all_unit_norms(state, sets), sets, threshold=0.0)
+    for name, indices in kept.items():
+        assert set(wanted[name].tolist()) <= set(indices.tolist())
+    small_spec = shrunk_spec(spec, kept_counts(kept))
+    build_model(small_spec, shrink_state_dict(state, sets, kept))  # nn.LSTM accepts the widths
