@@ -63,10 +63,10 @@ def _sniff(path: Path) -> str:
         raise CheckpointError(f"{path} is empty.", "Point to a checkpoint file (.safetensors, .pt, .pth or .bin).")
     if head.startswith(b"PK\x03\x04"):
         return "torch-zip"
-    if head[:1] == b"\x80":
-        return "torch-legacy"
     if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < path.stat().st_size:
         return "safetensors"
+    if head[:1] == b"\x80":
+        return "torch-legacy"
     raise CheckpointError(
         f"{path} is not a checkpoint isscompress can read (neither safetensors nor a torch.save file).",
         "Give a .safetensors file or a state dict saved with torch.save.",

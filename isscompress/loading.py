@@ -23,7 +23,8 @@ class Checkpoint:
     """A checkpoint in the canonical layout: where it came from, its architecture and its tensors."""
 
     path: Path
-    family: str
+    family: str  # where the model comes from (word_language_model, ...), kept across shrinking
+    layout: str  # the key layout of this file (the family adapter that read it)
     spec: ModelSpec
     state: dict[str, Tensor]
     metadata: dict[str, Any] = field(default_factory=dict)  # our own metadata, when the file has it
@@ -68,8 +69,8 @@ def load_checkpoint(path: str | os.PathLike, family: str | None = None) -> Check
         raise CheckpointError(f"{raw.path} mixes dtypes {sorted(map(str, dtypes))}.",
                               "Save every weight in one dtype.")
     ours = raw.isscompress_metadata or {}
-    source_family = ours.get("family", name) if name == "isscompress" else name
-    return Checkpoint(raw.path, source_family, spec, state, ours)
+    origin = ours.get("family", name) if name == "isscompress" else name
+    return Checkpoint(raw.path, origin, name, spec, state, ours)
 
 
 def load(path: str | os.PathLike, family: str | None = None, dropout: float = 0.0) -> RecurrentModel:
