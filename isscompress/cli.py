@@ -10,6 +10,7 @@ from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from . import _render
 from .errors import IsscompressError
@@ -40,7 +41,7 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except IsscompressError as err:
-        _stderr().print(f"[bold red]error:[/] {err}", markup=True, highlight=False, soft_wrap=True)
+        _stderr().print(Text.assemble(("error: ", "bold red"), str(err)), soft_wrap=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         _stderr().print("interrupted")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -16,6 +17,8 @@ from .families import detect_family, get_family
 from .groups import GroupSet
 from .model import RecurrentModel, build_model
 from .spec import ModelSpec, group_sets, infer_spec
+
+CANONICAL_KEY = re.compile(r"'(layers\.\d+\.\w+)'")
 
 
 @dataclass
@@ -48,11 +51,14 @@ class Checkpoint:
 
 def _canonical(raw: RawCheckpoint, family: str | None):
     chosen = get_family(family) if family else detect_family(raw.tensors, str(raw.path))
+    canonical = None
     try:
         canonical = chosen.convert(raw)
         spec = infer_spec(canonical.tensors, cell_hint=canonical.cell_hint, tied=canonical.tied)
     except CheckpointError as err:
-        raise CheckpointError(f"{raw.path} ({chosen.name} layout): {err.message}", err.hint) from None
+        sources = canonical.sources if canonical else {}
+        message = CANONICAL_KEY.sub(lambda m: f"'{sources.get(m[1], m[1])}'", err.message)
+        raise CheckpointError(f"{raw.path} ({chosen.name} layout): {message}", err.hint) from None
     except (KeyError, IndexError) as err:
         raise CheckpointError(f"{raw.path} does not have the {chosen.name} layout (missing {err}).",
                               f"The {chosen.name} family expects: {chosen.expects}.") from None

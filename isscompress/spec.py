@@ -124,9 +124,10 @@ def _infer_layer(state: Mapping[str, Tensor], index: int) -> tuple[LayerSpec, in
     else:
         proj_size, hidden = 0, _shape_of(state, layer_key(index, "weight_hh"), 2)[1]
     if hidden == 0 or rows % hidden or rows // hidden not in CELL_BY_GATES:
+        width_key = hr_key if proj_size else layer_key(index, "weight_hh")
         raise ShapeError(
             f"Layer {index}: '{layer_key(index, 'weight_ih')}' has {rows} rows, which is not 4, 3 or 1 "
-            f"times the hidden width {hidden} (LSTM, GRU or RNN).",
+            f"times the hidden width {hidden} that '{width_key}' implies (LSTM, GRU or RNN).",
             "Check that the checkpoint holds a recurrent model of a supported cell type.",
         )
     return LayerSpec(input_size, hidden, proj_size), rows // hidden

@@ -17,11 +17,12 @@ def rename_layers(
     tensors: Mapping[str, Tensor],
     pattern: re.Pattern[str],
     parse: Callable[[re.Match[str]], tuple[int, str, str | None]],
-) -> dict[str, Tensor]:
+) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Rename keys that match ``pattern`` to ``layers.{l}.{param}_l0[_reverse]``; keep the rest as is.
 
     ``parse`` turns a match into (layer, param, direction suffix). Keys that match nothing are
-    kept, so the shape check names them as not part of the architecture.
+    kept, so the shape check names them as not part of the architecture. Also returns the
+    original name of every renamed key, so errors can speak the user's key names.
     """
     renamed: dict[str, Tensor] = {}
     sources: dict[str, str] = {}
@@ -36,4 +37,4 @@ def rename_layers(
                                   "Keep only one of them in the checkpoint.")
         renamed[target] = value
         sources[target] = key
-    return renamed
+    return renamed, sources

@@ -34,12 +34,12 @@ def convert(raw: RawCheckpoint) -> Canonical:
             continue
         kept[key] = value
     tensors = kept
-    tensors = rename_layers(tensors, PATTERN, lambda m: (int(m.group(1)), m.group(2), m.group(3)))
+    tensors, sources = rename_layers(tensors, PATTERN, lambda m: (int(m.group(1)), m.group(2), m.group(3)))
     decoder = tensors.get("decoder.weight")
     tied = decoder is None or same_tensor(decoder, tensors["encoder.weight"])
     if tied:
         tensors.pop("decoder.weight", None)
-    return Canonical(tensors, cell_hint="LSTM", tied=tied)
+    return Canonical(tensors, "LSTM", tied, sources)
 
 
 FAMILY = Family(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from torch import Tensor
@@ -17,6 +17,7 @@ class Canonical:
     tensors: dict[str, Tensor]
     cell_hint: str | None = None
     tied: bool = False
+    sources: dict[str, str] = field(default_factory=dict)  # canonical key -> key in the file
 
 
 @dataclass(frozen=True)

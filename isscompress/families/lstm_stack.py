@@ -19,8 +19,8 @@ def matches(tensors) -> bool:
 def convert(raw: RawCheckpoint) -> Canonical:
     nonlinearity = raw.attributes.get("nonlinearity") or raw.metadata.get("nonlinearity")
     hint = "RNN_RELU" if nonlinearity == "relu" else None
-    tensors = rename_layers(raw.tensors, PATTERN, lambda m: (int(m.group(3)), m.group(2), m.group(4)))
-    return Canonical(tensors, cell_hint=hint)
+    tensors, sources = rename_layers(raw.tensors, PATTERN, lambda m: (int(m.group(3)), m.group(2), m.group(4)))
+    return Canonical(tensors, cell_hint=hint, sources=sources)
 
 
 FAMILY = Family(

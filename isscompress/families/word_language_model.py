@@ -17,13 +17,13 @@ def matches(tensors) -> bool:
 
 
 def convert(raw: RawCheckpoint) -> Canonical:
-    tensors = rename_layers(raw.tensors, PATTERN, lambda m: (int(m.group(2)), m.group(1), m.group(3)))
+    tensors, sources = rename_layers(raw.tensors, PATTERN, lambda m: (int(m.group(2)), m.group(1), m.group(3)))
     decoder = tensors.get("decoder.weight")
     tied = decoder is None or same_tensor(decoder, tensors["encoder.weight"])
     if tied:
         tensors.pop("decoder.weight", None)
     rnn_type = raw.attributes.get("rnn_type") or raw.metadata.get("rnn_type")
-    return Canonical(tensors, cell_hint=rnn_type if rnn_type in GATES else None, tied=tied)
+    return Canonical(tensors, rnn_type if rnn_type in GATES else None, tied, sources)
 
 
 FAMILY = Family(
