@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -10,11 +11,11 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from .checkpoint import FORMAT_VERSION, check_output_path, write_checkpoint
+from .checkpoint import FORMAT_VERSION, check_output_path, sha256_file, write_checkpoint
 from .errors import ShrinkError
 from .groups import GroupSet, all_unit_norms
-from .loading import load_checkpoint
-from .model import build_model, probe_inputs
+from .loading import Checkpoint, load_checkpoint
+from .model import build_model, probe_inputs, rnn_kernel
 from .spec import ModelSpec, shrunk_spec
 from .summary import ModelSummary, summarize
 from .surgery import mask_state_dict, shrink_state_dict
@@ -51,7 +52,7 @@ def _compute_dtype(state: Mapping[str, Tensor]) -> torch.dtype:
 
 def _outputs(spec: ModelSpec, state: Mapping[str, Tensor], inputs: Tensor) -> Tensor:
     model = build_model(spec, state)
-    with torch.inference_mode():
+    with torch.inference_mode(), rnn_kernel("native"):  # oneDNN is slow for a tiny probe batch
         first, hidden = model(inputs)
         second, _ = model(inputs.flip(0), hidden)
     return torch.cat([first, second])
@@ -96,6 +97,16 @@ def verify_shrink(
     return diff, tolerance
 
 
+def _shrink_checked(checkpoint: Checkpoint, threshold: float):
+    """Select, shrink and verify; the checkpoint's state is masked in place afterwards."""
+    sets = checkpoint.group_sets
+    kept = select_kept(all_unit_norms(checkpoint.state, sets), sets, threshold)
+    small_spec = shrunk_spec(checkpoint.spec, kept_counts(kept))
+    small_state = shrink_state_dict(checkpoint.state, sets, kept)
+    diff, tolerance = verify_shrink(checkpoint.spec, checkpoint.state, small_spec, small_state, sets, kept)
+    return small_spec, small_state, sets, kept, diff, tolerance
+
+
 def shrink(
     source: str | os.PathLike,
     output: str | os.PathLike,
@@ -110,12 +121,11 @@ def shrink(
         raise ShrinkError(f"The threshold must be 0 or more, not {threshold}.", "Pass a non-negative --threshold.")
     output = check_output_path(output, force=force, inputs=(Path(source),))
     checkpoint = load_checkpoint(source, family)
-    sets = checkpoint.group_sets
-    kept = select_kept(all_unit_norms(checkpoint.state, sets), sets, threshold)
-    small_spec = shrunk_spec(checkpoint.spec, kept_counts(kept))
-    small_state = shrink_state_dict(checkpoint.state, sets, kept)
+    with ThreadPoolExecutor(1) as pool:  # hashing releases the GIL: overlap it with the tensor work
+        source_hash = pool.submit(sha256_file, checkpoint.path)
+        small_spec, small_state, sets, kept, diff, tolerance = _shrink_checked(checkpoint, threshold)
+        sha256 = source_hash.result()
     before = summarize(checkpoint.spec, checkpoint.family, checkpoint.file_bytes, checkpoint.layout)
-    diff, tolerance = verify_shrink(checkpoint.spec, checkpoint.state, small_spec, small_state, sets, kept)
     metadata = {
         "format_version": FORMAT_VERSION,
         "family": checkpoint.family,
@@ -125,7 +135,7 @@ def shrink(
         "kept": {name: indices.tolist() for name, indices in kept.items()},
         "threshold": threshold,
         "max_abs_diff": diff,
-        "source": {"file": checkpoint.path.name, "sha256": checkpoint.sha256},
+        "source": {"file": checkpoint.path.name, "sha256": sha256},
         "parent": checkpoint.metadata or None,
         **(extra_metadata or {}),
     }
