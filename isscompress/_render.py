@@ -108,3 +108,106 @@ def render_shrink(result: ShrinkResult, console: Console) -> None:
     console.print(table)
     console.print(f"Checked: shrunk and masked models agree to {result.max_abs_diff:.2g} "
                   f"(tolerance {result.tolerance:.2g}) on a probe batch.")
+
+
+class TrainingProgress:
+    """Live fine-tuning progress on stderr: one bar per epoch with loss, ppl, tokens/s and alive units."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = console
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                                 console=console, transient=False)
+        self.tasks: dict[tuple[str, int], int] = {}
+        self.stage = "finetune"
+
+    def __enter__(self) -> "TrainingProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def set_stage(self, stage: str) -> None:
+        self.stage = stage
+        if stage in ("shrink", "report"):
+            self.console.print(f"[bold]{stage}[/] ...")
+
+    def __call__(self, event: dict) -> None:
+        key = (self.stage, event["epoch"])
+        if event["event"] == "step":
+            if key not in self.tasks:
+                self.tasks[key] = self.progress.add_task(f"{self.stage} epoch {event['epoch']}",
+                                                         total=event["windows"], status="")
+            alive = event.get("alive")
+            alive_text = " alive " + "/".join(str(v) for v in alive.values()) if alive else ""
+            status = (f"loss {event['loss']:.3f} ppl {event['ppl']:.1f} lr {event['lr']:.3g} "
+                      f"{event['tokens_per_s']:,.0f} tok/s{alive_text}")
+            self.progress.update(self.tasks[key], completed=event["window"], status=status)
+        elif event["event"] == "epoch":
+            valid = f" valid ppl {event['valid_ppl']:.2f}" if "valid_ppl" in event else ""
+            alive = event.get("alive")
+            alive_text = " alive " + ", ".join(f"{k} {v}" for k, v in alive.items()) if alive else ""
+            self.console.print(f"{self.stage} epoch {event['epoch']}: train loss {event['train_loss']:.3f}"
+                               f"{valid}{alive_text} ({event['seconds']:.0f} s)")
+
+
+def render_perplexity(name: str, result, console: Console) -> None:
+    console.print(f"{name}: perplexity [bold]{result.perplexity:.2f}[/] (loss {result.loss:.4f}, "
+                  f"{result.tokens:,} tokens, {result.tokens_per_second:,.0f} tokens/s)")
+
+
+def render_report(report, console: Console) -> None:
+    b, a = report.original, report.shrunk
+    title = f"isscompress report: {b.family}" + (" (before → after)" if a else "")
+    table = Table(title=title)
+    for column in ("", "before", "after", "ratio"):
+        table.add_column(column, justify="left" if not column else "right")
+    for change in report.layers:
+        proj = f" (proj {change.proj_before}→{change.proj_after})" if change.proj_before else ""
+        table.add_row(f"width layer {change.layer}{proj}", str(change.width_before), str(change.width_after),
+                      f"{change.kept:.0%} kept")
+    if not report.layers:
+        for layer in b.layers:
+            table.add_row(f"width layer {layer.index}", str(layer.width), "", "")
+    for part in PARTS:
+        if b.parameters[part] or b.macs_per_token[part]:
+            after = a.parameters[part] if a else None
+            table.add_row(f"parameters {part}", human(b.parameters[part]), human(after) if a else "",
+                          _ratio(b.parameters[part], after) if a else "")
+    table.add_row("parameters total", human(b.total_parameters), human(a.total_parameters) if a else "",
+                  _ratio(b.total_parameters, a.total_parameters) if a else "", style="bold")
+    for part in ("recurrent", "decoder"):
+        if b.macs_per_token[part]:
+            table.add_row(f"multiply-adds {part}", human(b.macs_per_token[part]),
+                          human(a.macs_per_token[part]) if a else "",
+                          _ratio(b.macs_per_token[part], a.macs_per_token[part]) if a else "")
+    table.add_row("multiply-adds / token", human(b.total_macs), human(a.total_macs) if a else "",
+                  _ratio(b.total_macs, a.total_macs) if a else "", style="bold")
+    table.add_row("file size", human_bytes(b.file_bytes), human_bytes(a.file_bytes) if a else "",
+                  _ratio(b.file_bytes or 0, a.file_bytes or 0) if a else "")
+    pb, pa = report.perplexity_before, report.perplexity_after
+    if pb is not None:
+        delta = report.perplexity_delta
+        table.add_row("perplexity", f"{pb.perplexity:.2f}", f"{pa.perplexity:.2f}" if pa else "",
+                      f"Δ {delta:+.2f}" if delta is not None else "", style="bold")
+    for sample in report.speed:
+        table.add_row(f"tokens/s {sample.workload} [{sample.kernel}]", f"{sample.before_tokens_per_s:,.0f}",
+                      f"{sample.after_tokens_per_s:,.0f}",
+                      f"{sample.speedup:.2f}x ({min(sample.speedups):.2f}-{max(sample.speedups):.2f})")
+    console.print(table)
+    if report.speed:
+        console.print(f"Speed: before and after interleaved, medians of {len(report.speed[0].speedups)} runs, "
+                      f"torch {report.environment['torch']}, {report.environment['threads']} thread(s); "
+                      f"MAC ratio {report.mac_ratio:.2f}x. Decoding uses PyTorch's native RNN kernel for both "
+                      "models (oneDNN re-lays-out weights on every call).")
+    if report.data:
+        console.print(f"Perplexity on {report.data}.")
+    if a is None:
+        console.print(norms_table(report.norms))
+    prov = report.provenance
+    if prov.get("source"):
+        console.print(f"Provenance: from {prov['source'].get('file')} (sha256 {prov['source'].get('sha256', '')[:12]}…)"
+                      + (f", shrink threshold {prov['threshold']:g}" if "threshold" in prov else ""))

@@ -87,3 +87,108 @@ def shrink(
         _print_json(result.to_dict())
     else:
         _render.render_shrink(result, _stdout())
+
+
+RecipeOption = typer.Option(..., "--recipe", "-r", help="Recipe YAML file (see docs/recipe.md).")
+
+
+@app.command()
+def finetune(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint to fine-tune."),
+    recipe: Path = RecipeOption,
+    output: Path = typer.Option(..., "--output", "-o", help="Fine-tuned checkpoint to write (.safetensors)."),
+    stage: str = typer.Option("finetune", help="'finetune' (with the recipe's iss section) or 'recover' "
+                                               "(the recipe's recover schedule, no ISS)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT's last save."),
+    force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
+) -> None:
+    """Fine-tune with ISS group Lasso (or recover without it) from a recipe."""
+    from .finetuning import STAGES, finetune as run_finetune
+
+    with _user_errors():
+        if stage not in STAGES:
+            raise IsscompressError(f"Unknown stage '{stage}'.", f"Use one of: {', '.join(STAGES)}.")
+        with _render.TrainingProgress(_stderr()) as progress:
+            progress.set_stage(stage)
+            result = run_finetune(checkpoint, recipe, output, stage=stage, resume=resume, force=force,
+                                  on_event=progress)
+    _stderr().print(f"wrote {result.output}")
+
+
+@app.command("run")
+def run_all(
+    checkpoint: Path = typer.Argument(..., help="Trained checkpoint to compress."),
+    recipe: Path = RecipeOption,
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for every output of the run."),
+    force: bool = typer.Option(False, "--force", help="Overwrite outputs in the folder."),
+    repeats: int = typer.Option(5, help="Speed measurement repetitions."),
+) -> None:
+    """The whole recipe: fine-tune with ISS, shrink, recover, report."""
+    from .pipeline import run_recipe
+
+    with _user_errors():
+        with _render.TrainingProgress(_stderr()) as progress:
+            result = run_recipe(checkpoint, recipe, output, force=force, speed_repeats=repeats,
+                                on_event=progress, on_stage=progress.set_stage)
+    _render.render_shrink(result.shrink, _stderr())
+    _render.render_report(result.report, _stdout())
+    _stdout().print(f"Outputs in {result.folder}: {result.final.name}, report.json, report.md")
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint to evaluate."),
+    data: Path = typer.Option(..., "--data", "-d", help="Text file, one sentence per line."),
+    vocab: str = typer.Option("auto", help="'auto', 'corpus' or a vocabulary file."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="Take vocabulary and batching from here."),
+    family: Optional[str] = FamilyOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Perplexity of a checkpoint on a text file (word_language_model's measurement)."""
+    from rich.progress import Progress
+
+    from .recipe import load_recipe
+    from .report import evaluate_checkpoint
+
+    with _user_errors():
+        loaded = load_recipe(recipe) if recipe else None
+        with Progress(console=_stderr(), transient=True) as bar:
+            task = bar.add_task("evaluating", total=None)
+            result = evaluate_checkpoint(checkpoint, data, vocab=vocab, recipe=loaded, family=family,
+                                         on_window=lambda done, total: bar.update(task, completed=done, total=total))
+    if as_json:
+        _print_json({"checkpoint": str(checkpoint), "data": str(data), **result.to_dict()})
+    else:
+        _render.render_perplexity(str(checkpoint), result, _stdout())
+
+
+@app.command()
+def report(
+    original: Path = typer.Argument(..., help="The original checkpoint."),
+    shrunk: Optional[Path] = typer.Argument(None, help="Its shrunk (and recovered) version."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Text to measure perplexity on."),
+    vocab: str = typer.Option("auto", help="'auto', 'corpus' or a vocabulary file."),
+    as_json: bool = JsonOption,
+    markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write PNG plots into this folder."),
+    repeats: int = typer.Option(5, help="Speed measurement repetitions."),
+    no_speed: bool = typer.Option(False, "--no-speed", help="Skip the speed measurement."),
+    family: Optional[str] = FamilyOption,
+) -> None:
+    """What compression bought: widths, parameters, multiply-adds, size, perplexity and measured speed."""
+    from .report import build_report, report_markdown
+
+    with _user_errors():
+        result = build_report(original, shrunk, data=data, vocab=vocab, speed=not no_speed, repeats=repeats,
+                              family=family)
+        if plot is not None:
+            from .plots import write_plots
+
+            for path in write_plots(result, plot):
+                _stderr().print(f"wrote {path}")
+    if as_json:
+        _print_json(result.to_dict())
+    elif markdown:
+        sys.stdout.write(report_markdown(result))
+    else:
+        _render.render_report(result, _stdout())

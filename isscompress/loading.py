@@ -50,6 +50,9 @@ class Checkpoint:
 
 
 def _canonical(raw: RawCheckpoint, family: str | None):
+    ours = raw.isscompress_metadata or {}
+    if "spec" in ours:  # our own files are unambiguous; an override meant for the source does not apply
+        family = "isscompress"
     chosen = get_family(family) if family else detect_family(raw.tensors, str(raw.path))
     canonical = None
     try:

@@ -1,0 +1,136 @@
+"""``finetune``: ISS group-Lasso fine-tuning (or, without ISS, recovery fine-tuning) from a recipe."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .checkpoint import FORMAT_VERSION, atomic_write, check_output_path, sha256_file, write_checkpoint
+from .distributed import Distributed
+from .errors import CheckpointError, DataError
+from .loading import Checkpoint, load_checkpoint
+from .model import RecurrentModel, build_model
+from .preparation import resolve_vocabulary, token_batches
+from .recipe import Recipe, Schedule, check_layer_names, load_recipe
+from .training import Event, TrainState, fit
+
+STAGES = ("finetune", "recover")
+
+
+@dataclass
+class FinetuneResult:
+    output: Path
+    stage: str
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def epochs(self) -> list[Event]:
+        return [e for e in self.events if e["event"] == "epoch"]
+
+    def to_dict(self) -> dict:
+        return {"output": str(self.output), "stage": self.stage, "epochs": self.epochs}
+
+
+def side_files(output: Path) -> tuple[Path, Path]:
+    """The training-state file (for --resume) and the JSON-lines log written beside an output."""
+    return output.with_name(output.name + ".train-state.pt"), output.with_name(output.name + ".log.jsonl")
+
+
+def _schedule(recipe: Recipe, stage: str) -> Schedule:
+    if stage == "recover":
+        return recipe.recover or recipe.finetune
+    return recipe.finetune
+
+
+def _metadata(checkpoint: Checkpoint, recipe: Recipe, stage: str, vocabulary, source_sha: str) -> dict[str, Any]:
+    parent = {k: v for k, v in checkpoint.metadata.items() if k not in ("vocabulary", "parent")}
+    return {
+        "format_version": FORMAT_VERSION,
+        "family": checkpoint.family,
+        "spec": checkpoint.spec.to_dict(),
+        "stage": stage,
+        "recipe": recipe.to_yaml(),
+        "source": {"file": checkpoint.path.name, "sha256": source_sha},
+        "vocabulary": list(vocabulary.words),
+        "parent": parent or None,
+    }
+
+
+def _resume_state(output: Path, state_file: Path, recipe: Recipe) -> tuple[Checkpoint, TrainState]:
+    if not state_file.is_file() or not output.is_file():
+        raise CheckpointError(f"Nothing to resume: {output} or {state_file.name} is missing.",
+                              "Run without --resume to start the fine-tuning.")
+    saved = load_checkpoint(output)
+    if saved.metadata.get("recipe") != recipe.to_yaml():
+        raise CheckpointError(f"{output} was made with a different recipe.",
+                              "Resume with the same recipe, or start again without --resume.")
+    state = TrainState(**torch.load(state_file, weights_only=True))
+    return saved, state
+
+
+def finetune(
+    source: str | os.PathLike,
+    recipe: Recipe | str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    stage: str = "finetune",
+    resume: bool = False,
+    force: bool = False,
+    on_event: Callable[[Event], None] = lambda event: None,
+) -> FinetuneResult:
+    """Fine-tune ``source`` with the recipe's ISS section (``stage="finetune"``) or without ISS
+    (``stage="recover"``, or a recipe with no ``iss``), writing ``output`` atomically at every save."""
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    source, output = Path(source), Path(output)
+    state_file, log_file = side_files(output)
+    if not resume:
+        check_output_path(output, force=force, inputs=(source,))
+    checkpoint = load_checkpoint(source, recipe.model.family)
+    check_layer_names(recipe, [gs.name for gs in checkpoint.group_sets], "")
+    vocabulary, _ = resolve_vocabulary(checkpoint, recipe.data)
+    schedule = _schedule(recipe, stage)
+    if recipe.data.train is None:
+        raise DataError("The recipe has no data.train text to fine-tune on.", "Add data.train to the recipe.")
+    train = token_batches(recipe.data.train, vocabulary, schedule.batch_size, recipe.data.max_train_tokens)
+    valid = None
+    if recipe.data.valid is not None:
+        valid = token_batches(recipe.data.valid, vocabulary, recipe.evaluate.batch_size, recipe.data.max_eval_tokens)
+    source_sha = sha256_file(checkpoint.path)
+    metadata = _metadata(checkpoint, recipe, stage, vocabulary, source_sha)
+
+    state = None
+    if not resume:
+        log_file.unlink(missing_ok=True)
+    if resume:
+        saved, state = _resume_state(output, state_file, recipe)
+        checkpoint.state = saved.state
+        metadata = saved.metadata
+    model = build_model(checkpoint.spec, {k: v.float().clone() for k, v in checkpoint.state.items()},
+                        dropout=schedule.dropout)
+    iss = recipe.iss if stage == "finetune" else None
+    dist = Distributed.from_environment(schedule.device)
+    result = FinetuneResult(output, stage)
+
+    def save(trained: RecurrentModel, train_state: TrainState) -> None:
+        write_checkpoint(output, trained.canonical_state(), metadata)
+        atomic_write(state_file, lambda tmp: torch.save(train_state.to_dict(), tmp))
+
+    def record(event: Event) -> None:
+        result.events.append(event)
+        if dist.is_main:
+            with open(log_file, "a", encoding="utf-8") as log:
+                log.write(json.dumps({"stage": stage, **event}) + "\n")
+        on_event(event)
+
+    try:
+        fit(model, train, valid, schedule, group_sets=checkpoint.group_sets, iss=iss,
+            alive_threshold=recipe.shrink.threshold, dist=dist, state=state, on_event=record, save=save,
+            eval_bptt=recipe.evaluate.bptt)
+    finally:
+        dist.close()
+    return result

@@ -1,0 +1,218 @@
+"""The recipe: one YAML file that says everything a run needs, validated before any work starts.
+
+pydantic gives typed errors with locations and rejects unknown keys at every depth; PyYAML's
+node tree gives each location its line, so every error names the file, the line and the key,
+and suggests the closest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+
+from .errors import RecipeError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(Section):
+    family: Optional[str] = Field(None, description="Checkpoint layout; auto-detected when absent.")
+
+
+class DataSection(Section):
+    train: Optional[Path] = Field(None, description="Training text (needed by finetune and recover).")
+    valid: Optional[Path] = Field(None, description="Validation text, evaluated after every epoch.")
+    test: Optional[Path] = Field(None, description="Test text, for the final report.")
+    vocab: str = Field("auto", description="'auto' (stored with the checkpoint, else vocab.txt beside it, else "
+                                           "'corpus'), 'corpus' (rebuilt from train, valid, test), or a file.")
+    max_train_tokens: Optional[PositiveInt] = Field(None, description="Use only the first N training tokens.")
+    max_eval_tokens: Optional[PositiveInt] = Field(None, description="Evaluate on the first N tokens only.")
+
+
+class Schedule(Section):
+    epochs: PositiveInt = Field(1, description="Passes over the training text.")
+    max_steps: Optional[PositiveInt] = Field(None, description="Stop after this many steps in all.")
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: PositiveFloat = Field(1.0, description="Learning rate.")
+    lr_decay: float = Field(1.0, gt=0, le=1, description="Multiply the lr by this after each epoch from "
+                                                        "decay_start on (or on a validation plateau).")
+    decay_start: PositiveInt = Field(1, description="First epoch after which lr_decay applies.")
+    decay_on_plateau: bool = Field(False, description="Decay only when validation perplexity does not improve.")
+    batch_size: PositiveInt = 20
+    bptt: PositiveInt = 35
+    dropout: float = Field(0.0, ge=0, lt=1)
+    clip: Optional[PositiveFloat] = Field(0.25, description="Gradient norm clip; null for none.")
+    seed: int = 1111
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
+    save_every: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: at each epoch end only).")
+    log_every: PositiveInt = Field(50, description="Steps between progress log lines.")
+
+
+class IssSection(Section):
+    lambda_: PositiveFloat = Field(0.00245, alias="lambda", description="Group Lasso strength.")
+    layer_multipliers: dict[str, PositiveFloat] = Field(
+        default_factory=dict, description="Per group set (e.g. layer0, layer1.proj): multiply lambda by this.")
+    method: Literal["subgradient", "proximal"] = Field(
+        "subgradient", description="'subgradient' (the paper; zero small weights after each step) or "
+                                  "'proximal' (group soft-thresholding: exact zeros).")
+    zero_threshold: float = Field(1e-4, ge=0, description="subgradient: weights below this become 0 each step.")
+    freeze_dead: bool = Field(True, description="Keep groups that reached zero at zero.")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ShrinkSection(Section):
+    threshold: float = Field(1e-4, ge=0, description="Remove units whose ISS group norm is at most this.")
+
+
+class EvaluateSection(Section):
+    batch_size: PositiveInt = 10
+    bptt: PositiveInt = 35
+
+
+class Recipe(Section):
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    finetune: Schedule = Schedule()
+    iss: Optional[IssSection] = None
+    shrink: ShrinkSection = ShrinkSection()
+    recover: Optional[Schedule] = None
+    evaluate: EvaluateSection = EvaluateSection()
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+SECTIONS: dict[str, type[BaseModel]] = {
+    "model": ModelSection, "data": DataSection, "finetune": Schedule, "iss": IssSection,
+    "shrink": ShrinkSection, "recover": Schedule, "evaluate": EvaluateSection,
+}
+
+
+def _valid_keys(model: type[BaseModel]) -> list[str]:
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _lines(node: yaml.Node, path: tuple = ()) -> dict[tuple, int]:
+    """Line (1-based) of every key and value in the YAML tree, by location; duplicates refused."""
+    lines = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                raise RecipeError(f"line {key_node.start_mark.line + 1}: key '{key}' appears twice.",
+                                  "Keep one of them.")
+            seen.add(key)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            lines.update({k: v for k, v in _lines(value_node, path + (key,)).items() if k != path + (key,)})
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines.update(_lines(item, path + (index,)))
+    return lines
+
+
+def _describe(error: dict, lines: dict[tuple, int]) -> str:
+    loc = tuple(error["loc"])
+    line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
+    where = f"line {line}: " if line else ""
+    key = loc[-1] if loc else ""
+    section = loc[0] if loc else ""
+    if error["type"] == "extra_forbidden":
+        model = SECTIONS.get(section) if len(loc) == 2 else Recipe if len(loc) == 1 else None
+        valid = _valid_keys(model) if model else []
+        close = difflib.get_close_matches(str(key), valid, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        place = f"in section '{section}'" if len(loc) == 2 else "at the top level"
+        return f"{where}unknown key '{key}' {place}.{hint} Valid keys: {', '.join(valid)}."
+    dotted = ".".join(str(part) for part in loc)
+    return f"{where}'{dotted}': {error['msg']} (got {error.get('input')!r})."
+
+
+def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
+    """Validate recipe text; every problem is a RecipeError naming the source and line."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark else ""
+        raise RecipeError(f"recipe {source}{line}: not valid YAML ({getattr(err, 'problem', err)}).",
+                          "Fix the YAML syntax (indentation, colons, quotes).") from None
+    if root is None:
+        raise RecipeError(f"recipe {source} is empty.", f"Write at least one section: {', '.join(SECTIONS)}.")
+    if not isinstance(root, yaml.MappingNode):
+        raise RecipeError(f"recipe {source}: the top level must be a mapping of sections, not a list or a value.",
+                          f"Sections: {', '.join(SECTIONS)}.")
+    try:
+        lines = _lines(root)
+    except RecipeError as err:
+        raise RecipeError(f"recipe {source}, {err.message}", err.hint) from None
+    data: Any = yaml.safe_load(text)
+    for name, value in data.items():
+        if value is None and name in SECTIONS:
+            raise RecipeError(f"recipe {source}, line {lines[(name,)]}: section '{name}' is empty.",
+                              "Remove it, or give it keys.")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        problems = [_describe(e, lines) for e in err.errors()]
+        raise RecipeError(f"recipe {source}, " + " ".join(problems[:5]),
+                          "See docs/recipe.md for every key.") from None
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Read, validate and resolve a recipe file: data paths become relative to the recipe and must exist."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe {path} does not exist.", "Check the --recipe path.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(f"recipe {path} is not UTF-8 text.", "Save it as UTF-8.") from None
+    recipe = parse_recipe(text, str(path))
+    return resolve_paths(recipe, path.parent, str(path), text)
+
+
+def resolve_paths(recipe: Recipe, base: Path, source: str, text: str = "") -> Recipe:
+    """Data paths relative to ``base``; each must exist."""
+    lines = _lines(yaml.compose(text)) if text else {}
+    updates: dict[str, Any] = {}
+    for key in ("train", "valid", "test"):
+        value = getattr(recipe.data, key)
+        if value is None:
+            continue
+        resolved = value if value.is_absolute() else base / value
+        if not resolved.is_file():
+            line = lines.get(("data", key))
+            at = f", line {line}" if line else ""
+            raise RecipeError(f"recipe {source}{at}: data.{key} file {resolved} does not exist.",
+                              "Paths are relative to the recipe's folder.")
+        updates[key] = resolved
+    vocab = recipe.data.vocab
+    if vocab not in ("auto", "corpus"):
+        resolved = Path(vocab) if Path(vocab).is_absolute() else base / vocab
+        if not resolved.is_file():
+            raise RecipeError(f"recipe {source}: data.vocab file {resolved} does not exist.",
+                              "Use 'auto', 'corpus', or the path of a vocabulary file (one word per line).")
+        updates["vocab"] = str(resolved)
+    return recipe.model_copy(update={"data": recipe.data.model_copy(update=updates)})
+
+
+def check_layer_names(recipe: Recipe, set_names: list[str], source: str) -> None:
+    """Per-layer multipliers must name group sets the model has."""
+    if recipe.iss is None:
+        return
+    unknown = [name for name in recipe.iss.layer_multipliers if name not in set_names]
+    if unknown:
+        close = {n: difflib.get_close_matches(n, set_names, n=1) for n in unknown}
+        hints = "; ".join(f"'{n}'" + (f" (did you mean '{c[0]}'?)" if c else "") for n, c in close.items())
+        raise RecipeError(f"recipe {source}: iss.layer_multipliers names group sets this model does not have: "
+                          f"{hints}.", f"This model's group sets: {', '.join(set_names)}.")

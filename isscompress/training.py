@@ -1,0 +1,246 @@
+"""One plain training loop in the shape of word_language_model's ``train()``, with ISS.
+
+Truncated BPTT with the hidden state carried and detached between windows, gradient
+clipping, SGD or Adam, per-epoch lr decay. ISS adds the group-Lasso sub-gradient before
+clipping (as if the penalty were in the loss) or a proximal step after the optimizer step.
+Distributed data parallel runs on PyTorch's own engine: under ``torchrun`` every rank takes
+its share of the batch columns and DDP averages the gradients, so the update equals the
+single-process one.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .data import bptt_windows, window_count
+from .distributed import Distributed
+from .errors import IsscompressError
+from .evaluation import perplexity
+from .groups import GroupSet
+from .model import RecurrentModel, detach_hidden
+from .recipe import IssSection, Schedule
+from .regularizer import (
+    add_subgradient, group_norms, lambdas_for, penalty, proximal_step, regularized_keys,
+    zero_dead_groups, zero_small_weights,
+)
+
+
+class Interrupted(IsscompressError):
+    """SIGINT or SIGTERM arrived; the last state was saved."""
+
+
+class Diverged(IsscompressError):
+    """The loss became NaN or Inf."""
+
+
+@dataclass
+class TrainState:
+    """Where a run is, for --resume: position, optimizer, lr, RNG and the carried hidden state."""
+
+    epoch: int = 1
+    window: int = 0  # windows already done in this epoch
+    step: int = 0
+    lr: float = 0.0
+    best_valid: float = math.inf
+    optimizer: dict = field(default_factory=dict)
+    rng: Tensor | None = None
+    hidden: list | None = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+Event = dict[str, Any]
+
+
+def _optimizer(model: nn.Module, schedule: Schedule) -> torch.optim.Optimizer:
+    if schedule.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=schedule.lr)
+    return torch.optim.SGD(model.parameters(), lr=schedule.lr)
+
+
+@dataclass
+class _Regularizer:
+    """ISS for one run: the group sets, lambda per set, and what to do around each step."""
+
+    sets: tuple[GroupSet, ...]
+    iss: IssSection
+    lambdas: dict[str, float]
+    keys: set[str]
+
+    @classmethod
+    def create(cls, sets: tuple[GroupSet, ...], iss: IssSection) -> "_Regularizer":
+        return cls(sets, iss, lambdas_for(sets, iss.lambda_, iss.layer_multipliers), regularized_keys(sets))
+
+    def before_clip(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
+        norms = group_norms(params, self.sets)
+        if self.iss.method == "subgradient":
+            add_subgradient(params, self.sets, self.lambdas, norms)
+        return norms
+
+    def after_step(self, params: dict[str, Tensor], norms: dict[str, Tensor], lr: float) -> None:
+        if self.iss.freeze_dead:
+            zero_dead_groups(params, self.sets, norms)
+        if self.iss.method == "subgradient" and self.iss.zero_threshold > 0:
+            zero_small_weights(params, self.keys, self.iss.zero_threshold)
+        if self.iss.method == "proximal":
+            proximal_step(params, self.sets, self.lambdas, lr)
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM set a flag; the loop saves at the next step boundary and stops."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopSignals":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _windows(data: Tensor, bptt: int, skip: int) -> Iterator[tuple[int, Tensor, Tensor]]:
+    for index, (inputs, targets) in enumerate(bptt_windows(data, bptt)):
+        if index >= skip:
+            yield index, inputs, targets
+
+
+def fit(
+    model: RecurrentModel,
+    train: Tensor,
+    valid: Tensor | None,
+    schedule: Schedule,
+    *,
+    group_sets: tuple[GroupSet, ...] = (),
+    iss: IssSection | None = None,
+    alive_threshold: float = 0.0,
+    dist: Distributed | None = None,
+    state: TrainState | None = None,
+    on_event: Callable[[Event], None] = lambda event: None,
+    save: Callable[[RecurrentModel, TrainState], None] = lambda model, state: None,
+    eval_bptt: int = 35,
+) -> TrainState:
+    """Train ``model`` on ``train`` (``[steps, batch]`` ids); returns the final TrainState.
+
+    ``save`` is called every ``schedule.save_every`` steps, at each epoch end and on
+    SIGINT/SIGTERM (then :class:`Interrupted` is raised).
+    """
+    dist = dist or Distributed.single()
+    device = dist.device
+    inner = model.to(device)
+    runner = dist.wrap(inner)
+    columns = dist.shard_columns(train)
+    optimizer = _optimizer(inner, schedule)
+    state = state or TrainState(lr=schedule.lr)
+    if state.optimizer:
+        optimizer.load_state_dict(state.optimizer)
+    if state.rng is not None:
+        torch.set_rng_state(state.rng)
+    else:
+        torch.manual_seed(schedule.seed)
+    regularizer = _Regularizer.create(group_sets, iss) if iss is not None else None
+    params = dict(inner.named_parameters())
+    hidden = state.hidden
+    total_windows = window_count(columns, schedule.bptt)
+    criterion = nn.CrossEntropyLoss()
+
+    def checkpoint() -> None:
+        state.optimizer = optimizer.state_dict()
+        state.rng = torch.get_rng_state()
+        state.hidden = hidden
+        if dist.is_main:
+            save(inner, state)
+
+    with _StopSignals() as stop:
+        while state.epoch <= schedule.epochs:
+            runner.train()
+            for group in optimizer.param_groups:
+                group["lr"] = state.lr
+            started, tokens, loss_sum, windows_done = time.perf_counter(), 0, 0.0, 0
+            for index, inputs, targets in _windows(columns, schedule.bptt, state.window):
+                inputs, targets = inputs.to(device), targets.to(device)
+                hidden = detach_hidden(hidden) if hidden is not None else None
+                optimizer.zero_grad(set_to_none=True)
+                logits, hidden = runner(inputs, hidden)
+                loss = criterion(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+                loss.backward()
+                norms = regularizer.before_clip(params) if regularizer else None
+                if schedule.clip:
+                    nn.utils.clip_grad_norm_(inner.parameters(), schedule.clip)
+                optimizer.step()
+                if regularizer:
+                    regularizer.after_step(params, norms, state.lr)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise Diverged(
+                        f"The training loss became {value} at step {state.step + 1}; the last saved checkpoint is kept.",
+                        "Lower the learning rate (finetune.lr), the ISS strength (iss.lambda) or set finetune.clip.",
+                    )
+                state.step += 1
+                state.window = index + 1
+                tokens += targets.numel() * dist.world_size
+                loss_sum += value
+                windows_done += 1
+                if state.step % schedule.log_every == 0 or state.window == total_windows:
+                    elapsed = time.perf_counter() - started
+                    event: Event = {
+                        "event": "step", "epoch": state.epoch, "step": state.step, "window": state.window,
+                        "windows": total_windows, "loss": loss_sum / windows_done,
+                        "ppl": math.exp(min(loss_sum / windows_done, 700)), "lr": state.lr,
+                        "tokens_per_s": tokens / elapsed if elapsed else 0.0,
+                    }
+                    if regularizer:
+                        event["penalty"] = penalty(norms, regularizer.lambdas)
+                        event["alive"] = {n: int((v > alive_threshold).sum()) for n, v in norms.items()}
+                    on_event(event)
+                if schedule.save_every and state.step % schedule.save_every == 0:
+                    checkpoint()
+                if stop.received is not None:
+                    checkpoint()
+                    raise Interrupted(f"Stopped by signal {signal.Signals(stop.received).name} at step {state.step}; "
+                                      "the checkpoint and training state were saved.",
+                                      "Run the same command with --resume to continue.")
+                if schedule.max_steps and state.step >= schedule.max_steps:
+                    break
+            epoch_event: Event = {"event": "epoch", "epoch": state.epoch, "step": state.step, "lr": state.lr,
+                                  "train_loss": loss_sum / max(windows_done, 1),
+                                  "seconds": time.perf_counter() - started}
+            if valid is not None:
+                result = perplexity(inner, valid, eval_bptt, device=device)
+                epoch_event["valid_ppl"] = result.perplexity
+                improved = result.perplexity < state.best_valid
+                state.best_valid = min(state.best_valid, result.perplexity)
+                decay = not improved if schedule.decay_on_plateau else state.epoch >= schedule.decay_start
+            else:
+                decay = state.epoch >= schedule.decay_start and not schedule.decay_on_plateau
+            if regularizer:
+                final = group_norms(params, group_sets)
+                epoch_event["alive"] = {n: int((v > alive_threshold).sum()) for n, v in final.items()}
+            on_event(epoch_event)
+            if decay:
+                state.lr *= schedule.lr_decay
+            state.epoch += 1
+            state.window = 0
+            hidden = None
+            checkpoint()
+            if schedule.max_steps and state.step >= schedule.max_steps:
+                break
+    return state
