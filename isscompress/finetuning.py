@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,7 +14,9 @@ from .checkpoint import FORMAT_VERSION, atomic_write, check_output_path, sha256_
 from .distributed import Distributed
 from .errors import CheckpointError, DataError
 from .loading import Checkpoint, load_checkpoint
+from .data import build_vocabulary, read_vocabulary
 from .model import RecurrentModel, build_model
+from .spec import ModelSpec
 from .preparation import resolve_vocabulary, token_batches
 from .recipe import Recipe, Schedule, check_layer_names, load_recipe
 from .training import Event, TrainState, fit
@@ -133,4 +135,49 @@ def finetune(
             eval_bptt=recipe.evaluate.bptt)
     finally:
         dist.close()
+    return result
+
+
+def train_new(
+    spec: ModelSpec,
+    recipe: Recipe | str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    force: bool = False,
+    on_event: Callable[[Event], None] = lambda event: None,
+) -> FinetuneResult:
+    """Train a new language model of ``spec`` from scratch with the recipe's ``finetune`` schedule
+    (no ISS): a baseline to compress, or the "direct design" of given widths to compare ISS with."""
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    output = check_output_path(output, force=force)
+    paths = [p for p in (recipe.data.train, recipe.data.valid, recipe.data.test) if p is not None]
+    if recipe.data.train is None:
+        raise DataError("The recipe has no data.train text to train on.", "Add data.train to the recipe.")
+    vocab = recipe.data.vocab
+    vocabulary = build_vocabulary(paths) if vocab in ("auto", "corpus") else read_vocabulary(vocab)
+    spec = replace(spec, vocab_size=len(vocabulary))
+    torch.manual_seed(recipe.finetune.seed)
+    model = RecurrentModel(spec, dropout=recipe.finetune.dropout)
+    with torch.no_grad():  # word_language_model's init_weights
+        model.encoder.weight.uniform_(-0.1, 0.1)
+        if not spec.tied:
+            model.decoder.weight.uniform_(-0.1, 0.1)
+        if model.decoder.bias is not None:
+            model.decoder.bias.zero_()
+    schedule = recipe.finetune
+    train = token_batches(recipe.data.train, vocabulary, schedule.batch_size, recipe.data.max_train_tokens)
+    valid = None
+    if recipe.data.valid is not None:
+        valid = token_batches(recipe.data.valid, vocabulary, recipe.evaluate.batch_size, recipe.data.max_eval_tokens)
+    metadata = {"format_version": FORMAT_VERSION, "family": "isscompress", "spec": spec.to_dict(), "stage": "train",
+                "recipe": recipe.to_yaml(), "vocabulary": list(vocabulary.words)}
+    result = FinetuneResult(output, "train")
+
+    def record(event: Event) -> None:
+        result.events.append(event)
+        on_event(event)
+
+    fit(model, train, valid, schedule, dist=Distributed.from_environment(schedule.device), on_event=record,
+        save=lambda trained, state: write_checkpoint(output, trained.canonical_state(), metadata),
+        eval_bptt=recipe.evaluate.bptt)
     return result

@@ -79,15 +79,27 @@ def _diagonal(tensor: Tensor, row: int, col: int, size: int) -> Tensor:
     return tensor[row : row + size, col : col + size].diagonal()
 
 
+def _member_squares(tensor: Tensor, member: Member, size: int) -> Tensor:
+    """Per-unit sum of squares of one member, without copying strided slices."""
+    blocks = len(member.starts)
+    if member.axis == 0 and member.starts == tuple(range(0, blocks * size, size)) and tensor.shape[0] == blocks * size:
+        return tensor.reshape(blocks, size, -1).pow(2).sum((0, 2))  # gate blocks: one pass over the tensor
+    others = [dim for dim in range(tensor.dim()) if dim != member.axis]
+    total = None
+    for start in member.starts:
+        part = tensor.narrow(member.axis, start, size).pow(2)
+        part = part.sum(others) if others else part
+        total = part if total is None else total + part
+    return total
+
+
 def unit_squared_norms(state: Mapping[str, Tensor], group_set: GroupSet) -> Tensor:
     """Sum of squares of every weight in each unit's group (shared diagonal counted once)."""
     size = group_set.size
     total = None
     for member in group_set.members:
-        tensor = state[member.key]
-        for start in member.starts:
-            part = member_slice(tensor, member, start, size).reshape(size, -1).pow(2).sum(1)
-            total = part if total is None else total + part
+        part = _member_squares(state[member.key], member, size)
+        total = part if total is None else total + part
     for key, row, col in group_set.overlaps():
         total = total - _diagonal(state[key], row, col, size).pow(2)
     if total is None:

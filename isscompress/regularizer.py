@@ -72,12 +72,18 @@ def proximal_step(
     lambdas: Mapping[str, float],
     lr: float,
     norms: Mapping[str, Tensor] | None = None,
-) -> None:
-    """Group soft-thresholding ``w_g *= max(0, 1 - lr*lambda/||w_g||)``, order-free; exact zeros."""
+    frozen: Mapping[str, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """Group soft-thresholding ``w_g *= max(0, 1 - lr*lambda/||w_g||)``, order-free; exact zeros.
+
+    Units marked True in ``frozen`` are set to zero whatever their norm. Returns the factors
+    (0 where a group is now exactly zero)."""
     norms = norms if norms is not None else group_norms(params, group_sets)
     factors = {
         gs.name: (1 - lr * lambdas[gs.name] / norms[gs.name].clamp_min(EPS)).clamp_min(0) for gs in group_sets
     }
+    if frozen is not None:
+        factors = {name: factor.masked_fill(frozen[name], 0) for name, factor in factors.items()}
     for gs in group_sets:
         factor = factors[gs.name]
         for member in gs.members:
@@ -88,6 +94,7 @@ def proximal_step(
             index = torch.arange(gs.size, device=factor.device)
             diagonal = params[key][row + index, col + index]
             params[key][row + index, col + index] = torch.where(factor > 0, diagonal / factor.clamp_min(EPS), diagonal)
+    return factors
 
 
 @torch.no_grad()

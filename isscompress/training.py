@@ -74,24 +74,35 @@ class _Regularizer:
     iss: IssSection
     lambdas: dict[str, float]
     keys: set[str]
+    dead: dict[str, Tensor] | None = None  # proximal + freeze_dead: units already at exactly zero
 
     @classmethod
-    def create(cls, sets: tuple[GroupSet, ...], iss: IssSection) -> "_Regularizer":
-        return cls(sets, iss, lambdas_for(sets, iss.lambda_, iss.layer_multipliers), regularized_keys(sets))
+    def create(cls, sets: tuple[GroupSet, ...], iss: IssSection, params: dict[str, Tensor]) -> "_Regularizer":
+        # Groups already exactly zero count as dead from the start (the same on a fresh and a resumed run).
+        dead = {name: norm == 0 for name, norm in group_norms(params, sets).items()}
+        return cls(sets, iss, lambdas_for(sets, iss.lambda_, iss.layer_multipliers), regularized_keys(sets), dead)
 
-    def before_clip(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
+    def before_clip(self, params: dict[str, Tensor]) -> dict[str, Tensor] | None:
+        """subgradient: one norm pass, then the sub-gradient into .grad (so clipping sees it)."""
+        if self.iss.method != "subgradient":
+            return None
         norms = group_norms(params, self.sets)
-        if self.iss.method == "subgradient":
-            add_subgradient(params, self.sets, self.lambdas, norms)
+        add_subgradient(params, self.sets, self.lambdas, norms)
         return norms
 
-    def after_step(self, params: dict[str, Tensor], norms: dict[str, Tensor], lr: float) -> None:
+    def after_step(self, params: dict[str, Tensor], norms: dict[str, Tensor] | None, lr: float) -> dict[str, Tensor]:
+        """Zeros after the optimizer step; returns the norms to log (one norm pass per step in all)."""
+        if self.iss.method == "proximal":
+            norms = group_norms(params, self.sets)
+            factors = proximal_step(params, self.sets, self.lambdas, lr, norms,
+                                    frozen=self.dead if self.iss.freeze_dead else None)
+            self.dead = {name: factor == 0 for name, factor in factors.items()}
+            return {name: norms[name] * factors[name] for name in norms}
         if self.iss.freeze_dead:
             zero_dead_groups(params, self.sets, norms)
-        if self.iss.method == "subgradient" and self.iss.zero_threshold > 0:
+        if self.iss.zero_threshold > 0:
             zero_small_weights(params, self.keys, self.iss.zero_threshold)
-        if self.iss.method == "proximal":
-            proximal_step(params, self.sets, self.lambdas, lr)
+        return norms
 
 
 class _StopSignals:
@@ -156,8 +167,8 @@ def fit(
         torch.set_rng_state(state.rng)
     else:
         torch.manual_seed(schedule.seed)
-    regularizer = _Regularizer.create(group_sets, iss) if iss is not None else None
     params = dict(inner.named_parameters())
+    regularizer = _Regularizer.create(group_sets, iss, params) if iss is not None else None
     hidden = state.hidden
     total_windows = window_count(columns, schedule.bptt)
     criterion = nn.CrossEntropyLoss()
@@ -187,7 +198,7 @@ def fit(
                     nn.utils.clip_grad_norm_(inner.parameters(), schedule.clip)
                 optimizer.step()
                 if regularizer:
-                    regularizer.after_step(params, norms, state.lr)
+                    norms = regularizer.after_step(params, norms, state.lr)
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise Diverged(
