@@ -19,11 +19,11 @@ from .groups import GroupSet
 
 def _refuse_empty(name: str, norms: list[Tensor], threshold: float) -> None:
     largest = max(float(n.max()) for n in norms)
+    hint = (f"Use a threshold below {largest:.4g}, or fine-tune" if largest > 0 else "Fine-tune") + \
+        " this layer with a smaller lambda (iss.layer_multipliers)."
     raise ShrinkError(
         f"Shrinking would remove every unit of {name}: its largest ISS group norm is {largest:.4g} "
-        f"and the threshold is {threshold:.4g}.",
-        f"Use a threshold below {largest:.4g}, or fine-tune this layer with a smaller lambda.",
-    )
+        f"and the threshold is {threshold:.4g}.", hint)
 
 
 def _top_up(norms: Tensor, alive: Tensor, count: int) -> Tensor:

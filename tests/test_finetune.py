@@ -1,0 +1,149 @@
+"""Fine-tuning on real PTB text: the whole recipe, resume after a signal, and DDP with 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import isscompress
+from isscompress.checkpoint import write_checkpoint
+from isscompress.data import build_vocabulary
+from isscompress.finetuning import finetune, side_files
+from isscompress.model import RecurrentModel
+from isscompress.groups import member_slice
+from isscompress.spec import LayerSpec, ModelSpec, group_sets
+from isscompress.cli import app
+
+EXCERPT = Path(__file__).parent.parent / "examples" / "data" / "ptb-excerpt"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def small_lm(tmp_path_factory) -> Path:
+    """A small LSTM language model over the PTB excerpt's vocabulary (stored in its metadata)."""
+    vocabulary = build_vocabulary([EXCERPT / n for n in ("train.txt", "valid.txt", "test.txt")])
+    spec = ModelSpec("LSTM", (LayerSpec(16, 24), LayerSpec(24, 20)), vocab_size=len(vocabulary))
+    torch.manual_seed(0)
+    state = RecurrentModel(spec).canonical_state()
+    with torch.no_grad():  # spread the unit norms, as training does (random init makes them all alike)
+        for group_set in group_sets(spec):
+            scale = torch.linspace(0.15, 1.5, group_set.size)[torch.randperm(group_set.size)]
+            for member in group_set.members:
+                for start in member.starts:
+                    part = member_slice(state[member.key], member, start, group_set.size)
+                    part.mul_(scale.view(-1, *([1] * (part.dim() - 1))))
+    path = tmp_path_factory.mktemp("lm") / "small.safetensors"
+    write_checkpoint(path, state,
+                     {"family": "isscompress", "spec": spec.to_dict(), "vocabulary": list(vocabulary.words)})
+    return path
+
+
+def _recipe(folder: Path, extra: str = "", method: str = "proximal", lam: float = 0.01, zero: float = 0) -> Path:
+    path = folder / "recipe.yaml"
+    path.write_text(f"""
+data:
+  train: {EXCERPT / 'train.txt'}
+  valid: {EXCERPT / 'valid.txt'}
+  test: {EXCERPT / 'test.txt'}
+  max_train_tokens: 4000
+  max_eval_tokens: 2000
+finetune:
+  epochs: 1
+  lr: 5.0
+  batch_size: 10
+  bptt: 20
+  log_every: 5
+  seed: 7
+iss:
+  lambda: {lam}
+  layer_multipliers: {{layer1: 3.0}}
+  method: {method}
+  zero_threshold: {zero}
+shrink:
+  threshold: 0.0001
+recover:
+  epochs: 1
+  lr: 2.0
+  batch_size: 10
+  bptt: 20
+{extra}""")
+    return path
+
+
+@pytest.mark.parametrize("method, lam, zero", [("proximal", 0.01, 0), ("subgradient", 0.02, 0.005)])
+def test_whole_recipe_on_ptb_text_shrinks_and_reports(tmp_path, small_lm, method, lam, zero) -> None:
+    out = tmp_path / "run"
+    recipe = _recipe(tmp_path, method=method, lam=lam, zero=zero)
+    result = runner.invoke(app, ["run", str(small_lm), "-r", str(recipe),
+                                 "-o", str(out), "--repeats", "1"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    widths = [layer["width_after"] for layer in report["layers"]]
+    assert widths[0] < 24 and widths[1] < 20, widths
+    assert report["mac_ratio"] > 1
+    assert 1 < report["perplexity"]["after"]["perplexity"] < 1e5
+    recovered = isscompress.load(out / "recovered.safetensors")
+    assert recovered.spec.widths == widths
+    log = [json.loads(line) for line in side_files(out / "finetuned.safetensors")[1].read_text().splitlines()]
+    epochs = [e for e in log if e["event"] == "epoch"]
+    assert epochs and all(e["valid_ppl"] > 1 for e in epochs)
+    assert "perplexity" in result.stdout and "multiply-adds" in result.stdout
+
+
+def test_resume_after_sigint_reaches_the_uninterrupted_weights(tmp_path, small_lm) -> None:
+    recipe = _recipe(tmp_path, extra="", lam=0.01)
+    straight = tmp_path / "straight.safetensors"
+    finetune(small_lm, recipe, straight)
+
+    interrupted = tmp_path / "interrupted.safetensors"
+
+    def interrupt(event):
+        if event["event"] == "step" and event["step"] == 10:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(isscompress.training.Interrupted):
+        finetune(small_lm, recipe, interrupted, on_event=interrupt)
+    assert isscompress.load_checkpoint(interrupted).state  # the saved state is a complete checkpoint
+    finetune(small_lm, recipe, interrupted, resume=True)
+    a, b = isscompress.load_checkpoint(straight).state, isscompress.load_checkpoint(interrupted).state
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_recovery_finetune_of_a_shrunk_model_keeps_its_widths(tmp_path, small_lm) -> None:
+    shrunk = tmp_path / "shrunk.safetensors"
+    checkpoint = isscompress.load_checkpoint(small_lm)
+    kept = {"layer0": torch.arange(10), "layer1": torch.arange(5, 20)}
+    sparse = tmp_path / "sparse.safetensors"
+    write_checkpoint(sparse, isscompress.mask_state_dict(checkpoint.state, checkpoint.group_sets, kept),
+                     checkpoint.metadata)
+    isscompress.shrinking.shrink(sparse, shrunk)
+    out = tmp_path / "recovered.safetensors"
+    result = runner.invoke(app, ["finetune", str(shrunk), "-r", str(_recipe(tmp_path)), "-o", str(out),
+                                 "--stage", "recover"])
+    assert result.exit_code == 0, result.output
+    assert isscompress.load(out).spec.widths == [10, 15]
+
+
+def test_ddp_with_two_processes_matches_one_process(tmp_path, small_lm) -> None:
+    recipe = _recipe(tmp_path, lam=0.01)
+    single = tmp_path / "single.safetensors"
+    finetune(small_lm, recipe, single)
+    ddp = tmp_path / "ddp.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "isscompress", "finetune", str(small_lm), "-r", str(recipe), "-o", str(ddp)],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = isscompress.load_checkpoint(single).state, isscompress.load_checkpoint(ddp).state
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
