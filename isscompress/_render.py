@@ -194,7 +194,7 @@ def render_report(report, console: Console) -> None:
         table.add_row("perplexity", f"{pb.perplexity:.2f}", f"{pa.perplexity:.2f}" if pa else "",
                       f"Δ {delta:+.2f}" if delta is not None else "", style="bold")
     for sample in report.speed:
-        table.add_row(f"tokens/s {sample.workload} [{sample.kernel}]", f"{sample.before_tokens_per_s:,.0f}",
+        table.add_row(f"tokens/s {sample.workload}, {sample.kernel} kernel", f"{sample.before_tokens_per_s:,.0f}",
                       f"{sample.after_tokens_per_s:,.0f}",
                       f"{sample.speedup:.2f}x ({min(sample.speedups):.2f}-{max(sample.speedups):.2f})")
     console.print(table)
@@ -208,6 +208,7 @@ def render_report(report, console: Console) -> None:
     if a is None:
         console.print(norms_table(report.norms))
     prov = report.provenance
-    if prov.get("source"):
-        console.print(f"Provenance: from {prov['source'].get('file')} (sha256 {prov['source'].get('sha256', '')[:12]}…)"
-                      + (f", shrink threshold {prov['threshold']:g}" if "threshold" in prov else ""))
+    if prov.get("lineage"):
+        steps = " → ".join(f"{s['from']} ({s['sha256'][:8]}, then {s['stage']})" for s in prov["lineage"])
+        threshold = f"; shrink threshold {prov['threshold']:g}" if "threshold" in prov else ""
+        console.print(f"Lineage: {steps}{threshold}")

@@ -219,3 +219,19 @@ def train(
             progress.set_stage("train")
             result = train_new(spec, recipe, output, force=force, on_event=progress)
     _stderr().print(f"wrote {result.output}")
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint to export (usually a shrunk one)."),
+    fmt: str = typer.Option(..., "--format", "-f", help="torchscript or onnx."),
+    output: Path = typer.Option(..., "--output", "-o", help="File to write (.pt for TorchScript, .onnx)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
+) -> None:
+    """Export a model that runs without isscompress; checked against PyTorch before writing."""
+    from .export import export_model
+
+    with _user_errors():
+        result = export_model(checkpoint, output, fmt, force=force)
+    _stdout().print(f"wrote {result.output} ({result.format}); max |difference| on a probe batch "
+                    f"{result.max_abs_diff:.2g}\ninputs: {', '.join(result.inputs)}\noutputs: {', '.join(result.outputs)}")

@@ -13,7 +13,7 @@ import torch
 from .checkpoint import FORMAT_VERSION, atomic_write, check_output_path, sha256_file, write_checkpoint
 from .distributed import Distributed
 from .errors import CheckpointError, DataError
-from .loading import Checkpoint, load_checkpoint
+from .loading import Checkpoint, derived_metadata, load_checkpoint
 from .data import build_vocabulary, read_vocabulary
 from .model import RecurrentModel, build_model
 from .spec import ModelSpec
@@ -50,16 +50,13 @@ def _schedule(recipe: Recipe, stage: str) -> Schedule:
 
 
 def _metadata(checkpoint: Checkpoint, recipe: Recipe, stage: str, vocabulary, source_sha: str) -> dict[str, Any]:
-    parent = {k: v for k, v in checkpoint.metadata.items() if k not in ("vocabulary", "parent")}
     return {
+        **derived_metadata(checkpoint, stage, source_sha),
         "format_version": FORMAT_VERSION,
-        "family": checkpoint.family,
         "spec": checkpoint.spec.to_dict(),
         "stage": stage,
         "recipe": recipe.to_yaml(),
-        "source": {"file": checkpoint.path.name, "sha256": source_sha},
         "vocabulary": list(vocabulary.words),
-        "parent": parent or None,
     }
 
 

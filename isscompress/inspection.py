@@ -23,7 +23,7 @@ class Inspection:
             "path": str(self.path),
             "model": self.summary.to_dict(),
             "group_norms": [stats.to_dict() for stats in self.norms],
-            "isscompress_metadata": {k: v for k, v in self.metadata.items() if k != "kept"},
+            "isscompress_metadata": {k: v for k, v in self.metadata.items() if k not in ("kept", "vocabulary")},
         }
 
 

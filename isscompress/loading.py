@@ -82,6 +82,17 @@ def load_checkpoint(path: str | os.PathLike, family: str | None = None) -> Check
     return Checkpoint(raw.path, origin, name, spec, state, ours)
 
 
+CARRIED_METADATA = ("vocabulary", "recipe", "threshold", "widths_before", "widths_after", "kept")
+
+
+def derived_metadata(checkpoint: Checkpoint, stage: str, sha256: str) -> dict[str, Any]:
+    """Metadata for a file made from ``checkpoint``: what carries over, plus one more lineage step."""
+    carried = {k: checkpoint.metadata[k] for k in CARRIED_METADATA if k in checkpoint.metadata}
+    step = {"stage": stage, "from": checkpoint.path.name, "sha256": sha256, "family": checkpoint.family}
+    return {**carried, "family": checkpoint.family, "source": {"file": checkpoint.path.name, "sha256": sha256},
+            "lineage": [*checkpoint.metadata.get("lineage", []), step]}
+
+
 def load(path: str | os.PathLike, family: str | None = None, dropout: float = 0.0) -> RecurrentModel:
     """A runnable ``nn.Module`` for any supported checkpoint, including shrunk ones."""
     return load_checkpoint(path, family).model(dropout)

@@ -82,14 +82,8 @@ def _environment() -> dict[str, Any]:
 
 
 def _provenance(checkpoint: Checkpoint) -> dict[str, Any]:
-    meta = checkpoint.metadata
-    keys = ("stage", "threshold", "source", "recipe", "max_abs_diff")
-    found = {k: meta[k] for k in keys if k in meta}
-    parent = meta.get("parent") or {}
-    for key in keys:
-        if key not in found and key in parent:
-            found[key] = parent[key]
-    return found
+    keys = ("stage", "threshold", "source", "lineage", "recipe", "max_abs_diff")
+    return {k: checkpoint.metadata[k] for k in keys if k in checkpoint.metadata}
 
 
 def _same_vocabulary(a: Vocabulary, b: Vocabulary, names: tuple[str, str]) -> None:

@@ -14,7 +14,7 @@ from torch import Tensor
 from .checkpoint import FORMAT_VERSION, check_output_path, sha256_file, write_checkpoint
 from .errors import ShrinkError
 from .groups import GroupSet, all_unit_norms
-from .loading import Checkpoint, load_checkpoint
+from .loading import Checkpoint, derived_metadata, load_checkpoint
 from .model import build_model, probe_inputs, rnn_kernel
 from .spec import ModelSpec, shrunk_spec
 from .summary import ModelSummary, summarize
@@ -127,16 +127,14 @@ def shrink(
         sha256 = source_hash.result()
     before = summarize(checkpoint.spec, checkpoint.family, checkpoint.file_bytes, checkpoint.layout)
     metadata = {
+        **derived_metadata(checkpoint, "shrink", sha256),
         "format_version": FORMAT_VERSION,
-        "family": checkpoint.family,
         "spec": small_spec.to_dict(),
         "widths_before": {gs.name: gs.size for gs in sets},
         "widths_after": kept_counts(kept),
         "kept": {name: indices.tolist() for name, indices in kept.items()},
         "threshold": threshold,
         "max_abs_diff": diff,
-        "source": {"file": checkpoint.path.name, "sha256": sha256},
-        "parent": checkpoint.metadata or None,
         **(extra_metadata or {}),
     }
     write_checkpoint(output, small_state, metadata)

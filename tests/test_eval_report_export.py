@@ -1,0 +1,170 @@
+"""eval, report and export as users run them, with their bad inputs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+import isscompress
+from isscompress.checkpoint import write_checkpoint
+from isscompress.cli import app
+from isscompress.model import RecurrentModel
+from isscompress.spec import LayerSpec, ModelSpec, group_sets
+from conftest import PTB, PTB_MODEL
+
+runner = CliRunner()
+WORDS = ["the", "cat", "sat", "on", "mat", "<unk>", "<eos>"]
+
+
+def run(*args, env=None):
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+def _lm(tmp_path: Path, name: str, spec: ModelSpec, words=WORDS, seed=0) -> Path:
+    torch.manual_seed(seed)
+    path = tmp_path / name
+    write_checkpoint(path, RecurrentModel(spec).canonical_state(),
+                     {"family": "isscompress", "spec": spec.to_dict(), "vocabulary": list(words)})
+    return path
+
+
+@pytest.fixture
+def pair(tmp_path) -> tuple[Path, Path, Path]:
+    """A dense language model, its shrunk version, and a text file."""
+    spec = ModelSpec("LSTM", (LayerSpec(5, 8), LayerSpec(8, 6)), vocab_size=len(WORDS))
+    dense = _lm(tmp_path, "dense.safetensors", spec)
+    checkpoint = isscompress.load_checkpoint(dense)
+    kept = {"layer0": torch.tensor([0, 2, 3, 5, 7]), "layer1": torch.tensor([1, 2, 4])}
+    sparse = tmp_path / "sparse.safetensors"
+    write_checkpoint(sparse, isscompress.mask_state_dict(checkpoint.state, checkpoint.group_sets, kept),
+                     checkpoint.metadata)
+    small = tmp_path / "small.safetensors"
+    isscompress.shrinking.shrink(sparse, small)
+    text = tmp_path / "text.txt"
+    text.write_text(" the cat sat on the mat \n the dog sat \n" * 40)
+    return sparse, small, text
+
+
+@pytest.mark.skipif(not PTB_MODEL.exists(), reason="shared PTB model not present")
+def test_eval_matches_the_perplexity_in_the_models_readme() -> None:
+    result = run("eval", PTB_MODEL / "model.safetensors", "--data", PTB / "ptb.test.txt", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["perplexity"] == pytest.approx(96.86, abs=0.1)
+
+
+def test_report_table_json_markdown_and_plots(tmp_path, pair) -> None:
+    sparse, small, text = pair
+    table = run("report", sparse, small, "--data", text, "--repeats", "2")
+    assert table.exit_code == 0, table.output
+    for fragment in ("width layer 0", "multiply-adds / token", "perplexity", "decode_batch1", "native kernel", "then shrink"):
+        assert fragment in table.stdout
+    data = json.loads(run("report", sparse, small, "--data", text, "--json", "--repeats", "2").stdout)
+    assert [c["width_after"] for c in data["layers"]] == [5, 3]
+    assert data["perplexity"]["delta"] == pytest.approx(0, abs=1e-3)  # dead units removed: same function
+    assert {s["workload"] for s in data["speed"]} == {"decode_batch1", "batch20x35"}
+    assert data["mac_ratio"] > 1 and data["provenance"]["source"]["file"] == "sparse.safetensors"
+    markdown = run("report", sparse, small, "--data", text, "--markdown", "--no-speed").stdout
+    assert markdown.startswith("| | before | after | ratio |") and "| width layer 1 | 6 | 3 |" in markdown
+    plots = tmp_path / "plots"
+    assert run("report", sparse, small, "--plot", plots, "--no-speed").exit_code == 0
+    import matplotlib.image
+
+    for name in ("group_norms.png", "widths.png"):
+        image = matplotlib.image.imread(plots / name)
+        assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0
+
+
+def test_report_of_one_unshrunk_model_shows_what_a_threshold_removes(pair) -> None:
+    sparse, _, text = pair
+    result = run("report", sparse, "--data", text, "--json")
+    data = json.loads(result.stdout)
+    assert data["shrunk"] is None and data["speed"] == []
+    assert {n["name"]: n["under"]["1e-4"] for n in data["group_norms"]} == {"layer0": 3, "layer1": 3}
+
+
+def test_no_color_is_respected(pair) -> None:
+    sparse, small, _ = pair
+    result = run("report", sparse, small, "--no-speed", env={"NO_COLOR": "1", "FORCE_COLOR": "1"})
+    assert result.exit_code == 0
+    codes = {int(c) for sgr in re.findall(r"\x1b\[([0-9;]*)m", result.stdout) for c in sgr.split(";") if c}
+    assert codes and not codes & (set(range(30, 39)) | set(range(90, 98))), codes  # styles yes, colours no
+
+
+def _fails(result, *fragments) -> None:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in result.stderr.replace("\n", " "), result.stderr
+
+
+def test_report_refuses_mismatched_vocabularies(tmp_path, pair) -> None:
+    sparse, _, text = pair
+    other = _lm(tmp_path, "other.safetensors", isscompress.load_checkpoint(sparse).spec,
+                words=[w.upper() if w[0] != "<" else w for w in WORDS])
+    _fails(run("report", sparse, other, "--data", text), "different vocabularies")
+
+
+def test_report_refuses_models_of_different_families(tmp_path, pair) -> None:
+    sparse, _, _ = pair
+    bare = tmp_path / "bare.safetensors"
+    save_file(torch.nn.LSTM(3, 4).state_dict(), str(bare))
+    _fails(run("report", sparse, bare), "is a isscompress model but bare.safetensors is a lstm_stack model")
+
+
+@pytest.mark.parametrize("content", [None, ""])
+def test_eval_refuses_missing_or_empty_data(tmp_path, pair, content) -> None:
+    sparse, _, _ = pair
+    data = tmp_path / "data.txt"
+    if content is not None:
+        data.write_text(content)
+    _fails(run("eval", sparse, "--data", data), "data.txt")
+
+
+def test_export_refuses_an_unwritable_output(tmp_path, pair) -> None:
+    _, small, _ = pair
+    _fails(run("export", small, "--format", "onnx", "-o", tmp_path / "missing" / "m.onnx"), "does not exist")
+    _fails(run("export", small, "--format", "tflite", "-o", tmp_path / "m.tflite"), "Unknown export format")
+
+
+EXPORT_SPECS = {
+    "lstm_lm": ModelSpec("LSTM", (LayerSpec(4, 6), LayerSpec(6, 5)), vocab_size=len(WORDS)),
+    "gru_lm": ModelSpec("GRU", (LayerSpec(4, 6), LayerSpec(6, 5)), vocab_size=len(WORDS)),
+    "bidirectional": ModelSpec("LSTM", (LayerSpec(3, 6), LayerSpec(12, 4)), bidirectional=True),
+    "projected": ModelSpec("LSTM", (LayerSpec(3, 6, 2), LayerSpec(4, 5, 3)), bidirectional=True),
+}
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+@pytest.mark.parametrize("name", list(EXPORT_SPECS))
+def test_export_parity(tmp_path, fmt, name) -> None:
+    spec = EXPORT_SPECS[name]
+    source = _lm(tmp_path, "m.safetensors", spec) if spec.is_language_model else tmp_path / "m.safetensors"
+    if not spec.is_language_model:
+        write_checkpoint(source, RecurrentModel(spec).canonical_state(), {"spec": spec.to_dict()})
+    out = tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt")
+    result = run("export", source, "--format", fmt, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "h0_layer1" in result.stdout
+    # Load it back the way a user without isscompress would, and compare on fresh inputs.
+    from isscompress.export import FlatStateModel, example_arguments, io_names
+
+    model = isscompress.load(source)
+    args = example_arguments(model, steps=4, batch=5, seed=3)
+    with torch.inference_mode():
+        expected = FlatStateModel(model)(*args)
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(out))
+        got = session.run(None, {n: a.numpy() for n, a in zip(io_names(model)[0], args)})
+    else:
+        got = torch.jit.load(str(out))(*args)
+    for want, have in zip(expected, got):
+        torch.testing.assert_close(torch.as_tensor(have), want, rtol=1e-4, atol=1e-5)
+    assert len(group_sets(spec)) >= 1
