@@ -120,6 +120,10 @@ def export_model(
         raise IsscompressError(f"Unknown export format '{fmt}'.", f"Use one of: {', '.join(FORMATS)}.")
     output = check_output_path(output, force=force, inputs=(Path(source),))
     model = load_checkpoint(source).model().float()
+    if fmt == "onnx" and any(layer.proj_size for layer in model.spec.layers):
+        raise IsscompressError(
+            f"{Path(source).name} is an LSTM with projections (proj_size), which ONNX's LSTM operator cannot express.",
+            "Export it with --format torchscript.")
     wrapper = FlatStateModel(model).eval()
     names = io_names(model)
     example = example_arguments(model, steps=5, batch=2, seed=0)

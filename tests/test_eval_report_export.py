@@ -149,6 +149,10 @@ def test_export_parity(tmp_path, fmt, name) -> None:
         write_checkpoint(source, RecurrentModel(spec).canonical_state(), {"spec": spec.to_dict()})
     out = tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt")
     result = run("export", source, "--format", fmt, "-o", out)
+    if fmt == "onnx" and name == "projected":
+        _fails(result, "LSTM with projections", "--format torchscript")
+        assert not out.exists()
+        return
     assert result.exit_code == 0, result.output
     assert "h0_layer1" in result.stdout
     # Load it back the way a user without isscompress would, and compare on fresh inputs.
