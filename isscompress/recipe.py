@@ -39,17 +39,17 @@ class DataSection(Section):
 class Schedule(Section):
     epochs: PositiveInt = Field(1, description="Passes over the training text.")
     max_steps: Optional[PositiveInt] = Field(None, description="Stop after this many steps in all.")
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="Plain SGD as word_language_model, or Adam.")
     lr: PositiveFloat = Field(1.0, description="Learning rate.")
     lr_decay: float = Field(1.0, gt=0, le=1, description="Multiply the lr by this after each epoch from "
                                                         "decay_start on (or on a validation plateau).")
     decay_start: PositiveInt = Field(1, description="First epoch after which lr_decay applies.")
     decay_on_plateau: bool = Field(False, description="Decay only when validation perplexity does not improve.")
-    batch_size: PositiveInt = 20
-    bptt: PositiveInt = 35
-    dropout: float = Field(0.0, ge=0, lt=1)
+    batch_size: PositiveInt = Field(20, description="Columns the token stream is cut into (batchify).")
+    bptt: PositiveInt = Field(35, description="Steps per truncated-BPTT window; the hidden state carries over.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on embeddings and between layers.")
     clip: Optional[PositiveFloat] = Field(0.25, description="Gradient norm clip; null for none.")
-    seed: int = 1111
+    seed: int = Field(1111, description="Seeds initialisation order and dropout; same seed, same run.")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
     save_every: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: at each epoch end only).")
     log_every: PositiveInt = Field(50, description="Steps between progress log lines.")
@@ -73,8 +73,8 @@ class ShrinkSection(Section):
 
 
 class EvaluateSection(Section):
-    batch_size: PositiveInt = 10
-    bptt: PositiveInt = 35
+    batch_size: PositiveInt = Field(10, description="Evaluation batch (word_language_model's eval_batch_size).")
+    bptt: PositiveInt = Field(35, description="Evaluation window; the hidden state carries over.")
 
 
 class Recipe(Section):
@@ -216,3 +216,41 @@ def check_layer_names(recipe: Recipe, set_names: list[str], source: str) -> None
         hints = "; ".join(f"'{n}'" + (f" (did you mean '{c[0]}'?)" if c else "") for n, c in close.items())
         raise RecipeError(f"recipe {source}: iss.layer_multipliers names group sets this model does not have: "
                           f"{hints}.", f"This model's group sets: {', '.join(set_names)}.")
+
+
+def _schema_type(prop: dict) -> str:
+    """A short human type from a JSON-schema property: 'integer > 0', 'sgd | adam', 'path or null'."""
+    if "anyOf" in prop:
+        kinds = [_schema_type(p) for p in prop["anyOf"] if p.get("type") != "null"]
+        return " or ".join(kinds) + " or null"
+    if "enum" in prop or "const" in prop:
+        return " or ".join(f"'{v}'" for v in prop.get("enum", [prop.get("const")]))
+    kind = {"string": "path" if prop.get("format") == "path" else "string", "number": "number",
+            "integer": "integer", "boolean": "boolean", "object": "mapping"}.get(prop.get("type", ""), "value")
+    bounds = [f"> {prop['exclusiveMinimum']}" if "exclusiveMinimum" in prop else "",
+              f">= {prop['minimum']}" if "minimum" in prop else "",
+              f"< {prop['exclusiveMaximum']}" if "exclusiveMaximum" in prop else "",
+              f"<= {prop['maximum']}" if "maximum" in prop else ""]
+    return " ".join([kind, *[b for b in bounds if b]])
+
+
+def reference_markdown() -> str:
+    """docs/recipe.md, generated from the schema (a test keeps the file and the schema equal)."""
+    lines = ["# Recipe reference", "",
+             "Generated from `isscompress/recipe.py` (`python -m isscompress.recipe > docs/recipe.md`). Every key is",
+             "optional; unknown keys are errors. Paths are relative to the recipe's folder. `recover` takes the same",
+             "keys as `finetune` and runs after shrinking, without ISS; without a `recover` section there is none.", ""]
+    for name, model in SECTIONS.items():
+        lines += [f"## `{name}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        properties = model.model_json_schema(by_alias=True)["properties"]
+        for field_name, info in model.model_fields.items():
+            key = info.alias or field_name
+            default = "" if info.is_required() else repr(info.get_default(call_default_factory=True))
+            meaning = (info.description or "").replace("|", "\\|")
+            lines.append(f"| `{key}` | {_schema_type(properties[key])} | `{default}` | {meaning} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

@@ -78,3 +78,10 @@ def test_recipe_data_paths_must_exist(tmp_path) -> None:
 def test_every_example_recipe_is_valid(path) -> None:
     recipe = load_recipe(path)
     assert parse_recipe(recipe.to_yaml()) == recipe  # what we store in metadata reads back the same
+
+
+def test_recipe_reference_in_docs_matches_the_schema() -> None:
+    from isscompress.recipe import reference_markdown
+
+    docs = Path(__file__).parent.parent / "docs" / "recipe.md"
+    assert docs.read_text() == reference_markdown(), "regenerate: python -m isscompress.recipe > docs/recipe.md"
