@@ -77,7 +77,7 @@ def render_inspection(result: Inspection, console: Console) -> None:
     vocab = f", vocabulary {s.vocab_size}" if s.vocab_size else ", bare recurrent stack"
     layout = f" ({s.layout} layout)" if s.layout != s.family else ""
     console.print(f"[bold]{result.path}[/]: family [cyan]{s.family}[/]{layout}, {s.cell}{vocab}{tied}, "
-                  f"{human_bytes(s.file_bytes)}")
+                  f"{s.dtype}, {human_bytes(s.file_bytes)}")
     console.print(layers_table(s))
     console.print(costs_table(s))
     console.print(norms_table(result.norms))
@@ -164,7 +164,7 @@ def render_report(report, console: Console) -> None:
     title = f"isscompress report: {b.family}" + (" (before → after)" if a else "")
     table = Table(title=title)
     for column in ("", "before", "after", "ratio"):
-        table.add_column(column, justify="left" if not column else "right")
+        table.add_column(column, justify="left" if not column else "right", no_wrap=True)
     for change in report.layers:
         proj = f" (proj {change.proj_before}→{change.proj_after})" if change.proj_before else ""
         table.add_row(f"width layer {change.layer}{proj}", str(change.width_before), str(change.width_after),

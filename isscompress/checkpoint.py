@@ -224,11 +224,19 @@ def check_output_path(output: str | os.PathLike, *, force: bool, inputs: tuple[P
 
 def atomic_write(output: Path, write: Callable[[Path], None]) -> None:
     """Run ``write(temporary_path)`` beside ``output``, then move it into place; never leave a partial file."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    except OSError as err:
+        raise CheckpointError(f"Could not write {output}: {err.strerror or err}.",
+                              "Check that the folder is writable; nothing was written.") from None
     os.close(handle)
     try:
         write(Path(temporary))
         os.replace(temporary, output)
+    except OSError as err:
+        Path(temporary).unlink(missing_ok=True)
+        raise CheckpointError(f"Could not write {output}: {err.strerror or err}.",
+                              "Check free disk space and permissions; the previous file, if any, is unchanged.") from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
@@ -238,8 +246,4 @@ def write_checkpoint(output: Path, tensors: Mapping[str, Tensor], metadata: Mapp
     """Save tensors as safetensors with our metadata as one JSON string, atomically."""
     payload = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
     header = {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
-    try:
-        atomic_write(output, lambda temporary: save_file(payload, str(temporary), metadata=header))
-    except OSError as err:
-        raise CheckpointError(f"Could not write {output}: {err.strerror or err}.",
-                              "Check free disk space and permissions; nothing was written.") from None
+    atomic_write(output, lambda temporary: save_file(payload, str(temporary), metadata=header))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from . import _render
-from .errors import IsscompressError
+from .errors import Interrupted, IsscompressError
 
 app = typer.Typer(
     name="isscompress",
@@ -42,10 +43,19 @@ def _user_errors() -> Iterator[None]:
         yield
     except IsscompressError as err:
         _stderr().print(Text.assemble(("error: ", "bold red"), str(err)), soft_wrap=True)
-        raise typer.Exit(1) from None
+        raise typer.Exit(130 if isinstance(err, Interrupted) else 1) from None
     except KeyboardInterrupt:
         _stderr().print("interrupted")
         raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as err:  # a bug of ours: still one paragraph, and a distinct exit code
+        _stderr().print(Text.assemble(("internal error: ", "bold red"), f"{type(err).__name__}: {err}. This is a bug in "
+                                      "isscompress; please report it with the command and the file's layout. "
+                                      "Set ISSCOMPRESS_DEBUG=1 for the traceback."), soft_wrap=True)
+        if os.environ.get("ISSCOMPRESS_DEBUG"):
+            raise
+        raise typer.Exit(2) from None
 
 
 def _print_json(data: dict) -> None:

@@ -33,3 +33,11 @@ class DataError(IsscompressError):
 
 class ShrinkError(IsscompressError):
     """Shrinking would produce an invalid or wrong model."""
+
+
+class Interrupted(IsscompressError):
+    """SIGINT or SIGTERM arrived during training; the last state was saved."""
+
+
+class Diverged(IsscompressError):
+    """The training loss became NaN or Inf."""

@@ -31,5 +31,5 @@ def inspect_checkpoint(path: str | os.PathLike, family: str | None = None) -> In
     checkpoint = load_checkpoint(path, family)
     norms = all_unit_norms(checkpoint.state, checkpoint.group_sets)
     stats = tuple(norm_stats(name, values) for name, values in norms.items())
-    summary = summarize(checkpoint.spec, checkpoint.family, checkpoint.file_bytes, checkpoint.layout)
+    summary = checkpoint.summary()
     return Inspection(checkpoint.path, summary, stats, checkpoint.metadata)

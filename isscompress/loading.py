@@ -17,6 +17,7 @@ from .families import detect_family, get_family
 from .groups import GroupSet
 from .model import RecurrentModel, build_model
 from .spec import ModelSpec, group_sets, infer_spec
+from .summary import ModelSummary, summarize
 
 CANONICAL_KEY = re.compile(r"'(layers\.\d+\.\w+)'")
 
@@ -43,6 +44,13 @@ class Checkpoint:
     @property
     def file_bytes(self) -> int:
         return self.path.stat().st_size
+
+    @property
+    def dtype(self) -> str:
+        return str(next(iter(self.state.values())).dtype).replace("torch.", "")
+
+    def summary(self) -> "ModelSummary":
+        return summarize(self.spec, self.family, self.file_bytes, self.layout, self.dtype)
 
     def model(self, dropout: float = 0.0) -> RecurrentModel:
         """A runnable model sharing this checkpoint's tensors."""

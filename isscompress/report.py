@@ -125,12 +125,12 @@ def build_report(
     shrunk = load_checkpoint(shrunk_path) if shrunk_path is not None else None
     if shrunk is not None:
         _check_comparable(original, shrunk)
-    before = summarize(original.spec, original.family, original.file_bytes, original.layout)
+    before = original.summary()
     report = Report(before, environment=_environment())
     report.norms = tuple(norm_stats(n, v) for n, v in all_unit_norms(original.state, original.group_sets).items())
     report.provenance = _provenance(shrunk or original)
     if shrunk is not None:
-        report.shrunk = summarize(shrunk.spec, shrunk.family, shrunk.file_bytes, shrunk.layout)
+        report.shrunk = shrunk.summary()
         report.layers = _layer_changes(before, report.shrunk)
     if data is not None:
         if not original.spec.is_language_model:

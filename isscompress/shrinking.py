@@ -125,7 +125,7 @@ def shrink(
         source_hash = pool.submit(sha256_file, checkpoint.path)
         small_spec, small_state, sets, kept, diff, tolerance = _shrink_checked(checkpoint, threshold)
         sha256 = source_hash.result()
-    before = summarize(checkpoint.spec, checkpoint.family, checkpoint.file_bytes, checkpoint.layout)
+    before = checkpoint.summary()
     metadata = {
         **derived_metadata(checkpoint, "shrink", sha256),
         "format_version": FORMAT_VERSION,
@@ -138,6 +138,6 @@ def shrink(
         **(extra_metadata or {}),
     }
     write_checkpoint(output, small_state, metadata)
-    after = summarize(small_spec, checkpoint.family, output.stat().st_size, "isscompress")
+    after = summarize(small_spec, checkpoint.family, output.stat().st_size, "isscompress", checkpoint.dtype)
     return ShrinkResult(checkpoint.path, output, threshold, before, after,
                         metadata["widths_before"], metadata["widths_after"], diff, tolerance)

@@ -34,6 +34,7 @@ class ModelSummary:
     macs_per_token: dict[str, int]
     file_bytes: int | None = None
     layout: str = ""
+    dtype: str = "float32"
 
     @property
     def widths(self) -> list[int]:
@@ -51,13 +52,15 @@ class ModelSummary:
         return {**asdict(self), "total_parameters": self.total_parameters, "total_macs_per_token": self.total_macs}
 
 
-def summarize(spec: ModelSpec, family: str, file_bytes: int | None = None, layout: str = "") -> ModelSummary:
+def summarize(
+    spec: ModelSpec, family: str, file_bytes: int | None = None, layout: str = "", dtype: str = "float32"
+) -> ModelSummary:
     layers = tuple(
         LayerInfo(i, spec.cell, layer.input_size, layer.hidden_size, spec.directions, layer.proj_size)
         for i, layer in enumerate(spec.layers)
     )
     return ModelSummary(family, spec.cell, layers, spec.vocab_size, spec.tied,
-                        parameter_counts(spec), macs_per_token(spec), file_bytes, layout or family)
+                        parameter_counts(spec), macs_per_token(spec), file_bytes, layout or family, dtype)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .data import bptt_windows, window_count
 from .distributed import Distributed
-from .errors import IsscompressError
+from .errors import Diverged, Interrupted
 from .evaluation import perplexity
 from .groups import GroupSet
 from .model import RecurrentModel, detach_hidden
@@ -30,14 +30,6 @@ from .regularizer import (
     add_subgradient, group_norms, lambdas_for, penalty, proximal_step, regularized_keys,
     zero_dead_groups, zero_small_weights,
 )
-
-
-class Interrupted(IsscompressError):
-    """SIGINT or SIGTERM arrived; the last state was saved."""
-
-
-class Diverged(IsscompressError):
-    """The loss became NaN or Inf."""
 
 
 @dataclass

@@ -109,7 +109,7 @@ def test_resume_after_sigint_reaches_the_uninterrupted_weights(tmp_path, small_l
         if event["event"] == "step" and event["step"] == 10:
             os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(isscompress.training.Interrupted):
+    with pytest.raises(isscompress.errors.Interrupted):
         finetune(small_lm, recipe, interrupted, on_event=interrupt)
     assert isscompress.load_checkpoint(interrupted).state  # the saved state is a complete checkpoint
     finetune(small_lm, recipe, interrupted, resume=True)
