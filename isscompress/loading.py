@@ -16,7 +16,7 @@ from .errors import CheckpointError
 from .families import detect_family, get_family
 from .groups import GroupSet
 from .model import RecurrentModel, build_model
-from .spec import ModelSpec, group_sets, infer_spec
+from .spec import LAYER_KEY, ModelSpec, group_sets, infer_spec
 from .summary import ModelSummary, summarize
 
 CANONICAL_KEY = re.compile(r"'(layers\.\d+\.\w+)'")
@@ -68,7 +68,15 @@ def _canonical(raw: RawCheckpoint, family: str | None):
         spec = infer_spec(canonical.tensors, cell_hint=canonical.cell_hint, tied=canonical.tied)
     except CheckpointError as err:
         sources = canonical.sources if canonical else {}
-        message = CANONICAL_KEY.sub(lambda m: f"'{sources.get(m[1], m[1])}'", err.message)
+
+        def source_name(match: re.Match[str]) -> str:
+            key = match[1]
+            if key in sources:
+                return f"'{sources[key]}'"
+            parts = LAYER_KEY.match(key)
+            return f"'{chosen.source_key(int(parts[1]), parts[2], parts[3] or '')}'" if parts else f"'{key}'"
+
+        message = CANONICAL_KEY.sub(source_name, err.message)
         raise CheckpointError(f"{raw.path} ({chosen.name} layout): {message}", err.hint) from None
     except (KeyError, IndexError) as err:
         raise CheckpointError(f"{raw.path} does not have the {chosen.name} layout (missing {err}).",

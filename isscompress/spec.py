@@ -152,10 +152,14 @@ def infer_spec(
             raise ShapeError(f"The checkpoint says the cell is {cell_hint}, but its weights have the shape of a {cell}.")
         cell = cell_hint
     vocab_size = state["encoder.weight"].shape[0] if "encoder.weight" in state else 0
+    bidirectional = layer_key(0, "weight_ih", 1) in state
+    layers = [layer for layer, _ in inferred]
+    for index in range(1, len(layers)):  # a layer's input is what the previous one outputs
+        layers[index] = replace(layers[index], input_size=(2 if bidirectional else 1) * layers[index - 1].out_size)
     spec = ModelSpec(
         cell=cell,
-        layers=tuple(layer for layer, _ in inferred),
-        bidirectional=layer_key(0, "weight_ih", 1) in state,
+        layers=tuple(layers),
+        bidirectional=bidirectional,
         bias=layer_key(0, "bias_ih") in state,
         vocab_size=vocab_size,
         tied=tied,

@@ -47,4 +47,5 @@ FAMILY = Family(
     expects="encoder.weight, rnns.{i}.[module.]weight_ih_l0, rnns.{i}.[module.]weight_hh_l0[_raw], decoder.*",
     matches=matches,
     convert=convert,
+    source_key=lambda layer, param, suffix: f"rnns.{layer}.{param}_l0{suffix}",
 )

@@ -28,6 +28,8 @@ class Family:
     expects: str  # one line for error messages: the keys this family looks for
     matches: Callable[[Mapping[str, Tensor]], bool]
     convert: Callable[[RawCheckpoint], Canonical]
+    # The name a canonical key has in this family's files (for errors about keys that are missing).
+    source_key: Callable[[int, str, str], str] = lambda layer, param, suffix: f"layers.{layer}.{param}_l0{suffix}"
 
 
 def same_tensor(a: Tensor, b: Tensor) -> bool:

@@ -28,4 +28,5 @@ FAMILY = Family(
     expects="only [prefix.]weight_ih_l{k}, weight_hh_l{k}, bias_*_l{k}, weight_hr_l{k} (and _reverse) keys",
     matches=matches,
     convert=convert,
+    source_key=lambda layer, param, suffix: f"{param}_l{layer}{suffix}",
 )

@@ -31,4 +31,5 @@ FAMILY = Family(
     expects="encoder.weight, rnn.weight_ih_l{k}, rnn.weight_hh_l{k}, rnn.bias_*_l{k}, decoder.weight, decoder.bias",
     matches=matches,
     convert=convert,
+    source_key=lambda layer, param, suffix: f"rnn.{param}_l{layer}{suffix}",
 )

@@ -1,0 +1,256 @@
+"""Bad input across every command: a clear message (where, what, what to do), exit code 1, no traceback,
+and no output or partial file left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from isscompress.checkpoint import write_checkpoint
+from isscompress.cli import app
+from isscompress.model import RecurrentModel
+from isscompress.spec import LayerSpec, ModelSpec
+from conftest import make_rnn_model
+
+runner = CliRunner()
+WORDS = ["a", "b", "c", "<unk>", "<eos>"]
+SPEC = ModelSpec("LSTM", (LayerSpec(4, 6), LayerSpec(6, 5)), vocab_size=len(WORDS))
+
+
+@pytest.fixture
+def world(tmp_path) -> dict[str, Path]:
+    """A good model, a good recipe and good text; each case spoils one thing."""
+    torch.manual_seed(0)
+    model = tmp_path / "model.safetensors"
+    write_checkpoint(model, RecurrentModel(SPEC).canonical_state(),
+                     {"family": "isscompress", "spec": SPEC.to_dict(), "vocabulary": WORDS})
+    text = tmp_path / "text.txt"
+    text.write_text(" a b c \n b a \n" * 50)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"data:\n  train: {text}\n  valid: {text}\nfinetune:\n  epochs: 1\n  batch_size: 4\n"
+                      f"  bptt: 5\niss:\n  lambda: 0.001\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    return {"dir": tmp_path, "model": model, "text": text, "recipe": recipe, "out": out}
+
+
+def _wlm_state() -> dict[str, torch.Tensor]:
+    return make_rnn_model(ntoken=23, ninp=6, nhid=6).state_dict()
+
+
+def _write(path: Path, content) -> Path:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, str):
+        path.write_text(content)
+    else:
+        torch.save(content, path)
+    return path
+
+
+def _lying_header(path: Path) -> Path:
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1000, 1000], "data_offsets": [0, 4000000]}}).encode()
+    return _write(path, struct.pack("<Q", len(header)) + header + b"\0" * 64)
+
+
+def _safetensors(path: Path, tensors: dict) -> Path:
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+def _state_with(**changes) -> dict:
+    state = _wlm_state()
+    for key, value in changes.items():
+        key = key.replace("__", ".")
+        if value is None:
+            state.pop(key)
+        else:
+            state[key] = value(state[key]) if callable(value) else value
+    return state
+
+
+def _nan(t):
+    t = t.clone()
+    t.view(-1)[0] = float("nan")
+    return t
+
+
+# Checkpoint cases: (name, maker(dir) -> path, fragments of the message)
+CHECKPOINTS = [
+    ("empty", lambda d: _write(d / "e.pt", b""), ["is empty"]),
+    ("random bytes", lambda d: _write(d / "r.bin", os.urandom(300)), ["not a checkpoint"]),
+    ("truncated zip", lambda d: _write(d / "t.pt", (lambda p: p.read_bytes()[:200])(_write(d / "full.pt", _wlm_state()))),
+     ["could not be read", "truncated"]),
+    ("lying safetensors header", lambda d: _lying_header(d / "h.safetensors"), ["damaged safetensors"]),
+    ("integer weights", lambda d: _safetensors(d / "i.safetensors", _state_with(decoder__bias=torch.zeros(23, dtype=torch.int64))),
+     ["'decoder.bias' has dtype torch.int64", "floating point"]),
+    ("NaN weights", lambda d: _write(d / "n.pt", _state_with(rnn__weight_hh_l0=_nan)), ["'rnn.weight_hh_l0' contains NaN"]),
+    ("Inf weights", lambda d: _write(d / "i.pt", _state_with(encoder__weight=lambda t: t.fill_(float("inf")))),
+     ["'encoder.weight' contains NaN or Inf"]),
+    ("gates disagree", lambda d: _write(d / "g.pt", _state_with(rnn__bias_ih_l1=torch.zeros(20))),
+     ["'rnn.bias_ih_l1' has shape [20], expected [24]"]),
+    ("layers disagree", lambda d: _write(d / "l.pt", _state_with(rnn__weight_ih_l1=torch.zeros(24, 7))),
+     ["'rnn.weight_ih_l1' has shape [24, 7], expected [24, 6]"]),
+    ("decoder vs embedding", lambda d: _write(d / "v.pt", _state_with(decoder__weight=torch.zeros(22, 6))),
+     ["'decoder.weight' has shape [22, 6]"]),
+    ("optimizer state left in", lambda d: _write(d / "o.pt", _state_with(momentum_buffer=torch.zeros(3))),
+     ["'momentum_buffer' is not part of this architecture"]),
+    ("missing tensor", lambda d: _write(d / "m.pt", _state_with(rnn__bias_hh_l0=None)), ["'rnn.bias_hh_l0' is missing"]),
+    ("unknown layout", lambda d: _safetensors(d / "u.safetensors", {"conv.weight": torch.zeros(2, 2)}),
+     ["matches no known model family", "--family"]),
+    ("not a state dict", lambda d: _write(d / "s.pt", {"epoch": 3, "note": "hi"}), ["does not contain a state dict"]),
+    ("directory", lambda d: d, ["is not a file"]),
+    ("missing file", lambda d: d / "absent.safetensors", ["does not exist"]),
+]
+
+
+# Every reader shares one code path: the full matrix for inspect, shrink and report, a sample for the rest.
+SAMPLED = {"empty", "random bytes", "lying safetensors header", "NaN weights", "gates disagree", "missing file"}
+CHECKPOINT_CASES = [
+    pytest.param(command, *case, id=f"{command}-{case[0]}")
+    for command in ("inspect", "shrink", "report", "finetune", "eval", "export")
+    for case in CHECKPOINTS
+    if command in ("inspect", "shrink", "report") or case[0] in SAMPLED
+]
+
+
+@pytest.mark.parametrize("command, name, make, fragments", CHECKPOINT_CASES)
+def test_bad_checkpoints(world, command, name, make, fragments) -> None:
+    path = make(world["dir"])
+    out = world["out"] / "result.safetensors"
+    args = {
+        "inspect": ["inspect", path],
+        "shrink": ["shrink", path, "-o", out],
+        "finetune": ["finetune", path, "-r", world["recipe"], "-o", out],
+        "eval": ["eval", path, "--data", world["text"]],
+        "report": ["report", world["model"], path, "--no-speed"],
+        "export": ["export", path, "--format", "torchscript", "-o", out],
+    }[command]
+    _assert_refused(runner.invoke(app, [str(a) for a in args]), fragments, world["out"])
+
+
+def _assert_refused(result, fragments, out_dir: Path) -> None:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    message = " ".join(result.stderr.split())
+    assert message.startswith("error:")
+    for fragment in fragments:
+        assert fragment in message, message
+    assert list(out_dir.iterdir()) == [], "no output or temporary file is left"
+
+
+RECIPES = [
+    ("not YAML", "data: [\n", ["not valid YAML"]),
+    ("empty", "", ["is empty"]),
+    ("a list", "- 1\n- 2\n", ["must be a mapping"]),
+    ("misspelt key", "finetune:\n  epocs: 2\n", ["line 2", "'epocs'", "Did you mean 'epochs'?"]),
+    ("unknown section", "pruning:\n  x: 1\n", ["unknown key 'pruning' at the top level"]),
+    ("wrong type", "finetune:\n  batch_size: many\n", ["'finetune.batch_size'", "valid integer"]),
+    ("zero lambda", "iss:\n  lambda: 0\n", ["'iss.lambda'", "greater than 0"]),
+    ("negative lr", "finetune:\n  lr: -0.1\n", ["'finetune.lr'", "greater than 0"]),
+    ("zero epochs", "recover:\n  epochs: 0\n", ["'recover.epochs'", "greater than 0"]),
+    ("missing data file", "data:\n  train: nowhere.txt\n", ["line 2", "data.train file", "does not exist"]),
+    ("multiplier for a missing layer", "data:\n  train: text.txt\niss:\n  layer_multipliers: {layer7: 2}\n",
+     ["'layer7'", "does not have", "layer0, layer1"]),
+    ("unknown method", "iss:\n  method: l1\n", ["'iss.method'", "'subgradient' or 'proximal'"]),
+]
+
+
+@pytest.mark.parametrize("name, text, fragments", RECIPES, ids=[r[0] for r in RECIPES])
+def test_bad_recipes(world, name, text, fragments) -> None:
+    recipe = _write(world["dir"] / "bad.yaml", text)
+    result = runner.invoke(app, ["finetune", str(world["model"]), "-r", str(recipe), "-o",
+                                 str(world["out"] / "x.safetensors")])
+    _assert_refused(result, fragments, world["out"])
+
+
+TEXTS = [
+    ("empty text", b"", ["contains no words"]),
+    ("non-UTF-8 text", b" a b \xff\xfe \n", ["not UTF-8"]),
+    ("words without <unk> fallback", None, ["not in the vocabulary", "'zebra'"]),
+]
+
+
+@pytest.mark.parametrize("name, content, fragments", TEXTS, ids=[t[0] for t in TEXTS])
+def test_bad_text(world, name, content, fragments) -> None:
+    model = world["model"]
+    if content is None:
+        words = ["a", "b", "c", "<eos>", "d"]  # same size as the model's vocabulary, but no <unk>
+        vocab = _write(world["dir"] / "vocab.txt", "\n".join(words) + "\n")
+        data = _write(world["dir"] / "zebra.txt", " a zebra \n")
+        result = runner.invoke(app, ["eval", str(model), "--data", str(data), "--vocab", str(vocab)])
+    else:
+        data = _write(world["dir"] / "bad.txt", content)
+        result = runner.invoke(app, ["eval", str(model), "--data", str(data)])
+    _assert_refused(result, fragments, world["out"])
+
+
+def test_crlf_text_is_accepted(world) -> None:
+    data = _write(world["dir"] / "crlf.txt", b" a b \r\n c zebra \r\n" * 20)
+    result = runner.invoke(app, ["eval", str(world["model"]), "--data", str(data), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["tokens"] > 0
+
+
+def test_vocabulary_of_the_wrong_size(world) -> None:
+    vocab = _write(world["dir"] / "v.txt", "a\nb\n")
+    result = runner.invoke(app, ["eval", str(world["model"]), "--data", str(world["text"]), "--vocab", str(vocab)])
+    _assert_refused(result, ["has 2 words", "embedding has 5 rows"], world["out"])
+
+
+def test_fp16_and_bf16_are_accepted_and_reported(world) -> None:
+    for dtype in (torch.float16, torch.bfloat16):
+        state = {k: v.to(dtype) for k, v in _wlm_state().items()}
+        path = _safetensors(world["dir"] / f"{dtype}.safetensors", state)
+        result = runner.invoke(app, ["inspect", str(path), "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["model"]["dtype"] == str(dtype).replace("torch.", "")
+        out = world["dir"] / f"{dtype}-small.safetensors"
+        assert runner.invoke(app, ["shrink", str(path), "-o", str(out)]).exit_code == 0
+
+
+OUTPUTS = [
+    ("exists", lambda w: _write(w["out"] / "result.safetensors", b"old"), ["already exists", "--force"]),
+    ("missing folder", lambda w: w["out"] / "no" / "result.safetensors", ["does not exist"]),
+    ("equal to input", lambda w: w["model"], ["is the input file"]),
+]
+
+
+@pytest.mark.parametrize("command", ["shrink", "finetune", "export"])
+@pytest.mark.parametrize("name, target, fragments", OUTPUTS, ids=[o[0] for o in OUTPUTS])
+def test_bad_outputs(world, command, name, target, fragments) -> None:
+    out = target(world)
+    before = out.read_bytes() if out.exists() else None
+    args = {"shrink": ["shrink", world["model"], "-o", out],
+            "finetune": ["finetune", world["model"], "-r", world["recipe"], "-o", out],
+            "export": ["export", world["model"], "--format", "onnx", "-o", out]}[command]
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in " ".join(result.stderr.split())
+    if before is not None:
+        assert out.read_bytes() == before
+    assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")] if out.parent.exists() else True
+
+
+def test_unwritable_folder(world) -> None:
+    folder = Path("/sys") if os.geteuid() == 0 else world["dir"] / "ro"
+    if folder != Path("/sys"):
+        folder.mkdir()
+        folder.chmod(0o500)
+    result = runner.invoke(app, ["shrink", str(world["model"]), "-o", str(folder / "x.safetensors")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "not writable" in result.stderr or "Could not write" in result.stderr
+
+
+def test_threshold_that_removes_every_unit(world) -> None:
+    result = runner.invoke(app, ["shrink", str(world["model"]), "-o", str(world["out"] / "x.safetensors"),
+                                 "-t", "1e6"])
+    _assert_refused(result, ["every unit of layer 0", "threshold below"], world["out"])
