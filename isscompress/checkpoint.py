@@ -233,9 +233,9 @@ def atomic_write(output: Path, write: Callable[[Path], None]) -> None:
     try:
         write(Path(temporary))
         os.replace(temporary, output)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:  # safetensors reports a full disk as SafetensorError
         Path(temporary).unlink(missing_ok=True)
-        raise CheckpointError(f"Could not write {output}: {err.strerror or err}.",
+        raise CheckpointError(f"Could not write {output}: {getattr(err, 'strerror', None) or err}.",
                               "Check free disk space and permissions; the previous file, if any, is unchanged.") from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

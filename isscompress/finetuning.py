@@ -60,16 +60,20 @@ def _metadata(checkpoint: Checkpoint, recipe: Recipe, stage: str, vocabulary, so
     }
 
 
-def _resume_state(output: Path, state_file: Path, recipe: Recipe) -> tuple[Checkpoint, TrainState]:
-    if not state_file.is_file() or not output.is_file():
-        raise CheckpointError(f"Nothing to resume: {output} or {state_file.name} is missing.",
+def _resume_state(state_file: Path, recipe: Recipe) -> tuple[dict, TrainState]:
+    """Weights and training state from the last save (one file, written atomically)."""
+    if not state_file.is_file():
+        raise CheckpointError(f"Nothing to resume: {state_file} is missing.",
                               "Run without --resume to start the fine-tuning.")
-    saved = load_checkpoint(output)
-    if saved.metadata.get("recipe") != recipe.to_yaml():
-        raise CheckpointError(f"{output} was made with a different recipe.",
+    try:
+        saved = torch.load(state_file, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{state_file} could not be read ({err}).", "Start again without --resume.") from None
+    if saved.pop("recipe", None) != recipe.to_yaml():
+        raise CheckpointError(f"{state_file} was made with a different recipe.",
                               "Resume with the same recipe, or start again without --resume.")
-    state = TrainState(**torch.load(state_file, weights_only=True))
-    return saved, state
+    weights = saved.pop("model")
+    return weights, TrainState(**saved)
 
 
 def finetune(
@@ -106,9 +110,7 @@ def finetune(
     if not resume:
         log_file.unlink(missing_ok=True)
     if resume:
-        saved, state = _resume_state(output, state_file, recipe)
-        checkpoint.state = saved.state
-        metadata = saved.metadata
+        checkpoint.state, state = _resume_state(state_file, recipe)
     model = build_model(checkpoint.spec, {k: v.float().clone() for k, v in checkpoint.state.items()},
                         dropout=schedule.dropout)
     iss = recipe.iss if stage == "finetune" else None
@@ -116,8 +118,12 @@ def finetune(
     result = FinetuneResult(output, stage)
 
     def save(trained: RecurrentModel, train_state: TrainState) -> None:
-        write_checkpoint(output, trained.canonical_state(), metadata)
-        atomic_write(state_file, lambda tmp: torch.save(train_state.to_dict(), tmp))
+        # The state file alone is enough to resume (weights included), so a kill between the two
+        # writes never pairs weights with the wrong position.
+        weights = trained.canonical_state()
+        resume_data = {**train_state.to_dict(), "model": weights, "recipe": recipe.to_yaml()}
+        atomic_write(state_file, lambda tmp: torch.save(resume_data, tmp))
+        write_checkpoint(output, weights, metadata)
 
     def record(event: Event) -> None:
         result.events.append(event)

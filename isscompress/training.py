@@ -166,6 +166,9 @@ def fit(
     criterion = nn.CrossEntropyLoss()
 
     def checkpoint() -> None:
+        if not all(torch.isfinite(p).all() for p in inner.parameters()):
+            raise Diverged(f"The weights became NaN or Inf at step {state.step}; the last good checkpoint is kept.",
+                           "Lower the learning rate (finetune.lr) or the ISS strength (iss.lambda), or set finetune.clip.")
         state.optimizer = optimizer.state_dict()
         state.rng = torch.get_rng_state()
         state.hidden = hidden
@@ -194,7 +197,7 @@ def fit(
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise Diverged(
-                        f"The training loss became {value} at step {state.step + 1}; the last saved checkpoint is kept.",
+                        f"The training loss became {value} (NaN or Inf) at step {state.step + 1}; the last saved checkpoint is kept.",
                         "Lower the learning rate (finetune.lr), the ISS strength (iss.lambda) or set finetune.clip.",
                     )
                 state.step += 1
