@@ -14,7 +14,6 @@ import os
 import pickle
 import struct
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -135,15 +134,18 @@ def _read_torch(path: Path) -> tuple[Any, dict[str, Any]]:
     except pickle.UnpicklingError as err:
         if "model.RNNModel" not in str(err):
             raise CheckpointError(f"{path} holds more than tensors and was not loaded.", _convert_hint(path)) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"{path} could not be read as a torch.save file ({err}).",
-                              "It may be truncated; save it again.") from None
+    except Exception as err:  # a damaged file makes torch.load raise nearly anything
+        raise CheckpointError(f"{path} could not be read as a torch.save file ({type(err).__name__}: {err}).",
+                              "It may be truncated or damaged; save it again.") from None
     try:
         with torch.serialization.safe_globals([(_ModuleRecord, name) for name in PICKLED_MODULE_CLASSES]):
             record = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise CheckpointError(f"{path} is a pickled RNNModel with classes outside the allow-list.",
                               _convert_hint(path)) from None
+    except Exception as err:
+        raise CheckpointError(f"{path} could not be read as a torch.save file ({type(err).__name__}: {err}).",
+                              "It may be truncated or damaged; save it again.") from None
     if not isinstance(record, _ModuleRecord):
         raise CheckpointError(f"{path} does not hold a model or a state dict.", _convert_hint(path))
     attributes = {k: v for k, v in record.__dict__.items() if isinstance(v, (str, int, float, bool))}
