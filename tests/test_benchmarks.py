@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 BENCHMARK = Path(__file__).parent.parent / "examples" / "benchmarks" / "ptb.py"
@@ -11,6 +12,7 @@ BENCHMARK = Path(__file__).parent.parent / "examples" / "benchmarks" / "ptb.py"
 def test_ptb_benchmark_quick(tmp_path) -> None:
     spec = importlib.util.spec_from_file_location("ptb_benchmark", BENCHMARK)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     bench = module.main(["--quick", "--output", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs")])
     methods = {p.method for p in bench.points}
