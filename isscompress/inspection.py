@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .groups import all_unit_norms
 from .loading import load_checkpoint
-from .summary import ModelSummary, NormStats, norm_stats, summarize
+from .summary import ModelSummary, NormStats, norm_stats
 
 
 @dataclass(frozen=True)

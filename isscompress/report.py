@@ -18,7 +18,7 @@ from .loading import Checkpoint, load_checkpoint
 from .preparation import resolve_vocabulary, token_batches
 from .recipe import DataSection, EvaluateSection, Recipe
 from .speed import SpeedSample, measure_speed
-from .summary import ModelSummary, NormStats, norm_stats, summarize
+from .summary import ModelSummary, NormStats, norm_stats
 
 
 @dataclass(frozen=True)

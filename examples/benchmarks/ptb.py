@@ -27,7 +27,7 @@ from isscompress.checkpoint import write_checkpoint
 from isscompress.finetuning import finetune, train_new
 from isscompress.groups import all_unit_norms
 from isscompress.pipeline import run_recipe
-from isscompress.recipe import Recipe, load_recipe, parse_recipe
+from isscompress.recipe import Recipe, load_recipe
 from isscompress.report import evaluate_checkpoint
 from isscompress.shrinking import shrink
 from isscompress.spec import LayerSpec, macs_per_token, parameter_counts
