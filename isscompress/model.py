@@ -44,7 +44,7 @@ class RecurrentModel(nn.Module):
     def __init__(self, spec: ModelSpec, dropout: float = 0.0) -> None:
         super().__init__()
         self.spec = spec
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # p=0 dropout still costs a pass
         self.encoder = _embedding(spec.vocab_size, spec.layers[0].input_size) if spec.is_language_model else None
         self.layers = nn.ModuleList(_make_layer(spec, i) for i in range(len(spec.layers)))
         self.decoder = None
