@@ -62,7 +62,7 @@ def test_report_table_json_markdown_and_plots(tmp_path, pair) -> None:
     sparse, small, text = pair
     table = run("report", sparse, small, "--data", text, "--repeats", "2")
     assert table.exit_code == 0, table.output
-    for fragment in ("width layer 0", "multiply-adds / token", "perplexity", "decode_batch1", "native kernel", "then shrink"):
+    for fragment in ("width layer 0", "multiply-adds / token", "perplexity", "decode batch 1", "native RNN kernel", "then shrink"):
         assert fragment in table.stdout
     data = json.loads(run("report", sparse, small, "--data", text, "--json", "--repeats", "2").stdout)
     assert [c["width_after"] for c in data["layers"]] == [5, 3]
