@@ -76,8 +76,10 @@ def test_recipe_data_paths_must_exist(tmp_path) -> None:
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_example_recipe_is_valid(path) -> None:
-    recipe = load_recipe(path)
+    recipe = parse_recipe(path.read_text(), str(path))  # the schema, always
     assert parse_recipe(recipe.to_yaml()) == recipe  # what we store in metadata reads back the same
+    if "shared/" not in path.read_text() or PTB.exists():  # data paths too, where the data is here
+        load_recipe(path)
 
 
 def test_recipe_reference_in_docs_matches_the_schema() -> None:
