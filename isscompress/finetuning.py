@@ -12,12 +12,12 @@ import torch
 
 from .checkpoint import FORMAT_VERSION, atomic_write, check_output_path, sha256_file, write_checkpoint
 from .distributed import Distributed
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError
 from .loading import Checkpoint, derived_metadata, load_checkpoint
 from .data import build_vocabulary, read_vocabulary
 from .model import RecurrentModel, build_model
 from .spec import ModelSpec
-from .preparation import resolve_vocabulary, token_batches
+from .preparation import resolve_vocabulary, training_batches
 from .recipe import Recipe, Schedule, check_layer_names, load_recipe
 from .training import Event, TrainState, fit
 
@@ -97,12 +97,7 @@ def finetune(
     check_layer_names(recipe, [gs.name for gs in checkpoint.group_sets], "")
     vocabulary, _ = resolve_vocabulary(checkpoint, recipe.data)
     schedule = _schedule(recipe, stage)
-    if recipe.data.train is None:
-        raise DataError("The recipe has no data.train text to fine-tune on.", "Add data.train to the recipe.")
-    train = token_batches(recipe.data.train, vocabulary, schedule.batch_size, recipe.data.max_train_tokens)
-    valid = None
-    if recipe.data.valid is not None:
-        valid = token_batches(recipe.data.valid, vocabulary, recipe.evaluate.batch_size, recipe.data.max_eval_tokens)
+    train, valid = training_batches(recipe, vocabulary, schedule)
     source_sha = sha256_file(checkpoint.path)
     metadata = _metadata(checkpoint, recipe, stage, vocabulary, source_sha)
 
@@ -154,8 +149,6 @@ def train_new(
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     output = check_output_path(output, force=force)
     paths = [p for p in (recipe.data.train, recipe.data.valid, recipe.data.test) if p is not None]
-    if recipe.data.train is None:
-        raise DataError("The recipe has no data.train text to train on.", "Add data.train to the recipe.")
     vocab = recipe.data.vocab
     vocabulary = build_vocabulary(paths) if vocab in ("auto", "corpus") else read_vocabulary(vocab)
     spec = replace(spec, vocab_size=len(vocabulary))
@@ -168,10 +161,7 @@ def train_new(
         if model.decoder.bias is not None:
             model.decoder.bias.zero_()
     schedule = recipe.finetune
-    train = token_batches(recipe.data.train, vocabulary, schedule.batch_size, recipe.data.max_train_tokens)
-    valid = None
-    if recipe.data.valid is not None:
-        valid = token_batches(recipe.data.valid, vocabulary, recipe.evaluate.batch_size, recipe.data.max_eval_tokens)
+    train, valid = training_batches(recipe, vocabulary, schedule)
     metadata = {"format_version": FORMAT_VERSION, "family": "isscompress", "spec": spec.to_dict(), "stage": "train",
                 "recipe": recipe.to_yaml(), "vocabulary": list(vocabulary.words)}
     result = FinetuneResult(output, "train")

@@ -9,7 +9,7 @@ from torch import Tensor
 from .data import Vocabulary, batchify, build_vocabulary, read_vocabulary, tokenize
 from .errors import DataError
 from .loading import Checkpoint
-from .recipe import DataSection
+from .recipe import DataSection, Recipe, Schedule
 
 VOCAB_FILES = ("vocab.txt",)
 
@@ -50,3 +50,15 @@ def token_batches(path: Path, vocabulary: Vocabulary, batch_size: int, max_token
     """``[steps, batch]`` token ids of a text file, optionally only its first ``max_tokens``."""
     ids = tokenize(path, vocabulary)
     return batchify(ids[:max_tokens] if max_tokens else ids, batch_size)
+
+
+def training_batches(recipe: Recipe, vocabulary: Vocabulary, schedule: Schedule) -> tuple[Tensor, Tensor | None]:
+    """The training stream batched for ``schedule``, and the validation stream batched for evaluation."""
+    data = recipe.data
+    if data.train is None:
+        raise DataError("The recipe has no data.train text to train on.", "Add data.train to the recipe.")
+    train = token_batches(data.train, vocabulary, schedule.batch_size, data.max_train_tokens)
+    valid = None
+    if data.valid is not None:
+        valid = token_batches(data.valid, vocabulary, recipe.evaluate.batch_size, data.max_eval_tokens)
+    return train, valid
