@@ -45,7 +45,7 @@ def pair(tmp_path) -> tuple[Path, Path, Path]:
     write_checkpoint(sparse, isscompress.mask_state_dict(checkpoint.state, checkpoint.group_sets, kept),
                      checkpoint.metadata)
     small = tmp_path / "small.safetensors"
-    isscompress.shrinking.shrink(sparse, small)
+    isscompress.shrink(sparse, small)
     text = tmp_path / "text.txt"
     text.write_text(" the cat sat on the mat \n the dog sat \n" * 40)
     return sparse, small, text

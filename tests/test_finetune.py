@@ -125,7 +125,7 @@ def test_recovery_finetune_of_a_shrunk_model_keeps_its_widths(tmp_path, small_lm
     sparse = tmp_path / "sparse.safetensors"
     write_checkpoint(sparse, isscompress.mask_state_dict(checkpoint.state, checkpoint.group_sets, kept),
                      checkpoint.metadata)
-    isscompress.shrinking.shrink(sparse, shrunk)
+    isscompress.shrink(sparse, shrunk)
     out = tmp_path / "recovered.safetensors"
     result = runner.invoke(app, ["finetune", str(shrunk), "-r", str(_recipe(tmp_path)), "-o", str(out),
                                  "--stage", "recover"])
