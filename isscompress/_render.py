@@ -87,6 +87,24 @@ def _ratio(before: float, after: float) -> str:
     return f"{before / after:.2f}x" if after else "-"
 
 
+def _cost_rows(table: Table, b: ModelSummary, a: ModelSummary | None, *, per_part_macs: bool) -> None:
+    """Parameters, multiply-adds and file size, before → after (after and ratio blank for one model)."""
+
+    def row(label: str, before, after, show=human, style: str | None = None) -> None:
+        table.add_row(label, show(before), show(after) if a else "", _ratio(before or 0, after or 0) if a else "",
+                      style=style)
+
+    for part in PARTS:
+        if b.parameters[part] or (per_part_macs and b.macs_per_token[part]):
+            row(f"parameters {part}", b.parameters[part], a.parameters[part] if a else None)
+    row("parameters total", b.total_parameters, a.total_parameters if a else None, style="bold")
+    for part in ("recurrent", "decoder") if per_part_macs else ():
+        if b.macs_per_token[part]:
+            row(f"multiply-adds {part}", b.macs_per_token[part], a.macs_per_token[part] if a else None)
+    row("multiply-adds / token", b.total_macs, a.total_macs if a else None, style="bold")
+    row("file size", b.file_bytes, a.file_bytes if a else None, show=human_bytes)
+
+
 def render_shrink(result: ShrinkResult, console: Console) -> None:
     table = Table(title=f"Shrunk {result.source.name} → {result.output.name} (threshold {result.threshold:g})")
     for column in ("", "before", "after", "ratio"):
@@ -94,17 +112,7 @@ def render_shrink(result: ShrinkResult, console: Console) -> None:
     for name, before in result.widths_before.items():
         table.add_row(f"width {name}", str(before), str(result.widths_after[name]),
                       f"{result.widths_after[name] / before:.0%} kept")
-    b, a = result.before, result.after
-    for part in PARTS:
-        if b.parameters[part]:
-            table.add_row(f"parameters {part}", human(b.parameters[part]), human(a.parameters[part]),
-                          _ratio(b.parameters[part], a.parameters[part]))
-    table.add_row("parameters total", human(b.total_parameters), human(a.total_parameters),
-                  _ratio(b.total_parameters, a.total_parameters), style="bold")
-    table.add_row("multiply-adds / token", human(b.total_macs), human(a.total_macs),
-                  _ratio(b.total_macs, a.total_macs), style="bold")
-    table.add_row("file size", human_bytes(b.file_bytes), human_bytes(a.file_bytes),
-                  _ratio(b.file_bytes or 0, a.file_bytes or 0))
+    _cost_rows(table, result.before, result.after, per_part_macs=False)
     console.print(table)
     console.print(f"Checked: shrunk and masked models agree to {result.max_abs_diff:.2g} "
                   f"(tolerance {result.tolerance:.2g}) on a probe batch.")
@@ -172,22 +180,7 @@ def render_report(report, console: Console) -> None:
     if not report.layers:
         for layer in b.layers:
             table.add_row(f"width layer {layer.index}", str(layer.width), "", "")
-    for part in PARTS:
-        if b.parameters[part] or b.macs_per_token[part]:
-            after = a.parameters[part] if a else None
-            table.add_row(f"parameters {part}", human(b.parameters[part]), human(after) if a else "",
-                          _ratio(b.parameters[part], after) if a else "")
-    table.add_row("parameters total", human(b.total_parameters), human(a.total_parameters) if a else "",
-                  _ratio(b.total_parameters, a.total_parameters) if a else "", style="bold")
-    for part in ("recurrent", "decoder"):
-        if b.macs_per_token[part]:
-            table.add_row(f"multiply-adds {part}", human(b.macs_per_token[part]),
-                          human(a.macs_per_token[part]) if a else "",
-                          _ratio(b.macs_per_token[part], a.macs_per_token[part]) if a else "")
-    table.add_row("multiply-adds / token", human(b.total_macs), human(a.total_macs) if a else "",
-                  _ratio(b.total_macs, a.total_macs) if a else "", style="bold")
-    table.add_row("file size", human_bytes(b.file_bytes), human_bytes(a.file_bytes) if a else "",
-                  _ratio(b.file_bytes or 0, a.file_bytes or 0) if a else "")
+    _cost_rows(table, b, a, per_part_macs=True)
     pb, pa = report.perplexity_before, report.perplexity_after
     if pb is not None:
         delta = report.perplexity_delta
