@@ -94,7 +94,8 @@ def finetune(
     if not resume:
         check_output_path(output, force=force, inputs=(source,))
     checkpoint = load_checkpoint(source, recipe.model.family)
-    check_layer_names(recipe, [gs.name for gs in checkpoint.group_sets], "")
+    if stage == "finetune":  # the ISS section applies to this stage only (recovery runs on the shrunk model)
+        check_layer_names(recipe, {gs.name: gs.size for gs in checkpoint.group_sets}, "")
     vocabulary, _ = resolve_vocabulary(checkpoint, recipe.data)
     schedule = _schedule(recipe, stage)
     train, valid = training_batches(recipe, vocabulary, schedule)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Mapping, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
@@ -62,6 +62,13 @@ class IssSection(Section):
     method: Literal["subgradient", "proximal"] = Field(
         "subgradient", description="'subgradient' (the paper; zero small weights after each step) or "
                                   "'proximal' (group soft-thresholding: exact zeros).")
+    target_widths: dict[str, PositiveInt] = Field(default_factory=dict, description=(
+        "Per group set (e.g. layer0): stop shrinking once this many units are alive; its lambda is 0 from then "
+        "on, so the rest of the fine-tuning recovers the survivors. Without it the widths follow from lambda."))
+    reweight: float = Field(0.0, ge=0, le=4, description=(
+        "Reweighted group Lasso: each group's lambda times (mean alive norm of its set / its norm) ** reweight, "
+        "recomputed every step. 0 = plain group Lasso (the paper); 1-2 spread the units' deaths out and shrink "
+        "the survivors less."))
     zero_threshold: float = Field(1e-4, ge=0, description="subgradient: weights below this become 0 each step.")
     freeze_dead: bool = Field(True, description="Keep groups that reached zero at zero.")
 
@@ -206,16 +213,23 @@ def resolve_paths(recipe: Recipe, base: Path, source: str, text: str = "") -> Re
     return recipe.model_copy(update={"data": recipe.data.model_copy(update=updates)})
 
 
-def check_layer_names(recipe: Recipe, set_names: list[str], source: str) -> None:
-    """Per-layer multipliers must name group sets the model has."""
+def check_layer_names(recipe: Recipe, set_sizes: Mapping[str, int], source: str) -> None:
+    """Per-layer multipliers and targets must name group sets the model has; targets must shrink them."""
     if recipe.iss is None:
         return
-    unknown = [name for name in recipe.iss.layer_multipliers if name not in set_names]
-    if unknown:
-        close = {n: difflib.get_close_matches(n, set_names, n=1) for n in unknown}
-        hints = "; ".join(f"'{n}'" + (f" (did you mean '{c[0]}'?)" if c else "") for n, c in close.items())
-        raise RecipeError(f"recipe {source}: iss.layer_multipliers names group sets this model does not have: "
-                          f"{hints}.", f"This model's group sets: {', '.join(set_names)}.")
+    source = f" {source}" if source else ""
+    for field_name in ("layer_multipliers", "target_widths"):
+        unknown = [name for name in getattr(recipe.iss, field_name) if name not in set_sizes]
+        if unknown:
+            close = {n: difflib.get_close_matches(n, list(set_sizes), n=1) for n in unknown}
+            hints = "; ".join(f"'{n}'" + (f" (did you mean '{c[0]}'?)" if c else "") for n, c in close.items())
+            raise RecipeError(f"recipe{source}: iss.{field_name} names group sets this model does not have: "
+                              f"{hints}.", f"This model's group sets: {', '.join(set_sizes)}.")
+    for name, target in recipe.iss.target_widths.items():
+        if target >= set_sizes[name]:
+            raise RecipeError(f"recipe{source}: iss.target_widths.{name} is {target}, but {name} has only "
+                              f"{set_sizes[name]} units, so it would not shrink.",
+                              f"Give a target below {set_sizes[name]}, or leave {name} out.")
 
 
 def _schema_type(prop: dict) -> str:

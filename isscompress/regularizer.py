@@ -21,9 +21,32 @@ from .surgery import mask_state_dict
 EPS = 1e-12
 
 
+Lambdas = Mapping[str, "float | Tensor"]  # per group set: one value, or one per unit
+
+
 def lambdas_for(group_sets: tuple[GroupSet, ...], base: float, multipliers: Mapping[str, float]) -> dict[str, float]:
     """lambda per group set: the base times its multiplier (by set name, e.g. ``layer1``)."""
     return {gs.name: base * multipliers.get(gs.name, 1.0) for gs in group_sets}
+
+
+@torch.no_grad()
+def reweighted(lambdas: Mapping[str, float], norms: Mapping[str, Tensor], exponent: float) -> Lambdas:
+    """Reweighted group Lasso: ``lambda_g = lambda * (mean alive norm / ||w_g||) ** exponent``.
+
+    Plain group Lasso (exponent 0) shrinks every group by the same amount per step, so the units
+    that survive are shrunk as much as the ones that die, and all die late and together. Weighting
+    each group by the inverse of its own norm (Candes, Wakin & Boyd 2008, recomputed every step from
+    the norms the step computes anyway) spreads the deaths out and leaves strong units nearly
+    unbiased. The set's mean alive norm keeps ``lambda`` on the plain scale.
+    """
+    if exponent == 0:
+        return lambdas
+    weighted: dict[str, Tensor] = {}
+    for name, norm in norms.items():
+        alive = norm > 0
+        mean = norm[alive].mean() if bool(alive.any()) else norm.new_ones(())
+        weighted[name] = lambdas[name] * (mean / norm.clamp_min(EPS)).pow(exponent) * alive
+    return weighted
 
 
 @torch.no_grad()
@@ -31,9 +54,9 @@ def group_norms(params: Mapping[str, Tensor], group_sets: tuple[GroupSet, ...]) 
     return {gs.name: unit_squared_norms(params, gs).sqrt() for gs in group_sets}
 
 
-def penalty(norms: Mapping[str, Tensor], lambdas: Mapping[str, float]) -> float:
-    """The group-Lasso term ``sum lambda * ||w_g||`` (for logging; gradients come from add_subgradient)."""
-    return float(sum(lambdas[name] * values.sum() for name, values in norms.items()))
+def penalty(norms: Mapping[str, Tensor], lambdas: Lambdas) -> float:
+    """The group-Lasso term ``sum lambda_g * ||w_g||`` (for logging; gradients come from add_subgradient)."""
+    return float(sum((lambdas[name] * values).sum() for name, values in norms.items()))
 
 
 def _broadcast(values: Tensor, like: Tensor) -> Tensor:
@@ -44,7 +67,7 @@ def _broadcast(values: Tensor, like: Tensor) -> Tensor:
 def add_subgradient(
     params: Mapping[str, Tensor],
     group_sets: tuple[GroupSet, ...],
-    lambdas: Mapping[str, float],
+    lambdas: Lambdas,
     norms: Mapping[str, Tensor],
 ) -> None:
     """``grad += lambda * w / ||w_g||`` for every group (0 for a group that is exactly zero)."""
@@ -69,7 +92,7 @@ def add_subgradient(
 def proximal_step(
     params: Mapping[str, Tensor],
     group_sets: tuple[GroupSet, ...],
-    lambdas: Mapping[str, float],
+    lambdas: Lambdas,
     lr: float,
     norms: Mapping[str, Tensor] | None = None,
     frozen: Mapping[str, Tensor] | None = None,

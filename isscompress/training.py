@@ -27,7 +27,7 @@ from .groups import GroupSet
 from .model import RecurrentModel, detach_hidden
 from .recipe import IssSection, Schedule
 from .regularizer import (
-    add_subgradient, group_norms, lambdas_for, penalty, proximal_step, regularized_keys,
+    Lambdas, add_subgradient, group_norms, lambdas_for, penalty, proximal_step, regularized_keys, reweighted,
     zero_dead_groups, zero_small_weights,
 )
 
@@ -67,26 +67,53 @@ class _Regularizer:
     lambdas: dict[str, float]
     keys: set[str]
     dead: dict[str, Tensor] | None = None  # proximal + freeze_dead: units already at exactly zero
+    current: Lambdas | None = None  # the per-group lambdas of the last step (reweighted ones differ per unit)
+    alive_threshold: float = 0.0  # a unit whose group norm is at most this counts as removed (shrink.threshold)
 
     @classmethod
-    def create(cls, sets: tuple[GroupSet, ...], iss: IssSection, params: dict[str, Tensor]) -> "_Regularizer":
+    def create(cls, sets: tuple[GroupSet, ...], iss: IssSection, params: dict[str, Tensor],
+               alive_threshold: float = 0.0) -> "_Regularizer":
         # Groups already exactly zero count as dead from the start (the same on a fresh and a resumed run).
         dead = {name: norm == 0 for name, norm in group_norms(params, sets).items()}
-        return cls(sets, iss, lambdas_for(sets, iss.lambda_, iss.layer_multipliers), regularized_keys(sets), dead)
+        return cls(sets, iss, lambdas_for(sets, iss.lambda_, iss.layer_multipliers), regularized_keys(sets), dead,
+                   alive_threshold=alive_threshold)
 
     def before_clip(self, params: dict[str, Tensor]) -> dict[str, Tensor] | None:
         """subgradient: one norm pass, then the sub-gradient into .grad (so clipping sees it)."""
         if self.iss.method != "subgradient":
             return None
         norms = group_norms(params, self.sets)
-        add_subgradient(params, self.sets, self.lambdas, norms)
+        add_subgradient(params, self.sets, self._lambdas(norms), norms)
         return norms
+
+    def _lambdas(self, norms: dict[str, Tensor], lr: float | None = None) -> Lambdas:
+        """This step's lambdas: reweighted by the norms, and 0 for a set already at its target width.
+
+        With ``lr`` (the proximal step) a set may lose at most its units above target in one step:
+        the strongest of the units that would reach zero are spared this step."""
+        current = dict(reweighted(self.lambdas, norms, self.iss.reweight))
+        for name, target in self.iss.target_widths.items():
+            alive = norms[name] > self.alive_threshold
+            spare = int(alive.sum()) - target
+            if spare <= 0:
+                current[name] = 0.0
+                continue
+            if lr is None:
+                continue
+            lam = torch.as_tensor(current[name], dtype=norms[name].dtype).expand_as(norms[name]).clone()
+            dying = alive & (norms[name] <= lr * lam)
+            excess = int(dying.sum()) - spare
+            if excess > 0:
+                lam[torch.where(dying, norms[name], -1.0).topk(excess).indices] = 0.0
+                current[name] = lam
+        self.current = current
+        return current
 
     def after_step(self, params: dict[str, Tensor], norms: dict[str, Tensor] | None, lr: float) -> dict[str, Tensor]:
         """Zeros after the optimizer step; returns the norms to log (one norm pass per step in all)."""
         if self.iss.method == "proximal":
             norms = group_norms(params, self.sets)
-            factors = proximal_step(params, self.sets, self.lambdas, lr, norms,
+            factors = proximal_step(params, self.sets, self._lambdas(norms, lr), lr, norms,
                                     frozen=self.dead if self.iss.freeze_dead else None)
             self.dead = {name: factor == 0 for name, factor in factors.items()}
             return {name: norms[name] * factors[name] for name in norms}
@@ -160,7 +187,7 @@ def fit(
     else:
         torch.manual_seed(schedule.seed)
     params = dict(inner.named_parameters())
-    regularizer = _Regularizer.create(group_sets, iss, params) if iss is not None else None
+    regularizer = _Regularizer.create(group_sets, iss, params, alive_threshold) if iss is not None else None
     hidden = state.hidden
     total_windows = window_count(columns, schedule.bptt)
     criterion = nn.CrossEntropyLoss()
@@ -214,7 +241,7 @@ def fit(
                         "tokens_per_s": tokens / elapsed if elapsed else 0.0,
                     }
                     if regularizer:
-                        event["penalty"] = penalty(norms, regularizer.lambdas)
+                        event["penalty"] = penalty(norms, regularizer.current or regularizer.lambdas)
                         event["alive"] = {n: int((v > alive_threshold).sum()) for n, v in norms.items()}
                     on_event(event)
                 if schedule.save_every and state.step % schedule.save_every == 0:

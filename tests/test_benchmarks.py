@@ -21,5 +21,10 @@ def test_ptb_benchmark_quick(tmp_path) -> None:
     assert iss.mac_ratio > 1 and iss.test_ppl > 1
     direct = next(p for p in bench.points if p.method == "direct")
     assert direct.widths == iss.widths  # the direct design has exactly the widths ISS found
-    table = (tmp_path / "docs" / "ptb-benchmark.md").read_text()
-    assert table.count("\n| ") >= 7 and (tmp_path / "docs" / "ptb-benchmark.png").stat().st_size > 1000
+    ao = next(p for p in bench.points if p.method == "torch-ao-saliency")
+    assert len(set(ao.widths)) == 1 and ao.test_ppl > 1  # it ran, pruned to one width, and was recovered
+    table = (tmp_path / "docs" / "results.md").read_text()
+    assert table.count("\n| ") >= 8 and (tmp_path / "docs" / "ptb-benchmark.png").stat().st_size > 1000
+    again = module.main(["--quick", "--output", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs")])
+    assert [p.test_ppl for p in again.points] == [p.test_ppl for p in bench.points]  # saved points are reused
+    assert (tmp_path / "docs" / "results.md").read_text().count("ptb-benchmark:start") == 1

@@ -18,7 +18,7 @@ from isscompress.checkpoint import write_checkpoint
 from isscompress.data import build_vocabulary
 from isscompress.finetuning import finetune, side_files
 from isscompress.model import RecurrentModel
-from isscompress.groups import member_slice
+from isscompress.groups import all_unit_norms, member_slice
 from isscompress.spec import LayerSpec, ModelSpec, group_sets
 from isscompress.cli import app
 
@@ -46,7 +46,8 @@ def small_lm(tmp_path_factory) -> Path:
     return path
 
 
-def _recipe(folder: Path, extra: str = "", method: str = "proximal", lam: float = 0.01, zero: float = 0) -> Path:
+def _recipe(folder: Path, extra: str = "", method: str = "proximal", lam: float = 0.01, zero: float = 0,
+            iss_extra: str = "") -> Path:
     path = folder / "recipe.yaml"
     path.write_text(f"""
 data:
@@ -67,6 +68,7 @@ iss:
   layer_multipliers: {{layer1: 3.0}}
   method: {method}
   zero_threshold: {zero}
+  {iss_extra}
 shrink:
   threshold: 0.0001
 recover:
@@ -78,16 +80,20 @@ recover:
     return path
 
 
-@pytest.mark.parametrize("method, lam, zero", [("proximal", 0.01, 0), ("subgradient", 0.02, 0.005)])
-def test_whole_recipe_on_ptb_text_shrinks_and_reports(tmp_path, small_lm, method, lam, zero) -> None:
+@pytest.mark.parametrize("method, lam, zero, targets", [("proximal", 0.03, 0, [20, 15]),
+                                                        ("subgradient", 0.02, 0.005, None)])
+def test_whole_recipe_on_ptb_text_shrinks_and_reports(tmp_path, small_lm, method, lam, zero, targets) -> None:
     out = tmp_path / "run"
-    recipe = _recipe(tmp_path, method=method, lam=lam, zero=zero)
+    extra = f"target_widths: {{layer0: {targets[0]}, layer1: {targets[1]}}}\n  reweight: 1.0" if targets else ""
+    recipe = _recipe(tmp_path, method=method, lam=lam, zero=zero, iss_extra=extra)
     result = runner.invoke(app, ["run", str(small_lm), "-r", str(recipe),
                                  "-o", str(out), "--repeats", "1"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     widths = [layer["width_after"] for layer in report["layers"]]
     assert widths[0] < 24 and widths[1] < 20, widths
+    if targets:  # the recovery stage runs on the shrunk model; the targets held through the ISS stage
+        assert widths == targets  # the proximal step never removes units past a target
     assert report["mac_ratio"] > 1
     assert 1 < report["perplexity"]["after"]["perplexity"] < 1e5
     recovered = isscompress.load(out / "recovered.safetensors")
@@ -96,6 +102,40 @@ def test_whole_recipe_on_ptb_text_shrinks_and_reports(tmp_path, small_lm, method
     epochs = [e for e in log if e["event"] == "epoch"]
     assert epochs and all(e["valid_ppl"] > 1 for e in epochs)
     assert "perplexity" in result.stdout and "multiply-adds" in result.stdout
+
+
+def _alive(path: Path) -> dict[str, int]:
+    checkpoint = isscompress.load_checkpoint(path)
+    return {name: int((norms > 1e-4).sum()) for name, norms in all_unit_norms(checkpoint.state,
+                                                                              checkpoint.group_sets).items()}
+
+
+@pytest.mark.parametrize("method", ["proximal", "subgradient"])
+def test_target_widths_stop_the_shrinking_where_asked(tmp_path, small_lm, method) -> None:
+    lam, zero = (0.03, 0) if method == "proximal" else (0.15, 0.005)
+    free = _alive(finetune(small_lm, _recipe(tmp_path, method=method, lam=lam, zero=zero),
+                           tmp_path / "free.safetensors").output)
+    sizes = {"layer0": 24, "layer1": 20}
+    assert all(free[name] <= size - 4 for name, size in sizes.items()), free  # lambda alone removes 4+ units
+    targets = {name: (free[name] + size) // 2 for name, size in sizes.items()}
+    recipe = _recipe(tmp_path, method=method, lam=lam, zero=zero,
+                     iss_extra=f"target_widths: {{layer0: {targets['layer0']}, layer1: {targets['layer1']}}}")
+    targeted = _alive(finetune(small_lm, recipe, tmp_path / "targeted.safetensors").output)
+    for name, target in targets.items():  # proximal: exactly the target; subgradient may pass it by a unit or two
+        assert target - (0 if method == "proximal" else 2) <= targeted[name] <= target, (name, free, targeted)
+
+
+def test_reweighting_spares_strong_units(tmp_path, small_lm) -> None:
+    plain = finetune(small_lm, _recipe(tmp_path, lam=0.01), tmp_path / "plain.safetensors").output
+    recipe = _recipe(tmp_path, lam=0.01, iss_extra="reweight: 2.0")
+    weighted = finetune(small_lm, recipe, tmp_path / "weighted.safetensors").output
+    before = isscompress.load_checkpoint(small_lm)
+    start = all_unit_norms(before.state, before.group_sets)
+    ends = {name: all_unit_norms(c.state, c.group_sets) for name, c in
+            (("plain", isscompress.load_checkpoint(plain)), ("weighted", isscompress.load_checkpoint(weighted)))}
+    strongest = {name: norms.argmax() for name, norms in start.items()}
+    for name, unit in strongest.items():  # the strongest unit keeps more of its norm when lambda is reweighted
+        assert ends["weighted"][name][unit] > ends["plain"][name][unit], name
 
 
 def test_resume_after_sigint_reaches_the_uninterrupted_weights(tmp_path, small_lm) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from isscompress.groups import unit_squared_norms
 from isscompress.model import RecurrentModel
-from isscompress.regularizer import add_subgradient, group_norms, proximal_step, zero_small_weights
+from isscompress.regularizer import add_subgradient, group_norms, proximal_step, reweighted, zero_small_weights
 from isscompress.spec import LayerSpec, ModelSpec, group_sets
 
 SPECS = [
@@ -82,3 +82,30 @@ def test_frozen_units_stay_zero_and_small_weights_are_zeroed() -> None:
     zero_small_weights(state, {"decoder.weight"}, 0.05)
     assert float(state["decoder.weight"].abs().min()) == 0.0
     assert bool(((state["decoder.weight"] == 0) | (state["decoder.weight"].abs() >= 0.05)).all())
+
+
+def test_reweighted_lambdas_favour_strong_groups_and_feed_the_proximal_step() -> None:
+    spec = SPECS[0]
+    state = {k: v.detach().clone() for k, v in _state(spec).items()}
+    sets = group_sets(spec)
+    proximal_step(state, sets, {"layer0": 0.0, "layer1": 0.0}, 1.0,
+                  frozen={"layer0": torch.tensor([False, True, False, False]), "layer1": torch.zeros(5).bool()})
+    norms = group_norms(state, sets)
+    base = {"layer0": 0.2, "layer1": 0.3}
+    assert reweighted(base, norms, 0.0) is base  # exponent 0 is the paper's plain group Lasso
+    weighted = reweighted(base, norms, 2.0)
+    alive = norms["layer0"][[0, 2, 3]]
+    expected = 0.2 * (alive.mean() / alive) ** 2
+    torch.testing.assert_close(weighted["layer0"][[0, 2, 3]], expected, rtol=1e-12, atol=0)
+    assert float(weighted["layer0"][1]) == 0.0  # a dead group carries no weight (and no NaN)
+    order = torch.argsort(norms["layer1"])
+    assert bool((weighted["layer1"][order].diff() < 0).all())  # the stronger the group, the smaller its lambda
+    expected_state = {k: v.clone() for k, v in state.items()}
+    for gs in sets:  # per-unit lambdas: still the product of each group's own factor
+        for unit in range(gs.size):
+            factor = max(0.0, 1 - float(weighted[gs.name][unit]) / max(float(norms[gs.name][unit]), 1e-12))
+            for key, mask in _group_masks(state, gs, unit).items():
+                expected_state[key][mask] *= factor
+    proximal_step(state, sets, weighted, 1.0, norms)
+    for key in state:
+        torch.testing.assert_close(state[key], expected_state[key], rtol=1e-12, atol=1e-14, msg=key)
