@@ -1,23 +1,29 @@
 """Benchmark: ISS against the alternatives on Penn Treebank, side by side.
 
-For each compression level (an ISS lambda), on a trained PTB baseline:
+For each compression level (ISS target widths, one per layer), on a trained PTB baseline:
   iss-proximal, iss-subgradient   fine-tune with ISS, shrink, recover (isscompress run)
   direct                          a model of exactly the widths ISS found, trained from scratch for the same epochs
   one-shot                        remove the baseline's lowest-norm ISS groups down to those widths, then recover
-  torch-ao-saliency               torch.ao's LSTMSaliencyPruner as it ships; records what it cannot express
-  unstructured-l1                 magnitude pruning to the same number of non-zero weights, then recover
-Writes a Markdown table and a PNG (test perplexity against multiply-adds) to --docs.
+  torch-ao-saliency               torch.ao's LSTMSaliencyPruner as it ships, to the closest width it can express,
+                                  then the same recovery
+  unstructured-l1                 magnitude pruning to the same number of non-zero weights (no recovery)
+Each finished point is kept in --output/points/, so an interrupted run picks up where it stopped. The table goes
+into docs/results.md (between the ptb-benchmark markers) and the plot into docs/ptb-benchmark.png.
 
-    python examples/benchmarks/ptb.py [--model M] [--lambdas 0.001 0.0015 0.002] [--quick] [--docs docs]
+    python examples/benchmarks/ptb.py [--model M] [--levels 140,100 100,65 160,140] [--quick] [--docs docs]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import platform
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
@@ -30,13 +36,14 @@ from isscompress.pipeline import run_recipe
 from isscompress.recipe import Recipe, load_recipe
 from isscompress.report import evaluate_checkpoint
 from isscompress.shrinking import shrink
-from isscompress.spec import LayerSpec, macs_per_token, parameter_counts
+from isscompress.spec import LayerSpec, ModelSpec, macs_per_token, parameter_counts
 from isscompress.speed import measure_speed
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "examples" / "ptb" / "ptb-small-iss.yaml"
 MODEL = ROOT.parent / "shared" / "models" / "ptb-small-lstm" / "model.safetensors"
 EXCERPT = ROOT / "examples" / "data" / "ptb-excerpt"
+START, END = "<!-- ptb-benchmark:start -->", "<!-- ptb-benchmark:end -->"
 
 
 @dataclass
@@ -47,6 +54,7 @@ class Point:
     parameters: int | None = None
     macs: int | None = None
     test_ppl: float | None = None
+    removed_ppl: float | None = None  # right after the removal, before any recovery
     speedup_batch1: float | None = None
     speedup_batch20: float | None = None
     mac_ratio: float | None = None
@@ -59,132 +67,199 @@ class Bench:
     baseline: Path
     recipe: Recipe
     folder: Path
+    speed_repeats: int = 5
     points: list[Point] = field(default_factory=list)
 
     def test_ppl(self, path: Path) -> float:
         return evaluate_checkpoint(path, self.recipe.data.test, recipe=self.recipe).perplexity
 
-    def measure(self, point: Point, path: Path, started: float) -> Point:
-        small = isscompress.load_checkpoint(path)
-        base = isscompress.load_checkpoint(self.baseline)
-        point.widths = small.spec.widths
-        point.parameters = sum(parameter_counts(small.spec).values())
-        point.macs = sum(macs_per_token(small.spec).values())
-        point.mac_ratio = sum(macs_per_token(base.spec).values()) / point.macs
-        point.test_ppl = self.test_ppl(path)
-        speed = {s.workload: s.speedup for s in measure_speed(base.model(), small.model(), repeats=3)}
-        point.speedup_batch1, point.speedup_batch20 = speed["decode_batch1"], speed["batch20x35"]
-        point.seconds = time.perf_counter() - started
+    def run(self, method: str, level: str, build: Callable[[Point], Path]) -> Point:
+        """One method at one level: reuse its saved point, or build the model, then measure and save it."""
+        saved = self.folder / "points" / f"{method}-{level}.json"
+        if saved.exists():
+            point = Point(**json.loads(saved.read_text()))
+        else:
+            point, started = Point(method, level), time.perf_counter()
+            path = build(point)
+            self.measure(point, path)
+            point.seconds = time.perf_counter() - started
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps(asdict(point)))
         self.points.append(point)
-        print(json.dumps(point.__dict__), flush=True)
+        print(json.dumps(asdict(point)), flush=True)
         return point
 
+    def measure(self, point: Point, path: Path) -> None:
+        small, base = isscompress.load_checkpoint(path), isscompress.load_checkpoint(self.baseline)
+        point.widths = small.spec.widths
+        point.parameters = point.parameters or sum(parameter_counts(small.spec).values())
+        point.macs = point.macs or sum(macs_per_token(small.spec).values())
+        point.mac_ratio = sum(macs_per_token(base.spec).values()) / point.macs
+        point.test_ppl = self.test_ppl(path)
+        samples = measure_speed(base.model(), small.model(), repeats=self.speed_repeats)
+        speed = {s.workload: s.speedup for s in samples}
+        point.speedup_batch1, point.speedup_batch20 = speed["decode_batch1"], speed["batch20x35"]
 
-def with_lambda(recipe: Recipe, lam: float, method: str) -> Recipe:
-    return recipe.model_copy(update={"iss": recipe.iss.model_copy(update={"lambda_": lam, "method": method})})
+
+def with_iss(recipe: Recipe, targets: dict[str, int], method: str) -> Recipe:
+    return recipe.model_copy(update={"iss": recipe.iss.model_copy(update={"target_widths": targets, "method": method})})
 
 
-def iss(bench: Bench, lam: float, method: str) -> Path:
-    started = time.perf_counter()
-    folder = bench.folder / f"iss-{method}-{lam:g}"
-    result = run_recipe(bench.baseline, with_lambda(bench.recipe, lam, method), folder, force=True, speed_repeats=1)
-    bench.measure(Point(f"iss-{method}", f"{lam:g}"), result.final, started)
-    return result.final
+def iss(bench: Bench, targets: dict[str, int], level: str, method: str) -> Callable[[Point], Path]:
+    def build(point: Point) -> Path:
+        folder = bench.folder / f"iss-{method}-{level}"
+        result = run_recipe(bench.baseline, with_iss(bench.recipe, targets, method), folder, force=True,
+                            speed_repeats=1)
+        point.removed_ppl = bench.test_ppl(result.shrink.output)
+        return result.final
+    return build
 
 
-def one_shot(bench: Bench, widths: list[int], level: str) -> None:
-    """The baseline's lowest-norm ISS groups removed in one step, down to ``widths``, then recovery."""
-    started = time.perf_counter()
-    base = isscompress.load_checkpoint(bench.baseline)
-    norms = all_unit_norms(base.state, base.group_sets)
-    kept = {gs.name: torch.sort(torch.topk(norms[gs.name], widths[gs.layer]).indices).values for gs in base.group_sets}
-    sparse = bench.folder / f"oneshot-{level}-masked.safetensors"
-    write_checkpoint(sparse, isscompress.mask_state_dict(base.state, base.group_sets, kept),
-                     {"family": base.family, "spec": base.spec.to_dict()})
-    small = bench.folder / f"oneshot-{level}-shrunk.safetensors"
-    shrink(sparse, small, 0.0, force=True)
-    recovered = bench.folder / f"oneshot-{level}.safetensors"
+def recover(bench: Bench, small: Path, point: Point, name: str) -> Path:
+    """The recipe's recovery epochs on a physically smaller model (the same for every pruning method)."""
+    point.removed_ppl = bench.test_ppl(small)
+    recovered = bench.folder / f"{name}.safetensors"
     finetune(small, bench.recipe, recovered, stage="recover", force=True)
-    bench.measure(Point("one-shot", level), recovered, started)
+    return recovered
 
 
-def direct(bench: Bench, widths: list[int], level: str) -> None:
+def one_shot(bench: Bench, widths: list[int], level: str) -> Callable[[Point], Path]:
+    """The baseline's lowest-norm ISS groups removed in one step, down to ``widths``, then recovery."""
+    def build(point: Point) -> Path:
+        base = isscompress.load_checkpoint(bench.baseline)
+        norms = all_unit_norms(base.state, base.group_sets)
+        kept = {gs.name: torch.sort(torch.topk(norms[gs.name], widths[gs.layer]).indices).values
+                for gs in base.group_sets}
+        masked = bench.folder / f"oneshot-{level}-masked.safetensors"
+        write_checkpoint(masked, isscompress.mask_state_dict(base.state, base.group_sets, kept),
+                         {"family": base.family, "spec": base.spec.to_dict()})
+        small = bench.folder / f"oneshot-{level}-shrunk.safetensors"
+        shrink(masked, small, 0.0, force=True)
+        return recover(bench, small, point, f"oneshot-{level}")
+    return build
+
+
+def direct(bench: Bench, widths: list[int]) -> Callable[[Point], Path]:
     """The ISS widths trained from scratch for the same number of epochs (the paper's comparison)."""
-    started = time.perf_counter()
-    base = isscompress.load_checkpoint(bench.baseline)
-    epochs = bench.recipe.finetune.epochs + (bench.recipe.recover.epochs if bench.recipe.recover else 0)
-    schedule = bench.recipe.finetune.model_copy(update={"epochs": epochs, "lr": 20.0, "lr_decay": 0.25,
-                                                        "decay_on_plateau": True})
-    recipe = bench.recipe.model_copy(update={"finetune": schedule, "iss": None})
-    sizes = [base.spec.layers[0].input_size, *widths]
-    spec = base.spec.__class__(base.spec.cell, tuple(LayerSpec(sizes[i], w) for i, w in enumerate(widths)),
-                               vocab_size=1, tied=base.spec.tied)
-    out = bench.folder / f"direct-{level}.safetensors"
-    train_new(spec, recipe, out, force=True)
-    bench.measure(Point("direct", level, note=f"{epochs} epochs from scratch"), out, started)
+    def build(point: Point) -> Path:
+        base = isscompress.load_checkpoint(bench.baseline)
+        epochs = bench.recipe.finetune.epochs + (bench.recipe.recover.epochs if bench.recipe.recover else 0)
+        schedule = bench.recipe.finetune.model_copy(update={"epochs": epochs, "lr": 20.0, "lr_decay": 0.25,
+                                                            "decay_on_plateau": True})
+        recipe = bench.recipe.model_copy(update={"finetune": schedule, "iss": None})
+        sizes = [base.spec.layers[0].input_size, *widths]
+        spec = dataclasses.replace(base.spec, layers=tuple(LayerSpec(sizes[i], w) for i, w in enumerate(widths)),
+                                   vocab_size=1)
+        out = bench.folder / f"direct-{'-'.join(map(str, widths))}.safetensors"
+        train_new(spec, recipe, out, force=True)
+        point.note = f"{epochs} epochs from scratch, lr 20 divided by 4 on a plateau (word_language_model's rule)"
+        return out
+    return build
 
 
-def unstructured(bench: Bench, nonzeros: int, level: str) -> None:
-    """Magnitude pruning of the recurrent and decoder weights to ``nonzeros``, then recovery (masks kept)."""
-    started = time.perf_counter()
-    base = isscompress.load_checkpoint(bench.baseline)
-    keys = [k for k in base.state if k.startswith(("layers.", "decoder.weight"))]
-    values = torch.cat([base.state[k].abs().flatten() for k in keys])
-    cut = torch.kthvalue(values, max(1, values.numel() - nonzeros)).values
-    state = dict(base.state)
-    for key in keys:
-        state[key] = torch.where(base.state[key].abs() > cut, base.state[key], torch.zeros(()))
-    path = bench.folder / f"l1-{level}.safetensors"
-    write_checkpoint(path, state, {"family": base.family, "spec": base.spec.to_dict()})
-    point = Point("unstructured-l1", level, note="dense kernels: zeros cost the same; recovery without masks "
-                                               "not run (it would refill the zeros)")
-    point.test_ppl = bench.test_ppl(path)
-    point.widths, point.macs, point.mac_ratio = base.spec.widths, sum(macs_per_token(base.spec).values()), 1.0
-    speed = {s.workload: s.speedup for s in measure_speed(base.model(), isscompress.load(path), repeats=3)}
-    point.speedup_batch1, point.speedup_batch20 = speed["decode_batch1"], speed["batch20x35"]
-    point.seconds = time.perf_counter() - started
-    bench.points.append(point)
-    print(json.dumps(point.__dict__), flush=True)
+def equal_width_for(spec: ModelSpec, macs: int) -> int:
+    """The one width for every layer whose multiply-adds per token come closest to ``macs``."""
+    def cost(width: int) -> int:
+        sizes = [spec.layers[0].input_size] + [width] * len(spec.layers)
+        layers = tuple(LayerSpec(sizes[i], width) for i in range(len(spec.layers)))
+        return sum(macs_per_token(dataclasses.replace(spec, layers=layers)).values())
+    return min(range(1, spec.layers[0].hidden_size + 1), key=lambda width: abs(cost(width) - macs))
 
 
-def torch_ao_saliency(bench: Bench, widths: list[int], level: str) -> None:
-    """torch.ao's structured LSTM pruner, run as it ships, on the word_language_model-shaped nn.LSTM."""
+def torch_ao_saliency(bench: Bench, target_macs: int, level: str) -> Callable[[Point], Path]:
+    """torch.ao's structured LSTM pruner run as it ships: prepare, step, prune, on Embedding -> LSTM -> Linear."""
+    from torch import nn
     from torch.ao.pruning._experimental.pruner import LSTMSaliencyPruner
 
-    base = isscompress.load_checkpoint(bench.baseline)
-    note = []
-    if len(set(widths)) > 1:
-        note.append(f"one sparsity level per nn.LSTM: cannot express per-layer widths {widths}")
-    if base.spec.tied:
-        note.append("tied embedding not handled")
-    rnn = torch.nn.LSTM(base.spec.layers[0].input_size, base.spec.layers[0].hidden_size, len(widths))
-    level_kept = sum(widths) / sum(base.spec.widths)
-    pruner = LSTMSaliencyPruner({"sparsity_level": 1 - level_kept})
-    try:
-        pruner.prepare(torch.nn.Sequential(rnn), [{"tensor_fqn": "0.weight_ih_l0"}])
+    class LanguageModel(nn.Module):  # word_language_model's shape, which the pruner's graph patterns match
+        def __init__(self, spec: ModelSpec) -> None:
+            super().__init__()
+            self.encoder = nn.Embedding(spec.vocab_size, spec.layers[0].input_size)
+            self.rnn = nn.LSTM(spec.layers[0].input_size, spec.layers[0].hidden_size, len(spec.layers))
+            self.decoder = nn.Linear(spec.layers[0].hidden_size, spec.vocab_size)
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return self.decoder(self.rnn(self.encoder(tokens))[0])
+
+    def build(point: Point) -> Path:
+        base = isscompress.load_checkpoint(bench.baseline)
+        spec, notes = base.spec, []
+        if spec.cell != "LSTM" or len(set(spec.widths)) > 1 or spec.tied or any(l.proj_size for l in spec.layers):
+            raise RuntimeError("torch.ao's LSTM pruner needs an untied LSTM of one width without projections")
+        width = equal_width_for(spec, target_macs)
+        notes.append(f"one sparsity level per nn.LSTM, so equal widths: {width} per layer is its closest point to "
+                     f"ISS's multiply-adds")
+        model = LanguageModel(spec)
+        state = {"encoder.weight": base.state["encoder.weight"], "decoder.weight": base.state["decoder.weight"],
+                 "decoder.bias": base.state["decoder.bias"]}
+        for layer in range(len(spec.layers)):
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                state[f"rnn.{name}_l{layer}"] = base.state[f"layers.{layer}.{name}_l0"]
+        model.load_state_dict(state)
+        hidden = spec.layers[0].hidden_size
+        pruner = LSTMSaliencyPruner({"sparsity_level": (hidden - width + 0.5) / hidden})
+        pruner.prepare(model, [{"tensor_fqn": f"rnn.weight_{kind}_l{layer}"}
+                               for layer in range(len(spec.layers)) for kind in ("ih", "hh")])
+        pruner.enable_mask_update = True
         pruner.step()
-        note.append("prunes gate rows per gate by saliency, not whole units: no column of weight_hh or of the "
-                    "consumer is removed, so no dense smaller LSTM results")
-    except Exception as err:  # record what happened instead of skipping
-        note.append(f"failed as shipped: {type(err).__name__}: {err}")
-    bench.points.append(Point("torch-ao-saliency", level, note="; ".join(note)))
-    print(json.dumps(bench.points[-1].__dict__), flush=True)
+        pruned = pruner.prune()
+        notes.append("it keeps rows per gate and per matrix by their own saliency, so the kept i/f/g/o rows and the "
+                     "weight_hh columns belong to different units: the pruned model is not the baseline restricted "
+                     "to kept units")
+        small = bench.folder / f"torch-ao-{level}-pruned.safetensors"
+        write_checkpoint(small, {k: v.detach().contiguous() for k, v in pruned.state_dict().items()},
+                         {"family": "word_language_model"})
+        point.note = "; ".join(notes)
+        return recover(bench, small, point, f"torch-ao-{level}")
+    return build
 
 
-def write_docs(bench: Bench, docs: Path, baseline_ppl: float, base_macs: int) -> None:
-    rows = ["| method | level | widths | multiply-adds/token | MAC ratio | test ppl | speed-up batch 1 | "
-            "speed-up batch 20 | speed-up / MAC ratio (batch 1) | wall s | note |", "|" + "---|" * 11]
-    rows.append(f"| baseline | - | {isscompress.load_checkpoint(bench.baseline).spec.widths} | {base_macs:,} | 1.00 | "
-                f"{baseline_ppl:.2f} | | | | | |")
+def unstructured(bench: Bench, nonzeros: int, level: str) -> Callable[[Point], Path]:
+    """Magnitude pruning of the recurrent and decoder weights to ``nonzeros`` non-zero weights."""
+    def build(point: Point) -> Path:
+        base = isscompress.load_checkpoint(bench.baseline)
+        keys = [k for k in base.state if k.startswith(("layers.", "decoder.weight"))]
+        values = torch.cat([base.state[k].abs().flatten() for k in keys])
+        cut = torch.kthvalue(values, max(1, values.numel() - nonzeros)).values
+        state = dict(base.state)
+        for key in keys:
+            state[key] = torch.where(base.state[key].abs() > cut, base.state[key], torch.zeros(()))
+        path = bench.folder / f"l1-{level}.safetensors"
+        write_checkpoint(path, state, {"family": base.family, "spec": base.spec.to_dict()})
+        point.parameters = sum(int(torch.count_nonzero(v)) for v in state.values())
+        point.macs = sum(int(torch.count_nonzero(state[k])) for k in keys if ".weight" in k or "weight_" in k)
+        point.note = ("same non-zeros as ISS's model; dense kernels run the zeros at full cost; no recovery "
+                      "(it would need masks to keep the zeros)")
+        return path
+    return build
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "" if value is None else format(value, spec)
+
+
+def table(bench: Bench, baseline_ppl: float, base_macs: int, setup: dict[str, str]) -> str:
+    lines = [f"- {key}: {value}" for key, value in setup.items()] + [""]
+    lines += ["| method | target widths | widths | multiply-adds/token | MAC ratio | test ppl | ppl after removal | "
+              "speed-up batch 1 | speed-up batch 20 | batch-1 speed-up ÷ MAC ratio | wall s | note |",
+              "|" + "---|" * 12,
+              f"| baseline | - | {isscompress.load_checkpoint(bench.baseline).spec.widths} | {base_macs:,} | 1.00 | "
+              f"{baseline_ppl:.2f} | | | | | | |"]
     for p in bench.points:
-        def f(v, spec=".2f"):
-            return "" if v is None else format(v, spec)
-        per_mac = f(p.speedup_batch1 / p.mac_ratio) if p.speedup_batch1 and p.mac_ratio else ""
-        rows.append(f"| {p.method} | {p.level} | {p.widths or ''} | {f(p.macs, ',')} | {f(p.mac_ratio)} | "
-                    f"{f(p.test_ppl)} | {f(p.speedup_batch1)} | {f(p.speedup_batch20)} | {per_mac} | "
-                    f"{p.seconds:.0f} | {p.note} |")
+        per_mac = _fmt(p.speedup_batch1 / p.mac_ratio) if p.speedup_batch1 and p.mac_ratio else ""
+        lines.append(f"| {p.method} | {p.level} | {p.widths or ''} | {_fmt(p.macs, ',')} | {_fmt(p.mac_ratio)} | "
+                     f"{_fmt(p.test_ppl)} | {_fmt(p.removed_ppl)} | {_fmt(p.speedup_batch1)} | "
+                     f"{_fmt(p.speedup_batch20)} | {per_mac} | {p.seconds:.0f} | {p.note} |")
+    return "\n".join(lines)
+
+
+def write_docs(docs: Path, text: str, bench: Bench, baseline_ppl: float, base_macs: int) -> None:
+    """The table between the markers of docs/results.md (created if missing) and the plot beside it."""
     docs.mkdir(parents=True, exist_ok=True)
-    (docs / "ptb-benchmark.md").write_text("\n".join(rows) + "\n")
+    results = docs / "results.md"
+    old = results.read_text() if results.exists() else f"# Results\n\n{START}\n{END}\n"
+    head, rest = old.split(START, 1) if START in old else (old + "\n", END)
+    results.write_text(f"{head}{START}\n{text}\n{END}{rest.split(END, 1)[1]}")
     try:
         import matplotlib
 
@@ -192,13 +267,14 @@ def write_docs(bench: Bench, docs: Path, baseline_ppl: float, base_macs: int) ->
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for method in sorted({p.method for p in bench.points if p.macs and p.test_ppl}):
-        points = sorted((p.macs, p.test_ppl) for p in bench.points if p.method == method and p.macs and p.test_ppl)
-        axis.plot(*zip(*points), marker="o", label=method)
-    axis.scatter([base_macs], [baseline_ppl], marker="*", s=120, color="black", label="baseline")
-    axis.set_xlabel("multiply-adds per token")
+    figure, axis = plt.subplots(figsize=(7.5, 4.5))
+    for method in dict.fromkeys(p.method for p in bench.points if p.macs and p.test_ppl):
+        xy = sorted((p.macs, p.test_ppl) for p in bench.points if p.method == method and p.macs and p.test_ppl)
+        axis.plot(*zip(*xy), marker="o", label=method)
+    axis.scatter([base_macs], [baseline_ppl], marker="*", s=140, color="black", label="baseline", zorder=3)
+    axis.set_xlabel("multiply-adds per token (unstructured: non-zero weights)")
     axis.set_ylabel("test perplexity")
+    axis.set_title(f"PTB, {bench.baseline.parent.name}")
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(docs / "ptb-benchmark.png", dpi=110)
@@ -212,7 +288,7 @@ def quick_recipe(folder: Path) -> Path:
                  "test": str(EXCERPT / "test.txt"), "vocab": "corpus", "max_train_tokens": 3000,
                  "max_eval_tokens": 1000},
         "finetune": {"epochs": 1, "lr": 5.0, "batch_size": 10, "bptt": 20, "log_every": 50},
-        "iss": {"lambda": 0.01, "method": "proximal", "layer_multipliers": {"layer0": 0.6}},
+        "iss": {"lambda": 0.035, "method": "proximal", "reweight": 1.0},
         "shrink": {"threshold": 0.0001},
         "recover": {"epochs": 1, "lr": 2.0, "batch_size": 10, "bptt": 20, "log_every": 50},
     }))
@@ -223,37 +299,61 @@ def main(argv: list[str] | None = None) -> Bench:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=MODEL)
     parser.add_argument("--recipe", type=Path, default=RECIPE)
-    parser.add_argument("--lambdas", type=float, nargs="+", default=None,
-                        help="ISS strengths, one compression level each (default 0.001 0.0015 0.002; --quick 0.035)")
+    parser.add_argument("--levels", nargs="+", default=None,
+                        help="ISS target widths per level, comma-separated per layer (default 140,100 100,65 160,140;"
+                             " --quick 16,14)")
     parser.add_argument("--quick", action="store_true", help="tiny model and data: checks the code path")
     parser.add_argument("--output", type=Path, default=Path("runs/ptb-benchmark"))
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    parser.add_argument("--fresh", action="store_true", help="ignore the points saved by an earlier run")
     args = parser.parse_args(argv)
-    args.lambdas = args.lambdas or ([0.035] if args.quick else [0.001, 0.0015, 0.002])
+    args.levels = args.levels or (["16,14"] if args.quick else ["140,100", "100,65", "160,140"])
     args.output.mkdir(parents=True, exist_ok=True)
+    if args.fresh:
+        for saved in (args.output / "points").glob("*.json"):
+            saved.unlink()
+    started = time.perf_counter()
     recipe_path, model = args.recipe, args.model
     if args.quick:
         recipe_path = quick_recipe(args.output)
         model = args.output / "quick-baseline.safetensors"
-        spec = isscompress.ModelSpec("LSTM", (LayerSpec(16, 24), LayerSpec(24, 24)), vocab_size=1)
+        spec = ModelSpec("LSTM", (LayerSpec(16, 24), LayerSpec(24, 24)), vocab_size=1)
         train_new(spec, recipe_path, model, force=True)
     recipe = load_recipe(recipe_path)
-    bench = Bench(model, recipe, args.output)
+    bench = Bench(model, recipe, args.output, speed_repeats=2 if args.quick else 5)
     baseline_ppl = bench.test_ppl(model)
     base_spec = isscompress.load_checkpoint(model).spec
     base_macs = sum(macs_per_token(base_spec).values())
-    for lam in args.lambdas:
-        level = f"{lam:g}"
-        final = iss(bench, lam, "proximal")
-        widths = isscompress.load_checkpoint(final).spec.widths
-        iss(bench, lam, "subgradient")
-        direct(bench, widths, level)
-        one_shot(bench, widths, level)
-        torch_ao_saliency(bench, widths, level)
-        small = isscompress.load_checkpoint(final).spec
+
+    def publish() -> None:
+        """Rewrite the docs after every level, so an interrupted run still shows what it measured."""
+        setup = {
+            "command": f"`python examples/benchmarks/ptb.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
+            "baseline": f"`{model.name}` in `{model.parent.name}`, test perplexity {baseline_ppl:.2f}",
+            "recipe": f"`{recipe_path.name}` (seed {recipe.finetune.seed}; recovery seed "
+                      f"{recipe.recover.seed if recipe.recover else '-'}); λ {recipe.iss.lambda_:g}, reweight "
+                      f"{recipe.iss.reweight:g}, method as named; target widths per level {', '.join(args.levels)}",
+            "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+                       f"{torch.get_num_threads()} threads; speed-ups interleaved in one process, medians of "
+                       f"{bench.speed_repeats}",
+            "wall time": f"{sum(p.seconds for p in bench.points) / 60:.1f} min of measured work "
+                         f"({(time.perf_counter() - started) / 60:.1f} min in this invocation)",
+        }
+        write_docs(args.docs, table(bench, baseline_ppl, base_macs, setup), bench, baseline_ppl, base_macs)
+
+    for level in args.levels:
+        targets = {f"layer{i}": int(width) for i, width in enumerate(level.split(","))}
+        level = level.replace(",", "-")
+        found = bench.run("iss-proximal", level, iss(bench, targets, level, "proximal"))
+        bench.run("iss-subgradient", level, iss(bench, targets, level, "subgradient"))
+        bench.run("direct", level, direct(bench, found.widths))
+        bench.run("one-shot", level, one_shot(bench, found.widths, level))
+        bench.run("torch-ao-saliency", level, torch_ao_saliency(bench, found.macs, level))
+        sizes = [base_spec.layers[0].input_size, *found.widths]
+        small = dataclasses.replace(base_spec, layers=tuple(LayerSpec(sizes[i], w) for i, w in enumerate(found.widths)))
         nonzeros = sum(parameter_counts(small).values()) - parameter_counts(small)["embedding"]
-        unstructured(bench, nonzeros, level)
-    write_docs(bench, args.docs, baseline_ppl, base_macs)
+        bench.run("unstructured-l1", level, unstructured(bench, nonzeros, level))
+        publish()
     return bench
 
 
