@@ -160,6 +160,12 @@ RECIPES = [
     ("multiplier for a missing layer", "data:\n  train: text.txt\niss:\n  layer_multipliers: {layer7: 2}\n",
      ["'layer7'", "does not have", "layer0, layer1"]),
     ("unknown method", "iss:\n  method: l1\n", ["'iss.method'", "'subgradient' or 'proximal'"]),
+    ("target for a missing layer", "data:\n  train: text.txt\niss:\n  target_widths: {layr1: 2}\n",
+     ["iss.target_widths", "'layr1'", "did you mean 'layer1'?"]),
+    ("target as wide as the layer", "data:\n  train: text.txt\niss:\n  target_widths: {layer0: 999}\n",
+     ["iss.target_widths.layer0 is 999", "would not shrink", "Give a target below"]),
+    ("zero target", "iss:\n  target_widths: {layer0: 0}\n", ["'iss.target_widths.layer0'", "greater than 0"]),
+    ("reweight out of range", "iss:\n  reweight: 9\n", ["'iss.reweight'", "less than or equal to 4"]),
 ]
 
 
