@@ -174,106 +174,133 @@ def fit(
     SIGINT/SIGTERM (then :class:`Interrupted` is raised).
     """
     dist = dist or Distributed.single()
-    device = dist.device
-    inner = model.to(device)
-    runner = dist.wrap(inner)
-    columns = dist.shard_columns(train)
-    optimizer = _optimizer(inner, schedule)
-    state = state or TrainState(lr=schedule.lr)
-    if state.optimizer:
-        optimizer.load_state_dict(state.optimizer)
-    if state.rng is not None:
-        torch.set_rng_state(state.rng)
+    inner = model.to(dist.device)
+    loop = _Loop(inner, dist.wrap(inner), _optimizer(inner, schedule), schedule, dist,
+                 state or TrainState(lr=schedule.lr), on_event, save, alive_threshold, eval_bptt)
+    if loop.state.optimizer:
+        loop.optimizer.load_state_dict(loop.state.optimizer)
+    if loop.state.rng is not None:
+        torch.set_rng_state(loop.state.rng)
     else:
         torch.manual_seed(schedule.seed)
     params = dict(inner.named_parameters())
-    regularizer = _Regularizer.create(group_sets, iss, params, alive_threshold) if iss is not None else None
-    hidden = state.hidden
-    total_windows = window_count(columns, schedule.bptt)
-    criterion = nn.CrossEntropyLoss()
+    loop.regularizer = _Regularizer.create(group_sets, iss, params, alive_threshold) if iss is not None else None
+    loop.run(dist.shard_columns(train), valid)
+    return loop.state
 
-    def checkpoint() -> None:
-        if not all(torch.isfinite(p).all() for p in inner.parameters()):
-            raise Diverged(f"The weights became NaN or Inf at step {state.step}; the last good checkpoint is kept.",
-                           "Lower the learning rate (finetune.lr) or the ISS strength (iss.lambda), or set finetune.clip.")
-        state.optimizer = optimizer.state_dict()
-        state.rng = torch.get_rng_state()
-        state.hidden = hidden
-        if dist.is_main:
-            save(inner, state)
 
-    with _StopSignals() as stop:
-        while state.epoch <= schedule.epochs:
-            runner.train()
-            for group in optimizer.param_groups:
-                group["lr"] = state.lr
-            started, tokens, loss_sum, windows_done = time.perf_counter(), 0, 0.0, 0
-            for index, inputs, targets in _windows(columns, schedule.bptt, state.window):
-                inputs, targets = inputs.to(device), targets.to(device)
-                hidden = detach_hidden(hidden) if hidden is not None else None
-                optimizer.zero_grad(set_to_none=True)
-                logits, hidden = runner(inputs, hidden)
-                loss = criterion(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
-                loss.backward()
-                norms = regularizer.before_clip(params) if regularizer else None
-                if schedule.clip:
-                    nn.utils.clip_grad_norm_(inner.parameters(), schedule.clip)
-                optimizer.step()
-                if regularizer:
-                    norms = regularizer.after_step(params, norms, state.lr)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise Diverged(
-                        f"The training loss became {value} (NaN or Inf) at step {state.step + 1}; the last saved checkpoint is kept.",
-                        "Lower the learning rate (finetune.lr), the ISS strength (iss.lambda) or set finetune.clip.",
-                    )
-                state.step += 1
-                state.window = index + 1
-                tokens += targets.numel() * dist.world_size
-                loss_sum += value
-                windows_done += 1
-                if state.step % schedule.log_every == 0 or state.window == total_windows:
-                    elapsed = time.perf_counter() - started
-                    event: Event = {
-                        "event": "step", "epoch": state.epoch, "step": state.step, "window": state.window,
-                        "windows": total_windows, "loss": loss_sum / windows_done,
-                        "ppl": math.exp(min(loss_sum / windows_done, 700)), "lr": state.lr,
-                        "tokens_per_s": tokens / elapsed if elapsed else 0.0,
-                    }
-                    if regularizer:
-                        event["penalty"] = penalty(norms, regularizer.current or regularizer.lambdas)
-                        event["alive"] = {n: int((v > alive_threshold).sum()) for n, v in norms.items()}
-                    on_event(event)
-                if schedule.save_every and state.step % schedule.save_every == 0:
-                    checkpoint()
-                if stop.received is not None:
-                    checkpoint()
-                    raise Interrupted(f"Stopped by signal {signal.Signals(stop.received).name} at step {state.step}; "
-                                      "the checkpoint and training state were saved.",
-                                      "Run the same command with --resume to continue.")
+@dataclass
+class _Loop:
+    """The pieces of one training run, so that each part of an epoch is its own short method."""
+
+    inner: RecurrentModel
+    runner: nn.Module  # ``inner``, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    dist: Distributed
+    state: TrainState
+    on_event: Callable[[Event], None]
+    save: Callable[[RecurrentModel, TrainState], None]
+    alive_threshold: float
+    eval_bptt: int
+    regularizer: _Regularizer | None = None
+    criterion: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+
+    def run(self, columns: Tensor, valid: Tensor | None) -> None:
+        schedule, state = self.schedule, self.state
+        total = window_count(columns, schedule.bptt)
+        with _StopSignals() as stop:
+            while state.epoch <= schedule.epochs:
+                self.runner.train()
+                for group in self.optimizer.param_groups:
+                    group["lr"] = state.lr
+                started, tokens, loss_sum, done = time.perf_counter(), 0, 0.0, 0
+                for index, inputs, targets in _windows(columns, schedule.bptt, state.window):
+                    loss, norms = self.step(inputs, targets)
+                    state.step, state.window = state.step + 1, index + 1
+                    tokens, loss_sum, done = tokens + targets.numel() * self.dist.world_size, loss_sum + loss, done + 1
+                    if state.step % schedule.log_every == 0 or state.window == total:
+                        self.log_step(loss_sum / done, tokens / max(time.perf_counter() - started, 1e-9), norms,
+                                      total)
+                    if schedule.save_every and state.step % schedule.save_every == 0:
+                        self.checkpoint()
+                    if stop.received is not None:
+                        self.checkpoint()
+                        raise Interrupted(f"Stopped by signal {signal.Signals(stop.received).name} at step "
+                                          f"{state.step}; the checkpoint and training state were saved.",
+                                          "Run the same command with --resume to continue.")
+                    if schedule.max_steps and state.step >= schedule.max_steps:
+                        break
+                self.end_epoch(valid, loss_sum / max(done, 1), time.perf_counter() - started)
                 if schedule.max_steps and state.step >= schedule.max_steps:
                     break
-            epoch_event: Event = {"event": "epoch", "epoch": state.epoch, "step": state.step, "lr": state.lr,
-                                  "train_loss": loss_sum / max(windows_done, 1),
-                                  "seconds": time.perf_counter() - started}
-            if valid is not None:
-                result = perplexity(inner, valid, eval_bptt, device=device)
-                epoch_event["valid_ppl"] = result.perplexity
-                improved = result.perplexity < state.best_valid
-                state.best_valid = min(state.best_valid, result.perplexity)
-                decay = not improved if schedule.decay_on_plateau else state.epoch >= schedule.decay_start
-            else:
-                decay = state.epoch >= schedule.decay_start and not schedule.decay_on_plateau
-            if regularizer:
-                final = group_norms(params, group_sets)
-                epoch_event["alive"] = {n: int((v > alive_threshold).sum()) for n, v in final.items()}
-            on_event(epoch_event)
-            if decay:
-                state.lr *= schedule.lr_decay
-            state.epoch += 1
-            state.window = 0
-            hidden = None
-            checkpoint()
-            if schedule.max_steps and state.step >= schedule.max_steps:
-                break
-    return state
+
+    def step(self, inputs: Tensor, targets: Tensor) -> tuple[float, dict[str, Tensor] | None]:
+        """One window: forward, backward, ISS around clip and optimizer step; the loss and the group norms."""
+        device, params = self.dist.device, dict(self.inner.named_parameters())
+        inputs, targets = inputs.to(device), targets.to(device)
+        hidden = detach_hidden(self.state.hidden) if self.state.hidden is not None else None
+        self.optimizer.zero_grad(set_to_none=True)
+        logits, self.state.hidden = self.runner(inputs, hidden)
+        loss = self.criterion(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        loss.backward()
+        norms = self.regularizer.before_clip(params) if self.regularizer else None
+        if self.schedule.clip:
+            nn.utils.clip_grad_norm_(self.inner.parameters(), self.schedule.clip)
+        self.optimizer.step()
+        if self.regularizer:
+            norms = self.regularizer.after_step(params, norms, self.state.lr)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise Diverged(
+                f"The training loss became {value} (NaN or Inf) at step {self.state.step + 1}; the last saved "
+                "checkpoint is kept.",
+                "Lower the learning rate (finetune.lr), the ISS strength (iss.lambda) or set finetune.clip.",
+            )
+        return value, norms
+
+    def log_step(self, loss: float, tokens_per_s: float, norms: dict[str, Tensor] | None, total: int) -> None:
+        state = self.state
+        event: Event = {"event": "step", "epoch": state.epoch, "step": state.step, "window": state.window,
+                        "windows": total, "loss": loss, "ppl": math.exp(min(loss, 700)), "lr": state.lr,
+                        "tokens_per_s": tokens_per_s}
+        if self.regularizer and norms is not None:
+            event["penalty"] = penalty(norms, self.regularizer.current or self.regularizer.lambdas)
+            event["alive"] = self.alive(norms)
+        self.on_event(event)
+
+    def alive(self, norms: dict[str, Tensor]) -> dict[str, int]:
+        return {name: int((values > self.alive_threshold).sum()) for name, values in norms.items()}
+
+    def end_epoch(self, valid: Tensor | None, train_loss: float, seconds: float) -> None:
+        """Validation, the epoch event, the lr decay, and a checkpoint at the start of the next epoch."""
+        state, schedule = self.state, self.schedule
+        event: Event = {"event": "epoch", "epoch": state.epoch, "step": state.step, "lr": state.lr,
+                        "train_loss": train_loss, "seconds": seconds}
+        if valid is not None:
+            result = perplexity(self.inner, valid, self.eval_bptt, device=self.dist.device)
+            event["valid_ppl"] = result.perplexity
+            improved = result.perplexity < state.best_valid
+            state.best_valid = min(state.best_valid, result.perplexity)
+            decay = not improved if schedule.decay_on_plateau else state.epoch >= schedule.decay_start
+        else:
+            decay = state.epoch >= schedule.decay_start and not schedule.decay_on_plateau
+        if self.regularizer:
+            event["alive"] = self.alive(group_norms(dict(self.inner.named_parameters()), self.regularizer.sets))
+        self.on_event(event)
+        if decay:
+            state.lr *= schedule.lr_decay
+        state.epoch += 1
+        state.window = 0
+        state.hidden = None
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        if not all(torch.isfinite(p).all() for p in self.inner.parameters()):
+            raise Diverged(f"The weights became NaN or Inf at step {self.state.step}; the last good checkpoint is "
+                           "kept.", "Lower the learning rate (finetune.lr) or the ISS strength (iss.lambda), or set "
+                                    "finetune.clip.")
+        self.state.optimizer = self.optimizer.state_dict()
+        self.state.rng = torch.get_rng_state()
+        if self.dist.is_main:
+            self.save(self.inner, self.state)
