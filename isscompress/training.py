@@ -93,18 +93,19 @@ class _Regularizer:
         the strongest of the units that would reach zero are spared this step."""
         current = dict(reweighted(self.lambdas, norms, self.iss.reweight))
         for name, target in self.iss.target_widths.items():
-            alive = norms[name] > self.alive_threshold
+            norm = norms[name]
+            alive = norm > self.alive_threshold
             spare = int(alive.sum()) - target
             if spare <= 0:
                 current[name] = 0.0
                 continue
             if lr is None:
                 continue
-            lam = torch.as_tensor(current[name], dtype=norms[name].dtype).expand_as(norms[name]).clone()
-            dying = alive & (norms[name] <= lr * lam)
+            lam = torch.as_tensor(current[name], dtype=norm.dtype, device=norm.device).expand_as(norm).clone()
+            dying = alive & (norm <= lr * lam)
             excess = int(dying.sum()) - spare
             if excess > 0:
-                lam[torch.where(dying, norms[name], -1.0).topk(excess).indices] = 0.0
+                lam[torch.where(dying, norm, -1.0).topk(excess).indices] = 0.0
                 current[name] = lam
         self.current = current
         return current
