@@ -184,8 +184,8 @@ def fit(
         torch.set_rng_state(loop.state.rng)
     else:
         torch.manual_seed(schedule.seed)
-    params = dict(inner.named_parameters())
-    loop.regularizer = _Regularizer.create(group_sets, iss, params, alive_threshold) if iss is not None else None
+    loop.params = dict(inner.named_parameters())
+    loop.regularizer = _Regularizer.create(group_sets, iss, loop.params, alive_threshold) if iss is not None else None
     loop.run(dist.shard_columns(train), valid)
     return loop.state
 
@@ -205,6 +205,7 @@ class _Loop:
     alive_threshold: float
     eval_bptt: int
     regularizer: _Regularizer | None = None
+    params: dict[str, Tensor] = field(default_factory=dict)  # by name, for the regularizer (built once, not per step)
     criterion: nn.Module = field(default_factory=nn.CrossEntropyLoss)
 
     def run(self, columns: Tensor, valid: Tensor | None) -> None:
@@ -238,7 +239,7 @@ class _Loop:
 
     def step(self, inputs: Tensor, targets: Tensor) -> tuple[float, dict[str, Tensor] | None]:
         """One window: forward, backward, ISS around clip and optimizer step; the loss and the group norms."""
-        device, params = self.dist.device, dict(self.inner.named_parameters())
+        device, params = self.dist.device, self.params
         inputs, targets = inputs.to(device), targets.to(device)
         hidden = detach_hidden(self.state.hidden) if self.state.hidden is not None else None
         self.optimizer.zero_grad(set_to_none=True)
@@ -287,7 +288,7 @@ class _Loop:
         else:
             decay = state.epoch >= schedule.decay_start and not schedule.decay_on_plateau
         if self.regularizer:
-            event["alive"] = self.alive(group_norms(dict(self.inner.named_parameters()), self.regularizer.sets))
+            event["alive"] = self.alive(group_norms(self.params, self.regularizer.sets))
         self.on_event(event)
         if decay:
             state.lr *= schedule.lr_decay
