@@ -95,9 +95,10 @@ def _torchscript(wrapper: FlatStateModel, example: tuple[Tensor, ...], probe: tu
 
 def _onnx(wrapper: FlatStateModel, example, probe, names: tuple[list[str], list[str]]) -> tuple[bytes, list]:
     try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it; a missing one fails deep inside torch)
         import onnxruntime
-    except ImportError:
-        raise IsscompressError("ONNX export needs onnx and onnxruntime, which are not installed.",
+    except ImportError as err:
+        raise IsscompressError(f"ONNX export needs onnx and onnxruntime; {err.name} is not installed.",
                                "pip install 'isscompress[onnx]'.") from None
     inputs, outputs = names
     dynamic = {name: ({0: "steps", 1: "batch"} if i == 0 else {1: "batch"}) for i, name in enumerate(inputs)}
