@@ -3,19 +3,19 @@
 The verbs a user calls from Python; each command of the CLI is a few lines over one of them.
 """
 
-from .export import export_model
-from .finetuning import finetune, train_new
-from .groups import GroupSet, Member, all_unit_norms, unit_norms
-from .inspection import inspect_checkpoint
-from .loading import Checkpoint, load, load_checkpoint
-from .model import RecurrentModel, build_model
-from .pipeline import run_recipe
+from .verbs.export import export_model
+from .verbs.finetune import finetune, train_new
+from .core.groups import GroupSet, Member, all_unit_norms, unit_norms
+from .verbs.inspect import inspect_checkpoint
+from .io.loading import Checkpoint, load, load_checkpoint
+from .architectures.stack_module import RecurrentModel, build_model
+from .verbs.run import run_recipe
 from .recipe import Recipe, load_recipe
-from .report import build_report, evaluate_checkpoint, report_markdown
-from .shrinking import shrink
-from .spec import LayerSpec, ModelSpec, group_sets
-from .surgery import mask_state_dict, shrink_state_dict
-from .thresholding import select_kept
+from .verbs.report import build_report, evaluate_checkpoint, report_markdown
+from .verbs.shrink import shrink
+from .architectures.stack import LayerSpec, ModelSpec, group_sets
+from .core.surgery import mask_state_dict, shrink_state_dict
+from .core.thresholding import select_kept
 
 __all__ = [
     "Checkpoint", "GroupSet", "LayerSpec", "Member", "ModelSpec", "Recipe", "RecurrentModel", "all_unit_norms",

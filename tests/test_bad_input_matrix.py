@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from isscompress.checkpoint import write_checkpoint
+from isscompress.io.files import write_checkpoint
 from isscompress.cli import app
-from isscompress.model import RecurrentModel
-from isscompress.spec import LayerSpec, ModelSpec
+from isscompress.architectures.stack_module import RecurrentModel
+from isscompress.architectures.stack import LayerSpec, ModelSpec
 from conftest import make_rnn_model
 
 runner = CliRunner()

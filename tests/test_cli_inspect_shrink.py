@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import isscompress
 from isscompress.cli import app
-from isscompress.surgery import mask_state_dict
+from isscompress.core.surgery import mask_state_dict
 from conftest import PTB_MODEL, make_rnn_model
 
 runner = CliRunner()

@@ -12,10 +12,10 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import isscompress
-from isscompress.checkpoint import write_checkpoint
+from isscompress.io.files import write_checkpoint
 from isscompress.cli import app
-from isscompress.model import RecurrentModel
-from isscompress.spec import LayerSpec, ModelSpec, group_sets
+from isscompress.architectures.stack_module import RecurrentModel
+from isscompress.architectures.stack import LayerSpec, ModelSpec, group_sets
 from conftest import PTB, PTB_MODEL
 
 runner = CliRunner()
@@ -156,7 +156,7 @@ def test_export_parity(tmp_path, fmt, name) -> None:
     assert result.exit_code == 0, result.output
     assert "h0_layer1" in result.stdout
     # Load it back the way a user without isscompress would, and compare on fresh inputs.
-    from isscompress.export import FlatStateModel, example_arguments, io_names
+    from isscompress.verbs.export import FlatStateModel, example_arguments, io_names
 
     model = isscompress.load(source)
     args = example_arguments(model, steps=4, batch=5, seed=3)

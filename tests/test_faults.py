@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import isscompress
-from isscompress.checkpoint import write_checkpoint
-from isscompress.finetuning import finetune, side_files
-from isscompress.model import RecurrentModel
-from isscompress.spec import LayerSpec, ModelSpec
+from isscompress.io.files import write_checkpoint
+from isscompress.verbs.finetune import finetune, side_files
+from isscompress.architectures.stack_module import RecurrentModel
+from isscompress.architectures.stack import LayerSpec, ModelSpec
 
 WORDS = [f"w{i}" for i in range(30)] + ["<unk>", "<eos>"]
 SPEC = ModelSpec("LSTM", (LayerSpec(8, 12), LayerSpec(12, 10)), vocab_size=len(WORDS))

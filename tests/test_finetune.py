@@ -14,12 +14,12 @@ import torch
 from typer.testing import CliRunner
 
 import isscompress
-from isscompress.checkpoint import write_checkpoint
+from isscompress.io.files import write_checkpoint
 from isscompress.data import build_vocabulary
-from isscompress.finetuning import finetune, side_files
-from isscompress.model import RecurrentModel
-from isscompress.groups import all_unit_norms, member_slice
-from isscompress.spec import LayerSpec, ModelSpec, group_sets
+from isscompress.verbs.finetune import finetune, side_files
+from isscompress.architectures.stack_module import RecurrentModel
+from isscompress.core.groups import all_unit_norms, member_slice
+from isscompress.architectures.stack import LayerSpec, ModelSpec, group_sets
 from isscompress.cli import app
 
 EXCERPT = Path(__file__).parent.parent / "examples" / "data" / "ptb-excerpt"

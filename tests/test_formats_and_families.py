@@ -9,7 +9,7 @@ from torch import nn
 
 import isscompress
 from isscompress.errors import CheckpointError
-from isscompress.groups import GroupSet, Member
+from isscompress.core.groups import GroupSet, Member
 from conftest import AwdLstm, make_rnn_model
 
 
@@ -159,7 +159,7 @@ def test_tied_model_written_by_isscompress_loads_back_tied(tmp_path) -> None:
     original = make_rnn_model(tie=True)
     source = tmp_path / "tied.pt"
     torch.save(original.state_dict(), source)
-    from isscompress.shrinking import shrink
+    from isscompress.verbs.shrink import shrink
 
     out = tmp_path / "tied.safetensors"
     shrink(source, out, threshold=0.0)

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from safetensors.torch import save_file
 
 from isscompress.errors import IsscompressError
-from isscompress.loading import load_checkpoint
+from isscompress.io.loading import load_checkpoint
 from isscompress.recipe import parse_recipe
 from conftest import make_rnn_model
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings, strategies as st
 
-from isscompress.model import RecurrentModel, build_model, probe_inputs
-from isscompress.spec import LayerSpec, ModelSpec, check_shapes, group_sets, shrunk_spec
-from isscompress.surgery import mask_state_dict, shrink_state_dict
-from isscompress.groups import all_unit_norms
-from isscompress.thresholding import kept_counts, select_kept
+from isscompress.architectures.stack_module import RecurrentModel, build_model, probe_inputs
+from isscompress.architectures.stack import LayerSpec, ModelSpec, check_shapes, group_sets, shrunk_spec
+from isscompress.core.surgery import mask_state_dict, shrink_state_dict
+from isscompress.core.groups import all_unit_norms
+from isscompress.core.thresholding import kept_counts, select_kept
 
 
 @st.composite

@@ -28,7 +28,7 @@ from torch import nn
 
 import isscompress
 from isscompress.recipe import IssSection, Schedule
-from isscompress.training import fit
+from isscompress.train.loop import fit
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = ROOT.parent / "shared" / "models" / "ptb-small-lstm" / "model.safetensors"

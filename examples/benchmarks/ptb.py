@@ -29,15 +29,15 @@ import torch
 import yaml
 
 import isscompress
-from isscompress.checkpoint import write_checkpoint
-from isscompress.finetuning import finetune, train_new
-from isscompress.groups import all_unit_norms
-from isscompress.pipeline import run_recipe
+from isscompress.io.files import write_checkpoint
+from isscompress.verbs.finetune import finetune, train_new
+from isscompress.core.groups import all_unit_norms
+from isscompress.verbs.run import run_recipe
 from isscompress.recipe import Recipe, load_recipe
-from isscompress.report import evaluate_checkpoint
-from isscompress.shrinking import shrink
-from isscompress.spec import LayerSpec, ModelSpec, macs_per_token, parameter_counts
-from isscompress.speed import measure_speed
+from isscompress.verbs.report import evaluate_checkpoint
+from isscompress.verbs.shrink import shrink
+from isscompress.architectures.stack import LayerSpec, ModelSpec, macs_per_token, parameter_counts
+from isscompress.measure.speed import measure_speed
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "examples" / "ptb" / "ptb-small-iss.yaml"

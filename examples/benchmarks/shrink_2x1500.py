@@ -43,14 +43,14 @@ save_file(state, sys.argv[1])
 MEASURE = """
 import json, resource, shutil, sys, time
 mode, source, target = sys.argv[1:4]
-import torch, safetensors, isscompress.shrinking as shrinking  # imports are not timed
+import torch, safetensors, isscompress.verbs.shrink as shrinking  # imports are not timed
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 start = time.perf_counter()
 if mode == "copy":
     shutil.copyfile(source, target)
 elif mode == "core":  # the surgery alone: no output check, no source hash
     from isscompress import all_unit_norms, load_checkpoint, select_kept, shrink_state_dict
-    from isscompress.checkpoint import write_checkpoint
+    from isscompress.io.files import write_checkpoint
     from pathlib import Path
     c = load_checkpoint(source)
     kept = select_kept(all_unit_norms(c.state, c.group_sets), c.group_sets, 0.0)

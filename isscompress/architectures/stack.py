@@ -1,0 +1,271 @@
+"""The architecture of a recurrent model, in one canonical key layout.
+
+Every family adapter renames a checkpoint's tensors into this layout: an optional
+``encoder.weight``, a stack of single-layer recurrent layers ``layers.{l}.{param}_l0[_reverse]``
+(so each layer can have its own width after shrinking), and an optional ``decoder``.
+From a :class:`ModelSpec` alone we derive the expected shapes, the ISS group sets,
+and parameter and multiply-add counts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, replace
+from typing import Mapping
+
+from torch import Tensor
+
+from ..errors import ShapeError
+from ..core.groups import GroupSet, Member
+
+GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+CELL_BY_GATES = {4: "LSTM", 3: "GRU", 1: "RNN_TANH"}
+SUFFIXES = ("", "_reverse")
+LAYER_KEY = re.compile(r"^layers\.(\d+)\.(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l0(_reverse)?$")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One recurrent layer: its input size, hidden width and optional projection width."""
+
+    input_size: int
+    hidden_size: int
+    proj_size: int = 0
+
+    @property
+    def out_size(self) -> int:
+        """Width of what one direction of this layer hands to the next."""
+        return self.proj_size or self.hidden_size
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build the model and to describe its ISS groups."""
+
+    cell: str
+    layers: tuple[LayerSpec, ...]
+    bidirectional: bool = False
+    bias: bool = True
+    vocab_size: int = 0  # 0: a bare recurrent stack with no embedding and no decoder
+    tied: bool = False
+    decoder_bias: bool = True
+
+    @property
+    def gates(self) -> int:
+        return GATES[self.cell]
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def is_language_model(self) -> bool:
+        return self.vocab_size > 0
+
+    @property
+    def output_size(self) -> int:
+        return self.directions * self.layers[-1].out_size
+
+    @property
+    def widths(self) -> list[int]:
+        return [layer.hidden_size for layer in self.layers]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "ModelSpec":
+        layers = tuple(LayerSpec(**layer) for layer in data["layers"])
+        return cls(**{**data, "layers": layers})
+
+
+def layer_key(layer: int, param: str, direction: int = 0) -> str:
+    return f"layers.{layer}.{param}_l0{SUFFIXES[direction]}"
+
+
+def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Shape of every tensor in the canonical layout (a tied decoder weight is not stored)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    if spec.is_language_model:
+        shapes["encoder.weight"] = (spec.vocab_size, spec.layers[0].input_size)
+    for index, layer in enumerate(spec.layers):
+        rows = spec.gates * layer.hidden_size
+        for direction in range(spec.directions):
+            shapes[layer_key(index, "weight_ih", direction)] = (rows, layer.input_size)
+            shapes[layer_key(index, "weight_hh", direction)] = (rows, layer.out_size)
+            if spec.bias:
+                shapes[layer_key(index, "bias_ih", direction)] = (rows,)
+                shapes[layer_key(index, "bias_hh", direction)] = (rows,)
+            if layer.proj_size:
+                shapes[layer_key(index, "weight_hr", direction)] = (layer.proj_size, layer.hidden_size)
+    if spec.is_language_model:
+        if not spec.tied:
+            shapes["decoder.weight"] = (spec.vocab_size, spec.output_size)
+        if spec.decoder_bias:
+            shapes["decoder.bias"] = (spec.vocab_size,)
+    return shapes
+
+
+def _shape_of(state: Mapping[str, Tensor], key: str, dims: int) -> tuple[int, ...]:
+    if key not in state:
+        raise ShapeError(f"Tensor '{key}' is missing.", "The checkpoint is incomplete; save the full state dict.")
+    shape = tuple(state[key].shape)
+    if len(shape) != dims:
+        raise ShapeError(f"Tensor '{key}' has shape {list(shape)}; a {dims}-D tensor was expected.")
+    return shape
+
+
+def _infer_layer(state: Mapping[str, Tensor], index: int) -> tuple[LayerSpec, int]:
+    """Width, projection, input size and gate count of layer ``index`` from its own tensors."""
+    rows, input_size = _shape_of(state, layer_key(index, "weight_ih"), 2)
+    hr_key = layer_key(index, "weight_hr")
+    if hr_key in state:
+        proj_size, hidden = _shape_of(state, hr_key, 2)
+    else:
+        proj_size, hidden = 0, _shape_of(state, layer_key(index, "weight_hh"), 2)[1]
+    if hidden == 0 or rows % hidden or rows // hidden not in CELL_BY_GATES:
+        width_key = hr_key if proj_size else layer_key(index, "weight_hh")
+        raise ShapeError(
+            f"Layer {index}: '{layer_key(index, 'weight_ih')}' has {rows} rows, which is not 4, 3 or 1 "
+            f"times the hidden width {hidden} that '{width_key}' implies (LSTM, GRU or RNN).",
+            "Check that the checkpoint holds a recurrent model of a supported cell type.",
+        )
+    return LayerSpec(input_size, hidden, proj_size), rows // hidden
+
+
+def infer_spec(
+    state: Mapping[str, Tensor], *, cell_hint: str | None = None, tied: bool = False
+) -> ModelSpec:
+    """Read a ModelSpec off canonical tensors and check every shape against it."""
+    indices = sorted({int(m.group(1)) for key in state if (m := LAYER_KEY.match(key))})
+    if not indices:
+        raise ShapeError("No recurrent layer tensors were found.")
+    if indices != list(range(len(indices))):
+        raise ShapeError(f"Recurrent layers are numbered {indices}; layers must be numbered 0..N-1 without gaps.")
+    inferred = [_infer_layer(state, i) for i in indices]
+    gate_counts = {gates for _, gates in inferred}
+    if len(gate_counts) != 1:
+        raise ShapeError("Layers disagree on the cell type (their gate counts differ).")
+    cell = CELL_BY_GATES[gate_counts.pop()]
+    if cell_hint is not None:
+        if GATES.get(cell_hint) != GATES[cell]:
+            raise ShapeError(f"The checkpoint says the cell is {cell_hint}, but its weights have the shape of a {cell}.")
+        cell = cell_hint
+    vocab_size = state["encoder.weight"].shape[0] if "encoder.weight" in state else 0
+    bidirectional = layer_key(0, "weight_ih", 1) in state
+    layers = [layer for layer, _ in inferred]
+    for index in range(1, len(layers)):  # a layer's input is what the previous one outputs
+        layers[index] = replace(layers[index], input_size=(2 if bidirectional else 1) * layers[index - 1].out_size)
+    spec = ModelSpec(
+        cell=cell,
+        layers=tuple(layers),
+        bidirectional=bidirectional,
+        bias=layer_key(0, "bias_ih") in state,
+        vocab_size=vocab_size,
+        tied=tied,
+        decoder_bias="decoder.bias" in state,
+    )
+    check_shapes(state, spec)
+    return spec
+
+
+def check_shapes(state: Mapping[str, Tensor], spec: ModelSpec) -> None:
+    """Every expected tensor present with its expected shape, and nothing else."""
+    expected = expected_shapes(spec)
+    problems = [
+        f"'{key}' is missing (expected shape {list(shape)})"
+        for key, shape in expected.items()
+        if key not in state
+    ]
+    problems += [
+        f"'{key}' has shape {list(state[key].shape)}, expected {list(shape)}"
+        for key, shape in expected.items()
+        if key in state and tuple(state[key].shape) != shape
+    ]
+    problems += [f"'{key}' is not part of this architecture" for key in state if key not in expected]
+    if spec.tied and spec.layers[0].input_size != spec.output_size:
+        problems.append(
+            f"the tied embedding has {spec.layers[0].input_size} columns but the last layer outputs {spec.output_size}"
+        )
+    if problems:
+        shown = "; ".join(problems[:6]) + ("; ..." if len(problems) > 6 else "")
+        raise ShapeError(
+            f"The tensors do not form one consistent {spec.cell} model "
+            f"({len(spec.layers)} layer(s), widths {spec.widths}): {shown}.",
+            "Check that the file is a complete, unmodified state dict; remove optimizer state or other extra tensors.",
+        )
+
+
+def group_sets(spec: ModelSpec) -> tuple[GroupSet, ...]:
+    """The ISS group sets of a model: one per layer, direction and role (cell / projection)."""
+    sets: list[GroupSet] = []
+    for index, layer in enumerate(spec.layers):
+        gate_starts = tuple(g * layer.hidden_size for g in range(spec.gates))
+        for direction in range(spec.directions):
+            name = f"layer{index}" + (".reverse" if direction else "")
+            producers = [Member(layer_key(index, "weight_ih", direction), 0, gate_starts),
+                         Member(layer_key(index, "weight_hh", direction), 0, gate_starts)]
+            if spec.bias:
+                producers += [Member(layer_key(index, p, direction), 0, gate_starts) for p in ("bias_ih", "bias_hh")]
+            recurrent = [Member(layer_key(index, "weight_hh", direction), 1, (0,))]
+            consumers = _consumers(spec, index, direction * layer.out_size)
+            if layer.proj_size:
+                hr = layer_key(index, "weight_hr", direction)
+                sets.append(GroupSet(name, layer.hidden_size, (*producers, Member(hr, 1, (0,))), index, direction))
+                sets.append(GroupSet(f"{name}.proj", layer.proj_size, (Member(hr, 0, (0,)), *recurrent, *consumers),
+                                     index, direction, "proj"))
+            else:
+                sets.append(GroupSet(name, layer.hidden_size, (*producers, *recurrent, *consumers), index, direction))
+    return tuple(sets)
+
+
+def _consumers(spec: ModelSpec, index: int, offset: int) -> list[Member]:
+    """Columns that read layer ``index``'s output, at ``offset`` for its backward half."""
+    if index + 1 < len(spec.layers):
+        return [Member(layer_key(index + 1, "weight_ih", d), 1, (offset,)) for d in range(spec.directions)]
+    if not spec.is_language_model:
+        return []
+    if not spec.tied:
+        return [Member("decoder.weight", 1, (offset,))]
+    # Tied: the decoder is the embedding, whose columns feed the first layer's input columns.
+    return [Member("encoder.weight", 1, (offset,))] + [
+        Member(layer_key(0, "weight_ih", d), 1, (offset,)) for d in range(spec.directions)
+    ]
+
+
+def shrunk_spec(spec: ModelSpec, kept_counts: Mapping[str, int]) -> ModelSpec:
+    """The spec after keeping ``kept_counts[set name]`` units of each group set."""
+    layers = []
+    for index, layer in enumerate(spec.layers):
+        name = f"layer{index}"
+        hidden = kept_counts[name]
+        proj = kept_counts[f"{name}.proj"] if layer.proj_size else 0
+        input_size = layer.input_size if index == 0 else spec.directions * (layers[-1].out_size)
+        layers.append(LayerSpec(input_size, hidden, proj))
+    if spec.tied:
+        embedding = spec.directions * layers[-1].out_size
+        layers[0] = replace(layers[0], input_size=embedding)
+    return replace(spec, layers=tuple(layers))
+
+
+def parameter_counts(spec: ModelSpec) -> dict[str, int]:
+    """Parameters split into embedding / recurrent / decoder (a tied matrix is counted once)."""
+    counts = {"embedding": 0, "recurrent": 0, "decoder": 0}
+    for key, shape in expected_shapes(spec).items():
+        part = "embedding" if key.startswith("encoder.") else "decoder" if key.startswith("decoder.") else "recurrent"
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        counts[part] += numel
+    return counts
+
+
+def macs_per_token(spec: ModelSpec) -> dict[str, int]:
+    """Multiply-adds per token: gate matmuls, projections, decoder (lookups and elementwise work ignored)."""
+    recurrent = 0
+    for layer in spec.layers:
+        per_direction = spec.gates * layer.hidden_size * (layer.input_size + layer.out_size)
+        per_direction += layer.proj_size * layer.hidden_size
+        recurrent += spec.directions * per_direction
+    decoder = spec.vocab_size * spec.output_size if spec.is_language_model else 0
+    return {"embedding": 0, "recurrent": recurrent, "decoder": decoder}

@@ -1,0 +1,247 @@
+"""The command line: parse, call one library function, render. No logic lives here."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from . import render as _render
+from ..errors import Interrupted, IsscompressError
+
+app = typer.Typer(
+    name="isscompress",
+    help="Make trained LSTM models physically smaller with Intrinsic Sparse Structures (ISS).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+FamilyOption = typer.Option(None, "--family", help="Model family, when auto-detection is not wanted.")
+JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout instead of tables.")
+
+
+def _stdout() -> Console:
+    return Console()
+
+
+def _stderr() -> Console:
+    return Console(stderr=True)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn library errors into one paragraph on stderr and exit code 1; Ctrl-C into 130."""
+    try:
+        yield
+    except IsscompressError as err:
+        _stderr().print(Text.assemble(("error: ", "bold red"), str(err)), soft_wrap=True)
+        raise typer.Exit(130 if isinstance(err, Interrupted) else 1) from None
+    except KeyboardInterrupt:
+        _stderr().print("interrupted")
+        raise typer.Exit(130) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as err:  # a bug of ours: still one paragraph, and a distinct exit code
+        _stderr().print(Text.assemble(("internal error: ", "bold red"), f"{type(err).__name__}: {err}. This is a bug in "
+                                      "isscompress; please report it with the command and the file's layout. "
+                                      "Set ISSCOMPRESS_DEBUG=1 for the traceback."), soft_wrap=True)
+        if os.environ.get("ISSCOMPRESS_DEBUG"):
+            raise
+        raise typer.Exit(2) from None
+
+
+def _print_json(data: dict) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+@app.command()
+def inspect(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint file (.safetensors, .pt, .pth, .bin)."),
+    family: Optional[str] = FamilyOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Show a checkpoint's layers, costs and ISS group norms."""
+    from ..verbs.inspect import inspect_checkpoint
+
+    with _user_errors():
+        result = inspect_checkpoint(checkpoint, family)
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        _render.render_inspection(result, _stdout())
+
+
+@app.command()
+def shrink(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint to shrink."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the smaller checkpoint (.safetensors)."),
+    threshold: float = typer.Option(0.0, "--threshold", "-t", help="Remove units whose ISS group norm is <= this."),
+    family: Optional[str] = FamilyOption,
+    force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Remove dead ISS groups and write a physically smaller, dense checkpoint."""
+    from ..verbs.shrink import shrink as shrink_checkpoint
+
+    with _user_errors():
+        result = shrink_checkpoint(checkpoint, output, threshold, family=family, force=force)
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        _render.render_shrink(result, _stdout())
+
+
+RecipeOption = typer.Option(..., "--recipe", "-r", help="Recipe YAML file (see docs/recipe.md).")
+
+
+@app.command()
+def finetune(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint to fine-tune."),
+    recipe: Path = RecipeOption,
+    output: Path = typer.Option(..., "--output", "-o", help="Fine-tuned checkpoint to write (.safetensors)."),
+    stage: str = typer.Option("finetune", help="'finetune' (with the recipe's iss section) or 'recover' "
+                                               "(the recipe's recover schedule, no ISS)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT's last save."),
+    force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
+) -> None:
+    """Fine-tune with ISS group Lasso (or recover without it) from a recipe."""
+    from ..verbs.finetune import STAGES, finetune as run_finetune
+
+    with _user_errors():
+        if stage not in STAGES:
+            raise IsscompressError(f"Unknown stage '{stage}'.", f"Use one of: {', '.join(STAGES)}.")
+        with _render.TrainingProgress(_stderr()) as progress:
+            progress.set_stage(stage)
+            result = run_finetune(checkpoint, recipe, output, stage=stage, resume=resume, force=force,
+                                  on_event=progress)
+    _stderr().print(f"wrote {result.output}")
+
+
+@app.command("run")
+def run_all(
+    checkpoint: Path = typer.Argument(..., help="Trained checkpoint to compress."),
+    recipe: Path = RecipeOption,
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for every output of the run."),
+    force: bool = typer.Option(False, "--force", help="Overwrite outputs in the folder."),
+    repeats: int = typer.Option(5, help="Speed measurement repetitions."),
+) -> None:
+    """The whole recipe: fine-tune with ISS, shrink, recover, report."""
+    from ..verbs.run import run_recipe
+
+    with _user_errors():
+        with _render.TrainingProgress(_stderr()) as progress:
+            result = run_recipe(checkpoint, recipe, output, force=force, speed_repeats=repeats,
+                                on_event=progress, on_stage=progress.set_stage)
+    _render.render_shrink(result.shrink, _stderr())
+    _render.render_report(result.report, _stdout())
+    _stdout().print(f"Outputs in {result.folder}: {result.final.name}, report.json, report.md")
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint to evaluate."),
+    data: Path = typer.Option(..., "--data", "-d", help="Text file, one sentence per line."),
+    vocab: str = typer.Option("auto", help="'auto', 'corpus' or a vocabulary file."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="Take vocabulary and batching from here."),
+    family: Optional[str] = FamilyOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Perplexity of a checkpoint on a text file (word_language_model's measurement)."""
+    from rich.progress import Progress
+
+    from ..recipe import load_recipe
+    from ..verbs.report import evaluate_checkpoint
+
+    with _user_errors():
+        loaded = load_recipe(recipe) if recipe else None
+        with Progress(console=_stderr(), transient=True) as bar:
+            task = bar.add_task("evaluating", total=None)
+            result = evaluate_checkpoint(checkpoint, data, vocab=vocab, recipe=loaded, family=family,
+                                         on_window=lambda done, total: bar.update(task, completed=done, total=total))
+    if as_json:
+        _print_json({"checkpoint": str(checkpoint), "data": str(data), **result.to_dict()})
+    else:
+        _render.render_perplexity(str(checkpoint), result, _stdout())
+
+
+@app.command()
+def report(
+    original: Path = typer.Argument(..., help="The original checkpoint."),
+    shrunk: Optional[Path] = typer.Argument(None, help="Its shrunk (and recovered) version."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Text to measure perplexity on."),
+    vocab: str = typer.Option("auto", help="'auto', 'corpus' or a vocabulary file."),
+    as_json: bool = JsonOption,
+    markdown: bool = typer.Option(False, "--markdown", help="Print a Markdown table."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write PNG plots into this folder."),
+    repeats: int = typer.Option(5, help="Speed measurement repetitions."),
+    no_speed: bool = typer.Option(False, "--no-speed", help="Skip the speed measurement."),
+    family: Optional[str] = FamilyOption,
+) -> None:
+    """What compression bought: widths, parameters, multiply-adds, size, perplexity and measured speed."""
+    from ..verbs.report import build_report, report_markdown
+
+    with _user_errors():
+        result = build_report(original, shrunk, data=data, vocab=vocab, speed=not no_speed, repeats=repeats,
+                              family=family)
+        if plot is not None:
+            from .plots import write_plots
+
+            for path in write_plots(result, plot):
+                _stderr().print(f"wrote {path}")
+    if as_json:
+        _print_json(result.to_dict())
+    elif markdown:
+        sys.stdout.write(report_markdown(result))
+    else:
+        _render.render_report(result, _stdout())
+
+
+@app.command()
+def train(
+    recipe: Path = RecipeOption,
+    output: Path = typer.Option(..., "--output", "-o", help="Checkpoint to write (.safetensors)."),
+    widths: list[int] = typer.Option(..., "--width", "-w", help="Hidden width of each layer (repeat per layer)."),
+    embedding: int = typer.Option(..., "--embedding", "-e", help="Embedding size."),
+    cell: str = typer.Option("LSTM", help="LSTM, GRU, RNN_TANH or RNN_RELU."),
+    tied: bool = typer.Option(False, "--tied", help="Tie the decoder to the embedding (embedding = last width)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
+) -> None:
+    """Train a new language model from scratch (a baseline, or the direct design of given widths)."""
+    from ..verbs.finetune import train_new
+    from ..architectures.stack import GATES, LayerSpec, ModelSpec
+
+    with _user_errors():
+        if cell not in GATES:
+            raise IsscompressError(f"Unknown cell '{cell}'.", f"Use one of: {', '.join(GATES)}.")
+        if tied and embedding != widths[-1]:
+            raise IsscompressError(f"A tied model needs --embedding equal to the last width ({widths[-1]}).")
+        sizes = [embedding, *widths]
+        spec = ModelSpec(cell, tuple(LayerSpec(sizes[i], w) for i, w in enumerate(widths)), vocab_size=1, tied=tied)
+        with _render.TrainingProgress(_stderr()) as progress:
+            progress.set_stage("train")
+            result = train_new(spec, recipe, output, force=force, on_event=progress)
+    _stderr().print(f"wrote {result.output}")
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint to export (usually a shrunk one)."),
+    fmt: str = typer.Option(..., "--format", "-f", help="torchscript or onnx."),
+    output: Path = typer.Option(..., "--output", "-o", help="File to write (.pt for TorchScript, .onnx)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
+) -> None:
+    """Export a model that runs without isscompress; checked against PyTorch before writing."""
+    from ..verbs.export import export_model
+
+    with _user_errors():
+        result = export_model(checkpoint, output, fmt, force=force)
+    _stdout().print(f"wrote {result.output} ({result.format}); max |difference| on a probe batch "
+                    f"{result.max_abs_diff:.2g}\ninputs: {', '.join(result.inputs)}\noutputs: {', '.join(result.outputs)}")

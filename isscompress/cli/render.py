@@ -1,0 +1,208 @@
+"""Rich rendering of the library's result dataclasses. The only module besides cli.py that draws."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from ..verbs.inspect import Inspection
+from ..verbs.shrink import ShrinkResult
+from ..measure.summary import ModelSummary, NormStats
+
+BARS = " ▁▂▃▄▅▆▇█"
+PARTS = ("embedding", "recurrent", "decoder")
+
+
+def human(count: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(count) >= scale:
+            return f"{count / scale:.2f}{unit}"
+    return f"{count:.0f}"
+
+
+def human_bytes(size: int | None) -> str:
+    if size is None:
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def sparkline(stats: NormStats) -> str:
+    counts = [count for _, _, count in stats.histogram]
+    top = max(counts) if counts else 0
+    return "".join(BARS[0 if not c else max(1, round(8 * c / top))] for c in counts)
+
+
+def layers_table(summary: ModelSummary, title: str = "Recurrent layers") -> Table:
+    table = Table(title=title)
+    for column in ("layer", "cell", "input", "width", "directions", "projection"):
+        table.add_column(column, justify="right" if column != "cell" else "left")
+    for layer in summary.layers:
+        table.add_row(str(layer.index), layer.cell, str(layer.input_size), str(layer.width),
+                      str(layer.directions), str(layer.proj_size or "-"))
+    return table
+
+
+def costs_table(summary: ModelSummary) -> Table:
+    table = Table(title="Cost per token")
+    for column in ("part", "parameters", "multiply-adds"):
+        table.add_column(column, justify="right" if column != "part" else "left")
+    for part in PARTS:
+        table.add_row(part, human(summary.parameters[part]), human(summary.macs_per_token[part]))
+    table.add_row("total", human(summary.total_parameters), human(summary.total_macs), style="bold")
+    return table
+
+
+def norms_table(norms: tuple[NormStats, ...]) -> Table:
+    table = Table(title="ISS group norms per layer (units with norm ≤ threshold)")
+    table.add_column("group set", no_wrap=True)
+    table.add_column("units", justify="right", no_wrap=True)
+    for q in ("min", "median", "max"):
+        table.add_column(q, justify="right", no_wrap=True)
+    for threshold in norms[0].under if norms else ():
+        table.add_column(f"≤{threshold}", justify="right", no_wrap=True)
+    table.add_column("histogram", no_wrap=True, min_width=8)
+    for stats in norms:
+        q = stats.quantiles
+        table.add_row(stats.name, str(stats.units), f"{q['q00']:.3g}", f"{q['q50']:.3g}", f"{q['q100']:.3g}",
+                      *(str(n) for n in stats.under.values()), sparkline(stats))
+    return table
+
+
+def render_inspection(result: Inspection, console: Console) -> None:
+    s = result.summary
+    tied = ", tied embedding" if s.tied else ""
+    vocab = f", vocabulary {s.vocab_size}" if s.vocab_size else ", bare recurrent stack"
+    layout = f" ({s.layout} layout)" if s.layout != s.family else ""
+    console.print(f"[bold]{result.path}[/]: family [cyan]{s.family}[/]{layout}, {s.cell}{vocab}{tied}, "
+                  f"{s.dtype}, {human_bytes(s.file_bytes)}")
+    console.print(layers_table(s))
+    console.print(costs_table(s))
+    console.print(norms_table(result.norms))
+
+
+def _ratio(before: float, after: float) -> str:
+    return f"{before / after:.2f}x" if after else "-"
+
+
+def _cost_rows(table: Table, b: ModelSummary, a: ModelSummary | None, *, per_part_macs: bool) -> None:
+    """Parameters, multiply-adds and file size, before → after (after and ratio blank for one model)."""
+
+    def row(label: str, before, after, show=human, style: str | None = None) -> None:
+        table.add_row(label, show(before), show(after) if a else "", _ratio(before or 0, after or 0) if a else "",
+                      style=style)
+
+    for part in PARTS:
+        if b.parameters[part] or (per_part_macs and b.macs_per_token[part]):
+            row(f"parameters {part}", b.parameters[part], a.parameters[part] if a else None)
+    row("parameters total", b.total_parameters, a.total_parameters if a else None, style="bold")
+    for part in ("recurrent", "decoder") if per_part_macs else ():
+        if b.macs_per_token[part]:
+            row(f"multiply-adds {part}", b.macs_per_token[part], a.macs_per_token[part] if a else None)
+    row("multiply-adds / token", b.total_macs, a.total_macs if a else None, style="bold")
+    row("file size", b.file_bytes, a.file_bytes if a else None, show=human_bytes)
+
+
+def render_shrink(result: ShrinkResult, console: Console) -> None:
+    table = Table(title=f"Shrunk {result.source.name} → {result.output.name} (threshold {result.threshold:g})")
+    for column in ("", "before", "after", "ratio"):
+        table.add_column(column, justify="left" if not column else "right")
+    for name, before in result.widths_before.items():
+        table.add_row(f"width {name}", str(before), str(result.widths_after[name]),
+                      f"{result.widths_after[name] / before:.0%} kept")
+    _cost_rows(table, result.before, result.after, per_part_macs=False)
+    console.print(table)
+    console.print(f"Checked: shrunk and masked models agree to {result.max_abs_diff:.2g} "
+                  f"(tolerance {result.tolerance:.2g}) on a probe batch.")
+
+
+class TrainingProgress:
+    """Live fine-tuning progress on stderr: one bar per epoch with loss, ppl, tokens/s and alive units."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = console
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                                 console=console, transient=False)
+        self.tasks: dict[tuple[str, int], int] = {}
+        self.stage = "finetune"
+
+    def __enter__(self) -> "TrainingProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def set_stage(self, stage: str) -> None:
+        self.stage = stage
+        if stage in ("shrink", "report"):
+            self.console.print(f"[bold]{stage}[/] ...")
+
+    def __call__(self, event: dict) -> None:
+        key = (self.stage, event["epoch"])
+        if event["event"] == "step":
+            if key not in self.tasks:
+                self.tasks[key] = self.progress.add_task(f"{self.stage} epoch {event['epoch']}",
+                                                         total=event["windows"], status="")
+            alive = event.get("alive")
+            alive_text = " alive " + "/".join(str(v) for v in alive.values()) if alive else ""
+            status = (f"loss {event['loss']:.3f} ppl {event['ppl']:.1f} lr {event['lr']:.3g} "
+                      f"{event['tokens_per_s']:,.0f} tok/s{alive_text}")
+            self.progress.update(self.tasks[key], completed=event["window"], status=status)
+        elif event["event"] == "epoch":
+            valid = f" valid ppl {event['valid_ppl']:.2f}" if "valid_ppl" in event else ""
+            alive = event.get("alive")
+            alive_text = " alive " + ", ".join(f"{k} {v}" for k, v in alive.items()) if alive else ""
+            self.console.print(f"{self.stage} epoch {event['epoch']}: train loss {event['train_loss']:.3f}"
+                               f"{valid}{alive_text} ({event['seconds']:.0f} s)")
+
+
+def render_perplexity(name: str, result, console: Console) -> None:
+    console.print(f"{name}: perplexity [bold]{result.perplexity:.2f}[/] (loss {result.loss:.4f}, "
+                  f"{result.tokens:,} tokens, {result.tokens_per_second:,.0f} tokens/s)")
+
+
+def render_report(report, console: Console) -> None:
+    b, a = report.original, report.shrunk
+    title = f"isscompress report: {b.family}" + (" (before → after)" if a else "")
+    table = Table(title=title)
+    for column in ("", "before", "after", "ratio"):
+        table.add_column(column, justify="left" if not column else "right", no_wrap=True)
+    for change in report.layers:
+        proj = f" (proj {change.proj_before}→{change.proj_after})" if change.proj_before else ""
+        table.add_row(f"width layer {change.layer}{proj}", str(change.width_before), str(change.width_after),
+                      f"{change.kept:.0%} kept")
+    if not report.layers:
+        for layer in b.layers:
+            table.add_row(f"width layer {layer.index}", str(layer.width), "", "")
+    _cost_rows(table, b, a, per_part_macs=True)
+    pb, pa = report.perplexity_before, report.perplexity_after
+    if pb is not None:
+        delta = report.perplexity_delta
+        table.add_row("perplexity", f"{pb.perplexity:.2f}", f"{pa.perplexity:.2f}" if pa else "",
+                      f"Δ {delta:+.2f}" if delta is not None else "", style="bold")
+    for sample in report.speed:
+        label = {"decode_batch1": "tokens/s, decode batch 1", "batch20x35": "tokens/s, batch 20x35"}[sample.workload]
+        table.add_row(label, f"{sample.before_tokens_per_s:,.0f}",
+                      f"{sample.after_tokens_per_s:,.0f}",
+                      f"{sample.speedup:.2f}x ({min(sample.speedups):.2f}-{max(sample.speedups):.2f})")
+    console.print(table)
+    if report.speed:
+        console.print(f"Speed: before and after interleaved, medians of {len(report.speed[0].speedups)} runs, "
+                      f"torch {report.environment['torch']}, {report.environment['threads']} thread(s); "
+                      f"MAC ratio {report.mac_ratio:.2f}x. Batch-1 decoding runs on PyTorch's native RNN kernel for both "
+                      "models (oneDNN re-lays-out weights on every call); the 20x35 batch runs on oneDNN.")
+    if report.data:
+        console.print(f"Perplexity on {report.data}.")
+    if a is None:
+        console.print(norms_table(report.norms))
+    prov = report.provenance
+    if prov.get("lineage"):
+        steps = " → ".join(f"{s['from']} ({s['sha256'][:8]}, then {s['stage']})" for s in prov["lineage"])
+        threshold = f"; shrink threshold {prov['threshold']:g}" if "threshold" in prov else ""
+        console.print(f"Lineage: {steps}{threshold}")

@@ -1,0 +1,35 @@
+"""pytorch/examples word_language_model: ``encoder`` embedding, one multi-layer ``rnn``, ``decoder``."""
+
+from __future__ import annotations
+
+import re
+
+from ..files import RawCheckpoint
+from ...architectures.stack import GATES
+from ._rename import rename_layers
+from .base import Canonical, Family, same_tensor
+
+PATTERN = re.compile(r"^rnn\.(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
+
+
+def matches(tensors) -> bool:
+    return "encoder.weight" in tensors and "rnn.weight_ih_l0" in tensors
+
+
+def convert(raw: RawCheckpoint) -> Canonical:
+    tensors, sources = rename_layers(raw.tensors, PATTERN, lambda m: (int(m.group(2)), m.group(1), m.group(3)))
+    decoder = tensors.get("decoder.weight")
+    tied = decoder is None or same_tensor(decoder, tensors["encoder.weight"])
+    if tied:
+        tensors.pop("decoder.weight", None)
+    rnn_type = raw.attributes.get("rnn_type") or raw.metadata.get("rnn_type")
+    return Canonical(tensors, rnn_type if rnn_type in GATES else None, tied, sources)
+
+
+FAMILY = Family(
+    name="word_language_model",
+    expects="encoder.weight, rnn.weight_ih_l{k}, rnn.weight_hh_l{k}, rnn.bias_*_l{k}, decoder.weight, decoder.bias",
+    matches=matches,
+    convert=convert,
+    source_key=lambda layer, param, suffix: f"rnn.{param}_l{layer}{suffix}",
+)

@@ -1,0 +1,251 @@
+"""Reading and writing checkpoint files, safely.
+
+Reads safetensors first; ``.pt``/``.pth``/``.bin`` only through ``torch.load(weights_only=True)``;
+a whole ``RNNModel`` pickled by pytorch/examples' word_language_model through allow-listed
+stand-in classes that only record state (no code from the file runs). Writes are atomic:
+a temporary file beside the output, then ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from ..errors import CheckpointError
+
+METADATA_KEY = "isscompress"
+FORMAT_VERSION = 1
+STRIPPED_PREFIXES = ("module.", "_orig_mod.")
+NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass
+class RawCheckpoint:
+    """Tensors as stored (prefixes stripped), their metadata, and facts read from a pickled module."""
+
+    path: Path
+    tensors: dict[str, Tensor]
+    metadata: dict[str, str] = field(default_factory=dict)
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def isscompress_metadata(self) -> dict[str, Any] | None:
+        raw = self.metadata.get(METADATA_KEY)
+        return json.loads(raw) if raw else None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sniff(path: Path) -> str:
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if not head:
+        raise CheckpointError(f"{path} is empty.", "Point to a checkpoint file (.safetensors, .pt, .pth or .bin).")
+    if head.startswith(b"PK\x03\x04"):
+        return "torch-zip"
+    if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < path.stat().st_size:
+        return "safetensors"
+    if head[:1] == b"\x80":
+        return "torch-legacy"
+    raise CheckpointError(
+        f"{path} is not a checkpoint isscompress can read (neither safetensors nor a torch.save file).",
+        "Give a .safetensors file or a state dict saved with torch.save.",
+    )
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(
+            f"{path} is a damaged safetensors file ({err}).",
+            "It may be truncated or partly written; copy or export it again.",
+        ) from None
+    return tensors, metadata
+
+
+class _ModuleRecord:
+    """Stand-in for an allow-listed ``nn.Module`` class in a pickle: it only records the state."""
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+
+# Classes a pytorch/examples word_language_model pickle contains. Each is replaced by
+# _ModuleRecord, so unpickling never runs their code.
+PICKLED_MODULE_CLASSES = (
+    "model.RNNModel",
+    "torch.nn.modules.rnn.LSTM",
+    "torch.nn.modules.rnn.GRU",
+    "torch.nn.modules.rnn.RNN",
+    "torch.nn.modules.sparse.Embedding",
+    "torch.nn.modules.linear.Linear",
+    "torch.nn.modules.dropout.Dropout",
+)
+
+
+def _module_parameters(record: _ModuleRecord, prefix: str = "") -> dict[str, Tensor]:
+    found: dict[str, Tensor] = {}
+    for name, value in (getattr(record, "_parameters", None) or {}).items():
+        if isinstance(value, Tensor):
+            found[prefix + name] = value
+    for name, child in (getattr(record, "_modules", None) or {}).items():
+        if isinstance(child, _ModuleRecord):
+            found.update(_module_parameters(child, f"{prefix}{name}."))
+    return found
+
+
+def _convert_hint(path: Path) -> str:
+    target = path.with_suffix(".state_dict.pt")
+    return (
+        "It holds pickled Python objects, and isscompress does not run code from a checkpoint. "
+        "If you trust the file, convert it to a state dict with these two lines:\n"
+        "  cd DIRECTORY_OF_THE_CODE_THAT_SAVED_IT\n"
+        f"  python -c \"import torch; torch.save(torch.load('{path.resolve()}', weights_only=False).state_dict(), "
+        f"'{target.resolve()}')\"\n"
+        f"then run isscompress on {target.name}."
+    )
+
+
+def _read_torch(path: Path) -> tuple[Any, dict[str, Any]]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), {}
+    except pickle.UnpicklingError as err:
+        if "model.RNNModel" not in str(err):
+            raise CheckpointError(f"{path} holds more than tensors and was not loaded.", _convert_hint(path)) from None
+    except Exception as err:  # a damaged file makes torch.load raise nearly anything
+        raise CheckpointError(f"{path} could not be read as a torch.save file ({type(err).__name__}: {err}).",
+                              "It may be truncated or damaged; save it again.") from None
+    try:
+        with torch.serialization.safe_globals([(_ModuleRecord, name) for name in PICKLED_MODULE_CLASSES]):
+            record = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path} is a pickled RNNModel with classes outside the allow-list.",
+                              _convert_hint(path)) from None
+    except Exception as err:
+        raise CheckpointError(f"{path} could not be read as a torch.save file ({type(err).__name__}: {err}).",
+                              "It may be truncated or damaged; save it again.") from None
+    if not isinstance(record, _ModuleRecord):
+        raise CheckpointError(f"{path} does not hold a model or a state dict.", _convert_hint(path))
+    attributes = {k: v for k, v in record.__dict__.items() if isinstance(v, (str, int, float, bool))}
+    return _module_parameters(record), attributes
+
+
+def _tensor_dict(obj: Any, path: Path) -> dict[str, Tensor]:
+    """The state dict inside what torch.load returned (a plain one, or nested under a usual key)."""
+    if isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
+        return dict(obj)
+    if isinstance(obj, Mapping):
+        for key in NESTED_STATE_KEYS:
+            if key in obj and isinstance(obj[key], Mapping):
+                return _tensor_dict(obj[key], path)
+    raise CheckpointError(
+        f"{path} does not contain a state dict (a mapping of names to tensors).",
+        f"Save model.state_dict(), or a dict that holds it under one of {list(NESTED_STATE_KEYS)}.",
+    )
+
+
+def strip_prefixes(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Drop DataParallel/DDP ``module.`` and torch.compile ``_orig_mod.`` prefixes."""
+    stripped = {}
+    for key, value in tensors.items():
+        while key.startswith(STRIPPED_PREFIXES):
+            key = key.split(".", 1)[1]
+        stripped[key] = value
+    return stripped
+
+
+def _check_values(tensors: Mapping[str, Tensor], path: Path) -> None:
+    for key, value in tensors.items():
+        if value.dtype not in FLOAT_DTYPES:
+            raise CheckpointError(
+                f"{path}: tensor '{key}' has dtype {value.dtype}; model weights must be floating point.",
+                "Remove non-weight tensors (step counters, optimizer state) from the file.",
+            )
+        if value.numel() and not all(torch.isfinite(x) for x in torch.aminmax(value)):  # NaN propagates
+            raise CheckpointError(f"{path}: tensor '{key}' contains NaN or Inf values.",
+                                  "The model diverged; use an earlier checkpoint.")
+
+
+def read_checkpoint(path: str | os.PathLike) -> RawCheckpoint:
+    """Read the tensors of a checkpoint file, refusing anything unsafe or damaged."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist.", "Check the path.")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a file.", "Point to a checkpoint file.")
+    kind = _sniff(path)
+    metadata: dict[str, str] = {}
+    attributes: dict[str, Any] = {}
+    if kind == "safetensors":
+        tensors, metadata = _read_safetensors(path)
+    else:
+        obj, attributes = _read_torch(path)
+        tensors = _tensor_dict(obj, path)
+    if not tensors:
+        raise CheckpointError(f"{path} contains no tensors.", "Point to a trained model's checkpoint.")
+    tensors = strip_prefixes(tensors)
+    _check_values(tensors, path)
+    return RawCheckpoint(path, tensors, metadata, attributes)
+
+
+def check_output_path(output: str | os.PathLike, *, force: bool, inputs: tuple[Path, ...] = ()) -> Path:
+    """Refuse to overwrite an input or (without ``force``) an existing file; the folder must exist."""
+    output = Path(output)
+    if any(output.resolve() == Path(source).resolve() for source in inputs):
+        raise CheckpointError(f"The output {output} is the input file.", "Write to a new file.")
+    if output.exists() and not force:
+        raise CheckpointError(f"{output} already exists.", "Choose another output, or pass --force to overwrite it.")
+    if not output.parent.is_dir():
+        raise CheckpointError(f"The folder {output.parent} does not exist.", "Create it first, or choose another output.")
+    if not os.access(output.parent, os.W_OK):
+        raise CheckpointError(f"The folder {output.parent} is not writable.", "Choose another output folder.")
+    return output
+
+
+def atomic_write(output: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(temporary_path)`` beside ``output``, then move it into place; never leave a partial file."""
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    except OSError as err:
+        raise CheckpointError(f"Could not write {output}: {err.strerror or err}.",
+                              "Check that the folder is writable; nothing was written.") from None
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, output)
+    except (OSError, SafetensorError) as err:  # safetensors reports a full disk as SafetensorError
+        Path(temporary).unlink(missing_ok=True)
+        raise CheckpointError(f"Could not write {output}: {getattr(err, 'strerror', None) or err}.",
+                              "Check free disk space and permissions; the previous file, if any, is unchanged.") from None
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_checkpoint(output: Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> None:
+    """Save tensors as safetensors with our metadata as one JSON string, atomically."""
+    payload = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
+    header = {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
+    atomic_write(output, lambda temporary: save_file(payload, str(temporary), metadata=header))

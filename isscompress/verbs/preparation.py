@@ -1,0 +1,64 @@
+"""What a pipeline needs before any work: the vocabulary for a checkpoint, and its token streams."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import Tensor
+
+from ..data import Vocabulary, batchify, build_vocabulary, read_vocabulary, tokenize
+from ..errors import DataError
+from ..io.loading import Checkpoint
+from ..recipe import DataSection, Recipe, Schedule
+
+VOCAB_FILES = ("vocab.txt",)
+
+
+def _beside(checkpoint: Checkpoint) -> Path | None:
+    for candidate in (checkpoint.path.with_suffix(".vocab.txt"), *(checkpoint.path.parent / n for n in VOCAB_FILES)):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_vocabulary(checkpoint: Checkpoint, data: DataSection) -> tuple[Vocabulary, str]:
+    """The vocabulary by the recipe's rule, checked against the model's embedding; and where it came from."""
+    rule = data.vocab
+    stored = checkpoint.metadata.get("vocabulary")
+    if rule == "auto" and stored:
+        vocabulary, origin = Vocabulary(tuple(stored)), f"stored in {checkpoint.path.name}"
+    elif rule == "auto" and (beside := _beside(checkpoint)) is not None:
+        vocabulary, origin = read_vocabulary(beside), str(beside)
+    elif rule in ("auto", "corpus"):
+        paths = [p for p in (data.train, data.valid, data.test) if p is not None]
+        if not paths:
+            raise DataError("No vocabulary is stored with the checkpoint and no text is given to rebuild it from.",
+                            "Give data.vocab (a file, one word per line) or the data paths.")
+        vocabulary, origin = build_vocabulary(paths), "rebuilt from " + ", ".join(p.name for p in paths)
+    else:
+        vocabulary, origin = read_vocabulary(rule), rule
+    size = checkpoint.spec.vocab_size
+    if size and len(vocabulary) != size:
+        raise DataError(
+            f"The vocabulary ({origin}) has {len(vocabulary)} words but {checkpoint.path.name}'s embedding has {size} rows.",
+            "Use the vocabulary the model was trained with (data.vocab), e.g. the vocab.txt saved beside it.",
+        )
+    return vocabulary, origin
+
+
+def token_batches(path: Path, vocabulary: Vocabulary, batch_size: int, max_tokens: int | None = None) -> Tensor:
+    """``[steps, batch]`` token ids of a text file, optionally only its first ``max_tokens``."""
+    ids = tokenize(path, vocabulary)
+    return batchify(ids[:max_tokens] if max_tokens else ids, batch_size)
+
+
+def training_batches(recipe: Recipe, vocabulary: Vocabulary, schedule: Schedule) -> tuple[Tensor, Tensor | None]:
+    """The training stream batched for ``schedule``, and the validation stream batched for evaluation."""
+    data = recipe.data
+    if data.train is None:
+        raise DataError("The recipe has no data.train text to train on.", "Add data.train to the recipe.")
+    train = token_batches(data.train, vocabulary, schedule.batch_size, data.max_train_tokens)
+    valid = None
+    if data.valid is not None:
+        valid = token_batches(data.valid, vocabulary, recipe.evaluate.batch_size, data.max_eval_tokens)
+    return train, valid

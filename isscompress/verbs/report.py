@@ -1,0 +1,213 @@
+"""``report``: what compression bought, measured. Pure data; JSON and Markdown views of it."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..data import Vocabulary
+from ..errors import DataError, IsscompressError
+from ..measure.perplexity import Perplexity, perplexity
+from ..core.groups import all_unit_norms
+from ..io.loading import Checkpoint, load_checkpoint
+from .preparation import resolve_vocabulary, token_batches
+from ..recipe import DataSection, EvaluateSection, Recipe
+from ..measure.speed import SpeedSample, measure_speed
+from ..measure.summary import ModelSummary, NormStats, norm_stats
+
+
+@dataclass(frozen=True)
+class LayerChange:
+    layer: int
+    width_before: int
+    width_after: int
+    proj_before: int
+    proj_after: int
+    directions: int
+
+    @property
+    def kept(self) -> float:
+        return self.width_after / self.width_before
+
+
+@dataclass
+class Report:
+    original: ModelSummary
+    shrunk: ModelSummary | None = None
+    layers: list[LayerChange] = field(default_factory=list)
+    norms: tuple[NormStats, ...] = ()
+    perplexity_before: Perplexity | None = None
+    perplexity_after: Perplexity | None = None
+    data: str | None = None
+    speed: list[SpeedSample] = field(default_factory=list)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def perplexity_delta(self) -> float | None:
+        if self.perplexity_before and self.perplexity_after:
+            return self.perplexity_after.perplexity - self.perplexity_before.perplexity
+        return None
+
+    @property
+    def mac_ratio(self) -> float | None:
+        return self.original.total_macs / self.shrunk.total_macs if self.shrunk else None
+
+    def to_dict(self) -> dict[str, Any]:
+        def maybe(obj):
+            return obj.to_dict() if obj is not None else None
+
+        return {
+            "original": self.original.to_dict(), "shrunk": maybe(self.shrunk),
+            "layers": [{**c.__dict__, "kept": c.kept} for c in self.layers],
+            "parameter_ratio": (self.original.total_parameters / self.shrunk.total_parameters) if self.shrunk else None,
+            "mac_ratio": self.mac_ratio,
+            "file_size_ratio": (self.original.file_bytes / self.shrunk.file_bytes) if self.shrunk else None,
+            "perplexity": {"data": self.data, "before": maybe(self.perplexity_before),
+                           "after": maybe(self.perplexity_after), "delta": self.perplexity_delta},
+            "speed": [s.to_dict() for s in self.speed],
+            "group_norms": [n.to_dict() for n in self.norms],
+            "provenance": self.provenance, "environment": self.environment,
+        }
+
+
+def _environment() -> dict[str, Any]:
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+            "processor": platform.processor() or platform.machine()}
+
+
+def _provenance(checkpoint: Checkpoint) -> dict[str, Any]:
+    keys = ("stage", "threshold", "source", "lineage", "recipe", "max_abs_diff")
+    return {k: checkpoint.metadata[k] for k in keys if k in checkpoint.metadata}
+
+
+def _same_vocabulary(a: Vocabulary, b: Vocabulary, names: tuple[str, str]) -> None:
+    if a.words != b.words:
+        raise DataError(f"{names[0]} and {names[1]} were trained with different vocabularies "
+                        f"({len(a)} and {len(b)} words).", "Compare models that share one vocabulary.")
+
+
+def _check_comparable(original: Checkpoint, shrunk: Checkpoint) -> None:
+    if original.family != shrunk.family:
+        raise IsscompressError(f"{original.path.name} is a {original.family} model but {shrunk.path.name} is a "
+                               f"{shrunk.family} model.", "Compare a model with its own shrunk version.")
+    if original.spec.vocab_size != shrunk.spec.vocab_size:
+        raise DataError(f"{original.path.name} has a vocabulary of {original.spec.vocab_size} words but "
+                        f"{shrunk.path.name} has {shrunk.spec.vocab_size}.", "Compare models that share one vocabulary.")
+
+
+def _layer_changes(before: ModelSummary, after: ModelSummary) -> list[LayerChange]:
+    return [LayerChange(a.index, a.width, b.width, a.proj_size, b.proj_size, a.directions)
+            for a, b in zip(before.layers, after.layers)]
+
+
+def build_report(
+    original_path: str | os.PathLike,
+    shrunk_path: str | os.PathLike | None = None,
+    *,
+    data: str | os.PathLike | None = None,
+    vocab: str = "auto",
+    vocab_source: DataSection | None = None,
+    evaluate: EvaluateSection = EvaluateSection(),
+    max_tokens: int | None = None,
+    speed: bool = True,
+    repeats: int = 5,
+    family: str | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> Report:
+    """Compare a model with its shrunk version (or describe one model) on the same data and machine."""
+    original = load_checkpoint(original_path, family)
+    shrunk = load_checkpoint(shrunk_path) if shrunk_path is not None else None
+    if shrunk is not None:
+        _check_comparable(original, shrunk)
+    before = original.summary()
+    report = Report(before, environment=_environment())
+    report.norms = tuple(norm_stats(n, v) for n, v in all_unit_norms(original.state, original.group_sets).items())
+    report.provenance = _provenance(shrunk or original)
+    if shrunk is not None:
+        report.shrunk = shrunk.summary()
+        report.layers = _layer_changes(before, report.shrunk)
+    if data is not None:
+        if not original.spec.is_language_model:
+            raise DataError("Perplexity needs a language model; this is a bare recurrent stack.",
+                            "Leave out --data for a bare stack.")
+        section = vocab_source or DataSection(test=Path(data), vocab=vocab)
+        vocabulary, _ = resolve_vocabulary(original, section)
+        batches = token_batches(Path(data), vocabulary, evaluate.batch_size, max_tokens)
+        report.data = str(data)
+
+        def progress(label: str) -> Callable[[int, int], None] | None:
+            return (lambda done, total: on_progress(label, done, total)) if on_progress else None
+
+        report.perplexity_before = perplexity(original.model(), batches, evaluate.bptt,
+                                              on_window=progress(f"perplexity {original.path.name}"))
+        if shrunk is not None:
+            _same_vocabulary(vocabulary, resolve_vocabulary(shrunk, section)[0],
+                             (original.path.name, shrunk.path.name))
+            report.perplexity_after = perplexity(shrunk.model(), batches, evaluate.bptt,
+                                                 on_window=progress(f"perplexity {shrunk.path.name}"))
+    if speed and shrunk is not None:
+        if on_progress:
+            on_progress("speed", 0, 1)
+        report.speed = measure_speed(original.model(), shrunk.model(), repeats=repeats)
+    return report
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def report_markdown(report: Report) -> str:
+    """A Markdown table for a pull request or docs/results.md."""
+    b, a = report.original, report.shrunk
+    rows = ["| | before | after | ratio |", "|---|---:|---:|---:|"]
+    for change in report.layers:
+        proj = f" (proj {change.proj_before} → {change.proj_after})" if change.proj_before else ""
+        rows.append(f"| width layer {change.layer}{proj} | {change.width_before} | {change.width_after} "
+                    f"| {change.kept:.0%} kept |")
+    if a is not None:
+        rows.append(f"| parameters | {b.total_parameters:,} | {a.total_parameters:,} "
+                    f"| {b.total_parameters / a.total_parameters:.2f}x |")
+        rows.append(f"| multiply-adds / token | {b.total_macs:,} | {a.total_macs:,} | {report.mac_ratio:.2f}x |")
+        rows.append(f"| file size (bytes) | {b.file_bytes:,} | {a.file_bytes:,} | {b.file_bytes / a.file_bytes:.2f}x |")
+    else:
+        rows.append(f"| parameters | {b.total_parameters:,} | | |")
+        rows.append(f"| multiply-adds / token | {b.total_macs:,} | | |")
+    pb, pa = report.perplexity_before, report.perplexity_after
+    if pb is not None:
+        rows.append(f"| perplexity ({Path(report.data).name}) | {pb.perplexity:.2f} | {_fmt(pa and pa.perplexity)} "
+                    f"| Δ {_fmt(report.perplexity_delta, '+.2f')} |")
+    for sample in report.speed:
+        rows.append(f"| tokens/s, {sample.workload} ({sample.kernel} kernel) | {sample.before_tokens_per_s:,.0f} "
+                    f"| {sample.after_tokens_per_s:,.0f} | {sample.speedup:.2f}x (MAC ratio {report.mac_ratio:.2f}x) |")
+    env = report.environment
+    rows.append("")
+    rows.append(f"Measured with torch {env.get('torch')} on {env.get('threads')} CPU thread(s), "
+                "before and after interleaved in one process (medians).")
+    return "\n".join(rows) + "\n"
+
+
+def evaluate_checkpoint(
+    path: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    vocab: str = "auto",
+    recipe: Recipe | None = None,
+    evaluate: EvaluateSection | None = None,
+    family: str | None = None,
+    on_window: Callable[[int, int], None] | None = None,
+) -> Perplexity:
+    """Perplexity of a checkpoint on a text file, word_language_model's way (vocabulary by rule)."""
+    checkpoint = load_checkpoint(path, family or (recipe.model.family if recipe else None))
+    if not checkpoint.spec.is_language_model:
+        raise DataError(f"{checkpoint.path.name} is a bare recurrent stack; perplexity needs a language model.")
+    section = recipe.data if recipe else DataSection(test=Path(data), vocab=vocab)
+    evaluate = evaluate or (recipe.evaluate if recipe else EvaluateSection())
+    vocabulary, _ = resolve_vocabulary(checkpoint, section)
+    batches = token_batches(Path(data), vocabulary, evaluate.batch_size)
+    return perplexity(checkpoint.model(), batches, evaluate.bptt, on_window=on_window)

@@ -1,0 +1,66 @@
+"""``run``: the whole recipe in one call: fine-tune with ISS, shrink, recover, report."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import CheckpointError
+from .finetune import finetune
+from ..recipe import Recipe, load_recipe
+from .report import Report, build_report, report_markdown
+from .shrink import ShrinkResult, shrink
+from ..train.loop import Event
+
+OUTPUTS = ("finetuned.safetensors", "shrunk.safetensors", "recovered.safetensors", "report.json", "report.md")
+
+
+@dataclass
+class RunResult:
+    folder: Path
+    shrink: ShrinkResult
+    final: Path
+    report: Report
+
+
+def run_recipe(
+    source: str | os.PathLike,
+    recipe: Recipe | str | os.PathLike,
+    folder: str | os.PathLike,
+    *,
+    force: bool = False,
+    speed_repeats: int = 5,
+    on_event: Callable[[Event], None] = lambda event: None,
+    on_stage: Callable[[str], None] = lambda stage: None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> RunResult:
+    """Fine-tune ``source`` with ISS, shrink, recover (when the recipe has ``recover``), and report
+    against ``source``; every file goes into ``folder``."""
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = [name for name in OUTPUTS if (folder / name).exists()]
+    if existing and not force:
+        raise CheckpointError(f"{folder} already holds {', '.join(existing)}.",
+                              "Choose another folder, or pass --force to overwrite.")
+    finetuned, shrunk, recovered = (folder / name for name in OUTPUTS[:3])
+    on_stage("finetune")
+    finetune(source, recipe, finetuned, stage="finetune", force=True, on_event=on_event)
+    on_stage("shrink")
+    shrunk_result = shrink(finetuned, shrunk, recipe.shrink.threshold, force=True)
+    final = shrunk
+    if recipe.recover is not None:
+        on_stage("recover")
+        finetune(shrunk, recipe, recovered, stage="recover", force=True, on_event=on_event)
+        final = recovered
+    on_stage("report")
+    data = recipe.data.test or recipe.data.valid
+    report = build_report(source, final, data=data, vocab_source=recipe.data, evaluate=recipe.evaluate,
+                          max_tokens=recipe.data.max_eval_tokens, repeats=speed_repeats, family=recipe.model.family,
+                          on_progress=on_progress)
+    (folder / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    (folder / "report.md").write_text(report_markdown(report), encoding="utf-8")
+    return RunResult(folder, shrunk_result, final, report)
