@@ -1,26 +1,36 @@
-"""isscompress: remove whole hidden units from trained LSTMs (Intrinsic Sparse Structures).
+"""isscompress: remove whole hidden units from trained recurrent models (Intrinsic Sparse Structures).
 
-The verbs a user calls from Python; each command of the CLI is a few lines over one of them.
+The verbs a user calls from Python. Each takes a checkpoint in memory or a file path, returns data
+(the new checkpoint in memory among it), and writes a file only when given an output path; each
+command of the CLI is a few lines over one of them.
 """
 
-from .verbs.export import export_model
-from .verbs.finetune import finetune, train_new
-from .core.groups import GroupSet, Member, all_unit_norms, unit_norms
-from .verbs.inspect import inspect_checkpoint
-from .io.loading import Checkpoint, load, load_checkpoint
+from .architectures import Architecture, LayerSpec, ModelSpec
 from .architectures.stack_module import RecurrentModel, build_model
-from .verbs.run import run_recipe
-from .recipe import Recipe, load_recipe
-from .verbs.report import build_report, evaluate_checkpoint, report_markdown
-from .verbs.shrink import shrink
-from .architectures.stack import LayerSpec, ModelSpec, group_sets
+from .core.cells import CELLS, CellKind
+from .core.groups import GroupSet, Member, all_unit_norms, unit_norms
 from .core.surgery import mask_state_dict, shrink_state_dict
 from .core.thresholding import select_kept
+from .io.loading import Checkpoint, load, load_checkpoint, save_checkpoint
+from .io.metadata import Metadata
+from .measure.speed import measure_speed
+from .recipe import IssSection, Recipe, Schedule, load_recipe
+from .training.hooks import GroupLassoHook, Hook
+from .training.loop import fit
+from .training.objectives import LanguageModelLoss, Objective
+from .verbs.evaluate import evaluate
+from .verbs.export import export
+from .verbs.finetune import finetune, train
+from .verbs.inspect import inspect
+from .verbs.report import report, report_markdown
+from .verbs.run import run
+from .verbs.shrink import shrink
 
 __all__ = [
-    "Checkpoint", "GroupSet", "LayerSpec", "Member", "ModelSpec", "Recipe", "RecurrentModel", "all_unit_norms",
-    "build_model", "build_report", "evaluate_checkpoint", "export_model", "finetune", "group_sets",
-    "inspect_checkpoint", "load", "load_checkpoint", "load_recipe", "mask_state_dict", "report_markdown",
-    "run_recipe", "select_kept", "shrink", "shrink_state_dict", "train_new", "unit_norms",
+    "Architecture", "CELLS", "CellKind", "Checkpoint", "GroupLassoHook", "GroupSet", "Hook", "IssSection",
+    "LanguageModelLoss", "LayerSpec", "Member", "Metadata", "ModelSpec", "Objective", "Recipe", "RecurrentModel",
+    "Schedule", "fit", "all_unit_norms", "build_model", "evaluate", "export", "finetune", "inspect", "load",
+    "load_checkpoint", "load_recipe", "mask_state_dict", "measure_speed", "report", "report_markdown", "run", "save_checkpoint",
+    "select_kept", "shrink", "shrink_state_dict", "train", "unit_norms",
 ]
 __version__ = "0.1.0"

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from isscompress.io.files import write_checkpoint
+from isscompress.io.metadata import Metadata
 from isscompress.cli import app
 from isscompress.architectures.stack_module import RecurrentModel
 from isscompress.architectures.stack import LayerSpec, ModelSpec
@@ -30,7 +31,7 @@ def world(tmp_path) -> dict[str, Path]:
     torch.manual_seed(0)
     model = tmp_path / "model.safetensors"
     write_checkpoint(model, RecurrentModel(SPEC).canonical_state(),
-                     {"family": "isscompress", "spec": SPEC.to_dict(), "vocabulary": WORDS})
+                     Metadata(family="isscompress", spec=SPEC.to_dict(), vocabulary=tuple(WORDS)))
     text = tmp_path / "text.txt"
     text.write_text(" a b c \n b a \n" * 50)
     recipe = tmp_path / "recipe.yaml"

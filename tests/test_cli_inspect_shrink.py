@@ -80,9 +80,9 @@ def test_shrink_removes_dead_units_and_records_provenance(tmp_path) -> None:
     assert "multiply-adds" in result.output and "agree" in result.output
     small = isscompress.load_checkpoint(out)
     assert small.spec.widths == [4, 5]
-    assert small.metadata["kept"]["layer0"] == [1, 2, 4, 5]
-    assert small.metadata["source"]["sha256"] == isscompress.load_checkpoint(source).sha256
-    assert small.metadata["widths_before"] == {"layer0": 6, "layer1": 6}
+    assert small.metadata.kept["layer0"] == [1, 2, 4, 5]
+    assert small.metadata.source["sha256"] == isscompress.load_checkpoint(source).sha256
+    assert small.metadata.widths_before == {"layer0": 6, "layer1": 6}
     dense = isscompress.load(source)
     tokens = torch.randint(0, 23, (7, 3))
     with torch.no_grad():

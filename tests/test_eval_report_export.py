@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 import isscompress
 from isscompress.io.files import write_checkpoint
+from isscompress.io.metadata import Metadata
 from isscompress.cli import app
 from isscompress.architectures.stack_module import RecurrentModel
 from isscompress.architectures.stack import LayerSpec, ModelSpec, group_sets
@@ -30,7 +31,7 @@ def _lm(tmp_path: Path, name: str, spec: ModelSpec, words=WORDS, seed=0) -> Path
     torch.manual_seed(seed)
     path = tmp_path / name
     write_checkpoint(path, RecurrentModel(spec).canonical_state(),
-                     {"family": "isscompress", "spec": spec.to_dict(), "vocabulary": list(words)})
+                     Metadata(family="isscompress", spec=spec.to_dict(), vocabulary=tuple(words)))
     return path
 
 
@@ -146,7 +147,7 @@ def test_export_parity(tmp_path, fmt, name) -> None:
     spec = EXPORT_SPECS[name]
     source = _lm(tmp_path, "m.safetensors", spec) if spec.is_language_model else tmp_path / "m.safetensors"
     if not spec.is_language_model:
-        write_checkpoint(source, RecurrentModel(spec).canonical_state(), {"spec": spec.to_dict()})
+        write_checkpoint(source, RecurrentModel(spec).canonical_state(), Metadata(spec=spec.to_dict()))
     out = tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt")
     result = run("export", source, "--format", fmt, "-o", out)
     if fmt == "onnx" and name == "projected":

@@ -15,6 +15,7 @@ import torch
 
 import isscompress
 from isscompress.io.files import write_checkpoint
+from isscompress.io.metadata import Metadata
 from isscompress.verbs.finetune import finetune, side_files
 from isscompress.architectures.stack_module import RecurrentModel
 from isscompress.architectures.stack import LayerSpec, ModelSpec
@@ -28,7 +29,7 @@ def setup(tmp_path) -> tuple[Path, Path]:
     torch.manual_seed(0)
     model = tmp_path / "model.safetensors"
     write_checkpoint(model, RecurrentModel(SPEC).canonical_state(),
-                     {"family": "isscompress", "spec": SPEC.to_dict(), "vocabulary": WORDS})
+                     Metadata(family="isscompress", spec=SPEC.to_dict(), vocabulary=tuple(WORDS)))
     rng = random.Random(0)
     text = tmp_path / "text.txt"
     text.write_text("".join(" ".join(rng.choice(WORDS[:30]) for _ in range(12)) + "\n" for _ in range(400)))

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 import isscompress
 from isscompress.io.files import write_checkpoint
+from isscompress.io.metadata import Metadata
 from isscompress.data import build_vocabulary
 from isscompress.verbs.finetune import finetune, side_files
 from isscompress.architectures.stack_module import RecurrentModel
@@ -42,7 +43,7 @@ def small_lm(tmp_path_factory) -> Path:
                     part.mul_(scale.view(-1, *([1] * (part.dim() - 1))))
     path = tmp_path_factory.mktemp("lm") / "small.safetensors"
     write_checkpoint(path, state,
-                     {"family": "isscompress", "spec": spec.to_dict(), "vocabulary": list(vocabulary.words)})
+                     Metadata(family="isscompress", spec=spec.to_dict(), vocabulary=tuple(vocabulary.words)))
     return path
 
 

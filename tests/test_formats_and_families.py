@@ -127,12 +127,12 @@ def test_expected_group_set_of_a_two_layer_word_language_model(tmp_path) -> None
             Member("layers.0.weight_ih_l0", 0, gates), Member("layers.0.weight_hh_l0", 0, gates),
             Member("layers.0.bias_ih_l0", 0, gates), Member("layers.0.bias_hh_l0", 0, gates),
             Member("layers.0.weight_hh_l0", 1, (0,)), Member("layers.1.weight_ih_l0", 1, (0,)),
-        ), layer=0),
+        ), same_width_as="layer0", label="layer 0"),
         GroupSet("layer1", 5, (
             Member("layers.1.weight_ih_l0", 0, gates), Member("layers.1.weight_hh_l0", 0, gates),
             Member("layers.1.bias_ih_l0", 0, gates), Member("layers.1.bias_hh_l0", 0, gates),
             Member("layers.1.weight_hh_l0", 1, (0,)), Member("decoder.weight", 1, (0,)),
-        ), layer=1),
+        ), same_width_as="layer1", label="layer 1"),
     )
 
 
@@ -140,7 +140,7 @@ def test_group_norms_count_shared_diagonal_once() -> None:
     torch.manual_seed(0)
     spec = isscompress.ModelSpec("LSTM", (isscompress.LayerSpec(3, 4),))
     state = isscompress.RecurrentModel(spec).double().canonical_state()
-    (group_set,) = isscompress.group_sets(spec)
+    (group_set,) = spec.group_sets()
     norms = isscompress.unit_norms(state, group_set)
     for unit in range(4):  # brute force: mask of every element in the unit's group
         total = 0.0

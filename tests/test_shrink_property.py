@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings, strategies as st
 
-from isscompress.architectures.stack_module import RecurrentModel, build_model, probe_inputs
+from isscompress.architectures.stack_module import RecurrentModel, build_model
 from isscompress.architectures.stack import LayerSpec, ModelSpec, check_shapes, group_sets, shrunk_spec
 from isscompress.core.surgery import mask_state_dict, shrink_state_dict
 from isscompress.core.groups import all_unit_norms
@@ -86,7 +86,7 @@ def test_shrunk_model_equals_masked_model(data) -> None:
     check_shapes(shrunk_state, small_spec)
     shrunk = build_model(small_spec, shrunk_state)
 
-    inputs = probe_inputs(spec, dtype=torch.float64)
+    inputs = spec.probe_inputs(dtype=torch.float64)
     expected = _outputs(masked, inputs)
     if not spec.is_language_model:
         expected = expected[..., _output_columns(spec, kept)]

@@ -27,8 +27,7 @@ import torch
 from torch import nn
 
 import isscompress
-from isscompress.recipe import IssSection, Schedule
-from isscompress.train.loop import fit
+from isscompress import GroupLassoHook, IssSection, Schedule, fit
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = ROOT.parent / "shared" / "models" / "ptb-small-lstm" / "model.safetensors"
@@ -79,7 +78,7 @@ def plain_loop(model: PlainRNNModel, data: torch.Tensor, bptt: int, lr: float, c
 def our_loop(checkpoint, data, schedule, iss) -> float:
     model = checkpoint.model()
     start = time.perf_counter()
-    fit(model, data, None, schedule, group_sets=checkpoint.group_sets, iss=iss)
+    fit(model, data, None, schedule, hooks=[GroupLassoHook(checkpoint.group_sets, iss)] if iss else [])
     return time.perf_counter() - start
 
 

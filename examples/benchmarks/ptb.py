@@ -28,16 +28,10 @@ from typing import Callable
 import torch
 import yaml
 
+from safetensors.torch import save_file
+
 import isscompress
-from isscompress.io.files import write_checkpoint
-from isscompress.verbs.finetune import finetune, train_new
-from isscompress.core.groups import all_unit_norms
-from isscompress.verbs.run import run_recipe
-from isscompress.recipe import Recipe, load_recipe
-from isscompress.verbs.report import evaluate_checkpoint
-from isscompress.verbs.shrink import shrink
-from isscompress.architectures.stack import LayerSpec, ModelSpec, macs_per_token, parameter_counts
-from isscompress.measure.speed import measure_speed
+from isscompress import LayerSpec, Metadata, ModelSpec, Recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "examples" / "ptb" / "ptb-small-iss.yaml"
@@ -71,7 +65,7 @@ class Bench:
     points: list[Point] = field(default_factory=list)
 
     def test_ppl(self, path: Path) -> float:
-        return evaluate_checkpoint(path, self.recipe.data.test, recipe=self.recipe).perplexity
+        return isscompress.evaluate(path, self.recipe.data.test, recipe=self.recipe).perplexity
 
     def run(self, method: str, level: str, build: Callable[[Point], Path]) -> Point:
         """One method at one level: reuse its saved point, or build the model, then measure and save it."""
@@ -92,11 +86,11 @@ class Bench:
     def measure(self, point: Point, path: Path) -> None:
         small, base = isscompress.load_checkpoint(path), isscompress.load_checkpoint(self.baseline)
         point.widths = small.spec.widths
-        point.parameters = point.parameters or sum(parameter_counts(small.spec).values())
-        point.macs = point.macs or sum(macs_per_token(small.spec).values())
-        point.mac_ratio = sum(macs_per_token(base.spec).values()) / point.macs
+        point.parameters = point.parameters or sum(small.spec.parameter_counts().values())
+        point.macs = point.macs or sum(small.spec.macs_per_token().values())
+        point.mac_ratio = sum(base.spec.macs_per_token().values()) / point.macs
         point.test_ppl = self.test_ppl(path)
-        samples = measure_speed(base.model(), small.model(), repeats=self.speed_repeats)
+        samples = isscompress.measure_speed(base.model(), small.model(), repeats=self.speed_repeats)
         speed = {s.workload: s.speedup for s in samples}
         point.speedup_batch1, point.speedup_batch20 = speed["decode_batch1"], speed["batch20x35"]
 
@@ -108,7 +102,7 @@ def with_iss(recipe: Recipe, targets: dict[str, int], method: str) -> Recipe:
 def iss(bench: Bench, targets: dict[str, int], level: str, method: str) -> Callable[[Point], Path]:
     def build(point: Point) -> Path:
         folder = bench.folder / f"iss-{method}-{level}"
-        result = run_recipe(bench.baseline, with_iss(bench.recipe, targets, method), folder, force=True,
+        result = isscompress.run(bench.baseline, with_iss(bench.recipe, targets, method), folder, force=True,
                             speed_repeats=1)
         point.removed_ppl = bench.test_ppl(result.shrink.output)
         return result.final
@@ -119,7 +113,7 @@ def recover(bench: Bench, small: Path, point: Point, name: str) -> Path:
     """The recipe's recovery epochs on a physically smaller model (the same for every pruning method)."""
     point.removed_ppl = bench.test_ppl(small)
     recovered = bench.folder / f"{name}.safetensors"
-    finetune(small, bench.recipe, recovered, stage="recover", force=True)
+    isscompress.finetune(small, bench.recipe, recovered, stage="recover", force=True)
     return recovered
 
 
@@ -127,14 +121,13 @@ def one_shot(bench: Bench, widths: list[int], level: str) -> Callable[[Point], P
     """The baseline's lowest-norm ISS groups removed in one step, down to ``widths``, then recovery."""
     def build(point: Point) -> Path:
         base = isscompress.load_checkpoint(bench.baseline)
-        norms = all_unit_norms(base.state, base.group_sets)
-        kept = {gs.name: torch.sort(torch.topk(norms[gs.name], widths[gs.layer]).indices).values
+        norms = isscompress.all_unit_norms(base.state, base.group_sets)
+        targets = {f"layer{index}": width for index, width in enumerate(widths)}
+        kept = {gs.name: torch.sort(torch.topk(norms[gs.name], targets[gs.width_key]).indices).values
                 for gs in base.group_sets}
-        masked = bench.folder / f"oneshot-{level}-masked.safetensors"
-        write_checkpoint(masked, isscompress.mask_state_dict(base.state, base.group_sets, kept),
-                         {"family": base.family, "spec": base.spec.to_dict()})
+        masked = dataclasses.replace(base, state=isscompress.mask_state_dict(base.state, base.group_sets, kept))
         small = bench.folder / f"oneshot-{level}-shrunk.safetensors"
-        shrink(masked, small, 0.0, force=True)
+        isscompress.shrink(masked, small, 0.0, force=True)
         return recover(bench, small, point, f"oneshot-{level}")
     return build
 
@@ -151,7 +144,7 @@ def direct(bench: Bench, widths: list[int]) -> Callable[[Point], Path]:
         spec = dataclasses.replace(base.spec, layers=tuple(LayerSpec(sizes[i], w) for i, w in enumerate(widths)),
                                    vocab_size=1)
         out = bench.folder / f"direct-{'-'.join(map(str, widths))}.safetensors"
-        train_new(spec, recipe, out, force=True)
+        isscompress.train(spec, recipe, out, force=True)
         point.note = f"{epochs} epochs from scratch, lr 20 divided by 4 on a plateau (word_language_model's rule)"
         return out
     return build
@@ -162,7 +155,7 @@ def equal_width_for(spec: ModelSpec, macs: int) -> int:
     def cost(width: int) -> int:
         sizes = [spec.layers[0].input_size] + [width] * len(spec.layers)
         layers = tuple(LayerSpec(sizes[i], width) for i in range(len(spec.layers)))
-        return sum(macs_per_token(dataclasses.replace(spec, layers=layers)).values())
+        return sum(dataclasses.replace(spec, layers=layers).macs_per_token().values())
     return min(range(1, spec.layers[0].hidden_size + 1), key=lambda width: abs(cost(width) - macs))
 
 
@@ -207,8 +200,7 @@ def torch_ao_saliency(bench: Bench, target_macs: int, level: str) -> Callable[[P
                      "weight_hh columns belong to different units: the pruned model is not the baseline restricted "
                      "to kept units")
         small = bench.folder / f"torch-ao-{level}-pruned.safetensors"
-        write_checkpoint(small, {k: v.detach().contiguous() for k, v in pruned.state_dict().items()},
-                         {"family": "word_language_model"})
+        save_file({k: v.detach().contiguous() for k, v in pruned.state_dict().items()}, str(small))
         point.note = "; ".join(notes)
         return recover(bench, small, point, f"torch-ao-{level}")
     return build
@@ -225,7 +217,8 @@ def unstructured(bench: Bench, nonzeros: int, level: str) -> Callable[[Point], P
         for key in keys:
             state[key] = torch.where(base.state[key].abs() > cut, base.state[key], torch.zeros(()))
         path = bench.folder / f"l1-{level}.safetensors"
-        write_checkpoint(path, state, {"family": base.family, "spec": base.spec.to_dict()})
+        isscompress.save_checkpoint(dataclasses.replace(base, state=state, metadata=Metadata(
+            family=base.family, spec=base.spec.to_dict())), path)
         point.parameters = sum(int(torch.count_nonzero(v)) for v in state.values())
         point.macs = sum(int(torch.count_nonzero(state[k])) for k in keys if ".weight" in k or "weight_" in k)
         point.note = ("same non-zeros as ISS's model; dense kernels run the zeros at full cost; no recovery "
@@ -318,12 +311,12 @@ def main(argv: list[str] | None = None) -> Bench:
         recipe_path = quick_recipe(args.output)
         model = args.output / "quick-baseline.safetensors"
         spec = ModelSpec("LSTM", (LayerSpec(16, 24), LayerSpec(24, 24)), vocab_size=1)
-        train_new(spec, recipe_path, model, force=True)
+        isscompress.train(spec, recipe_path, model, force=True)
     recipe = load_recipe(recipe_path)
     bench = Bench(model, recipe, args.output, speed_repeats=2 if args.quick else 5)
     baseline_ppl = bench.test_ppl(model)
     base_spec = isscompress.load_checkpoint(model).spec
-    base_macs = sum(macs_per_token(base_spec).values())
+    base_macs = sum(base_spec.macs_per_token().values())
 
     def publish() -> None:
         """Rewrite the docs after every level, so an interrupted run still shows what it measured."""
@@ -351,7 +344,7 @@ def main(argv: list[str] | None = None) -> Bench:
         bench.run("torch-ao-saliency", level, torch_ao_saliency(bench, found.macs, level))
         sizes = [base_spec.layers[0].input_size, *found.widths]
         small = dataclasses.replace(base_spec, layers=tuple(LayerSpec(sizes[i], w) for i, w in enumerate(found.widths)))
-        nonzeros = sum(parameter_counts(small).values()) - parameter_counts(small)["embedding"]
+        nonzeros = sum(small.parameter_counts().values()) - small.parameter_counts()["embedding"]
         bench.run("unstructured-l1", level, unstructured(bench, nonzeros, level))
         publish()
     return bench

@@ -9,17 +9,19 @@ and parameter and multiply-add counts.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, replace
-from typing import Mapping
+from typing import ClassVar, Mapping
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
-from ..errors import ShapeError
+from ..core.architecture import LayerInfo
+from ..core.cells import CELLS, CellKind, cell_for_gates
 from ..core.groups import GroupSet, Member
+from ..errors import ShapeError
 
-GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
-CELL_BY_GATES = {4: "LSTM", 3: "GRU", 1: "RNN_TANH"}
 SUFFIXES = ("", "_reverse")
 LAYER_KEY = re.compile(r"^layers\.(\d+)\.(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l0(_reverse)?$")
 
@@ -40,8 +42,11 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to build the model and to describe its ISS groups."""
+    """The recurrent-stack architecture: optional embedding, a stack of recurrent layers of their
+    own widths, optional vocabulary decoder (tied or not). Implements
+    :class:`isscompress.core.architecture.Architecture`."""
 
+    kind: ClassVar[str] = "recurrent_stack"
     cell: str
     layers: tuple[LayerSpec, ...]
     bidirectional: bool = False
@@ -51,8 +56,12 @@ class ModelSpec:
     decoder_bias: bool = True
 
     @property
+    def cell_kind(self) -> CellKind:
+        return CELLS[self.cell]
+
+    @property
     def gates(self) -> int:
-        return GATES[self.cell]
+        return self.cell_kind.gates
 
     @property
     def directions(self) -> int:
@@ -78,9 +87,58 @@ class ModelSpec:
         layers = tuple(LayerSpec(**layer) for layer in data["layers"])
         return cls(**{**data, "layers": layers})
 
+    # The architecture contract: each method is one of the functions below.
+    @classmethod
+    def infer(cls, state: Mapping[str, Tensor], *, cell_hint: str | None = None, tied: bool = False) -> "ModelSpec":
+        return infer_spec(state, cell_hint=cell_hint, tied=tied)
+
+    def group_sets(self) -> tuple[GroupSet, ...]:
+        return group_sets(self)
+
+    def with_kept(self, kept: Mapping[str, int]) -> "ModelSpec":
+        return shrunk_spec(self, kept)
+
+    def check(self, state: Mapping[str, Tensor]) -> None:
+        check_shapes(state, self)
+
+    def build(self, state: Mapping[str, Tensor], dropout: float = 0.0) -> nn.Module:
+        from .stack_module import build_model  # the module imports this one
+
+        return build_model(self, state, dropout)
+
+    def probe_inputs(self, steps: int = 6, batch: int = 3, seed: int = 0,
+                     dtype: torch.dtype = torch.float32) -> Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        if self.is_language_model:
+            return torch.randint(0, self.vocab_size, (steps, batch), generator=generator)
+        return torch.randn(steps, batch, self.layers[0].input_size, generator=generator, dtype=dtype)
+
+    def kept_outputs(self, kept: Mapping[str, Tensor]) -> Tensor | None:
+        """A language model keeps its logits; a bare stack keeps the last layer's kept units."""
+        if self.is_language_model:
+            return None
+        last, layer = len(self.layers) - 1, self.layers[-1]
+        role = "proj" if layer.proj_size else "cell"
+        return torch.cat([kept[set_name(last, d, role)] + d * layer.out_size for d in range(self.directions)])
+
+    def layer_info(self) -> tuple[LayerInfo, ...]:
+        return tuple(LayerInfo(i, self.cell, layer.input_size, layer.hidden_size, self.directions, layer.proj_size)
+                     for i, layer in enumerate(self.layers))
+
+    def parameter_counts(self) -> dict[str, int]:
+        return parameter_counts(self)
+
+    def macs_per_token(self) -> dict[str, int]:
+        return macs_per_token(self)
+
 
 def layer_key(layer: int, param: str, direction: int = 0) -> str:
     return f"layers.{layer}.{param}_l0{SUFFIXES[direction]}"
+
+
+def set_name(layer: int, direction: int = 0, role: str = "cell") -> str:
+    """The name of a group set: ``layer1``, ``layer1.reverse``, ``layer1.proj``, ``layer1.reverse.proj``."""
+    return f"layer{layer}" + (".reverse" if direction else "") + (".proj" if role == "proj" else "")
 
 
 def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
@@ -123,7 +181,7 @@ def _infer_layer(state: Mapping[str, Tensor], index: int) -> tuple[LayerSpec, in
         proj_size, hidden = _shape_of(state, hr_key, 2)
     else:
         proj_size, hidden = 0, _shape_of(state, layer_key(index, "weight_hh"), 2)[1]
-    if hidden == 0 or rows % hidden or rows // hidden not in CELL_BY_GATES:
+    if hidden == 0 or rows % hidden or cell_for_gates(rows // hidden) is None:
         width_key = hr_key if proj_size else layer_key(index, "weight_hh")
         raise ShapeError(
             f"Layer {index}: '{layer_key(index, 'weight_ih')}' has {rows} rows, which is not 4, 3 or 1 "
@@ -146,9 +204,9 @@ def infer_spec(
     gate_counts = {gates for _, gates in inferred}
     if len(gate_counts) != 1:
         raise ShapeError("Layers disagree on the cell type (their gate counts differ).")
-    cell = CELL_BY_GATES[gate_counts.pop()]
+    cell = cell_for_gates(gate_counts.pop()).name
     if cell_hint is not None:
-        if GATES.get(cell_hint) != GATES[cell]:
+        if cell_hint not in CELLS or CELLS[cell_hint].gates != CELLS[cell].gates:
             raise ShapeError(f"The checkpoint says the cell is {cell_hint}, but its weights have the shape of a {cell}.")
         cell = cell_hint
     vocab_size = state["encoder.weight"].shape[0] if "encoder.weight" in state else 0
@@ -197,25 +255,32 @@ def check_shapes(state: Mapping[str, Tensor], spec: ModelSpec) -> None:
 
 
 def group_sets(spec: ModelSpec) -> tuple[GroupSet, ...]:
-    """The ISS group sets of a model: one per layer, direction and role (cell / projection)."""
+    """The ISS group sets of a model: one per layer, direction and role (cell / projection).
+
+    Both directions of a layer keep one width (PyTorch's bidirectional layers force it), and a
+    projection keeps fewer units than its cells (``proj_size < hidden_size``).
+    """
     sets: list[GroupSet] = []
     for index, layer in enumerate(spec.layers):
         gate_starts = tuple(g * layer.hidden_size for g in range(spec.gates))
+        cells, projections = set_name(index), set_name(index, 0, "proj")
         for direction in range(spec.directions):
-            name = f"layer{index}" + (".reverse" if direction else "")
+            name = set_name(index, direction)
             producers = [Member(layer_key(index, "weight_ih", direction), 0, gate_starts),
                          Member(layer_key(index, "weight_hh", direction), 0, gate_starts)]
             if spec.bias:
                 producers += [Member(layer_key(index, p, direction), 0, gate_starts) for p in ("bias_ih", "bias_hh")]
             recurrent = [Member(layer_key(index, "weight_hh", direction), 1, (0,))]
             consumers = _consumers(spec, index, direction * layer.out_size)
+            label = f"layer {index}"
             if layer.proj_size:
                 hr = layer_key(index, "weight_hr", direction)
-                sets.append(GroupSet(name, layer.hidden_size, (*producers, Member(hr, 1, (0,))), index, direction))
-                sets.append(GroupSet(f"{name}.proj", layer.proj_size, (Member(hr, 0, (0,)), *recurrent, *consumers),
-                                     index, direction, "proj"))
+                sets.append(GroupSet(name, layer.hidden_size, (*producers, Member(hr, 1, (0,))), cells, "", label))
+                sets.append(GroupSet(set_name(index, direction, "proj"), layer.proj_size,
+                                     (Member(hr, 0, (0,)), *recurrent, *consumers), projections, cells,
+                                     f"{label} (its projection)"))
             else:
-                sets.append(GroupSet(name, layer.hidden_size, (*producers, *recurrent, *consumers), index, direction))
+                sets.append(GroupSet(name, layer.hidden_size, (*producers, *recurrent, *consumers), cells, "", label))
     return tuple(sets)
 
 
@@ -237,9 +302,8 @@ def shrunk_spec(spec: ModelSpec, kept_counts: Mapping[str, int]) -> ModelSpec:
     """The spec after keeping ``kept_counts[set name]`` units of each group set."""
     layers = []
     for index, layer in enumerate(spec.layers):
-        name = f"layer{index}"
-        hidden = kept_counts[name]
-        proj = kept_counts[f"{name}.proj"] if layer.proj_size else 0
+        hidden = kept_counts[set_name(index)]
+        proj = kept_counts[set_name(index, 0, "proj")] if layer.proj_size else 0
         input_size = layer.input_size if index == 0 else spec.directions * (layers[-1].out_size)
         layers.append(LayerSpec(input_size, hidden, proj))
     if spec.tied:
@@ -253,19 +317,13 @@ def parameter_counts(spec: ModelSpec) -> dict[str, int]:
     counts = {"embedding": 0, "recurrent": 0, "decoder": 0}
     for key, shape in expected_shapes(spec).items():
         part = "embedding" if key.startswith("encoder.") else "decoder" if key.startswith("decoder.") else "recurrent"
-        numel = 1
-        for dim in shape:
-            numel *= dim
-        counts[part] += numel
+        counts[part] += math.prod(shape)
     return counts
 
 
 def macs_per_token(spec: ModelSpec) -> dict[str, int]:
-    """Multiply-adds per token: gate matmuls, projections, decoder (lookups and elementwise work ignored)."""
-    recurrent = 0
-    for layer in spec.layers:
-        per_direction = spec.gates * layer.hidden_size * (layer.input_size + layer.out_size)
-        per_direction += layer.proj_size * layer.hidden_size
-        recurrent += spec.directions * per_direction
+    """Multiply-adds per token: the cells' (gate matmuls, projections) and the decoder's; lookups ignored."""
+    recurrent = sum(spec.directions * spec.cell_kind.macs(layer.input_size, layer.hidden_size, layer.proj_size)
+                    for layer in spec.layers)
     decoder = spec.vocab_size * spec.output_size if spec.is_language_model else 0
     return {"embedding": 0, "recurrent": recurrent, "decoder": decoder}

@@ -2,13 +2,12 @@
 
 A stack of single-layer ``nn.LSTM``/``nn.GRU``/``nn.RNN`` modules is what lets every layer have
 its own width after shrinking (``nn.LSTM(num_layers=2)`` forces one width for all layers).
-Its ``state_dict`` keys are exactly the canonical layout of :mod:`isscompress.spec`.
+Its ``state_dict`` keys are exactly the canonical layout of :mod:`isscompress.architectures.stack`.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Mapping
+from typing import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -20,13 +19,7 @@ Hidden = list  # one entry per layer: a tensor, or an (h, c) tuple for LSTM
 
 def _make_layer(spec: ModelSpec, index: int) -> nn.Module:
     layer = spec.layers[index]
-    common = dict(bias=spec.bias, bidirectional=spec.bidirectional)
-    if spec.cell == "LSTM":
-        return nn.LSTM(layer.input_size, layer.hidden_size, proj_size=layer.proj_size, **common)
-    if spec.cell == "GRU":
-        return nn.GRU(layer.input_size, layer.hidden_size, **common)
-    nonlinearity = "relu" if spec.cell == "RNN_RELU" else "tanh"
-    return nn.RNN(layer.input_size, layer.hidden_size, nonlinearity=nonlinearity, **common)
+    return spec.cell_kind.make(layer.input_size, layer.hidden_size, layer.proj_size, spec.bias, spec.bidirectional)
 
 
 def _embedding(vocab_size: int, dim: int) -> nn.Embedding:
@@ -92,28 +85,3 @@ def build_model(spec: ModelSpec, state: Mapping[str, Tensor], dropout: float = 0
     for layer in model.layers:
         layer.flatten_parameters()
     return model.eval()
-
-
-def probe_inputs(spec: ModelSpec, steps: int = 6, batch: int = 3, seed: int = 0, dtype=torch.float32) -> Tensor:
-    """A small deterministic input batch for output-equality checks."""
-    generator = torch.Generator().manual_seed(seed)
-    if spec.is_language_model:
-        return torch.randint(0, spec.vocab_size, (steps, batch), generator=generator)
-    return torch.randn(steps, batch, spec.layers[0].input_size, generator=generator, dtype=dtype)
-
-
-@contextmanager
-def rnn_kernel(kind: str) -> Iterator[str]:
-    """Run recurrent layers on CPU through ``"onednn"`` or PyTorch's ``"native"`` kernel.
-
-    On CPU, oneDNN re-lays-out the weights on every call: fine for long sequences, but
-    token-by-token decoding of a 1500-wide layer ran 6x slower than the native kernel.
-    """
-    if kind not in ("onednn", "native"):
-        raise ValueError(f"kernel must be 'onednn' or 'native', not {kind!r}")
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = kind == "onednn"
-    try:
-        yield kind
-    finally:
-        torch.backends.mkldnn.enabled = previous

@@ -69,7 +69,7 @@ def inspect(
     as_json: bool = JsonOption,
 ) -> None:
     """Show a checkpoint's layers, costs and ISS group norms."""
-    from ..verbs.inspect import inspect_checkpoint
+    from ..verbs.inspect import inspect as inspect_checkpoint
 
     with _user_errors():
         result = inspect_checkpoint(checkpoint, family)
@@ -134,7 +134,7 @@ def run_all(
     repeats: int = typer.Option(5, help="Speed measurement repetitions."),
 ) -> None:
     """The whole recipe: fine-tune with ISS, shrink, recover, report."""
-    from ..verbs.run import run_recipe
+    from ..verbs.run import run as run_recipe
 
     with _user_errors():
         with _render.TrainingProgress(_stderr()) as progress:
@@ -158,7 +158,7 @@ def evaluate(
     from rich.progress import Progress
 
     from ..recipe import load_recipe
-    from ..verbs.report import evaluate_checkpoint
+    from ..verbs.evaluate import evaluate as evaluate_checkpoint
 
     with _user_errors():
         loaded = load_recipe(recipe) if recipe else None
@@ -186,7 +186,7 @@ def report(
     family: Optional[str] = FamilyOption,
 ) -> None:
     """What compression bought: widths, parameters, multiply-adds, size, perplexity and measured speed."""
-    from ..verbs.report import build_report, report_markdown
+    from ..verbs.report import report as build_report, report_markdown
 
     with _user_errors():
         result = build_report(original, shrunk, data=data, vocab=vocab, speed=not no_speed, repeats=repeats,
@@ -215,12 +215,13 @@ def train(
     force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
 ) -> None:
     """Train a new language model from scratch (a baseline, or the direct design of given widths)."""
-    from ..verbs.finetune import train_new
-    from ..architectures.stack import GATES, LayerSpec, ModelSpec
+    from ..architectures.stack import LayerSpec, ModelSpec
+    from ..core.cells import CELLS
+    from ..verbs.finetune import train as train_new
 
     with _user_errors():
-        if cell not in GATES:
-            raise IsscompressError(f"Unknown cell '{cell}'.", f"Use one of: {', '.join(GATES)}.")
+        if cell not in CELLS:
+            raise IsscompressError(f"Unknown cell '{cell}'.", f"Use one of: {', '.join(CELLS)}.")
         if tied and embedding != widths[-1]:
             raise IsscompressError(f"A tied model needs --embedding equal to the last width ({widths[-1]}).")
         sizes = [embedding, *widths]
@@ -239,7 +240,7 @@ def export(
     force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
 ) -> None:
     """Export a model that runs without isscompress; checked against PyTorch before writing."""
-    from ..verbs.export import export_model
+    from ..verbs.export import export as export_model
 
     with _user_errors():
         result = export_model(checkpoint, output, fmt, force=force)

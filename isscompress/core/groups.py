@@ -13,8 +13,6 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-ROLES = ("cell", "proj")
-
 
 @dataclass(frozen=True)
 class Member:
@@ -27,18 +25,26 @@ class Member:
 
 @dataclass(frozen=True)
 class GroupSet:
-    """All ISS groups of one layer, direction and role (cell units or projection outputs)."""
+    """All ISS groups of one set of units (a layer's cells in one direction, or its projection outputs).
+
+    The set also declares the rules its kept width must obey, so that thresholding needs to know
+    nothing about layers or directions: every set with the same ``same_width_as`` key keeps one
+    width (both directions of a PyTorch RNN layer), and a set with ``narrower_than`` keeps fewer
+    units than the sets of that key (``proj_size < hidden_size``).
+    """
 
     name: str
     size: int
     members: tuple[Member, ...]
-    layer: int
-    direction: int = 0
-    role: str = "cell"
+    same_width_as: str = ""  # key shared by the sets that must keep equal widths ("" = only itself)
+    narrower_than: str = ""  # key of the sets that must stay wider than this one ("" = no rule)
+    label: str = ""  # what an error calls it, e.g. "layer 0 (its projection)"
+
+    @property
+    def width_key(self) -> str:
+        return self.same_width_as or self.name
 
     def __post_init__(self) -> None:
-        if self.role not in ROLES:
-            raise ValueError(f"GroupSet {self.name}: role must be one of {ROLES}, not {self.role!r}")
         spans: dict[tuple[str, int], list[tuple[int, int]]] = {}
         for member in self.members:
             for start in member.starts:

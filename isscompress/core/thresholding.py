@@ -1,8 +1,8 @@
 """Which units to keep: groups whose norm is above a threshold, made shape-legal.
 
-PyTorch's recurrent layers force one width for both directions of a layer, and
-``proj_size < hidden_size``. Where the alive units break those rules we keep a few more
-units, the strongest of the dead ones. That stays exact: the masked model the shrink is
+Each group set declares its width rules (PyTorch's recurrent layers force one width for both
+directions of a layer, and ``proj_size < hidden_size``). Where the alive units break a rule we
+keep a few more units, the strongest of the dead ones. That stays exact: the masked model the shrink is
 checked against zeroes exactly the units that are not kept.
 """
 
@@ -41,26 +41,25 @@ def _top_up(norms: Tensor, alive: Tensor, count: int) -> Tensor:
 def select_kept(
     norms: Mapping[str, Tensor], group_sets: tuple[GroupSet, ...], threshold: float
 ) -> dict[str, Tensor]:
-    """Sorted indices of the units to keep in each group set (norm > threshold, made legal)."""
+    """Sorted indices of the units to keep in each group set (norm > threshold, made legal by the
+    width rules each set declares)."""
     alive = {gs.name: norms[gs.name] > threshold for gs in group_sets}
-    by_layer_role: dict[tuple[int, str], list[GroupSet]] = {}
+    tied: dict[str, list[GroupSet]] = {}
     for gs in group_sets:
-        by_layer_role.setdefault((gs.layer, gs.role), []).append(gs)
+        tied.setdefault(gs.width_key, []).append(gs)
 
-    for (layer, role), sets in by_layer_role.items():
+    for sets in tied.values():
         counts = [int(alive[gs.name].sum()) for gs in sets]
         if max(counts) == 0:
-            label = f"layer {layer}" + (" (its projection)" if role == "proj" else "")
-            _refuse_empty(label, [norms[gs.name] for gs in sets], threshold)
-        for gs in sets:  # one width for every direction
+            _refuse_empty(sets[0].label or sets[0].name, [norms[gs.name] for gs in sets], threshold)
+        for gs in sets:  # one width for every set of the key
             alive[gs.name] = _top_up(norms[gs.name], alive[gs.name], max(counts))
 
-    for (layer, role), proj_sets in by_layer_role.items():
-        if role != "proj":
-            continue
-        projected = int(alive[proj_sets[0].name].sum())
-        for gs in by_layer_role[(layer, "cell")]:  # nn.LSTM needs proj_size < hidden_size
-            alive[gs.name] = _top_up(norms[gs.name], alive[gs.name], projected + 1)
+    for gs in group_sets:
+        if gs.narrower_than:
+            narrow = int(alive[gs.name].sum())
+            for wider in tied[gs.narrower_than]:
+                alive[wider.name] = _top_up(norms[wider.name], alive[wider.name], narrow + 1)
 
     return {name: mask.nonzero().squeeze(1) for name, mask in alive.items()}
 

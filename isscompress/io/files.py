@@ -9,7 +9,6 @@ a temporary file beside the output, then ``os.replace``.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pickle
 import struct
@@ -24,9 +23,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from ..errors import CheckpointError
+from .metadata import Metadata
 
-METADATA_KEY = "isscompress"
-FORMAT_VERSION = 1
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
 NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -38,13 +36,13 @@ class RawCheckpoint:
 
     path: Path
     tensors: dict[str, Tensor]
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)  # the safetensors header, as stored
     attributes: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def isscompress_metadata(self) -> dict[str, Any] | None:
-        raw = self.metadata.get(METADATA_KEY)
-        return json.loads(raw) if raw else None
+    def record(self) -> Metadata:
+        """The header read as typed metadata (ours, plus the rest verbatim)."""
+        return Metadata.from_header(self.metadata, str(self.path))
 
 
 def sha256_file(path: Path) -> str:
@@ -244,8 +242,8 @@ def atomic_write(output: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def write_checkpoint(output: Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> None:
-    """Save tensors as safetensors with our metadata as one JSON string, atomically."""
+def write_checkpoint(output: Path, tensors: Mapping[str, Tensor], metadata: Metadata) -> None:
+    """Save tensors as safetensors with the metadata in the header, atomically."""
     payload = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
-    header = {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
+    header = metadata.to_header()
     atomic_write(output, lambda temporary: save_file(payload, str(temporary), metadata=header))

@@ -1,71 +1,75 @@
-"""Load any supported checkpoint into the canonical layout, and build a runnable model from it."""
+"""Load any supported checkpoint into its architecture's canonical layout, in memory."""
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
-from .files import RawCheckpoint, read_checkpoint, sha256_file
+from ..architectures import architecture_class
+from ..core.architecture import Architecture
+from ..core.groups import GroupSet
 from ..errors import CheckpointError
 from .families import detect_family, get_family
-from ..core.groups import GroupSet
-from ..architectures.stack_module import RecurrentModel, build_model
-from ..architectures.stack import LAYER_KEY, ModelSpec, group_sets, infer_spec
-from ..measure.summary import ModelSummary, summarize
+from .files import RawCheckpoint, read_checkpoint, sha256_file, write_checkpoint
+from .metadata import Metadata
 
-CANONICAL_KEY = re.compile(r"'(layers\.\d+\.\w+)'")
+CANONICAL_KEY = re.compile(r"'(layers\.(\d+)\.(\w+)_l0(_reverse)?)'")
 
 
 @dataclass
 class Checkpoint:
-    """A checkpoint in the canonical layout: where it came from, its architecture and its tensors."""
+    """A model in memory: its architecture, its tensors (canonical layout), where it came from.
 
-    path: Path
-    family: str  # where the model comes from (word_language_model, ...), kept across shrinking
-    layout: str  # the key layout of this file (the family adapter that read it)
-    spec: ModelSpec
+    ``path`` is the file it was read from or last written to; None for a checkpoint that so far
+    lives only in memory (the result of an in-memory verb).
+    """
+
+    spec: Architecture
     state: dict[str, Tensor]
-    metadata: dict[str, Any] = field(default_factory=dict)  # our own metadata, when the file has it
+    family: str  # where the model comes from (word_language_model, ...), kept across verbs
+    layout: str = "isscompress"  # the key layout of the file it was read from (the family adapter that read it)
+    metadata: Metadata = field(default_factory=Metadata)
+    path: Path | None = None
 
     @cached_property
     def group_sets(self) -> tuple[GroupSet, ...]:
-        return group_sets(self.spec)
+        return self.spec.group_sets()
 
     @cached_property
-    def sha256(self) -> str:
-        return sha256_file(self.path)
+    def sha256(self) -> str | None:
+        return sha256_file(self.path) if self.path is not None else None
 
     @property
-    def file_bytes(self) -> int:
-        return self.path.stat().st_size
+    def name(self) -> str:
+        return self.path.name if self.path is not None else "(in memory)"
+
+    @property
+    def file_bytes(self) -> int | None:
+        return self.path.stat().st_size if self.path is not None else None
 
     @property
     def dtype(self) -> str:
         return str(next(iter(self.state.values())).dtype).replace("torch.", "")
 
-    def summary(self) -> "ModelSummary":
-        return summarize(self.spec, self.family, self.file_bytes, self.layout, self.dtype)
-
-    def model(self, dropout: float = 0.0) -> RecurrentModel:
+    def model(self, dropout: float = 0.0) -> nn.Module:
         """A runnable model sharing this checkpoint's tensors."""
-        return build_model(self.spec, self.state, dropout)
+        return self.spec.build(self.state, dropout)
 
 
 def _canonical(raw: RawCheckpoint, family: str | None):
-    ours = raw.isscompress_metadata or {}
-    if "spec" in ours:  # our own files are unambiguous; an override meant for the source does not apply
+    if raw.record.spec is not None:  # our own files are unambiguous; an override meant for the source does not apply
         family = "isscompress"
     chosen = get_family(family) if family else detect_family(raw.tensors, str(raw.path))
     canonical = None
     try:
         canonical = chosen.convert(raw)
-        spec = infer_spec(canonical.tensors, cell_hint=canonical.cell_hint, tied=canonical.tied)
+        spec = architecture_class(canonical.architecture).infer(canonical.tensors, cell_hint=canonical.cell_hint,
+                                                                tied=canonical.tied)
     except CheckpointError as err:
         sources = canonical.sources if canonical else {}
 
@@ -73,8 +77,7 @@ def _canonical(raw: RawCheckpoint, family: str | None):
             key = match[1]
             if key in sources:
                 return f"'{sources[key]}'"
-            parts = LAYER_KEY.match(key)
-            return f"'{chosen.source_key(int(parts[1]), parts[2], parts[3] or '')}'" if parts else f"'{key}'"
+            return f"'{chosen.source_key(int(match[2]), match[3], match[4] or '')}'"
 
         message = CANONICAL_KEY.sub(source_name, err.message)
         raise CheckpointError(f"{raw.path} ({chosen.name} layout): {message}", err.hint) from None
@@ -93,22 +96,23 @@ def load_checkpoint(path: str | os.PathLike, family: str | None = None) -> Check
     if len(dtypes) > 1:
         raise CheckpointError(f"{raw.path} mixes dtypes {sorted(map(str, dtypes))}.",
                               "Save every weight in one dtype.")
-    ours = raw.isscompress_metadata or {}
-    origin = ours.get("family", name) if name == "isscompress" else name
-    return Checkpoint(raw.path, origin, name, spec, state, ours)
+    metadata = raw.record
+    origin = (metadata.family or name) if name == "isscompress" else name
+    return Checkpoint(spec, state, origin, name, metadata, raw.path)
 
 
-CARRIED_METADATA = ("vocabulary", "recipe", "threshold", "widths_before", "widths_after", "kept")
+def as_checkpoint(source: "Checkpoint | str | os.PathLike", family: str | None = None) -> Checkpoint:
+    """A verb's input: a checkpoint already in memory, or a file to load."""
+    return source if isinstance(source, Checkpoint) else load_checkpoint(source, family)
 
 
-def derived_metadata(checkpoint: Checkpoint, stage: str, sha256: str) -> dict[str, Any]:
-    """Metadata for a file made from ``checkpoint``: what carries over, plus one more lineage step."""
-    carried = {k: checkpoint.metadata[k] for k in CARRIED_METADATA if k in checkpoint.metadata}
-    step = {"stage": stage, "from": checkpoint.path.name, "sha256": sha256, "family": checkpoint.family}
-    return {**carried, "family": checkpoint.family, "source": {"file": checkpoint.path.name, "sha256": sha256},
-            "lineage": [*checkpoint.metadata.get("lineage", []), step]}
+def save_checkpoint(checkpoint: Checkpoint, output: str | os.PathLike) -> Checkpoint:
+    """Write ``checkpoint`` as safetensors (atomically) and return it pointing at the file."""
+    output = Path(output)
+    write_checkpoint(output, checkpoint.state, checkpoint.metadata)
+    return replace(checkpoint, path=output)
 
 
-def load(path: str | os.PathLike, family: str | None = None, dropout: float = 0.0) -> RecurrentModel:
+def load(path: str | os.PathLike, family: str | None = None, dropout: float = 0.0) -> nn.Module:
     """A runnable ``nn.Module`` for any supported checkpoint, including shrunk ones."""
     return load_checkpoint(path, family).model(dropout)

@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..architectures.stack_module import RecurrentModel, probe_inputs, rnn_kernel
+from torch import nn
+
+from .kernels import rnn_kernel
 
 WORKLOADS = {"decode_batch1": ("native", 1, 1), "batch20x35": ("onednn", 20, 35)}
 
@@ -53,7 +55,7 @@ class SpeedSample:
                 "speedup_min": min(self.speedups), "speedup_max": max(self.speedups)}
 
 
-def _run_once(model: RecurrentModel, inputs: torch.Tensor, steps_per_call: int) -> float:
+def _run_once(model: nn.Module, inputs: torch.Tensor, steps_per_call: int) -> float:
     start = time.perf_counter()
     hidden = None
     for position in range(0, inputs.size(0), steps_per_call):
@@ -63,13 +65,13 @@ def _run_once(model: RecurrentModel, inputs: torch.Tensor, steps_per_call: int) 
 
 @torch.inference_mode()
 def measure_speed(
-    before: RecurrentModel, after: RecurrentModel, *, repeats: int = 5, decode_tokens: int = 100
+    before: nn.Module, after: nn.Module, *, repeats: int = 5, decode_tokens: int = 100
 ) -> list[SpeedSample]:
     """Interleaved timing of both models for each workload (one warm-up run each, not timed)."""
     samples = []
     for workload, (kernel, batch, steps_per_call) in WORKLOADS.items():
         steps = decode_tokens if steps_per_call == 1 else steps_per_call
-        inputs = probe_inputs(before.spec, steps=steps, batch=batch, seed=1)
+        inputs = before.spec.probe_inputs(steps=steps, batch=batch, seed=1)
         times: dict[str, list[float]] = {"before": [], "after": []}
         with rnn_kernel(kernel):
             for model in (before, after):

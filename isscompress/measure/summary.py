@@ -7,20 +7,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from ..architectures.stack import ModelSpec, macs_per_token, parameter_counts
+from ..core.architecture import Architecture, LayerInfo
 
 NORM_THRESHOLDS = {"1e-4": 1e-4, "1e-3": 1e-3, "1e-2": 1e-2}
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    index: int
-    cell: str
-    input_size: int
-    width: int
-    directions: int
-    proj_size: int
 
 
 @dataclass(frozen=True)
@@ -53,14 +43,15 @@ class ModelSummary:
 
 
 def summarize(
-    spec: ModelSpec, family: str, file_bytes: int | None = None, layout: str = "", dtype: str = "float32"
+    spec: Architecture, family: str, file_bytes: int | None = None, layout: str = "", dtype: str = "float32"
 ) -> ModelSummary:
-    layers = tuple(
-        LayerInfo(i, spec.cell, layer.input_size, layer.hidden_size, spec.directions, layer.proj_size)
-        for i, layer in enumerate(spec.layers)
-    )
-    return ModelSummary(family, spec.cell, layers, spec.vocab_size, spec.tied,
-                        parameter_counts(spec), macs_per_token(spec), file_bytes, layout or family, dtype)
+    return ModelSummary(family, spec.cell, spec.layer_info(), spec.vocab_size, spec.tied, spec.parameter_counts(),
+                        spec.macs_per_token(), file_bytes, layout or family, dtype)
+
+
+def summarize_checkpoint(checkpoint) -> ModelSummary:
+    """The summary of a checkpoint (in memory or read from a file)."""
+    return summarize(checkpoint.spec, checkpoint.family, checkpoint.file_bytes, checkpoint.layout, checkpoint.dtype)
 
 
 @dataclass(frozen=True)

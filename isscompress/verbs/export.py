@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from ..io.files import atomic_write, check_output_path
 from ..errors import IsscompressError
-from ..io.loading import load_checkpoint
-from ..architectures.stack_module import RecurrentModel, probe_inputs
+from ..io.loading import Checkpoint, as_checkpoint
+from ..architectures.stack_module import RecurrentModel
 
 FORMATS = ("torchscript", "onnx")
 TOLERANCE = 1e-4
@@ -32,15 +32,15 @@ class FlatStateModel(nn.Module):
     def __init__(self, model: RecurrentModel) -> None:
         super().__init__()
         self.model = model
-        self.lstm = model.spec.cell == "LSTM"
+        self.per_layer = len(model.spec.cell_kind.states)  # (h, c) for LSTM, h otherwise
 
     def forward(self, inputs: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
-        per_layer = 2 if self.lstm else 1
-        hidden = [tuple(states[i : i + 2]) if self.lstm else states[i] for i in range(0, len(states), per_layer)]
+        n = self.per_layer
+        hidden = [tuple(states[i : i + n]) if n > 1 else states[i] for i in range(0, len(states), n)]
         output, new_hidden = self.model(inputs, hidden)
         flat: list[Tensor] = [output]
         for state in new_hidden:
-            flat.extend(state if self.lstm else (state,))
+            flat.extend(state if n > 1 else (state,))
         return tuple(flat)
 
 
@@ -48,32 +48,30 @@ def io_names(model: RecurrentModel) -> tuple[list[str], list[str]]:
     lm = model.spec.is_language_model
     inputs, outputs = ["tokens" if lm else "features"], ["logits" if lm else "output"]
     for index in range(len(model.spec.layers)):
-        inputs.append(f"h0_layer{index}")
-        outputs.append(f"hn_layer{index}")
-        if model.spec.cell == "LSTM":
-            inputs.append(f"c0_layer{index}")
-            outputs.append(f"cn_layer{index}")
+        for state in model.spec.cell_kind.states:
+            inputs.append(f"{state}0_layer{index}")
+            outputs.append(f"{state}n_layer{index}")
     return inputs, outputs
 
 
 def example_arguments(model: RecurrentModel, steps: int, batch: int, seed: int) -> tuple[Tensor, ...]:
     spec = model.spec
     generator = torch.Generator().manual_seed(seed)
-    args = [probe_inputs(spec, steps=steps, batch=batch, seed=seed)]
+    args = [spec.probe_inputs(steps=steps, batch=batch, seed=seed)]
     for layer in spec.layers:
-        args.append(torch.randn(spec.directions, batch, layer.out_size, generator=generator))
-        if spec.cell == "LSTM":
-            args.append(torch.randn(spec.directions, batch, layer.hidden_size, generator=generator))
+        for width in spec.cell_kind.state_widths(layer.hidden_size, layer.proj_size):
+            args.append(torch.randn(spec.directions, batch, width, generator=generator))
     return tuple(args)
 
 
 @dataclass(frozen=True)
 class ExportResult:
-    output: Path
+    output: Path | None
     format: str
     max_abs_diff: float
     inputs: list[str]
     outputs: list[str]
+    data: bytes = field(repr=False, default=b"")  # the exported file's bytes
 
 
 def _max_diff(expected: tuple[Tensor, ...], got: list) -> float:
@@ -113,17 +111,21 @@ def _onnx(wrapper: FlatStateModel, example, probe, names: tuple[list[str], list[
     return buffer.getvalue(), got
 
 
-def export_model(
-    source: str | os.PathLike, output: str | os.PathLike, fmt: str, *, force: bool = False
+def export(
+    source: Checkpoint | str | os.PathLike, output: str | os.PathLike | None, fmt: str, *, force: bool = False
 ) -> ExportResult:
-    """Export ``source`` as TorchScript or ONNX; refuse to write when outputs differ on a probe batch."""
+    """Export ``source`` as TorchScript or ONNX; refuse when outputs differ on a probe batch. The bytes
+    are in the result; with ``output`` they are also written (atomically)."""
     if fmt not in FORMATS:
         raise IsscompressError(f"Unknown export format '{fmt}'.", f"Use one of: {', '.join(FORMATS)}.")
-    output = check_output_path(output, force=force, inputs=(Path(source),))
-    model = load_checkpoint(source).model().float()
+    if output is not None:
+        inputs = (source.path,) if isinstance(source, Checkpoint) else (Path(source),)
+        output = check_output_path(output, force=force, inputs=tuple(p for p in inputs if p is not None))
+    checkpoint = as_checkpoint(source)
+    model = checkpoint.model().float()
     if fmt == "onnx" and any(layer.proj_size for layer in model.spec.layers):
         raise IsscompressError(
-            f"{Path(source).name} is an LSTM with projections (proj_size), which ONNX's LSTM operator cannot express.",
+            f"{checkpoint.name} is an LSTM with projections (proj_size), which ONNX's LSTM operator cannot express.",
             "Export it with --format torchscript.")
     wrapper = FlatStateModel(model).eval()
     names = io_names(model)
@@ -137,5 +139,8 @@ def export_model(
         raise IsscompressError(f"The exported {fmt} model differs from the PyTorch model by {diff:.3g} on a probe "
                                f"batch (tolerance {TOLERANCE}); nothing was written.",
                                "Please report this with the checkpoint's layout.")
+    result = ExportResult(None, fmt, diff, *names, data=data)
+    if output is None:
+        return result
     atomic_write(output, lambda temporary: temporary.write_bytes(data))
-    return ExportResult(output, fmt, diff, *names)
+    return replace(result, output=output)

@@ -1,4 +1,9 @@
-"""``finetune``: ISS group-Lasso fine-tuning (or, without ISS, recovery fine-tuning) from a recipe."""
+"""``finetune``: ISS group-Lasso fine-tuning (or, without ISS, recovery fine-tuning) from a recipe;
+``train``: a new model from scratch.
+
+Both work on models in memory and return the trained checkpoint; given an output path they also
+write it at every save point (atomically, with a training-state file beside it for ``--resume``).
+"""
 
 from __future__ import annotations
 
@@ -6,29 +11,35 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
-from ..io.files import FORMAT_VERSION, atomic_write, check_output_path, sha256_file, write_checkpoint
-from ..train.distributed import Distributed
-from ..errors import CheckpointError
-from ..io.loading import Checkpoint, derived_metadata, load_checkpoint
-from ..data import build_vocabulary, read_vocabulary
-from ..architectures.stack_module import RecurrentModel, build_model
 from ..architectures.stack import ModelSpec
-from .preparation import resolve_vocabulary, training_batches
+from ..architectures.stack_module import RecurrentModel
+from ..data import Vocabulary, build_vocabulary, read_vocabulary
+from ..errors import CheckpointError
+from ..io.files import atomic_write, check_output_path, write_checkpoint
+from ..io.loading import Checkpoint, as_checkpoint
+from ..io.metadata import Metadata
 from ..recipe import Recipe, Schedule, check_layer_names, load_recipe
-from ..train.loop import Event, TrainState, fit
+from ..training.distributed import Distributed
+from ..training.hooks import Event, GroupLassoHook, Hook, Report, Save
+from ..training.loop import TrainState, fit
+from .preparation import resolve_vocabulary, training_batches
 
 STAGES = ("finetune", "recover")
 
 
 @dataclass
 class FinetuneResult:
-    output: Path
+    checkpoint: Checkpoint  # the trained model (``path`` set when it was written)
     stage: str
     events: list[Event] = field(default_factory=list)
+
+    @property
+    def output(self) -> Path | None:
+        return self.checkpoint.path
 
     @property
     def epochs(self) -> list[Event]:
@@ -49,17 +60,6 @@ def _schedule(recipe: Recipe, stage: str) -> Schedule:
     return recipe.finetune
 
 
-def _metadata(checkpoint: Checkpoint, recipe: Recipe, stage: str, vocabulary, source_sha: str) -> dict[str, Any]:
-    return {
-        **derived_metadata(checkpoint, stage, source_sha),
-        "format_version": FORMAT_VERSION,
-        "spec": checkpoint.spec.to_dict(),
-        "stage": stage,
-        "recipe": recipe.to_yaml(),
-        "vocabulary": list(vocabulary.words),
-    }
-
-
 def _resume_state(state_file: Path, recipe: Recipe) -> tuple[dict, TrainState]:
     """Weights and training state from the last save (one file, written atomically)."""
     if not state_file.is_file():
@@ -76,10 +76,37 @@ def _resume_state(state_file: Path, recipe: Recipe) -> tuple[dict, TrainState]:
     return weights, TrainState(**saved)
 
 
+class _Files(Hook):
+    """The file edge of a training run: the checkpoint and its resume state at every save point, and
+    the JSON-lines log of every event (main process only)."""
+
+    def __init__(self, output: Path, metadata: Metadata, recipe: Recipe, stage: str, dist: Distributed) -> None:
+        self.output, self.metadata, self.recipe, self.stage, self.dist = output, metadata, recipe, stage, dist
+        self.state_file, self.log_file = side_files(output)
+
+    def on_event(self, event: Event) -> None:
+        if self.dist.is_main:
+            with open(self.log_file, "a", encoding="utf-8") as log:
+                log.write(json.dumps({"stage": self.stage, **event}) + "\n")
+
+    def on_checkpoint(self, loop) -> None:
+        # The state file alone is enough to resume (weights included), so a kill between the two
+        # writes never pairs weights with the wrong position.
+        weights = loop.inner.canonical_state()
+        resume_data = {**loop.state.to_dict(), "model": weights, "recipe": self.recipe.to_yaml()}
+        atomic_write(self.state_file, lambda tmp: torch.save(resume_data, tmp))
+        write_checkpoint(self.output, weights, self.metadata)
+
+
+def _trained(model: torch.nn.Module, spec, family: str, metadata: Metadata, output: Path | None) -> Checkpoint:
+    state = {k: v.detach().cpu() for k, v in model.canonical_state().items()}
+    return Checkpoint(spec, state, family, "isscompress", metadata, output)
+
+
 def finetune(
-    source: str | os.PathLike,
+    source: Checkpoint | str | os.PathLike,
     recipe: Recipe | str | os.PathLike,
-    output: str | os.PathLike,
+    output: str | os.PathLike | None = None,
     *,
     stage: str = "finetune",
     resume: bool = False,
@@ -87,60 +114,65 @@ def finetune(
     on_event: Callable[[Event], None] = lambda event: None,
 ) -> FinetuneResult:
     """Fine-tune ``source`` with the recipe's ISS section (``stage="finetune"``) or without ISS
-    (``stage="recover"``, or a recipe with no ``iss``), writing ``output`` atomically at every save."""
+    (``stage="recover"``, or a recipe with no ``iss``); with ``output``, write it at every save."""
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    source, output = Path(source), Path(output)
-    state_file, log_file = side_files(output)
-    if not resume:
-        check_output_path(output, force=force, inputs=(source,))
-    checkpoint = load_checkpoint(source, recipe.model.family)
+    output = Path(output) if output is not None else None
+    if output is not None and not resume:
+        inputs = (source.path,) if isinstance(source, Checkpoint) else (Path(source),)
+        check_output_path(output, force=force, inputs=tuple(p for p in inputs if p is not None))
+    checkpoint = as_checkpoint(source, recipe.model.family)
     if stage == "finetune":  # the ISS section applies to this stage only (recovery runs on the shrunk model)
         check_layer_names(recipe, {gs.name: gs.size for gs in checkpoint.group_sets}, "")
     vocabulary, _ = resolve_vocabulary(checkpoint, recipe.data)
     schedule = _schedule(recipe, stage)
-    train, valid = training_batches(recipe, vocabulary, schedule)
-    source_sha = sha256_file(checkpoint.path)
-    metadata = _metadata(checkpoint, recipe, stage, vocabulary, source_sha)
-
-    state = None
-    if not resume:
-        log_file.unlink(missing_ok=True)
+    train_data, valid = training_batches(recipe, vocabulary, schedule)
+    metadata = replace(checkpoint.metadata.derived(stage, checkpoint.name, checkpoint.sha256, checkpoint.family),
+                       architecture=checkpoint.spec.kind, spec=checkpoint.spec.to_dict(), recipe=recipe.to_yaml(),
+                       vocabulary=vocabulary.words)
+    weights, state = checkpoint.state, None
     if resume:
-        checkpoint.state, state = _resume_state(state_file, recipe)
-    model = build_model(checkpoint.spec, {k: v.float().clone() for k, v in checkpoint.state.items()},
-                        dropout=schedule.dropout)
-    iss = recipe.iss if stage == "finetune" else None
+        if output is None:
+            raise CheckpointError("Resuming needs the output file of the run to resume.", "Pass the output path.")
+        weights, state = _resume_state(side_files(output)[0], recipe)
+    elif output is not None:
+        side_files(output)[1].unlink(missing_ok=True)
+    model = checkpoint.spec.build({k: v.float().clone() for k, v in weights.items()}, dropout=schedule.dropout)
     dist = Distributed.from_environment(schedule.device)
-    result = FinetuneResult(output, stage)
-
-    def save(trained: RecurrentModel, train_state: TrainState) -> None:
-        # The state file alone is enough to resume (weights included), so a kill between the two
-        # writes never pairs weights with the wrong position.
-        weights = trained.canonical_state()
-        resume_data = {**train_state.to_dict(), "model": weights, "recipe": recipe.to_yaml()}
-        atomic_write(state_file, lambda tmp: torch.save(resume_data, tmp))
-        write_checkpoint(output, weights, metadata)
-
-    def record(event: Event) -> None:
-        result.events.append(event)
-        if dist.is_main:
-            with open(log_file, "a", encoding="utf-8") as log:
-                log.write(json.dumps({"stage": stage, **event}) + "\n")
-        on_event(event)
-
+    result = FinetuneResult(checkpoint, stage)
+    hooks: list[Hook] = [GroupLassoHook(checkpoint.group_sets, recipe.iss, recipe.shrink.threshold)] \
+        if stage == "finetune" and recipe.iss is not None else []
+    hooks += [_Files(output, metadata, recipe, stage, dist)] if output is not None else []
+    hooks.append(Report(lambda event: (result.events.append(event), on_event(event))))
     try:
-        fit(model, train, valid, schedule, group_sets=checkpoint.group_sets, iss=iss,
-            alive_threshold=recipe.shrink.threshold, dist=dist, state=state, on_event=record, save=save,
-            eval_bptt=recipe.evaluate.bptt)
+        fit(model, train_data, valid, schedule, hooks=hooks, dist=dist, state=state, eval_bptt=recipe.evaluate.bptt)
     finally:
         dist.close()
+    result.checkpoint = _trained(model, checkpoint.spec, checkpoint.family, metadata, output)
     return result
 
 
-def train_new(
+def _vocabulary(recipe: Recipe) -> Vocabulary:
+    paths = [p for p in (recipe.data.train, recipe.data.valid, recipe.data.test) if p is not None]
+    vocab = recipe.data.vocab
+    return build_vocabulary(paths) if vocab in ("auto", "corpus") else read_vocabulary(vocab)
+
+
+def _initialise(spec: ModelSpec, dropout: float) -> RecurrentModel:
+    """A new model, initialised as word_language_model's init_weights does."""
+    model = RecurrentModel(spec, dropout=dropout)
+    with torch.no_grad():
+        model.encoder.weight.uniform_(-0.1, 0.1)
+        if not spec.tied:
+            model.decoder.weight.uniform_(-0.1, 0.1)
+        if model.decoder.bias is not None:
+            model.decoder.bias.zero_()
+    return model
+
+
+def train(
     spec: ModelSpec,
     recipe: Recipe | str | os.PathLike,
-    output: str | os.PathLike,
+    output: str | os.PathLike | None = None,
     *,
     force: bool = False,
     on_event: Callable[[Event], None] = lambda event: None,
@@ -148,30 +180,21 @@ def train_new(
     """Train a new language model of ``spec`` from scratch with the recipe's ``finetune`` schedule
     (no ISS): a baseline to compress, or the "direct design" of given widths to compare ISS with."""
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    output = check_output_path(output, force=force)
-    paths = [p for p in (recipe.data.train, recipe.data.valid, recipe.data.test) if p is not None]
-    vocab = recipe.data.vocab
-    vocabulary = build_vocabulary(paths) if vocab in ("auto", "corpus") else read_vocabulary(vocab)
+    output = check_output_path(output, force=force) if output is not None else None
+    vocabulary = _vocabulary(recipe)
     spec = replace(spec, vocab_size=len(vocabulary))
     torch.manual_seed(recipe.finetune.seed)
-    model = RecurrentModel(spec, dropout=recipe.finetune.dropout)
-    with torch.no_grad():  # word_language_model's init_weights
-        model.encoder.weight.uniform_(-0.1, 0.1)
-        if not spec.tied:
-            model.decoder.weight.uniform_(-0.1, 0.1)
-        if model.decoder.bias is not None:
-            model.decoder.bias.zero_()
+    model = _initialise(spec, recipe.finetune.dropout)
     schedule = recipe.finetune
-    train, valid = training_batches(recipe, vocabulary, schedule)
-    metadata = {"format_version": FORMAT_VERSION, "family": "isscompress", "spec": spec.to_dict(), "stage": "train",
-                "recipe": recipe.to_yaml(), "vocabulary": list(vocabulary.words)}
-    result = FinetuneResult(output, "train")
-
-    def record(event: Event) -> None:
-        result.events.append(event)
-        on_event(event)
-
-    fit(model, train, valid, schedule, dist=Distributed.from_environment(schedule.device), on_event=record,
-        save=lambda trained, state: write_checkpoint(output, trained.canonical_state(), metadata),
+    train_data, valid = training_batches(recipe, vocabulary, schedule)
+    metadata = Metadata(family="isscompress", architecture=spec.kind, spec=spec.to_dict(), stage="train",
+                        recipe=recipe.to_yaml(), vocabulary=vocabulary.words)
+    empty = Checkpoint(spec, {}, "isscompress", "isscompress", metadata, None)
+    result = FinetuneResult(empty, "train")
+    hooks: list[Hook] = [Report(lambda event: (result.events.append(event), on_event(event)))]
+    if output is not None:
+        hooks.append(Save(lambda trained, state: write_checkpoint(output, trained.canonical_state(), metadata)))
+    fit(model, train_data, valid, schedule, hooks=hooks, dist=Distributed.from_environment(schedule.device),
         eval_bptt=recipe.evaluate.bptt)
+    result.checkpoint = _trained(model, spec, "isscompress", metadata, output)
     return result

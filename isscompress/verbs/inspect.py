@@ -7,29 +7,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.groups import all_unit_norms
-from ..io.loading import load_checkpoint
-from ..measure.summary import ModelSummary, NormStats, norm_stats
+from ..io.loading import Checkpoint, as_checkpoint
+from ..io.metadata import Metadata
+from ..measure.summary import ModelSummary, NormStats, norm_stats, summarize_checkpoint
 
 
 @dataclass(frozen=True)
 class Inspection:
-    path: Path
+    path: Path | None
     summary: ModelSummary
     norms: tuple[NormStats, ...]
-    metadata: dict
+    metadata: Metadata
 
     def to_dict(self) -> dict:
         return {
             "path": str(self.path),
             "model": self.summary.to_dict(),
             "group_norms": [stats.to_dict() for stats in self.norms],
-            "isscompress_metadata": {k: v for k, v in self.metadata.items() if k not in ("kept", "vocabulary")},
+            "isscompress_metadata": self.metadata.shown(),
+            "file_metadata": self.metadata.foreign,
         }
 
 
-def inspect_checkpoint(path: str | os.PathLike, family: str | None = None) -> Inspection:
-    checkpoint = load_checkpoint(path, family)
+def inspect(source: Checkpoint | str | os.PathLike, family: str | None = None) -> Inspection:
+    """What a checkpoint is, what it costs, and how its ISS group norms are spread."""
+    checkpoint = as_checkpoint(source, family)
     norms = all_unit_norms(checkpoint.state, checkpoint.group_sets)
     stats = tuple(norm_stats(name, values) for name, values in norms.items())
-    summary = checkpoint.summary()
-    return Inspection(checkpoint.path, summary, stats, checkpoint.metadata)
+    return Inspection(checkpoint.path, summarize_checkpoint(checkpoint), stats, checkpoint.metadata)

@@ -15,6 +15,8 @@ VOCAB_FILES = ("vocab.txt",)
 
 
 def _beside(checkpoint: Checkpoint) -> Path | None:
+    if checkpoint.path is None:
+        return None
     for candidate in (checkpoint.path.with_suffix(".vocab.txt"), *(checkpoint.path.parent / n for n in VOCAB_FILES)):
         if candidate.is_file():
             return candidate
@@ -24,9 +26,9 @@ def _beside(checkpoint: Checkpoint) -> Path | None:
 def resolve_vocabulary(checkpoint: Checkpoint, data: DataSection) -> tuple[Vocabulary, str]:
     """The vocabulary by the recipe's rule, checked against the model's embedding; and where it came from."""
     rule = data.vocab
-    stored = checkpoint.metadata.get("vocabulary")
+    stored = checkpoint.metadata.vocabulary
     if rule == "auto" and stored:
-        vocabulary, origin = Vocabulary(tuple(stored)), f"stored in {checkpoint.path.name}"
+        vocabulary, origin = Vocabulary(tuple(stored)), f"stored in {checkpoint.name}"
     elif rule == "auto" and (beside := _beside(checkpoint)) is not None:
         vocabulary, origin = read_vocabulary(beside), str(beside)
     elif rule in ("auto", "corpus"):
@@ -40,7 +42,7 @@ def resolve_vocabulary(checkpoint: Checkpoint, data: DataSection) -> tuple[Vocab
     size = checkpoint.spec.vocab_size
     if size and len(vocabulary) != size:
         raise DataError(
-            f"The vocabulary ({origin}) has {len(vocabulary)} words but {checkpoint.path.name}'s embedding has {size} rows.",
+            f"The vocabulary ({origin}) has {len(vocabulary)} words but {checkpoint.name}'s embedding has {size} rows.",
             "Use the vocabulary the model was trained with (data.vocab), e.g. the vocab.txt saved beside it.",
         )
     return vocabulary, origin

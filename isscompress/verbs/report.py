@@ -14,11 +14,11 @@ from ..data import Vocabulary
 from ..errors import DataError, IsscompressError
 from ..measure.perplexity import Perplexity, perplexity
 from ..core.groups import all_unit_norms
-from ..io.loading import Checkpoint, load_checkpoint
+from ..io.loading import Checkpoint, as_checkpoint
 from .preparation import resolve_vocabulary, token_batches
-from ..recipe import DataSection, EvaluateSection, Recipe
+from ..recipe import DataSection, EvaluateSection
 from ..measure.speed import SpeedSample, measure_speed
-from ..measure.summary import ModelSummary, NormStats, norm_stats
+from ..measure.summary import ModelSummary, NormStats, norm_stats, summarize_checkpoint
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,8 @@ def _environment() -> dict[str, Any]:
 
 def _provenance(checkpoint: Checkpoint) -> dict[str, Any]:
     keys = ("stage", "threshold", "source", "lineage", "recipe", "max_abs_diff")
-    return {k: checkpoint.metadata[k] for k in keys if k in checkpoint.metadata}
+    values = {k: getattr(checkpoint.metadata, k) for k in keys}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items() if v not in (None, ())}
 
 
 def _same_vocabulary(a: Vocabulary, b: Vocabulary, names: tuple[str, str]) -> None:
@@ -94,11 +95,11 @@ def _same_vocabulary(a: Vocabulary, b: Vocabulary, names: tuple[str, str]) -> No
 
 def _check_comparable(original: Checkpoint, shrunk: Checkpoint) -> None:
     if original.family != shrunk.family:
-        raise IsscompressError(f"{original.path.name} is a {original.family} model but {shrunk.path.name} is a "
+        raise IsscompressError(f"{original.name} is a {original.family} model but {shrunk.name} is a "
                                f"{shrunk.family} model.", "Compare a model with its own shrunk version.")
     if original.spec.vocab_size != shrunk.spec.vocab_size:
-        raise DataError(f"{original.path.name} has a vocabulary of {original.spec.vocab_size} words but "
-                        f"{shrunk.path.name} has {shrunk.spec.vocab_size}.", "Compare models that share one vocabulary.")
+        raise DataError(f"{original.name} has a vocabulary of {original.spec.vocab_size} words but "
+                        f"{shrunk.name} has {shrunk.spec.vocab_size}.", "Compare models that share one vocabulary.")
 
 
 def _layer_changes(before: ModelSummary, after: ModelSummary) -> list[LayerChange]:
@@ -106,9 +107,31 @@ def _layer_changes(before: ModelSummary, after: ModelSummary) -> list[LayerChang
             for a, b in zip(before.layers, after.layers)]
 
 
-def build_report(
-    original_path: str | os.PathLike,
-    shrunk_path: str | os.PathLike | None = None,
+def _perplexities(report: Report, original: Checkpoint, shrunk: Checkpoint | None, data: Path, section: DataSection,
+                  evaluate: EvaluateSection, max_tokens: int | None,
+                  on_progress: Callable[[str, int, int], None] | None) -> None:
+    """Both models' perplexity on the same batches of ``data``, with one vocabulary."""
+    if not original.spec.is_language_model:
+        raise DataError("Perplexity needs a language model; this is a bare recurrent stack.",
+                        "Leave out --data for a bare stack.")
+    vocabulary, _ = resolve_vocabulary(original, section)
+    batches = token_batches(data, vocabulary, evaluate.batch_size, max_tokens)
+    report.data = str(data)
+
+    def progress(label: str) -> Callable[[int, int], None] | None:
+        return (lambda done, total: on_progress(label, done, total)) if on_progress else None
+
+    report.perplexity_before = perplexity(original.model(), batches, evaluate.bptt,
+                                          on_window=progress(f"perplexity {original.name}"))
+    if shrunk is not None:
+        _same_vocabulary(vocabulary, resolve_vocabulary(shrunk, section)[0], (original.name, shrunk.name))
+        report.perplexity_after = perplexity(shrunk.model(), batches, evaluate.bptt,
+                                             on_window=progress(f"perplexity {shrunk.name}"))
+
+
+def report(
+    original: Checkpoint | str | os.PathLike,
+    shrunk: Checkpoint | str | os.PathLike | None = None,
     *,
     data: str | os.PathLike | None = None,
     vocab: str = "auto",
@@ -121,41 +144,25 @@ def build_report(
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> Report:
     """Compare a model with its shrunk version (or describe one model) on the same data and machine."""
-    original = load_checkpoint(original_path, family)
-    shrunk = load_checkpoint(shrunk_path) if shrunk_path is not None else None
+    original = as_checkpoint(original, family)
+    shrunk = as_checkpoint(shrunk) if shrunk is not None else None
     if shrunk is not None:
         _check_comparable(original, shrunk)
-    before = original.summary()
-    report = Report(before, environment=_environment())
-    report.norms = tuple(norm_stats(n, v) for n, v in all_unit_norms(original.state, original.group_sets).items())
-    report.provenance = _provenance(shrunk or original)
+    before = summarize_checkpoint(original)
+    result = Report(before, environment=_environment())
+    result.norms = tuple(norm_stats(n, v) for n, v in all_unit_norms(original.state, original.group_sets).items())
+    result.provenance = _provenance(shrunk or original)
     if shrunk is not None:
-        report.shrunk = shrunk.summary()
-        report.layers = _layer_changes(before, report.shrunk)
+        result.shrunk = summarize_checkpoint(shrunk)
+        result.layers = _layer_changes(before, result.shrunk)
     if data is not None:
-        if not original.spec.is_language_model:
-            raise DataError("Perplexity needs a language model; this is a bare recurrent stack.",
-                            "Leave out --data for a bare stack.")
         section = vocab_source or DataSection(test=Path(data), vocab=vocab)
-        vocabulary, _ = resolve_vocabulary(original, section)
-        batches = token_batches(Path(data), vocabulary, evaluate.batch_size, max_tokens)
-        report.data = str(data)
-
-        def progress(label: str) -> Callable[[int, int], None] | None:
-            return (lambda done, total: on_progress(label, done, total)) if on_progress else None
-
-        report.perplexity_before = perplexity(original.model(), batches, evaluate.bptt,
-                                              on_window=progress(f"perplexity {original.path.name}"))
-        if shrunk is not None:
-            _same_vocabulary(vocabulary, resolve_vocabulary(shrunk, section)[0],
-                             (original.path.name, shrunk.path.name))
-            report.perplexity_after = perplexity(shrunk.model(), batches, evaluate.bptt,
-                                                 on_window=progress(f"perplexity {shrunk.path.name}"))
+        _perplexities(result, original, shrunk, Path(data), section, evaluate, max_tokens, on_progress)
     if speed and shrunk is not None:
         if on_progress:
             on_progress("speed", 0, 1)
-        report.speed = measure_speed(original.model(), shrunk.model(), repeats=repeats)
-    return report
+        result.speed = measure_speed(original.model(), shrunk.model(), repeats=repeats)
+    return result
 
 
 def _fmt(value: float | None, spec: str = ".2f") -> str:
@@ -190,24 +197,3 @@ def report_markdown(report: Report) -> str:
     rows.append(f"Measured with torch {env.get('torch')} on {env.get('threads')} CPU thread(s), "
                 "before and after interleaved in one process (medians).")
     return "\n".join(rows) + "\n"
-
-
-def evaluate_checkpoint(
-    path: str | os.PathLike,
-    data: str | os.PathLike,
-    *,
-    vocab: str = "auto",
-    recipe: Recipe | None = None,
-    evaluate: EvaluateSection | None = None,
-    family: str | None = None,
-    on_window: Callable[[int, int], None] | None = None,
-) -> Perplexity:
-    """Perplexity of a checkpoint on a text file, word_language_model's way (vocabulary by rule)."""
-    checkpoint = load_checkpoint(path, family or (recipe.model.family if recipe else None))
-    if not checkpoint.spec.is_language_model:
-        raise DataError(f"{checkpoint.path.name} is a bare recurrent stack; perplexity needs a language model.")
-    section = recipe.data if recipe else DataSection(test=Path(data), vocab=vocab)
-    evaluate = evaluate or (recipe.evaluate if recipe else EvaluateSection())
-    vocabulary, _ = resolve_vocabulary(checkpoint, section)
-    batches = token_batches(Path(data), vocabulary, evaluate.batch_size)
-    return perplexity(checkpoint.model(), batches, evaluate.bptt, on_window=on_window)

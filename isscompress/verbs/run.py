@@ -11,9 +11,10 @@ from typing import Callable
 from ..errors import CheckpointError
 from .finetune import finetune
 from ..recipe import Recipe, load_recipe
-from .report import Report, build_report, report_markdown
+from ..io.loading import as_checkpoint
+from .report import Report, report, report_markdown
 from .shrink import ShrinkResult, shrink
-from ..train.loop import Event
+from ..training.hooks import Event
 
 OUTPUTS = ("finetuned.safetensors", "shrunk.safetensors", "recovered.safetensors", "report.json", "report.md")
 
@@ -26,7 +27,7 @@ class RunResult:
     report: Report
 
 
-def run_recipe(
+def run(
     source: str | os.PathLike,
     recipe: Recipe | str | os.PathLike,
     folder: str | os.PathLike,
@@ -47,20 +48,19 @@ def run_recipe(
         raise CheckpointError(f"{folder} already holds {', '.join(existing)}.",
                               "Choose another folder, or pass --force to overwrite.")
     finetuned, shrunk, recovered = (folder / name for name in OUTPUTS[:3])
+    original = as_checkpoint(source, recipe.model.family)  # read, recognised and hashed once
     on_stage("finetune")
-    finetune(source, recipe, finetuned, stage="finetune", force=True, on_event=on_event)
+    current = finetune(original, recipe, finetuned, stage="finetune", force=True, on_event=on_event).checkpoint
     on_stage("shrink")
-    shrunk_result = shrink(finetuned, shrunk, recipe.shrink.threshold, force=True)
-    final = shrunk
+    shrunk_result = shrink(current, shrunk, recipe.shrink.threshold, force=True)
+    current = shrunk_result.checkpoint
     if recipe.recover is not None:
         on_stage("recover")
-        finetune(shrunk, recipe, recovered, stage="recover", force=True, on_event=on_event)
-        final = recovered
+        current = finetune(current, recipe, recovered, stage="recover", force=True, on_event=on_event).checkpoint
     on_stage("report")
     data = recipe.data.test or recipe.data.valid
-    report = build_report(source, final, data=data, vocab_source=recipe.data, evaluate=recipe.evaluate,
-                          max_tokens=recipe.data.max_eval_tokens, repeats=speed_repeats, family=recipe.model.family,
-                          on_progress=on_progress)
-    (folder / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
-    (folder / "report.md").write_text(report_markdown(report), encoding="utf-8")
-    return RunResult(folder, shrunk_result, final, report)
+    result = report(original, current, data=data, vocab_source=recipe.data, evaluate=recipe.evaluate,
+                    max_tokens=recipe.data.max_eval_tokens, repeats=speed_repeats, on_progress=on_progress)
+    (folder / "report.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    (folder / "report.md").write_text(report_markdown(result), encoding="utf-8")
+    return RunResult(folder, shrunk_result, current.path, result)

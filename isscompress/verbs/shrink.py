@@ -1,33 +1,38 @@
-"""``shrink``: remove every unit whose ISS group norm is at most a threshold, checked, then written."""
+"""``shrink``: remove every unit whose ISS group norm is at most a threshold, checked exact.
+
+The verb works on a checkpoint in memory and returns the smaller one; given an output path it
+also writes it (atomically, after the check). Nothing is written when the check fails.
+"""
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
 
-from ..io.files import FORMAT_VERSION, check_output_path, sha256_file, write_checkpoint
-from ..errors import ShrinkError
-from ..core.groups import GroupSet, all_unit_norms
-from ..io.loading import Checkpoint, derived_metadata, load_checkpoint
-from ..architectures.stack_module import build_model, probe_inputs, rnn_kernel
-from ..architectures.stack import ModelSpec, shrunk_spec
-from ..measure.summary import ModelSummary, summarize
+from ..core.architecture import Architecture
+from ..core.groups import all_unit_norms
 from ..core.surgery import mask_state_dict, shrink_state_dict
 from ..core.thresholding import kept_counts, select_kept
+from ..errors import ShrinkError
+from ..io.files import check_output_path
+from ..io.loading import Checkpoint, as_checkpoint, save_checkpoint
+from ..measure.kernels import rnn_kernel
+from ..measure.summary import ModelSummary, summarize_checkpoint
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 2e-5}
 
 
 @dataclass(frozen=True)
 class ShrinkResult:
-    source: Path
-    output: Path
+    checkpoint: Checkpoint  # the shrunk model (``path`` set when it was written)
+    source: Path | None
+    output: Path | None
     threshold: float
     before: ModelSummary
     after: ModelSummary
@@ -50,42 +55,37 @@ def _compute_dtype(state: Mapping[str, Tensor]) -> torch.dtype:
     return dtype if dtype in TOLERANCE else torch.float32
 
 
-def _outputs(spec: ModelSpec, state: Mapping[str, Tensor], inputs: Tensor) -> Tensor:
-    model = build_model(spec, state)
+def _outputs(spec: Architecture, state: Mapping[str, Tensor], inputs: Tensor) -> Tensor:
+    model = spec.build(state)
     with torch.inference_mode(), rnn_kernel("native"):  # oneDNN is slow for a tiny probe batch
         first, hidden = model(inputs)
         second, _ = model(inputs.flip(0), hidden)
     return torch.cat([first, second])
 
 
-def _last_layer_columns(spec: ModelSpec, kept: Mapping[str, Tensor]) -> Tensor:
-    """Positions of the kept outputs of a bare stack's last layer in its full-width output."""
-    last, layer = len(spec.layers) - 1, spec.layers[-1]
-    suffix = ".proj" if layer.proj_size else ""
-    names = [f"layer{last}{'.reverse' if d else ''}{suffix}" for d in range(spec.directions)]
-    return torch.cat([kept[name] + d * layer.out_size for d, name in enumerate(names)])
-
-
 def verify_shrink(
-    spec: ModelSpec,
+    spec: Architecture,
     state: dict[str, Tensor],
-    small_spec: ModelSpec,
+    small_spec: Architecture,
     small_state: Mapping[str, Tensor],
-    sets: tuple[GroupSet, ...],
     kept: Mapping[str, Tensor],
+    *,
+    in_place: bool = False,
 ) -> tuple[float, float]:
     """Max |shrunk - masked| on a probe batch, and the tolerance; raises ShrinkError above it.
 
-    Masks ``state`` in place (the caller is done with it) so that memory stays near one model.
+    With ``in_place`` the caller's ``state`` is masked in place (memory stays near one model).
     """
     dtype = _compute_dtype(state)
-    inputs = probe_inputs(spec, dtype=dtype)
+    inputs = spec.probe_inputs(dtype=dtype)
     small = {k: v.to(dtype) for k, v in small_state.items()}
     got = _outputs(small_spec, small, inputs)
-    masked = mask_state_dict({k: v.to(dtype) for k, v in state.items()}, sets, kept, in_place=True)
+    converted = {k: v.to(dtype) for k, v in state.items()}
+    masked = mask_state_dict(converted, spec.group_sets(), kept, in_place=in_place)
     expected = _outputs(spec, masked, inputs)
-    if not spec.is_language_model:
-        expected = expected[..., _last_layer_columns(spec, kept)]
+    columns = spec.kept_outputs(kept)
+    if columns is not None:
+        expected = expected[..., columns]
     diff = float((got - expected).abs().max())
     tolerance = TOLERANCE[dtype] * (1.0 + float(expected.abs().max()))
     if not diff <= tolerance:
@@ -97,47 +97,60 @@ def verify_shrink(
     return diff, tolerance
 
 
-def _shrink_checked(checkpoint: Checkpoint, threshold: float):
-    """Select, shrink and verify; the checkpoint's state is masked in place afterwards."""
+def shrink_checkpoint(
+    checkpoint: Checkpoint,
+    threshold: float = 0.0,
+    *,
+    in_place: bool = False,
+    source_sha256: Callable[[], str | None] | None = None,
+) -> ShrinkResult:
+    """The smaller, checked checkpoint in memory.
+
+    ``in_place`` lets the check mask ``checkpoint``'s tensors in place (for a caller that is done
+    with them), so memory stays near one model. ``source_sha256`` is asked for the source's hash
+    only once the work is done (a caller may be computing it meanwhile)."""
+    if not threshold >= 0:
+        raise ShrinkError(f"The threshold must be 0 or more, not {threshold}.", "Pass a non-negative --threshold.")
     sets = checkpoint.group_sets
     kept = select_kept(all_unit_norms(checkpoint.state, sets), sets, threshold)
-    small_spec = shrunk_spec(checkpoint.spec, kept_counts(kept))
+    widths_before, widths_after = {gs.name: gs.size for gs in sets}, kept_counts(kept)
+    small_spec = checkpoint.spec.with_kept(widths_after)
     small_state = shrink_state_dict(checkpoint.state, sets, kept)
-    diff, tolerance = verify_shrink(checkpoint.spec, checkpoint.state, small_spec, small_state, sets, kept)
-    return small_spec, small_state, sets, kept, diff, tolerance
+    before = summarize_checkpoint(checkpoint)
+    diff, tolerance = verify_shrink(checkpoint.spec, checkpoint.state, small_spec, small_state, kept,
+                                    in_place=in_place)
+    sha256 = (source_sha256 or (lambda: checkpoint.sha256))()
+    metadata = replace(
+        checkpoint.metadata.derived("shrink", checkpoint.name, sha256, checkpoint.family),
+        architecture=small_spec.kind, spec=small_spec.to_dict(), widths_before=widths_before,
+        widths_after=widths_after, kept={name: indices.tolist() for name, indices in kept.items()},
+        threshold=threshold, max_abs_diff=diff)
+    small = Checkpoint(small_spec, small_state, checkpoint.family, "isscompress", metadata)
+    return ShrinkResult(small, checkpoint.path, None, threshold, before, summarize_checkpoint(small),
+                        widths_before, widths_after, diff, tolerance)
 
 
 def shrink(
-    source: str | os.PathLike,
-    output: str | os.PathLike,
+    source: Checkpoint | str | os.PathLike,
+    output: str | os.PathLike | None = None,
     threshold: float = 0.0,
     *,
     family: str | None = None,
     force: bool = False,
-    extra_metadata: Mapping | None = None,
 ) -> ShrinkResult:
-    """Remove units with ISS group norm <= ``threshold`` and write a smaller dense checkpoint."""
+    """Remove units with ISS group norm <= ``threshold``; with ``output``, write the smaller checkpoint."""
     if not threshold >= 0:
         raise ShrinkError(f"The threshold must be 0 or more, not {threshold}.", "Pass a non-negative --threshold.")
-    output = check_output_path(output, force=force, inputs=(Path(source),))
-    checkpoint = load_checkpoint(source, family)
+    in_memory = isinstance(source, Checkpoint)
+    if output is not None:
+        inputs = ((source.path,) if source.path else ()) if in_memory else (Path(source),)
+        output = check_output_path(output, force=force, inputs=inputs)
+    checkpoint = as_checkpoint(source, family)
     with ThreadPoolExecutor(1) as pool:  # hashing releases the GIL: overlap it with the tensor work
-        source_hash = pool.submit(sha256_file, checkpoint.path)
-        small_spec, small_state, sets, kept, diff, tolerance = _shrink_checked(checkpoint, threshold)
-        sha256 = source_hash.result()
-    before = checkpoint.summary()
-    metadata = {
-        **derived_metadata(checkpoint, "shrink", sha256),
-        "format_version": FORMAT_VERSION,
-        "spec": small_spec.to_dict(),
-        "widths_before": {gs.name: gs.size for gs in sets},
-        "widths_after": kept_counts(kept),
-        "kept": {name: indices.tolist() for name, indices in kept.items()},
-        "threshold": threshold,
-        "max_abs_diff": diff,
-        **(extra_metadata or {}),
-    }
-    write_checkpoint(output, small_state, metadata)
-    after = summarize(small_spec, checkpoint.family, output.stat().st_size, "isscompress", checkpoint.dtype)
-    return ShrinkResult(checkpoint.path, output, threshold, before, after,
-                        metadata["widths_before"], metadata["widths_after"], diff, tolerance)
+        source_hash = pool.submit(lambda: checkpoint.sha256)
+        # A checkpoint loaded here is ours to mask in place; a caller's stays untouched.
+        result = shrink_checkpoint(checkpoint, threshold, in_place=not in_memory, source_sha256=source_hash.result)
+    if output is None:
+        return result
+    small = save_checkpoint(result.checkpoint, output)
+    return replace(result, checkpoint=small, output=output, after=summarize_checkpoint(small))

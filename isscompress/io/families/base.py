@@ -18,6 +18,7 @@ class Canonical:
     cell_hint: str | None = None
     tied: bool = False
     sources: dict[str, str] = field(default_factory=dict)  # canonical key -> key in the file
+    architecture: str | None = None  # the architecture kind (None: the recurrent stack)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ def matches(tensors) -> bool:
 
 def convert(raw: RawCheckpoint) -> Canonical:
     tensors = dict(raw.tensors)
-    stored = (raw.isscompress_metadata or {}).get("spec")
+    record = raw.record
+    stored = record.spec
     if stored is not None:
         tied, cell = bool(stored["tied"]), stored["cell"]
     else:
@@ -27,7 +28,7 @@ def convert(raw: RawCheckpoint) -> Canonical:
         cell = None
     if tied:
         tensors.pop("decoder.weight", None)
-    return Canonical(tensors, cell_hint=cell, tied=tied)
+    return Canonical(tensors, cell_hint=cell, tied=tied, architecture=record.architecture)
 
 
 FAMILY = Family(

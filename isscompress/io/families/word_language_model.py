@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from ..files import RawCheckpoint
-from ...architectures.stack import GATES
+from ...core.cells import CELLS
 from ._rename import rename_layers
 from .base import Canonical, Family, same_tensor
 
@@ -23,7 +23,7 @@ def convert(raw: RawCheckpoint) -> Canonical:
     if tied:
         tensors.pop("decoder.weight", None)
     rnn_type = raw.attributes.get("rnn_type") or raw.metadata.get("rnn_type")
-    return Canonical(tensors, rnn_type if rnn_type in GATES else None, tied, sources)
+    return Canonical(tensors, rnn_type if rnn_type in CELLS else None, tied, sources)
 
 
 FAMILY = Family(

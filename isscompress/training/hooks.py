@@ -1,0 +1,142 @@
+"""What runs around the training loop's steps: the ISS regulariser, event reporting, saving.
+
+A hook overrides any of :class:`Hook`'s methods; the loop calls every hook at each point in order.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import Tensor
+
+from ..core.groups import GroupSet
+from ..core.regularizer import (
+    Lambdas, add_subgradient, group_norms, lambdas_for, penalty, proximal_step, regularized_keys, reweighted,
+    zero_dead_groups, zero_small_weights,
+)
+from ..recipe import IssSection
+
+if TYPE_CHECKING:
+    from .loop import Loop
+
+Event = dict[str, Any]
+
+
+class Hook:
+    """No-op base: a hook overrides what it needs."""
+
+    def start(self, loop: "Loop") -> None:
+        """The loop is built (parameters, optimizer, resumed state) and about to train."""
+
+    def before_clip(self, loop: "Loop") -> None:
+        """Gradients are in ``.grad``; clipping and the optimizer step come next."""
+
+    def after_step(self, loop: "Loop") -> None:
+        """The optimizer step is done."""
+
+    def annotate(self, loop: "Loop", event: Event) -> None:
+        """Add fields to a step or epoch event before it is reported."""
+
+    def on_event(self, event: Event) -> None:
+        """A step or epoch event, complete."""
+
+    def on_checkpoint(self, loop: "Loop") -> None:
+        """A save point (every ``save_every`` steps, each epoch end, a stop signal); main process only."""
+
+
+class Report(Hook):
+    """Hands every event to a callback (progress bars, a JSON-lines log)."""
+
+    def __init__(self, callback: Callable[[Event], None]) -> None:
+        self.callback = callback
+
+    def on_event(self, event: Event) -> None:
+        self.callback(event)
+
+
+class Save(Hook):
+    """Calls ``save(model, train_state)`` at every save point."""
+
+    def __init__(self, save: Callable[[Any, Any], None]) -> None:
+        self.save = save
+
+    def on_checkpoint(self, loop: "Loop") -> None:
+        self.save(loop.inner, loop.state)
+
+
+class GroupLassoHook(Hook):
+    """ISS group Lasso on the given group sets: the sub-gradient before clipping (as if the penalty were
+    in the loss), or a proximal step after the optimizer step; per-set lambdas, reweighting, targets."""
+
+    def __init__(self, sets: tuple[GroupSet, ...], iss: IssSection, alive_threshold: float = 0.0) -> None:
+        self.sets, self.iss = sets, iss
+        self.alive_threshold = alive_threshold  # a unit whose group norm is at most this counts as removed
+        self.lambdas = lambdas_for(sets, iss.lambda_, iss.layer_multipliers)
+        self.keys = regularized_keys(sets)
+        self.current: Lambdas | None = None  # the per-group lambdas of the last step
+        self.dead: dict[str, Tensor] | None = None  # proximal + freeze_dead: units already at exactly zero
+        self.norms: dict[str, Tensor] | None = None  # the norms of the last step, for logging
+        self.params: dict[str, Tensor] = {}
+
+    def start(self, loop: "Loop") -> None:
+        self.params = loop.params
+        # Groups already exactly zero count as dead from the start (the same on a fresh and a resumed run).
+        self.dead = {name: norm == 0 for name, norm in group_norms(self.params, self.sets).items()}
+
+    def before_clip(self, loop: "Loop") -> None:
+        """subgradient: one norm pass, then the sub-gradient into .grad (so clipping sees it)."""
+        self.norms = None
+        if self.iss.method != "subgradient":
+            return
+        self.norms = group_norms(self.params, self.sets)
+        add_subgradient(self.params, self.sets, self._lambdas(self.norms), self.norms)
+
+    def _lambdas(self, norms: dict[str, Tensor], lr: float | None = None) -> Lambdas:
+        """This step's lambdas: reweighted by the norms, and 0 for a set already at its target width.
+
+        With ``lr`` (the proximal step) a set may lose at most its units above target in one step:
+        the strongest of the units that would reach zero are spared this step."""
+        current = dict(reweighted(self.lambdas, norms, self.iss.reweight))
+        for name, target in self.iss.target_widths.items():
+            norm = norms[name]
+            alive = norm > self.alive_threshold
+            spare = int(alive.sum()) - target
+            if spare <= 0:
+                current[name] = 0.0
+                continue
+            if lr is None:
+                continue
+            lam = torch.as_tensor(current[name], dtype=norm.dtype, device=norm.device).expand_as(norm).clone()
+            dying = alive & (norm <= lr * lam)
+            excess = int(dying.sum()) - spare
+            if excess > 0:
+                lam[torch.where(dying, norm, -1.0).topk(excess).indices] = 0.0
+                current[name] = lam
+        self.current = current
+        return current
+
+    def after_step(self, loop: "Loop") -> None:
+        """Zeros after the optimizer step; keeps the norms to log (one norm pass per step in all)."""
+        params, lr = self.params, loop.state.lr
+        if self.iss.method == "proximal":
+            norms = group_norms(params, self.sets)
+            factors = proximal_step(params, self.sets, self._lambdas(norms, lr), lr, norms,
+                                    frozen=self.dead if self.iss.freeze_dead else None)
+            self.dead = {name: factor == 0 for name, factor in factors.items()}
+            self.norms = {name: norms[name] * factors[name] for name in norms}
+            return
+        if self.iss.freeze_dead:
+            zero_dead_groups(params, self.sets, self.norms)
+        if self.iss.zero_threshold > 0:
+            zero_small_weights(params, self.keys, self.iss.zero_threshold)
+
+    def alive(self, norms: dict[str, Tensor]) -> dict[str, int]:
+        return {name: int((values > self.alive_threshold).sum()) for name, values in norms.items()}
+
+    def annotate(self, loop: "Loop", event: Event) -> None:
+        if event["event"] == "epoch":
+            event["alive"] = self.alive(group_norms(self.params, self.sets))
+        elif self.norms is not None:
+            event["penalty"] = penalty(self.norms, self.current or self.lambdas)
+            event["alive"] = self.alive(self.norms)

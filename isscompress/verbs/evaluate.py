@@ -1,0 +1,34 @@
+"""``evaluate``: a language model's perplexity on a text file, word_language_model's way."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from ..errors import DataError
+from ..io.loading import Checkpoint, as_checkpoint
+from ..measure.perplexity import Perplexity, perplexity
+from ..recipe import DataSection, EvaluateSection, Recipe
+from .preparation import resolve_vocabulary, token_batches
+
+
+def evaluate(
+    source: Checkpoint | str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    vocab: str = "auto",
+    recipe: Recipe | None = None,
+    evaluate: EvaluateSection | None = None,
+    family: str | None = None,
+    on_window: Callable[[int, int], None] | None = None,
+) -> Perplexity:
+    """Perplexity of a checkpoint on a text file, word_language_model's way (vocabulary by rule)."""
+    checkpoint = as_checkpoint(source, family or (recipe.model.family if recipe else None))
+    if not checkpoint.spec.is_language_model:
+        raise DataError(f"{checkpoint.name} is a bare recurrent stack; perplexity needs a language model.")
+    section = recipe.data if recipe else DataSection(test=Path(data), vocab=vocab)
+    evaluate = evaluate or (recipe.evaluate if recipe else EvaluateSection())
+    vocabulary, _ = resolve_vocabulary(checkpoint, section)
+    batches = token_batches(Path(data), vocabulary, evaluate.batch_size)
+    return perplexity(checkpoint.model(), batches, evaluate.bptt, on_window=on_window)
