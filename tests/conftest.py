@@ -9,10 +9,18 @@ import pytest
 import torch
 from torch import nn
 
+from isscompress.architectures.stack import LayerSpec, ModelSpec, group_sets
+from isscompress.architectures.stack_module import RecurrentModel
+from isscompress.core.groups import member_slice
+from isscompress.data import build_vocabulary
+from isscompress.io.files import write_checkpoint
+from isscompress.io.metadata import Metadata
+
 TESTS = Path(__file__).parent
 SHARED = TESTS.parent.parent / "shared"
 PTB = SHARED / "data" / "ptb"
 PTB_MODEL = SHARED / "models" / "ptb-small-lstm"
+EXCERPT = TESTS.parent / "examples" / "data" / "ptb-excerpt"
 
 sys.path.insert(0, str(TESTS / "wlm"))
 import model as wlm  # noqa: E402  (pytorch/examples stand-in, module name "model" on purpose)
@@ -56,3 +64,80 @@ class AwdLstm(nn.Module):
 @pytest.fixture
 def tokens() -> torch.Tensor:
     return torch.randint(0, 19, (5, 2), generator=torch.Generator().manual_seed(1))
+
+
+def _assert_clean_failure(result, *fragments: str, folder: Path | None = None, empty: bool = False) -> None:
+    """A refused command: exit code 1, one 'error:' paragraph holding every fragment, no traceback,
+    and in ``folder`` no temporary file or ``out.safetensors`` (nothing at all with ``empty``)."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    message = " ".join(result.stderr.split())
+    assert message.startswith("error:"), message
+    for fragment in fragments:
+        assert fragment in message, message
+    if folder is not None:
+        left = [p.name for p in folder.iterdir()]
+        if empty:
+            assert left == [], "no output or temporary file is left"
+        else:
+            assert not [name for name in left if name.startswith(".") or name == "out.safetensors"], left
+
+
+@pytest.fixture
+def clean_failure():
+    """The check every bad-input test makes of a refused command (see _assert_clean_failure)."""
+    return _assert_clean_failure
+
+
+@pytest.fixture(scope="session")
+def small_lm(tmp_path_factory) -> Path:
+    """A small LSTM language model over the PTB excerpt's vocabulary (stored in its metadata)."""
+    vocabulary = build_vocabulary([EXCERPT / n for n in ("train.txt", "valid.txt", "test.txt")])
+    spec = ModelSpec("LSTM", (LayerSpec(16, 24), LayerSpec(24, 20)), vocab_size=len(vocabulary))
+    torch.manual_seed(0)
+    state = RecurrentModel(spec).canonical_state()
+    with torch.no_grad():  # spread the unit norms, as training does (random init makes them all alike)
+        for group_set in group_sets(spec):
+            scale = torch.linspace(0.15, 1.5, group_set.size)[torch.randperm(group_set.size)]
+            for member in group_set.members:
+                for start in member.starts:
+                    part = member_slice(state[member.key], member, start, group_set.size)
+                    part.mul_(scale.view(-1, *([1] * (part.dim() - 1))))
+    path = tmp_path_factory.mktemp("lm") / "small.safetensors"
+    write_checkpoint(path, state,
+                     Metadata(family="isscompress", spec=spec.to_dict(), vocabulary=tuple(vocabulary.words)))
+    return path
+
+
+def _recipe(folder: Path, extra: str = "", method: str = "proximal", lam: float = 0.01, zero: float = 0,
+            iss_extra: str = "") -> Path:
+    path = folder / "recipe.yaml"
+    path.write_text(f"""
+data:
+  train: {EXCERPT / 'train.txt'}
+  valid: {EXCERPT / 'valid.txt'}
+  test: {EXCERPT / 'test.txt'}
+  max_train_tokens: 4000
+  max_eval_tokens: 2000
+finetune:
+  epochs: 1
+  lr: 5.0
+  batch_size: 10
+  bptt: 20
+  log_every: 5
+  seed: 7
+iss:
+  lambda: {lam}
+  layer_multipliers: {{layer1: 3.0}}
+  method: {method}
+  zero_threshold: {zero}
+  {iss_extra}
+shrink:
+  threshold: 0.0001
+recover:
+  epochs: 1
+  lr: 2.0
+  batch_size: 10
+  bptt: 20
+{extra}""")
+    return path

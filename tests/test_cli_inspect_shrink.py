@@ -44,14 +44,6 @@ def _as_word_language_model(key: str) -> str:
     return f"rnn.{name[:-1]}{layer}"
 
 
-def _assert_clean_failure(result, *fragments: str, folder: Path | None = None) -> None:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    assert "error:" in result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr.replace("\n", " "), result.stderr
-    if folder is not None:
-        assert not [p for p in folder.iterdir() if p.name.startswith(".") or p.name == "out.safetensors"]
 
 
 def test_inspect_prints_layers_costs_and_norms(tmp_path) -> None:
@@ -99,69 +91,82 @@ def test_shrink_tied_model_keeps_the_tie(tmp_path) -> None:
     assert model.encoder.weight.shape == (23, 5) and model.decoder.weight is model.encoder.weight
 
 
-def test_missing_file(tmp_path) -> None:
-    _assert_clean_failure(run("shrink", tmp_path / "nope.pt", "-o", tmp_path / "out.safetensors"),
+def test_missing_file(tmp_path, clean_failure) -> None:
+    clean_failure(run("shrink", tmp_path / "nope.pt", "-o", tmp_path / "out.safetensors"),
                           "nope.pt does not exist", folder=tmp_path)
 
 
-def test_not_a_checkpoint(tmp_path) -> None:
+def test_not_a_checkpoint(tmp_path, clean_failure) -> None:
     path = tmp_path / "notes.txt"
     path.write_text("hello\n")
-    _assert_clean_failure(run("inspect", path), "notes.txt is not a checkpoint")
+    clean_failure(run("inspect", path), "notes.txt is not a checkpoint")
 
 
-def test_truncated_safetensors(tmp_path) -> None:
+def test_truncated_safetensors(tmp_path, clean_failure) -> None:
     good = _sparse_checkpoint(tmp_path, {})
     bad = tmp_path / "cut.safetensors"
     bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    _assert_clean_failure(run("shrink", bad, "-o", tmp_path / "out.safetensors"),
+    clean_failure(run("shrink", bad, "-o", tmp_path / "out.safetensors"),
                           "cut.safetensors is a damaged safetensors file", "truncated")
 
 
-def test_unknown_layout_lists_families(tmp_path) -> None:
+def test_unknown_layout_lists_families(tmp_path, clean_failure) -> None:
     path = tmp_path / "cnn.safetensors"
     save_file({"conv1.weight": torch.zeros(3, 3), "fc.weight": torch.zeros(2, 2)}, str(path))
-    _assert_clean_failure(run("inspect", path), "matches no known model family", "conv1.weight",
+    clean_failure(run("inspect", path), "matches no known model family", "conv1.weight",
                           "word_language_model", "awd_lstm", "--family")
 
 
-def test_inconsistent_shapes_name_the_tensor(tmp_path) -> None:
+def test_inconsistent_shapes_name_the_tensor(tmp_path, clean_failure) -> None:
     state = make_rnn_model().state_dict()
     state["rnn.weight_hh_l1"] = torch.zeros(24, 5)
     path = tmp_path / "bad.pt"
     torch.save(state, path)
-    _assert_clean_failure(run("inspect", path), "rnn.weight_hh_l1", "rnn.weight_ih_l1")
+    clean_failure(run("inspect", path), "rnn.weight_hh_l1", "rnn.weight_ih_l1")
 
 
-def test_output_exists_needs_force(tmp_path) -> None:
+def test_output_exists_needs_force(tmp_path, clean_failure) -> None:
     source = _sparse_checkpoint(tmp_path, {"layer0": [1]})
     out = tmp_path / "out.safetensors"
     out.write_bytes(b"keep me")
-    _assert_clean_failure(run("shrink", source, "-o", out, "-t", "1e-6"), "already exists", "--force")
+    clean_failure(run("shrink", source, "-o", out, "-t", "1e-6"), "already exists", "--force")
     assert out.read_bytes() == b"keep me"
     assert run("shrink", source, "-o", out, "-t", "1e-6", "--force").exit_code == 0
     assert isscompress.load_checkpoint(out).spec.widths == [5, 6]
 
 
-def test_output_equal_to_input_is_refused(tmp_path) -> None:
+def test_output_equal_to_input_is_refused(tmp_path, clean_failure) -> None:
     source = _sparse_checkpoint(tmp_path, {})
     before = source.read_bytes()
-    _assert_clean_failure(run("shrink", source, "-o", source, "--force"), "is the input file")
+    clean_failure(run("shrink", source, "-o", source, "--force"), "is the input file")
     assert source.read_bytes() == before
 
 
-def test_threshold_that_kills_a_layer(tmp_path) -> None:
+def test_threshold_that_kills_a_layer(tmp_path, clean_failure) -> None:
     source = _sparse_checkpoint(tmp_path, {})
-    _assert_clean_failure(run("shrink", source, "-o", tmp_path / "out.safetensors", "-t", "1e9"),
+    clean_failure(run("shrink", source, "-o", tmp_path / "out.safetensors", "-t", "1e9"),
                           "every unit of layer 0", "largest ISS group norm", "threshold below", folder=tmp_path)
 
 
-def test_family_override_and_unknown_family(tmp_path) -> None:
+def test_family_override_and_unknown_family(tmp_path, clean_failure) -> None:
     source = _sparse_checkpoint(tmp_path, {})
     assert run("inspect", source, "--family", "word_language_model").exit_code == 0
-    _assert_clean_failure(run("inspect", source, "--family", "awd_lstm"), "(awd_lstm layout)",
-                          "No recurrent layer tensors")
-    _assert_clean_failure(run("inspect", source, "--family", "keras"), "Unknown model family 'keras'")
+    clean_failure(run("inspect", source, "--family", "awd_lstm"), "(awd_lstm layout)", "No recurrent layer tensors")
+    clean_failure(run("inspect", source, "--family", "keras"), "Unknown model family 'keras'")
+
+
+def test_exit_codes_tell_bad_input_a_bad_command_line_and_a_bug_apart(tmp_path, monkeypatch, clean_failure) -> None:
+    source = _sparse_checkpoint(tmp_path, {})
+    clean_failure(run("inspect", tmp_path / "missing.pt"), "does not exist")  # 1: bad input
+    assert run("inspect", source, "--no-such-option").exit_code == 2  # 2: Typer's usage error
+
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr("isscompress.verbs.inspect.all_unit_norms", bug)
+    result = run("inspect", source)
+    assert result.exit_code == 3, result.output  # 3: a bug of ours, still one paragraph
+    assert "internal error: ZeroDivisionError" in result.stderr and "Traceback" not in result.output
 
 
 @pytest.mark.skipif(not PTB_MODEL.exists(), reason="shared PTB model not present")

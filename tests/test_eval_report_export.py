@@ -16,7 +16,7 @@ from isscompress.io.files import write_checkpoint
 from isscompress.io.metadata import Metadata
 from isscompress.cli import app
 from isscompress.architectures.stack_module import RecurrentModel
-from isscompress.architectures.stack import LayerSpec, ModelSpec, group_sets
+from isscompress.architectures.stack import LayerSpec, ModelSpec
 from conftest import PTB, PTB_MODEL
 
 runner = CliRunner()
@@ -97,40 +97,35 @@ def test_no_color_is_respected(pair) -> None:
     assert codes and not codes & (set(range(30, 39)) | set(range(90, 98))), codes  # styles yes, colours no
 
 
-def _fails(result, *fragments) -> None:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in result.stderr.replace("\n", " "), result.stderr
 
 
-def test_report_refuses_mismatched_vocabularies(tmp_path, pair) -> None:
+def test_report_refuses_mismatched_vocabularies(tmp_path, pair, clean_failure) -> None:
     sparse, _, text = pair
     other = _lm(tmp_path, "other.safetensors", isscompress.load_checkpoint(sparse).spec,
                 words=[w.upper() if w[0] != "<" else w for w in WORDS])
-    _fails(run("report", sparse, other, "--data", text), "different vocabularies")
+    clean_failure(run("report", sparse, other, "--data", text), "different vocabularies")
 
 
-def test_report_refuses_models_of_different_families(tmp_path, pair) -> None:
+def test_report_refuses_models_of_different_families(tmp_path, pair, clean_failure) -> None:
     sparse, _, _ = pair
     bare = tmp_path / "bare.safetensors"
     save_file(torch.nn.LSTM(3, 4).state_dict(), str(bare))
-    _fails(run("report", sparse, bare), "is a isscompress model but bare.safetensors is a lstm_stack model")
+    clean_failure(run("report", sparse, bare), "is a isscompress model but bare.safetensors is a lstm_stack model")
 
 
 @pytest.mark.parametrize("content", [None, ""])
-def test_eval_refuses_missing_or_empty_data(tmp_path, pair, content) -> None:
+def test_eval_refuses_missing_or_empty_data(tmp_path, pair, content, clean_failure) -> None:
     sparse, _, _ = pair
     data = tmp_path / "data.txt"
     if content is not None:
         data.write_text(content)
-    _fails(run("eval", sparse, "--data", data), "data.txt")
+    clean_failure(run("eval", sparse, "--data", data), "data.txt")
 
 
-def test_export_refuses_an_unwritable_output(tmp_path, pair) -> None:
+def test_export_refuses_an_unwritable_output(tmp_path, pair, clean_failure) -> None:
     _, small, _ = pair
-    _fails(run("export", small, "--format", "onnx", "-o", tmp_path / "missing" / "m.onnx"), "does not exist")
-    _fails(run("export", small, "--format", "tflite", "-o", tmp_path / "m.tflite"), "Unknown export format")
+    clean_failure(run("export", small, "--format", "onnx", "-o", tmp_path / "missing" / "m.onnx"), "does not exist")
+    clean_failure(run("export", small, "--format", "tflite", "-o", tmp_path / "m.tflite"), "Unknown export format")
 
 
 EXPORT_SPECS = {
@@ -143,7 +138,7 @@ EXPORT_SPECS = {
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 @pytest.mark.parametrize("name", list(EXPORT_SPECS))
-def test_export_parity(tmp_path, fmt, name) -> None:
+def test_export_parity(tmp_path, fmt, name, clean_failure) -> None:
     spec = EXPORT_SPECS[name]
     source = _lm(tmp_path, "m.safetensors", spec) if spec.is_language_model else tmp_path / "m.safetensors"
     if not spec.is_language_model:
@@ -151,7 +146,7 @@ def test_export_parity(tmp_path, fmt, name) -> None:
     out = tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt")
     result = run("export", source, "--format", fmt, "-o", out)
     if fmt == "onnx" and name == "projected":
-        _fails(result, "LSTM with projections", "--format torchscript")
+        clean_failure(result, "LSTM with projections", "--format torchscript")
         assert not out.exists()
         return
     assert result.exit_code == 0, result.output
@@ -170,6 +165,6 @@ def test_export_parity(tmp_path, fmt, name) -> None:
         got = session.run(None, {n: a.numpy() for n, a in zip(io_names(model)[0], args)})
     else:
         got = torch.jit.load(str(out))(*args)
+    assert len(got) == len(expected) == 1 + len(spec.layers) * len(spec.cell_kind.states)  # nothing unpaired
     for want, have in zip(expected, got):
         torch.testing.assert_close(torch.as_tensor(have), want, rtol=1e-4, atol=1e-5)
-    assert len(group_sets(spec)) >= 1

@@ -15,70 +15,13 @@ from typer.testing import CliRunner
 
 import isscompress
 from isscompress.io.files import write_checkpoint
-from isscompress.io.metadata import Metadata
-from isscompress.data import build_vocabulary
 from isscompress.verbs.finetune import finetune, side_files
-from isscompress.architectures.stack_module import RecurrentModel
-from isscompress.core.groups import all_unit_norms, member_slice
-from isscompress.architectures.stack import LayerSpec, ModelSpec, group_sets
+from isscompress.core.groups import all_unit_norms
 from isscompress.cli import app
 
-EXCERPT = Path(__file__).parent.parent / "examples" / "data" / "ptb-excerpt"
+from conftest import _recipe
+
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def small_lm(tmp_path_factory) -> Path:
-    """A small LSTM language model over the PTB excerpt's vocabulary (stored in its metadata)."""
-    vocabulary = build_vocabulary([EXCERPT / n for n in ("train.txt", "valid.txt", "test.txt")])
-    spec = ModelSpec("LSTM", (LayerSpec(16, 24), LayerSpec(24, 20)), vocab_size=len(vocabulary))
-    torch.manual_seed(0)
-    state = RecurrentModel(spec).canonical_state()
-    with torch.no_grad():  # spread the unit norms, as training does (random init makes them all alike)
-        for group_set in group_sets(spec):
-            scale = torch.linspace(0.15, 1.5, group_set.size)[torch.randperm(group_set.size)]
-            for member in group_set.members:
-                for start in member.starts:
-                    part = member_slice(state[member.key], member, start, group_set.size)
-                    part.mul_(scale.view(-1, *([1] * (part.dim() - 1))))
-    path = tmp_path_factory.mktemp("lm") / "small.safetensors"
-    write_checkpoint(path, state,
-                     Metadata(family="isscompress", spec=spec.to_dict(), vocabulary=tuple(vocabulary.words)))
-    return path
-
-
-def _recipe(folder: Path, extra: str = "", method: str = "proximal", lam: float = 0.01, zero: float = 0,
-            iss_extra: str = "") -> Path:
-    path = folder / "recipe.yaml"
-    path.write_text(f"""
-data:
-  train: {EXCERPT / 'train.txt'}
-  valid: {EXCERPT / 'valid.txt'}
-  test: {EXCERPT / 'test.txt'}
-  max_train_tokens: 4000
-  max_eval_tokens: 2000
-finetune:
-  epochs: 1
-  lr: 5.0
-  batch_size: 10
-  bptt: 20
-  log_every: 5
-  seed: 7
-iss:
-  lambda: {lam}
-  layer_multipliers: {{layer1: 3.0}}
-  method: {method}
-  zero_threshold: {zero}
-  {iss_extra}
-shrink:
-  threshold: 0.0001
-recover:
-  epochs: 1
-  lr: 2.0
-  batch_size: 10
-  bptt: 20
-{extra}""")
-    return path
 
 
 @pytest.mark.parametrize("method, lam, zero, targets", [("proximal", 0.03, 0, [20, 15]),

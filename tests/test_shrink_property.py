@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
@@ -10,6 +11,7 @@ from isscompress.architectures.stack import LayerSpec, ModelSpec, check_shapes, 
 from isscompress.core.surgery import mask_state_dict, shrink_state_dict
 from isscompress.core.groups import all_unit_norms
 from isscompress.core.thresholding import kept_counts, select_kept
+from isscompress.errors import ShrinkError
 
 
 @st.composite
@@ -97,15 +99,41 @@ def test_shrunk_model_equals_masked_model(data) -> None:
 
 @settings(max_examples=50, deadline=None)
 @given(data=st.data())
-def test_selected_units_are_shape_legal_and_zeroed_units_are_dropped(data) -> None:
+def test_zeroed_units_and_only_they_are_dropped(data) -> None:
     spec = data.draw(specs())
     torch.manual_seed(data.draw(st.integers(0, 2**16)))
     state = RecurrentModel(spec).double().canonical_state()
     sets = group_sets(spec)
-    wanted = _random_kept(data.draw, spec)
+    wanted = _random_kept(data.draw, spec)  # shape-legal already: nothing needs topping up
     state = mask_state_dict(state, sets, wanted)
     kept = select_kept(all_unit_norms(state, sets), sets, threshold=0.0)
-    for name, indices in kept.items():
-        assert set(wanted[name].tolist()) <= set(indices.tolist())
+    assert {n: v.tolist() for n, v in kept.items()} == {n: v.tolist() for n, v in wanted.items()}
     small_spec = shrunk_spec(spec, kept_counts(kept))
     build_model(small_spec, shrink_state_dict(state, sets, kept))  # nn.LSTM accepts the widths
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_illegal_widths_are_topped_up_with_the_strongest_dead_units(data) -> None:
+    """Brute force: every set keeps its k strongest units, k the largest alive count among the sets
+    that must share its width, and a cell set at least one more than its projection keeps."""
+    spec = data.draw(specs())
+    sets = group_sets(spec)
+    norms = {gs.name: torch.tensor(data.draw(st.lists(st.integers(1, 12), min_size=gs.size, max_size=gs.size,
+                                                      unique=True)), dtype=torch.float64)
+             for gs in sets}  # distinct within a set: "strongest" is unambiguous
+    threshold = float(data.draw(st.integers(0, 12)))
+    alive = {gs.name: int((norms[gs.name] > threshold).sum()) for gs in sets}
+    width = {}
+    for gs in sets:
+        width[gs.width_key] = max(width.get(gs.width_key, 0), alive[gs.name])
+    if 0 in width.values():
+        with pytest.raises(ShrinkError, match="every unit"):
+            select_kept(norms, sets, threshold)
+        return
+    for gs in sets:
+        if gs.narrower_than:
+            width[gs.narrower_than] = max(width[gs.narrower_than], width[gs.width_key] + 1)
+    expected = {gs.name: sorted(torch.topk(norms[gs.name], width[gs.width_key]).indices.tolist()) for gs in sets}
+    kept = select_kept(norms, sets, threshold)
+    assert {n: v.tolist() for n, v in kept.items()} == expected

@@ -24,6 +24,11 @@ app = typer.Typer(
     add_completion=False,
 )
 
+# Exit codes (docs/commands.md): 2 is Typer's own, for a command line it cannot parse.
+EXIT_ERROR = 1  # bad input: the message says what to do
+EXIT_INTERNAL = 3  # a bug of ours
+EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM; a training run saved its state first
+
 FamilyOption = typer.Option(None, "--family", help="Model family, when auto-detection is not wanted.")
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout instead of tables.")
 
@@ -38,15 +43,15 @@ def _stderr() -> Console:
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn library errors into one paragraph on stderr and exit code 1; Ctrl-C into 130."""
+    """Turn library errors into one paragraph on stderr and exit code 1; Ctrl-C into 130; a bug into 3."""
     try:
         yield
     except IsscompressError as err:
         _stderr().print(Text.assemble(("error: ", "bold red"), str(err)), soft_wrap=True)
-        raise typer.Exit(130 if isinstance(err, Interrupted) else 1) from None
+        raise typer.Exit(EXIT_INTERRUPTED if isinstance(err, Interrupted) else EXIT_ERROR) from None
     except KeyboardInterrupt:
         _stderr().print("interrupted")
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except (typer.Exit, typer.Abort):
         raise
     except Exception as err:  # a bug of ours: still one paragraph, and a distinct exit code
@@ -55,7 +60,7 @@ def _user_errors() -> Iterator[None]:
                                       "Set ISSCOMPRESS_DEBUG=1 for the traceback."), soft_wrap=True)
         if os.environ.get("ISSCOMPRESS_DEBUG"):
             raise
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_INTERNAL) from None
 
 
 def _print_json(data: dict) -> None:
