@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.architecture import LayerInfo
-from ..core.cells import CELLS, CellKind, cell_for_gates
+from ..core.cells import CELLS, CellKind
 from ..core.groups import GroupSet, Member
 from ..errors import ShapeError
 
@@ -90,6 +90,8 @@ class ModelSpec:
     # The architecture contract: each method is one of the functions below.
     @classmethod
     def infer(cls, state: Mapping[str, Tensor], *, cell_hint: str | None = None, tied: bool = False) -> "ModelSpec":
+        from .stack_inference import infer_spec  # it builds ModelSpecs
+
         return infer_spec(state, cell_hint=cell_hint, tied=tied)
 
     def group_sets(self) -> tuple[GroupSet, ...]:
@@ -162,69 +164,6 @@ def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
         if spec.decoder_bias:
             shapes["decoder.bias"] = (spec.vocab_size,)
     return shapes
-
-
-def _shape_of(state: Mapping[str, Tensor], key: str, dims: int) -> tuple[int, ...]:
-    if key not in state:
-        raise ShapeError(f"Tensor '{key}' is missing.", "The checkpoint is incomplete; save the full state dict.")
-    shape = tuple(state[key].shape)
-    if len(shape) != dims:
-        raise ShapeError(f"Tensor '{key}' has shape {list(shape)}; a {dims}-D tensor was expected.")
-    return shape
-
-
-def _infer_layer(state: Mapping[str, Tensor], index: int) -> tuple[LayerSpec, int]:
-    """Width, projection, input size and gate count of layer ``index`` from its own tensors."""
-    rows, input_size = _shape_of(state, layer_key(index, "weight_ih"), 2)
-    hr_key = layer_key(index, "weight_hr")
-    if hr_key in state:
-        proj_size, hidden = _shape_of(state, hr_key, 2)
-    else:
-        proj_size, hidden = 0, _shape_of(state, layer_key(index, "weight_hh"), 2)[1]
-    if hidden == 0 or rows % hidden or cell_for_gates(rows // hidden) is None:
-        width_key = hr_key if proj_size else layer_key(index, "weight_hh")
-        raise ShapeError(
-            f"Layer {index}: '{layer_key(index, 'weight_ih')}' has {rows} rows, which is not 4, 3 or 1 "
-            f"times the hidden width {hidden} that '{width_key}' implies (LSTM, GRU or RNN).",
-            "Check that the checkpoint holds a recurrent model of a supported cell type.",
-        )
-    return LayerSpec(input_size, hidden, proj_size), rows // hidden
-
-
-def infer_spec(
-    state: Mapping[str, Tensor], *, cell_hint: str | None = None, tied: bool = False
-) -> ModelSpec:
-    """Read a ModelSpec off canonical tensors and check every shape against it."""
-    indices = sorted({int(m.group(1)) for key in state if (m := LAYER_KEY.match(key))})
-    if not indices:
-        raise ShapeError("No recurrent layer tensors were found.")
-    if indices != list(range(len(indices))):
-        raise ShapeError(f"Recurrent layers are numbered {indices}; layers must be numbered 0..N-1 without gaps.")
-    inferred = [_infer_layer(state, i) for i in indices]
-    gate_counts = {gates for _, gates in inferred}
-    if len(gate_counts) != 1:
-        raise ShapeError("Layers disagree on the cell type (their gate counts differ).")
-    cell = cell_for_gates(gate_counts.pop()).name
-    if cell_hint is not None:
-        if cell_hint not in CELLS or CELLS[cell_hint].gates != CELLS[cell].gates:
-            raise ShapeError(f"The checkpoint says the cell is {cell_hint}, but its weights have the shape of a {cell}.")
-        cell = cell_hint
-    vocab_size = state["encoder.weight"].shape[0] if "encoder.weight" in state else 0
-    bidirectional = layer_key(0, "weight_ih", 1) in state
-    layers = [layer for layer, _ in inferred]
-    for index in range(1, len(layers)):  # a layer's input is what the previous one outputs
-        layers[index] = replace(layers[index], input_size=(2 if bidirectional else 1) * layers[index - 1].out_size)
-    spec = ModelSpec(
-        cell=cell,
-        layers=tuple(layers),
-        bidirectional=bidirectional,
-        bias=layer_key(0, "bias_ih") in state,
-        vocab_size=vocab_size,
-        tied=tied,
-        decoder_bias="decoder.bias" in state,
-    )
-    check_shapes(state, spec)
-    return spec
 
 
 def check_shapes(state: Mapping[str, Tensor], spec: ModelSpec) -> None:
