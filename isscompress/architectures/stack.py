@@ -18,12 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from ..core.architecture import LayerInfo
-from ..core.cells import CELLS, CellKind
+from ..core.cells import CELLS, PARAM_NAMES, CellKind
 from ..core.groups import GroupSet, Member
 from ..errors import ShapeError
 
 SUFFIXES = ("", "_reverse")
-LAYER_KEY = re.compile(r"^layers\.(\d+)\.(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l0(_reverse)?$")
+LAYER_KEY = re.compile(rf"^layers\.(\d+)\.({'|'.join(PARAM_NAMES)})_l0(_reverse)?$")
 
 
 @dataclass(frozen=True)
@@ -146,18 +146,14 @@ def set_name(layer: int, direction: int = 0, role: str = "cell") -> str:
 def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """Shape of every tensor in the canonical layout (a tied decoder weight is not stored)."""
     shapes: dict[str, tuple[int, ...]] = {}
+    cell = spec.cell_kind
     if spec.is_language_model:
         shapes["encoder.weight"] = (spec.vocab_size, spec.layers[0].input_size)
     for index, layer in enumerate(spec.layers):
-        rows = spec.gates * layer.hidden_size
         for direction in range(spec.directions):
-            shapes[layer_key(index, "weight_ih", direction)] = (rows, layer.input_size)
-            shapes[layer_key(index, "weight_hh", direction)] = (rows, layer.out_size)
-            if spec.bias:
-                shapes[layer_key(index, "bias_ih", direction)] = (rows,)
-                shapes[layer_key(index, "bias_hh", direction)] = (rows,)
-            if layer.proj_size:
-                shapes[layer_key(index, "weight_hr", direction)] = (layer.proj_size, layer.hidden_size)
+            for param in cell.layer_params(spec.bias, layer.proj_size):
+                shapes[layer_key(index, param.name, direction)] = cell.shape(
+                    param, layer.input_size, layer.hidden_size, layer.proj_size)
     if spec.is_language_model:
         if not spec.tied:
             shapes["decoder.weight"] = (spec.vocab_size, spec.output_size)
@@ -194,46 +190,52 @@ def check_shapes(state: Mapping[str, Tensor], spec: ModelSpec) -> None:
 
 
 def group_sets(spec: ModelSpec) -> tuple[GroupSet, ...]:
-    """The ISS group sets of a model: one per layer, direction and role (cell / projection).
+    """The ISS group sets of a model: one per layer, direction and role (cell / projection), read off
+    the cell table's parameter declarations.
 
-    Both directions of a layer keep one width (PyTorch's bidirectional layers force it), and a
-    projection keeps fewer units than its cells (``proj_size < hidden_size``).
+    Unit k of a layer owns row k of every gate block it produces, the columns that read it back (the
+    recurrent ones, or, with a projection, the projection's) and the columns of whatever consumes the
+    layer's output. Both directions of a layer keep one width (PyTorch's bidirectional layers force
+    it), and a projection keeps fewer units than its cells (``proj_size < hidden_size``).
     """
     sets: list[GroupSet] = []
+    cell = spec.cell_kind
     for index, layer in enumerate(spec.layers):
         gate_starts = tuple(g * layer.hidden_size for g in range(spec.gates))
+        params = cell.layer_params(spec.bias, layer.proj_size)
         cells, projections = set_name(index), set_name(index, 0, "proj")
+        label = f"layer {index}"
         for direction in range(spec.directions):
-            name = set_name(index, direction)
-            producers = [Member(layer_key(index, "weight_ih", direction), 0, gate_starts),
-                         Member(layer_key(index, "weight_hh", direction), 0, gate_starts)]
-            if spec.bias:
-                producers += [Member(layer_key(index, p, direction), 0, gate_starts) for p in ("bias_ih", "bias_hh")]
-            recurrent = [Member(layer_key(index, "weight_hh", direction), 1, (0,))]
+            def members(rows: str, cols: str) -> list[Member]:
+                starts = gate_starts if rows == "gates" else (0,)
+                return ([Member(layer_key(index, p.name, direction), 0, starts) for p in params if p.rows == rows]
+                        + [Member(layer_key(index, p.name, direction), 1, (0,)) for p in params if p.cols == cols])
+
             consumers = _consumers(spec, index, direction * layer.out_size)
-            label = f"layer {index}"
-            if layer.proj_size:
-                hr = layer_key(index, "weight_hr", direction)
-                sets.append(GroupSet(name, layer.hidden_size, (*producers, Member(hr, 1, (0,))), cells, "", label))
+            if layer.proj_size:  # the cells feed the projection; the projection is what the others read
+                sets.append(GroupSet(set_name(index, direction), layer.hidden_size, tuple(members("gates", "hidden")),
+                                     cells, "", label))
                 sets.append(GroupSet(set_name(index, direction, "proj"), layer.proj_size,
-                                     (Member(hr, 0, (0,)), *recurrent, *consumers), projections, cells,
+                                     (*members("proj", "recurrent"), *consumers), projections, cells,
                                      f"{label} (its projection)"))
             else:
-                sets.append(GroupSet(name, layer.hidden_size, (*producers, *recurrent, *consumers), cells, "", label))
+                sets.append(GroupSet(set_name(index, direction), layer.hidden_size,
+                                     (*members("gates", "recurrent"), *consumers), cells, "", label))
     return tuple(sets)
 
 
 def _consumers(spec: ModelSpec, index: int, offset: int) -> list[Member]:
     """Columns that read layer ``index``'s output, at ``offset`` for its backward half."""
+    inputs = [p.name for p in spec.cell_kind.params if p.cols == "input"]
     if index + 1 < len(spec.layers):
-        return [Member(layer_key(index + 1, "weight_ih", d), 1, (offset,)) for d in range(spec.directions)]
+        return [Member(layer_key(index + 1, name, d), 1, (offset,)) for d in range(spec.directions) for name in inputs]
     if not spec.is_language_model:
         return []
     if not spec.tied:
         return [Member("decoder.weight", 1, (offset,))]
     # Tied: the decoder is the embedding, whose columns feed the first layer's input columns.
     return [Member("encoder.weight", 1, (offset,))] + [
-        Member(layer_key(0, "weight_ih", d), 1, (offset,)) for d in range(spec.directions)
+        Member(layer_key(0, name, d), 1, (offset,)) for d in range(spec.directions) for name in inputs
     ]
 
 
