@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 from torch import Tensor
 
-from ..core.cells import CELLS, cell_for_gates
+from ..core.cells import CELLS, PROJECTION, RNN_PARAMS, cell_for_gates
 from ..errors import ShapeError
 from .stack import LAYER_KEY, LayerSpec, ModelSpec, check_shapes, layer_key
 
@@ -23,18 +23,40 @@ def _shape_of(state: Mapping[str, Tensor], key: str, dims: int) -> tuple[int, ..
     return shape
 
 
-def _infer_layer(state: Mapping[str, Tensor], index: int) -> tuple[LayerSpec, int]:
+@dataclass(frozen=True)
+class _Names:
+    """Which parameter plays which part, from the cell table (PyTorch's names when the cell is unknown)."""
+
+    input: str  # gate rows x input columns
+    recurrent: str  # gate rows x recurrent columns
+    projection: str | None
+    bias: str | None
+
+    @classmethod
+    def of(cls, cell_hint: str | None) -> "_Names":
+        params = CELLS[cell_hint].params if cell_hint in CELLS else (*RNN_PARAMS, PROJECTION)
+
+        def first(test) -> str | None:
+            return next((p.name for p in params if test(p)), None)
+
+        return cls(first(lambda p: p.rows == "gates" and p.cols == "input"),
+                   first(lambda p: p.rows == "gates" and p.cols == "recurrent"),
+                   first(lambda p: p.rows == "proj"), first(lambda p: p.only_with == "bias"))
+
+
+def _infer_layer(state: Mapping[str, Tensor], index: int, names: _Names) -> tuple[LayerSpec, int]:
     """Width, projection, input size and gate count of layer ``index`` from its own tensors."""
-    rows, input_size = _shape_of(state, layer_key(index, "weight_ih"), 2)
-    hr_key = layer_key(index, "weight_hr")
-    if hr_key in state:
-        proj_size, hidden = _shape_of(state, hr_key, 2)
+    input_key = layer_key(index, names.input)
+    rows, input_size = _shape_of(state, input_key, 2)
+    proj_key = layer_key(index, names.projection) if names.projection else None
+    if proj_key in state:
+        proj_size, hidden = _shape_of(state, proj_key, 2)
     else:
-        proj_size, hidden = 0, _shape_of(state, layer_key(index, "weight_hh"), 2)[1]
+        proj_size, hidden = 0, _shape_of(state, layer_key(index, names.recurrent), 2)[1]
     if hidden == 0 or rows % hidden or cell_for_gates(rows // hidden) is None:
-        width_key = hr_key if proj_size else layer_key(index, "weight_hh")
+        width_key = proj_key if proj_size else layer_key(index, names.recurrent)
         raise ShapeError(
-            f"Layer {index}: '{layer_key(index, 'weight_ih')}' has {rows} rows, which is not {GATE_COUNTS} "
+            f"Layer {index}: '{input_key}' has {rows} rows, which is not {GATE_COUNTS} "
             f"times the hidden width {hidden} that '{width_key}' implies ({', '.join(CELLS)}).",
             "Check that the checkpoint holds a recurrent model of a supported cell type.",
         )
@@ -50,7 +72,8 @@ def infer_spec(
         raise ShapeError("No recurrent layer tensors were found.")
     if indices != list(range(len(indices))):
         raise ShapeError(f"Recurrent layers are numbered {indices}; layers must be numbered 0..N-1 without gaps.")
-    inferred = [_infer_layer(state, i) for i in indices]
+    names = _Names.of(cell_hint)
+    inferred = [_infer_layer(state, i, names) for i in indices]
     gate_counts = {gates for _, gates in inferred}
     if len(gate_counts) != 1:
         raise ShapeError("Layers disagree on the cell type (their gate counts differ).")
@@ -60,7 +83,7 @@ def infer_spec(
             raise ShapeError(f"The checkpoint says the cell is {cell_hint}, but its weights have the shape of a {cell}.")
         cell = cell_hint
     vocab_size = state["encoder.weight"].shape[0] if "encoder.weight" in state else 0
-    bidirectional = layer_key(0, "weight_ih", 1) in state
+    bidirectional = layer_key(0, names.input, 1) in state
     layers = [layer for layer, _ in inferred]
     for index in range(1, len(layers)):  # a layer's input is what the previous one outputs
         layers[index] = replace(layers[index], input_size=(2 if bidirectional else 1) * layers[index - 1].out_size)
@@ -68,7 +91,7 @@ def infer_spec(
         cell=cell,
         layers=tuple(layers),
         bidirectional=bidirectional,
-        bias=layer_key(0, "bias_ih") in state,
+        bias=names.bias is not None and layer_key(0, names.bias) in state,
         vocab_size=vocab_size,
         tied=tied,
         decoder_bias="decoder.bias" in state,

@@ -83,5 +83,6 @@ def build_model(spec: ModelSpec, state: Mapping[str, Tensor], dropout: float = 0
     if spec.tied:
         model.decoder.weight = model.encoder.weight
     for layer in model.layers:
-        layer.flatten_parameters()
+        if hasattr(layer, "flatten_parameters"):  # PyTorch's layers; a cell of our own may not have it
+            layer.flatten_parameters()
     return model.eval()
