@@ -43,20 +43,18 @@ save_file(state, sys.argv[1])
 MEASURE = """
 import json, resource, shutil, sys, time
 mode, source, target = sys.argv[1:4]
-import torch, safetensors, isscompress.verbs.shrink as shrinking  # imports are not timed
+import torch, safetensors, isscompress  # imports are not timed
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 start = time.perf_counter()
 if mode == "copy":
     shutil.copyfile(source, target)
 elif mode == "core":  # the surgery alone: no output check, no source hash
-    from isscompress import all_unit_norms, load_checkpoint, select_kept, shrink_state_dict
-    from isscompress.io.files import write_checkpoint
-    from pathlib import Path
-    c = load_checkpoint(source)
-    kept = select_kept(all_unit_norms(c.state, c.group_sets), c.group_sets, 0.0)
-    write_checkpoint(Path(target), shrink_state_dict(c.state, c.group_sets, kept), {})
+    c = isscompress.load_checkpoint(source)
+    kept = isscompress.select_kept(isscompress.all_unit_norms(c.state, c.group_sets), c.group_sets, 0.0)
+    small = isscompress.shrink_state_dict(c.state, c.group_sets, kept)
+    isscompress.save_checkpoint(isscompress.Checkpoint(c.spec, small, c.family), target)
 else:
-    result = shrinking.shrink(source, target, threshold=0.0, force=True)
+    result = isscompress.shrink(source, target, threshold=0.0, force=True)
 elapsed = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"seconds": elapsed, "baseline": baseline, "peak": peak}))

@@ -106,7 +106,8 @@ def _cost_rows(table: Table, b: ModelSummary, a: ModelSummary | None, *, per_par
 
 
 def render_shrink(result: ShrinkResult, console: Console) -> None:
-    table = Table(title=f"Shrunk {result.source.name} → {result.output.name} (threshold {result.threshold:g})")
+    source, output = (path.name if path else "(in memory)" for path in (result.source, result.output))
+    table = Table(title=f"Shrunk {source} → {output} (threshold {result.threshold:g})")
     for column in ("", "before", "after", "ratio"):
         table.add_column(column, justify="left" if not column else "right")
     for name, before in result.widths_before.items():

@@ -14,6 +14,7 @@ import pickle
 import struct
 import tempfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -39,7 +40,7 @@ class RawCheckpoint:
     metadata: dict[str, str] = field(default_factory=dict)  # the safetensors header, as stored
     attributes: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def record(self) -> Metadata:
         """The header read as typed metadata (ours, plus the rest verbatim)."""
         return Metadata.from_header(self.metadata, str(self.path))
