@@ -30,7 +30,8 @@ __all__ = [
     "Architecture", "CELLS", "CellKind", "Checkpoint", "GroupLassoHook", "GroupSet", "Hook", "IssSection",
     "LanguageModelLoss", "LayerSpec", "Member", "Metadata", "ModelSpec", "Objective", "Recipe", "RecurrentModel",
     "Schedule", "fit", "all_unit_norms", "build_model", "evaluate", "export", "finetune", "inspect", "load",
-    "load_checkpoint", "load_recipe", "mask_state_dict", "measure_speed", "report", "report_markdown", "run", "save_checkpoint",
+    "load_checkpoint", "load_recipe", "mask_state_dict", "measure_speed", "report", "report_markdown", "run",
+    "save_checkpoint",
     "select_kept", "shrink", "shrink_state_dict", "train", "unit_norms",
 ]
 __version__ = "0.1.0"

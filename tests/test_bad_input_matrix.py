@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_rnn_model
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from isscompress.architectures.stack import LayerSpec, ModelSpec
+from isscompress.architectures.stack_module import RecurrentModel
+from isscompress.cli import app
 from isscompress.io.files import write_checkpoint
 from isscompress.io.metadata import Metadata
-from isscompress.cli import app
-from isscompress.architectures.stack_module import RecurrentModel
-from isscompress.architectures.stack import LayerSpec, ModelSpec
-from conftest import make_rnn_model
 
 runner = CliRunner()
 WORDS = ["a", "b", "c", "<unk>", "<eos>"]

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PTB_MODEL, make_rnn_model
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import isscompress
 from isscompress.cli import app
 from isscompress.core.surgery import mask_state_dict
-from conftest import PTB_MODEL, make_rnn_model
 
 runner = CliRunner()
 

@@ -6,11 +6,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PTB, PTB_MODEL
 
-from isscompress.data import UNK, Vocabulary, batchify, bptt_windows, build_vocabulary, read_vocabulary, tokenize
+from isscompress.data import (
+    UNK,
+    Vocabulary,
+    batchify,
+    bptt_windows,
+    build_vocabulary,
+    read_vocabulary,
+    tokenize,
+)
 from isscompress.errors import DataError, RecipeError
 from isscompress.recipe import load_recipe, parse_recipe
-from conftest import PTB, PTB_MODEL
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

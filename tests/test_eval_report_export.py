@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PTB, PTB_MODEL
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import isscompress
+from isscompress.architectures.stack import LayerSpec, ModelSpec
+from isscompress.architectures.stack_module import RecurrentModel
+from isscompress.cli import app
 from isscompress.io.files import write_checkpoint
 from isscompress.io.metadata import Metadata
-from isscompress.cli import app
-from isscompress.architectures.stack_module import RecurrentModel
-from isscompress.architectures.stack import LayerSpec, ModelSpec
-from conftest import PTB, PTB_MODEL
 
 runner = CliRunner()
 WORDS = ["the", "cat", "sat", "on", "mat", "<unk>", "<eos>"]

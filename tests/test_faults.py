@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import isscompress
+from isscompress.architectures.stack import LayerSpec, ModelSpec
+from isscompress.architectures.stack_module import RecurrentModel
 from isscompress.io.files import write_checkpoint
 from isscompress.io.metadata import Metadata
 from isscompress.verbs.finetune import finetune, side_files
-from isscompress.architectures.stack_module import RecurrentModel
-from isscompress.architectures.stack import LayerSpec, ModelSpec
 
 WORDS = [f"w{i}" for i in range(30)] + ["<unk>", "<eos>"]
 SPEC = ModelSpec("LSTM", (LayerSpec(8, 12), LayerSpec(12, 10)), vocab_size=len(WORDS))

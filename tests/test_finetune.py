@@ -11,15 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import _recipe
 from typer.testing import CliRunner
 
 import isscompress
+from isscompress.cli import app
+from isscompress.core.groups import all_unit_norms
 from isscompress.io.files import write_checkpoint
 from isscompress.verbs.finetune import finetune, side_files
-from isscompress.core.groups import all_unit_norms
-from isscompress.cli import app
-
-from conftest import _recipe
 
 runner = CliRunner()
 

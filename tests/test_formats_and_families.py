@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import AwdLstm, make_rnn_model
 from safetensors.torch import save_file
 from torch import nn
 
 import isscompress
-from isscompress.errors import CheckpointError
 from isscompress.core.groups import GroupSet, Member
-from conftest import AwdLstm, make_rnn_model
+from isscompress.errors import CheckpointError
 
 
 def _same_outputs(original: nn.Module, loaded: nn.Module, inputs: torch.Tensor) -> None:

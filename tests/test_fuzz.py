@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings, strategies as st
+from conftest import make_rnn_model
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from isscompress.errors import IsscompressError
 from isscompress.io.loading import load_checkpoint
 from isscompress.recipe import parse_recipe
-from conftest import make_rnn_model
 
 FOLDER = Path(tempfile.mkdtemp(prefix="isscompress-fuzz-"))
 

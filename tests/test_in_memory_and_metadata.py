@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
+from conftest import _recipe
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 import isscompress
 from isscompress.errors import CheckpointError
 from isscompress.io.metadata import FORMAT_VERSION, METADATA_KEY
-from conftest import _recipe
 
 
 def _files(folder) -> set[str]:

@@ -6,10 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from isscompress.core.groups import unit_squared_norms
-from isscompress.architectures.stack_module import RecurrentModel
-from isscompress.core.regularizer import add_subgradient, group_norms, proximal_step, reweighted, zero_small_weights
 from isscompress.architectures.stack import LayerSpec, ModelSpec, group_sets
+from isscompress.architectures.stack_module import RecurrentModel
+from isscompress.core.groups import unit_squared_norms
+from isscompress.core.regularizer import (
+    add_subgradient,
+    group_norms,
+    proximal_step,
+    reweighted,
+    zero_small_weights,
+)
 
 SPECS = [
     ModelSpec("LSTM", (LayerSpec(3, 4), LayerSpec(4, 5)), vocab_size=7),

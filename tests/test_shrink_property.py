@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from isscompress.architectures.stack import (
+    LayerSpec,
+    ModelSpec,
+    check_shapes,
+    group_sets,
+    shrunk_spec,
+)
 from isscompress.architectures.stack_module import RecurrentModel, build_model
-from isscompress.architectures.stack import LayerSpec, ModelSpec, check_shapes, group_sets, shrunk_spec
-from isscompress.core.surgery import mask_state_dict, shrink_state_dict
 from isscompress.core.groups import all_unit_norms
+from isscompress.core.surgery import mask_state_dict, shrink_state_dict
 from isscompress.core.thresholding import kept_counts, select_kept
 from isscompress.errors import ShrinkError
 

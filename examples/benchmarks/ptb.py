@@ -27,7 +27,6 @@ from typing import Callable
 
 import torch
 import yaml
-
 from safetensors.torch import save_file
 
 import isscompress

@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import ClassVar, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from ..core.architecture import LayerInfo
-from ..core.cells import CELLS, PARAM_NAMES, CellKind
+from ..core.cells import CELLS, PARAM_NAMES, CellKind, CellParam
 from ..core.groups import GroupSet, Member
 from ..errors import ShapeError
 
@@ -206,22 +207,25 @@ def group_sets(spec: ModelSpec) -> tuple[GroupSet, ...]:
         cells, projections = set_name(index), set_name(index, 0, "proj")
         label = f"layer {index}"
         for direction in range(spec.directions):
-            def members(rows: str, cols: str) -> list[Member]:
-                starts = gate_starts if rows == "gates" else (0,)
-                return ([Member(layer_key(index, p.name, direction), 0, starts) for p in params if p.rows == rows]
-                        + [Member(layer_key(index, p.name, direction), 1, (0,)) for p in params if p.cols == cols])
-
-            consumers = _consumers(spec, index, direction * layer.out_size)
+            own = partial(_own_members, params, index, direction)
+            consumers = tuple(_consumers(spec, index, direction * layer.out_size))
+            name = set_name(index, direction)
             if layer.proj_size:  # the cells feed the projection; the projection is what the others read
-                sets.append(GroupSet(set_name(index, direction), layer.hidden_size, tuple(members("gates", "hidden")),
-                                     cells, "", label))
+                sets.append(GroupSet(name, layer.hidden_size, own("gates", "hidden", gate_starts), cells, "", label))
                 sets.append(GroupSet(set_name(index, direction, "proj"), layer.proj_size,
-                                     (*members("proj", "recurrent"), *consumers), projections, cells,
+                                     own("proj", "recurrent", (0,)) + consumers, projections, cells,
                                      f"{label} (its projection)"))
             else:
-                sets.append(GroupSet(set_name(index, direction), layer.hidden_size,
-                                     (*members("gates", "recurrent"), *consumers), cells, "", label))
+                sets.append(GroupSet(name, layer.hidden_size, own("gates", "recurrent", gate_starts) + consumers,
+                                     cells, "", label))
     return tuple(sets)
+
+
+def _own_members(params: tuple[CellParam, ...], index: int, direction: int, rows: str, cols: str,
+                 starts: tuple[int, ...]) -> tuple[Member, ...]:
+    """A layer's own parameters that belong to a set: the ``rows`` it produces, then the ``cols`` that read it."""
+    return (tuple(Member(layer_key(index, p.name, direction), 0, starts) for p in params if p.rows == rows)
+            + tuple(Member(layer_key(index, p.name, direction), 1, (0,)) for p in params if p.cols == cols))
 
 
 def _consumers(spec: ModelSpec, index: int, offset: int) -> list[Member]:

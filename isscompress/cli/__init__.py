@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from . import render as _render
 from ..errors import Interrupted, IsscompressError
+from . import render as _render
 
 app = typer.Typer(
     name="isscompress",
@@ -118,7 +118,8 @@ def finetune(
     force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
 ) -> None:
     """Fine-tune with ISS group Lasso (or recover without it) from a recipe."""
-    from ..verbs.finetune import STAGES, finetune as run_finetune
+    from ..verbs.finetune import STAGES
+    from ..verbs.finetune import finetune as run_finetune
 
     with _user_errors():
         if stage not in STAGES:
@@ -191,7 +192,8 @@ def report(
     family: Optional[str] = FamilyOption,
 ) -> None:
     """What compression bought: widths, parameters, multiply-adds, size, perplexity and measured speed."""
-    from ..verbs.report import report as build_report, report_markdown
+    from ..verbs.report import report as build_report
+    from ..verbs.report import report_markdown
 
     with _user_errors():
         result = build_report(original, shrunk, data=data, vocab=vocab, speed=not no_speed, repeats=repeats,

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import IsscompressError
-from ..verbs.report import Report
 from ..measure.summary import NORM_THRESHOLDS
+from ..verbs.report import Report
 
 
 def _pyplot():

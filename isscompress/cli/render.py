@@ -5,9 +5,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from ..measure.summary import ModelSummary, NormStats
 from ..verbs.inspect import Inspection
 from ..verbs.shrink import ShrinkResult
-from ..measure.summary import ModelSummary, NormStats
 
 BARS = " ▁▂▃▄▅▆▇█"
 PARTS = ("embedding", "recurrent", "decoder")
@@ -123,7 +123,13 @@ class TrainingProgress:
     """Live fine-tuning progress on stderr: one bar per epoch with loss, ppl, tokens/s and alive units."""
 
     def __init__(self, console: Console) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.console = console
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -14,7 +14,6 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-
 from torch import nn
 
 from .kernels import rnn_kernel

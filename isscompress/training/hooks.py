@@ -12,8 +12,16 @@ from torch import Tensor
 
 from ..core.groups import GroupSet
 from ..core.regularizer import (
-    Lambdas, add_subgradient, group_norms, lambdas_for, penalty, proximal_step, regularized_keys, reweighted,
-    zero_dead_groups, zero_small_weights,
+    Lambdas,
+    add_subgradient,
+    group_norms,
+    lambdas_for,
+    penalty,
+    proximal_step,
+    regularized_keys,
+    reweighted,
+    zero_dead_groups,
+    zero_small_weights,
 )
 from ..recipe import IssSection
 

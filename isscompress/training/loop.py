@@ -19,12 +19,12 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..architectures.stack_module import detach_hidden
 from ..data import bptt_windows, window_count
-from .distributed import Distributed
 from ..errors import Diverged, Interrupted
 from ..measure.perplexity import perplexity
-from ..architectures.stack_module import detach_hidden
 from ..recipe import Schedule
+from .distributed import Distributed
 from .hooks import Event, Hook
 from .objectives import LanguageModelLoss, Objective
 

@@ -19,7 +19,7 @@ def evaluate(
     *,
     vocab: str = "auto",
     recipe: Recipe | None = None,
-    evaluate: EvaluateSection | None = None,
+    settings: EvaluateSection | None = None,
     family: str | None = None,
     on_window: Callable[[int, int], None] | None = None,
 ) -> Perplexity:
@@ -28,7 +28,7 @@ def evaluate(
     if not checkpoint.spec.is_language_model:
         raise DataError(f"{checkpoint.name} is a bare recurrent stack; perplexity needs a language model.")
     section = recipe.data if recipe else DataSection(test=Path(data), vocab=vocab)
-    evaluate = evaluate or (recipe.evaluate if recipe else EvaluateSection())
+    settings = settings or (recipe.evaluate if recipe else EvaluateSection())
     vocabulary, _ = resolve_vocabulary(checkpoint, section)
-    batches = token_batches(Path(data), vocabulary, evaluate.batch_size)
-    return perplexity(checkpoint.model(), batches, evaluate.bptt, on_window=on_window)
+    batches = token_batches(Path(data), vocabulary, settings.batch_size)
+    return perplexity(checkpoint.model(), batches, settings.bptt, on_window=on_window)

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..io.files import atomic_write, check_output_path
-from ..errors import IsscompressError
-from ..io.loading import Checkpoint, as_checkpoint
 from ..architectures.stack_module import RecurrentModel
+from ..errors import IsscompressError
+from ..io.files import atomic_write, check_output_path
+from ..io.loading import Checkpoint, as_checkpoint
 
 FORMATS = ("torchscript", "onnx")
 TOLERANCE = 1e-4

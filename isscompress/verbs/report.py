@@ -10,15 +10,15 @@ from typing import Any, Callable
 
 import torch
 
+from ..core.groups import all_unit_norms
 from ..data import Vocabulary
 from ..errors import DataError, IsscompressError
-from ..measure.perplexity import Perplexity, perplexity
-from ..core.groups import all_unit_norms
 from ..io.loading import Checkpoint, as_checkpoint
-from .preparation import resolve_vocabulary, token_batches
-from ..recipe import DataSection, EvaluateSection
+from ..measure.perplexity import Perplexity, perplexity
 from ..measure.speed import SpeedSample, measure_speed
 from ..measure.summary import ModelSummary, NormStats, norm_stats, summarize_checkpoint
+from ..recipe import DataSection, EvaluateSection
+from .preparation import resolve_vocabulary, token_batches
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import CheckpointError
-from .finetune import finetune
-from ..recipe import Recipe, load_recipe
 from ..io.loading import as_checkpoint
+from ..recipe import Recipe, load_recipe
+from ..training.hooks import Event
+from .finetune import finetune
 from .report import Report, report, report_markdown
 from .shrink import ShrinkResult, shrink
-from ..training.hooks import Event
 
 OUTPUTS = ("finetuned.safetensors", "shrunk.safetensors", "recovered.safetensors", "report.json", "report.md")
 

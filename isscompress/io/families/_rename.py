@@ -7,8 +7,8 @@ from typing import Callable, Mapping
 
 from torch import Tensor
 
-from ...errors import CheckpointError
 from ...architectures.stack import layer_key
+from ...errors import CheckpointError
 
 DIRECTION = {None: 0, "": 0, "_reverse": 1}
 

@@ -7,8 +7,8 @@ metadata, and re-derived from shapes when the metadata is missing (a plain state
 
 from __future__ import annotations
 
-from ..files import RawCheckpoint
 from ...architectures.stack import LAYER_KEY
+from ..files import RawCheckpoint
 from .base import Canonical, Family, same_tensor
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from ..files import RawCheckpoint
 from ...core.cells import CELLS
+from ..files import RawCheckpoint
 from ._rename import rename_layers
 from .base import Canonical, Family, same_tensor
 
