@@ -106,6 +106,14 @@ def as_checkpoint(source: "Checkpoint | str | os.PathLike", family: str | None =
     return source if isinstance(source, Checkpoint) else load_checkpoint(source, family)
 
 
+def source_files(source: "Checkpoint | str | os.PathLike") -> tuple[Path, ...]:
+    """The file a verb's input came from (none for a checkpoint that lives only in memory), which its
+    output must not overwrite."""
+    if isinstance(source, Checkpoint):
+        return (source.path,) if source.path is not None else ()
+    return (Path(source),)
+
+
 def save_checkpoint(checkpoint: Checkpoint, output: str | os.PathLike) -> Checkpoint:
     """Write ``checkpoint`` as safetensors (atomically) and return it pointing at the file."""
     output = Path(output)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..architectures.stack_module import RecurrentModel
 from ..errors import IsscompressError
 from ..io.files import atomic_write, check_output_path
-from ..io.loading import Checkpoint, as_checkpoint
+from ..io.loading import Checkpoint, as_checkpoint, source_files
 
 FORMATS = ("torchscript", "onnx")
 TOLERANCE = 1e-4
@@ -119,8 +119,7 @@ def export(
     if fmt not in FORMATS:
         raise IsscompressError(f"Unknown export format '{fmt}'.", f"Use one of: {', '.join(FORMATS)}.")
     if output is not None:
-        inputs = (source.path,) if isinstance(source, Checkpoint) else (Path(source),)
-        output = check_output_path(output, force=force, inputs=tuple(p for p in inputs if p is not None))
+        output = check_output_path(output, force=force, inputs=source_files(source))
     checkpoint = as_checkpoint(source)
     model = checkpoint.model().float()
     if fmt == "onnx" and any(layer.proj_size for layer in model.spec.layers):

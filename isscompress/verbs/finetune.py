@@ -20,7 +20,7 @@ from ..architectures.stack_module import RecurrentModel
 from ..data import Vocabulary, build_vocabulary, read_vocabulary
 from ..errors import CheckpointError
 from ..io.files import atomic_write, check_output_path, write_checkpoint
-from ..io.loading import Checkpoint, as_checkpoint
+from ..io.loading import Checkpoint, as_checkpoint, source_files
 from ..io.metadata import Metadata
 from ..recipe import Recipe, Schedule, check_layer_names, load_recipe
 from ..training.distributed import Distributed
@@ -118,8 +118,7 @@ def finetune(
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     output = Path(output) if output is not None else None
     if output is not None and not resume:
-        inputs = (source.path,) if isinstance(source, Checkpoint) else (Path(source),)
-        check_output_path(output, force=force, inputs=tuple(p for p in inputs if p is not None))
+        check_output_path(output, force=force, inputs=source_files(source))
     checkpoint = as_checkpoint(source, recipe.model.family)
     if stage == "finetune":  # the ISS section applies to this stage only (recovery runs on the shrunk model)
         check_layer_names(recipe, {gs.name: gs.size for gs in checkpoint.group_sets}, "")

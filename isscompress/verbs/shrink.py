@@ -21,7 +21,7 @@ from ..core.surgery import mask_state_dict, shrink_state_dict
 from ..core.thresholding import kept_counts, select_kept
 from ..errors import ShrinkError
 from ..io.files import check_output_path
-from ..io.loading import Checkpoint, as_checkpoint, save_checkpoint
+from ..io.loading import Checkpoint, as_checkpoint, save_checkpoint, source_files
 from ..measure.kernels import rnn_kernel
 from ..measure.summary import ModelSummary, summarize_checkpoint
 
@@ -97,6 +97,11 @@ def verify_shrink(
     return diff, tolerance
 
 
+def _check_threshold(threshold: float) -> None:
+    if not threshold >= 0:
+        raise ShrinkError(f"The threshold must be 0 or more, not {threshold}.", "Pass a non-negative --threshold.")
+
+
 def shrink_checkpoint(
     checkpoint: Checkpoint,
     threshold: float = 0.0,
@@ -109,8 +114,7 @@ def shrink_checkpoint(
     ``in_place`` lets the check mask ``checkpoint``'s tensors in place (for a caller that is done
     with them), so memory stays near one model. ``source_sha256`` is asked for the source's hash
     only once the work is done (a caller may be computing it meanwhile)."""
-    if not threshold >= 0:
-        raise ShrinkError(f"The threshold must be 0 or more, not {threshold}.", "Pass a non-negative --threshold.")
+    _check_threshold(threshold)
     sets = checkpoint.group_sets
     kept = select_kept(all_unit_norms(checkpoint.state, sets), sets, threshold)
     widths_before, widths_after = {gs.name: gs.size for gs in sets}, kept_counts(kept)
@@ -139,12 +143,10 @@ def shrink(
     force: bool = False,
 ) -> ShrinkResult:
     """Remove units with ISS group norm <= ``threshold``; with ``output``, write the smaller checkpoint."""
-    if not threshold >= 0:
-        raise ShrinkError(f"The threshold must be 0 or more, not {threshold}.", "Pass a non-negative --threshold.")
+    _check_threshold(threshold)
     in_memory = isinstance(source, Checkpoint)
     if output is not None:
-        inputs = ((source.path,) if source.path else ()) if in_memory else (Path(source),)
-        output = check_output_path(output, force=force, inputs=inputs)
+        output = check_output_path(output, force=force, inputs=source_files(source))
     checkpoint = as_checkpoint(source, family)
     with ThreadPoolExecutor(1) as pool:  # hashing releases the GIL: overlap it with the tensor work
         source_hash = pool.submit(lambda: checkpoint.sha256)
