@@ -35,9 +35,9 @@ class MinimalGatedUnit(nn.Module):
         return torch.stack(outputs), h.unsqueeze(0)
 
 
-def _make_mgu(input_size: int, hidden: int, proj: int, bias: bool, bidirectional: bool) -> nn.Module:
-    assert not proj and not bidirectional, "this test cell is unidirectional and unprojected"
-    return MinimalGatedUnit(input_size, hidden, bias)
+def _make_mgu(layer, bias: bool, bidirectional: bool) -> nn.Module:
+    assert not layer.proj_size and not bidirectional, "this test cell is unidirectional and unprojected"
+    return MinimalGatedUnit(layer.input_size, layer.hidden_size, bias)
 
 
 MGU = CellKind("MGU", 2, ("h",), _make_mgu, params=(

@@ -96,6 +96,6 @@ def test_every_cell_kind_of_the_table_builds_costs_and_exports_its_states() -> N
         hidden = model(spec.probe_inputs())[1][0]
         states = hidden if isinstance(hidden, tuple) else (hidden,)
         layer = spec.layers[0]
-        assert [s.shape[-1] for s in states] == list(cell.state_widths(layer.hidden_size, layer.proj_size))
+        assert [s.shape[-1] for s in states] == list(cell.state_widths(layer))
         weights = sum(p.numel() for n, p in model.named_parameters() if "weight" in n)
         assert spec.macs_per_token()["recurrent"] == weights  # one multiply-add per weight per token

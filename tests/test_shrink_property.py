@@ -23,9 +23,10 @@ from isscompress.errors import ShrinkError
 
 @st.composite
 def specs(draw) -> ModelSpec:
-    cell = draw(st.sampled_from(["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]))
+    cell = draw(st.sampled_from(["LSTM", "GRU", "RNN_TANH", "RNN_RELU", "RHN"]))
     n_layers = draw(st.integers(1, 3))
-    bidirectional = draw(st.booleans())
+    bidirectional = cell != "RHN" and draw(st.booleans())  # RHN layers are unidirectional
+    depth = draw(st.integers(1, 4)) if cell == "RHN" else 1
     language_model = draw(st.booleans())
     tied = language_model and draw(st.booleans())
     widths = [draw(st.integers(2, 7)) for _ in range(n_layers)]
@@ -38,7 +39,7 @@ def specs(draw) -> ModelSpec:
         first_input = directions * (projs[-1] or widths[-1])
     layers, input_size = [], first_input
     for width, proj in zip(widths, projs):
-        layers.append(LayerSpec(input_size, width, proj))
+        layers.append(LayerSpec(input_size, width, proj, depth))
         input_size = directions * (proj or width)
     return ModelSpec(cell=cell, layers=tuple(layers), bidirectional=bidirectional,
                      vocab_size=draw(st.integers(3, 11)) if language_model else 0, tied=tied)

@@ -8,9 +8,16 @@ For each compression level (ISS target widths, one per layer), on a trained PTB 
                                   then the same recovery
   unstructured-l1                 magnitude pruning to the same number of non-zero weights (no recovery)
 Each finished point is kept in --output/points/, so an interrupted run picks up where it stopped. The table goes
-into docs/results.md (between the ptb-benchmark markers) and the plot into docs/ptb-benchmark.png.
+into docs/results.md (between the NAME-benchmark markers) and the plot into docs/NAME-benchmark.png.
 
     python examples/benchmarks/ptb.py [--model M] [--levels 140,100 100,65 160,140] [--quick] [--docs docs]
+
+A recurrent highway network (or any cell of the table) trained from scratch by isscompress, then compressed the
+same way (direct design: the baseline's recipe at the found widths; torch.ao's pruner is for nn.LSTM only):
+
+    python examples/benchmarks/ptb.py --name rhn --cell RHN --depth 3 --width 256 --tied \
+        --baseline-recipe examples/rhn/rhn-baseline.yaml --recipe examples/rhn/rhn-iss.yaml \
+        --model runs/rhn/baseline.safetensors --levels 128 --methods iss-proximal direct one-shot
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "examples" / "ptb" / "ptb-small-iss.yaml"
 MODEL = ROOT.parent / "shared" / "models" / "ptb-small-lstm" / "model.safetensors"
 EXCERPT = ROOT / "examples" / "data" / "ptb-excerpt"
-START, END = "<!-- ptb-benchmark:start -->", "<!-- ptb-benchmark:end -->"
+METHODS = ("iss-proximal", "iss-subgradient", "direct", "one-shot", "torch-ao-saliency", "unstructured-l1")
 
 
 @dataclass
@@ -62,6 +69,7 @@ class Bench:
     folder: Path
     speed_repeats: int = 5
     points: list[Point] = field(default_factory=list)
+    direct_recipe: Recipe | None = None  # how the direct design is trained (default: the LSTM schedule below)
 
     def test_ppl(self, path: Path) -> float:
         return isscompress.evaluate(path, self.recipe.data.test, recipe=self.recipe).perplexity
@@ -132,19 +140,22 @@ def one_shot(bench: Bench, widths: list[int], level: str) -> Callable[[Point], P
 
 
 def direct(bench: Bench, widths: list[int]) -> Callable[[Point], Path]:
-    """The ISS widths trained from scratch for the same number of epochs (the paper's comparison)."""
+    """The ISS widths trained from scratch (the paper's comparison): with the baseline's own recipe when it was
+    trained here, else for the epochs ISS spent, lr 20 divided by 4 on a plateau (word_language_model's rule)."""
     def build(point: Point) -> Path:
-        base = isscompress.load_checkpoint(bench.baseline)
-        epochs = bench.recipe.finetune.epochs + (bench.recipe.recover.epochs if bench.recipe.recover else 0)
-        schedule = bench.recipe.finetune.model_copy(update={"epochs": epochs, "lr": 20.0, "lr_decay": 0.25,
-                                                            "decay_on_plateau": True})
-        recipe = bench.recipe.model_copy(update={"finetune": schedule, "iss": None})
-        sizes = [base.spec.layers[0].input_size, *widths]
-        spec = dataclasses.replace(base.spec, layers=tuple(LayerSpec(sizes[i], w) for i, w in enumerate(widths)),
-                                   vocab_size=1)
+        base = isscompress.load_checkpoint(bench.baseline).spec
+        recipe, epochs = bench.direct_recipe, None
+        if recipe is None:
+            epochs = bench.recipe.finetune.epochs + (bench.recipe.recover.epochs if bench.recipe.recover else 0)
+            schedule = bench.recipe.finetune.model_copy(update={"epochs": epochs, "lr": 20.0, "lr_decay": 0.25,
+                                                                "decay_on_plateau": True})
+            recipe = bench.recipe.model_copy(update={"finetune": schedule, "iss": None})
+        embedding = widths[-1] if base.tied else base.layers[0].input_size
+        spec = ModelSpec.language_model(base.cell, widths, embedding, tied=base.tied, depth=base.layers[0].depth)
         out = bench.folder / f"direct-{'-'.join(map(str, widths))}.safetensors"
         isscompress.train(spec, recipe, out, force=True)
-        point.note = f"{epochs} epochs from scratch, lr 20 divided by 4 on a plateau (word_language_model's rule)"
+        point.note = (f"{epochs} epochs from scratch, lr 20 divided by 4 on a plateau (word_language_model's rule)"
+                      if epochs else f"the baseline's recipe ({recipe.finetune.epochs} epochs) at these widths")
         return out
     return build
 
@@ -245,10 +256,11 @@ def table(bench: Bench, baseline_ppl: float, base_macs: int, setup: dict[str, st
     return "\n".join(lines)
 
 
-def write_docs(docs: Path, text: str, bench: Bench, baseline_ppl: float, base_macs: int) -> None:
-    """The table between the markers of docs/results.md (created if missing) and the plot beside it."""
+def write_docs(docs: Path, name: str, text: str, bench: Bench, baseline_ppl: float, base_macs: int) -> None:
+    """The table between the ``name`` markers of docs/results.md (created if missing) and the plot beside it."""
     docs.mkdir(parents=True, exist_ok=True)
     results = docs / "results.md"
+    START, END = f"<!-- {name}-benchmark:start -->", f"<!-- {name}-benchmark:end -->"
     old = results.read_text() if results.exists() else f"# Results\n\n{START}\n{END}\n"
     head, rest = old.split(START, 1) if START in old else (old + "\n", END)
     results.write_text(f"{head}{START}\n{text}\n{END}{rest.split(END, 1)[1]}")
@@ -269,7 +281,7 @@ def write_docs(docs: Path, text: str, bench: Bench, baseline_ppl: float, base_ma
     axis.set_title(f"PTB, {bench.baseline.parent.name}")
     axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(docs / "ptb-benchmark.png", dpi=110)
+    figure.savefig(docs / f"{name}-benchmark.png", dpi=110)
 
 
 def quick_recipe(folder: Path) -> Path:
@@ -298,6 +310,14 @@ def main(argv: list[str] | None = None) -> Bench:
     parser.add_argument("--output", type=Path, default=Path("runs/ptb-benchmark"))
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     parser.add_argument("--fresh", action="store_true", help="ignore the points saved by an earlier run")
+    parser.add_argument("--name", default="ptb", help="names the markers in results.md and the plot")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--baseline-recipe", type=Path, default=None,
+                        help="train the baseline (--model, when missing) from scratch with this recipe")
+    parser.add_argument("--cell", default="LSTM", help="the trained baseline's cell")
+    parser.add_argument("--depth", type=int, default=1, help="the trained baseline's recurrence depth (RHN)")
+    parser.add_argument("--width", type=int, nargs="+", default=[200], help="the trained baseline's widths")
+    parser.add_argument("--tied", action="store_true", help="the trained baseline ties its embedding")
     args = parser.parse_args(argv)
     args.levels = args.levels or (["16,14"] if args.quick else ["140,100", "100,65", "160,140"])
     args.output.mkdir(parents=True, exist_ok=True)
@@ -311,8 +331,13 @@ def main(argv: list[str] | None = None) -> Bench:
         model = args.output / "quick-baseline.safetensors"
         spec = ModelSpec("LSTM", (LayerSpec(16, 24), LayerSpec(24, 24)), vocab_size=1)
         isscompress.train(spec, recipe_path, model, force=True)
+    direct_recipe = load_recipe(args.baseline_recipe) if args.baseline_recipe else None
+    if direct_recipe is not None and not model.exists():
+        spec = ModelSpec.language_model(args.cell, args.width, args.width[-1], tied=args.tied, depth=args.depth)
+        model.parent.mkdir(parents=True, exist_ok=True)
+        isscompress.train(spec, direct_recipe, model)
     recipe = load_recipe(recipe_path)
-    bench = Bench(model, recipe, args.output, speed_repeats=2 if args.quick else 5)
+    bench = Bench(model, recipe, args.output, speed_repeats=2 if args.quick else 5, direct_recipe=direct_recipe)
     baseline_ppl = bench.test_ppl(model)
     base_spec = isscompress.load_checkpoint(model).spec
     base_macs = sum(base_spec.macs_per_token().values())
@@ -331,20 +356,24 @@ def main(argv: list[str] | None = None) -> Bench:
             "wall time": f"{sum(p.seconds for p in bench.points) / 60:.1f} min of measured work "
                          f"({(time.perf_counter() - started) / 60:.1f} min in this invocation)",
         }
-        write_docs(args.docs, table(bench, baseline_ppl, base_macs, setup), bench, baseline_ppl, base_macs)
+        write_docs(args.docs, args.name, table(bench, baseline_ppl, base_macs, setup), bench, baseline_ppl, base_macs)
 
     for level in args.levels:
         targets = {f"layer{i}": int(width) for i, width in enumerate(level.split(","))}
         level = level.replace(",", "-")
         found = bench.run("iss-proximal", level, iss(bench, targets, level, "proximal"))
-        bench.run("iss-subgradient", level, iss(bench, targets, level, "subgradient"))
-        bench.run("direct", level, direct(bench, found.widths))
-        bench.run("one-shot", level, one_shot(bench, found.widths, level))
-        bench.run("torch-ao-saliency", level, torch_ao_saliency(bench, found.macs, level))
-        sizes = [base_spec.layers[0].input_size, *found.widths]
-        small = dataclasses.replace(base_spec, layers=tuple(LayerSpec(sizes[i], w) for i, w in enumerate(found.widths)))
-        nonzeros = sum(small.parameter_counts().values()) - small.parameter_counts()["embedding"]
-        bench.run("unstructured-l1", level, unstructured(bench, nonzeros, level))
+        if "iss-subgradient" in args.methods:
+            bench.run("iss-subgradient", level, iss(bench, targets, level, "subgradient"))
+        if "direct" in args.methods:
+            bench.run("direct", level, direct(bench, found.widths))
+        if "one-shot" in args.methods:
+            bench.run("one-shot", level, one_shot(bench, found.widths, level))
+        if "torch-ao-saliency" in args.methods:
+            bench.run("torch-ao-saliency", level, torch_ao_saliency(bench, found.macs, level))
+        if "unstructured-l1" in args.methods:
+            small = base_spec.with_kept({gs.name: found.widths[i] for i, gs in enumerate(base_spec.group_sets())})
+            nonzeros = sum(small.parameter_counts().values()) - small.parameter_counts()["embedding"]
+            bench.run("unstructured-l1", level, unstructured(bench, nonzeros, level))
         publish()
     return bench
 

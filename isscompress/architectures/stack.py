@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, replace
 from functools import partial
-from typing import ClassVar, Mapping
+from typing import ClassVar, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..core.architecture import LayerInfo
 from ..core.cells import CELLS, PARAM_NAMES, CellKind, CellParam
 from ..core.groups import GroupSet, Member
-from ..errors import ShapeError
+from ..errors import IsscompressError, ShapeError
 
 SUFFIXES = ("", "_reverse")
 LAYER_KEY = re.compile(rf"^layers\.(\d+)\.({'|'.join(PARAM_NAMES)})_l0(_reverse)?$")
@@ -34,6 +34,7 @@ class LayerSpec:
     input_size: int
     hidden_size: int
     proj_size: int = 0
+    depth: int = 1  # micro-layers per time step (a recurrent highway network's recurrence depth)
 
     @property
     def out_size(self) -> int:
@@ -88,6 +89,26 @@ class ModelSpec:
         layers = tuple(LayerSpec(**layer) for layer in data["layers"])
         return cls(**{**data, "layers": layers})
 
+    @classmethod
+    def language_model(cls, cell: str, widths: Sequence[int], embedding: int, *, tied: bool = False,
+                       depth: int = 1, vocab_size: int = 1) -> "ModelSpec":
+        """Embedding → one recurrent layer per width → decoder; checked, so a wrong choice is a message."""
+        if cell not in CELLS:
+            raise IsscompressError(f"Unknown cell '{cell}'.", f"Use one of: {', '.join(CELLS)}.")
+        if not widths or min(widths) < 1 or embedding < 1:
+            raise IsscompressError("Widths and the embedding size must be positive.", "Give --width per layer.")
+        if depth != 1 and not CELLS[cell].deep:
+            deep = [name for name, kind in CELLS.items() if kind.deep]
+            raise IsscompressError(f"A {cell} has no recurrence depth (--depth {depth}).",
+                                   f"Depth is for {', '.join(deep)}; leave it out for {cell}.")
+        if depth < 1:
+            raise IsscompressError(f"The recurrence depth must be 1 or more, not {depth}.")
+        if tied and embedding != widths[-1]:
+            raise IsscompressError(f"A tied model needs --embedding equal to the last width ({widths[-1]}).")
+        sizes = [embedding, *widths]
+        layers = tuple(LayerSpec(sizes[i], width, 0, depth) for i, width in enumerate(widths))
+        return cls(cell, layers, vocab_size=vocab_size, tied=tied)
+
     # The architecture contract: each method is one of the functions below.
     @classmethod
     def infer(cls, state: Mapping[str, Tensor], *, cell_hint: str | None = None, tied: bool = False) -> "ModelSpec":
@@ -125,8 +146,8 @@ class ModelSpec:
         return torch.cat([kept[set_name(last, d, role)] + d * layer.out_size for d in range(self.directions)])
 
     def layer_info(self) -> tuple[LayerInfo, ...]:
-        return tuple(LayerInfo(i, self.cell, layer.input_size, layer.hidden_size, self.directions, layer.proj_size)
-                     for i, layer in enumerate(self.layers))
+        return tuple(LayerInfo(i, self.cell, layer.input_size, layer.hidden_size, self.directions, layer.proj_size,
+                               layer.depth) for i, layer in enumerate(self.layers))
 
     def parameter_counts(self) -> dict[str, int]:
         return parameter_counts(self)
@@ -152,9 +173,8 @@ def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
         shapes["encoder.weight"] = (spec.vocab_size, spec.layers[0].input_size)
     for index, layer in enumerate(spec.layers):
         for direction in range(spec.directions):
-            for param in cell.layer_params(spec.bias, layer.proj_size):
-                shapes[layer_key(index, param.name, direction)] = cell.shape(
-                    param, layer.input_size, layer.hidden_size, layer.proj_size)
+            for param in cell.layer_params(layer, spec.bias):
+                shapes[layer_key(index, param.name, direction)] = cell.shape(param, layer)
     if spec.is_language_model:
         if not spec.tied:
             shapes["decoder.weight"] = (spec.vocab_size, spec.output_size)
@@ -177,6 +197,8 @@ def check_shapes(state: Mapping[str, Tensor], spec: ModelSpec) -> None:
         if key in state and tuple(state[key].shape) != shape
     ]
     problems += [f"'{key}' is not part of this architecture" for key in state if key not in expected]
+    if spec.bidirectional and not spec.cell_kind.bidirectional:
+        problems.append(f"it has backward-direction ('_reverse') tensors, but {spec.cell} layers run forward only")
     if spec.tied and spec.layers[0].input_size != spec.output_size:
         problems.append(
             f"the tied embedding has {spec.layers[0].input_size} columns but the last layer outputs {spec.output_size}"
@@ -203,7 +225,7 @@ def group_sets(spec: ModelSpec) -> tuple[GroupSet, ...]:
     cell = spec.cell_kind
     for index, layer in enumerate(spec.layers):
         gate_starts = tuple(g * layer.hidden_size for g in range(spec.gates))
-        params = cell.layer_params(spec.bias, layer.proj_size)
+        params = cell.layer_params(layer, spec.bias)
         cells, projections = set_name(index), set_name(index, 0, "proj")
         label = f"layer {index}"
         for direction in range(spec.directions):
@@ -250,7 +272,7 @@ def shrunk_spec(spec: ModelSpec, kept_counts: Mapping[str, int]) -> ModelSpec:
         hidden = kept_counts[set_name(index)]
         proj = kept_counts[set_name(index, 0, "proj")] if layer.proj_size else 0
         input_size = layer.input_size if index == 0 else spec.directions * (layers[-1].out_size)
-        layers.append(LayerSpec(input_size, hidden, proj))
+        layers.append(LayerSpec(input_size, hidden, proj, layer.depth))
     if spec.tied:
         embedding = spec.directions * layers[-1].out_size
         layers[0] = replace(layers[0], input_size=embedding)
@@ -268,7 +290,6 @@ def parameter_counts(spec: ModelSpec) -> dict[str, int]:
 
 def macs_per_token(spec: ModelSpec) -> dict[str, int]:
     """Multiply-adds per token: the cells' (gate matmuls, projections) and the decoder's; lookups ignored."""
-    recurrent = sum(spec.directions * spec.cell_kind.macs(layer.input_size, layer.hidden_size, layer.proj_size)
-                    for layer in spec.layers)
+    recurrent = sum(spec.directions * spec.cell_kind.macs(layer) for layer in spec.layers)
     decoder = spec.vocab_size * spec.output_size if spec.is_language_model else 0
     return {"embedding": 0, "recurrent": recurrent, "decoder": decoder}

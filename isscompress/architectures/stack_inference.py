@@ -7,7 +7,7 @@ from typing import Mapping
 
 from torch import Tensor
 
-from ..core.cells import CELLS, PROJECTION, RNN_PARAMS, cell_for_gates
+from ..core.cells import CELLS, CellKind, CellParam, cell_for_gates
 from ..errors import ShapeError
 from .stack import LAYER_KEY, LayerSpec, ModelSpec, check_shapes, layer_key
 
@@ -25,27 +25,47 @@ def _shape_of(state: Mapping[str, Tensor], key: str, dims: int) -> tuple[int, ..
 
 @dataclass(frozen=True)
 class _Names:
-    """Which parameter plays which part, from the cell table (PyTorch's names when the cell is unknown)."""
+    """Which parameter plays which part, from the cell table: the hinted cell's names, else those of the
+    first cell whose names the tensors use (PyTorch's when none does, so errors name PyTorch's keys)."""
 
     input: str  # gate rows x input columns
-    recurrent: str  # gate rows x recurrent columns
+    recurrent: str  # gate rows x recurrent columns (the first micro-layer's, for a deep cell)
     projection: str | None
     bias: str | None
+    deep: bool  # one recurrent matrix per micro-layer: weight_hh0, weight_hh1, ...
 
     @classmethod
-    def of(cls, cell_hint: str | None) -> "_Names":
-        params = CELLS[cell_hint].params if cell_hint in CELLS else (*RNN_PARAMS, PROJECTION)
+    def of(cls, cell: CellKind) -> "_Names":
+        def first(test) -> CellParam | None:
+            return next((p for p in cell.params if test(p)), None)
 
-        def first(test) -> str | None:
-            return next((p.name for p in params if test(p)), None)
+        recurrent = first(lambda p: p.rows == "gates" and p.cols == "recurrent")
+        projection, bias = first(lambda p: p.rows == "proj"), first(lambda p: p.only_with == "bias")
+        return cls(first(lambda p: p.rows == "gates" and p.cols == "input").name,
+                   recurrent.name + ("0" if recurrent.per_depth else ""), projection and projection.name,
+                   bias and (bias.name + ("0" if bias.per_depth else "")), recurrent.per_depth)
 
-        return cls(first(lambda p: p.rows == "gates" and p.cols == "input"),
-                   first(lambda p: p.rows == "gates" and p.cols == "recurrent"),
-                   first(lambda p: p.rows == "proj"), first(lambda p: p.only_with == "bias"))
+    @classmethod
+    def find(cls, state: Mapping[str, Tensor], cell_hint: str | None) -> "_Names":
+        if cell_hint in CELLS:
+            return cls.of(CELLS[cell_hint])
+        for cell in CELLS.values():
+            names = cls.of(cell)
+            if layer_key(0, names.input) in state and layer_key(0, names.recurrent) in state:
+                return names
+        return cls.of(CELLS["LSTM"])
+
+    def depth(self, state: Mapping[str, Tensor], index: int) -> int:
+        if not self.deep:
+            return 1
+        stem, depth = self.recurrent[:-1], 0  # the recurrent name of micro-layer 0 ends in "0"
+        while layer_key(index, f"{stem}{depth}") in state:
+            depth += 1
+        return depth
 
 
 def _infer_layer(state: Mapping[str, Tensor], index: int, names: _Names) -> tuple[LayerSpec, int]:
-    """Width, projection, input size and gate count of layer ``index`` from its own tensors."""
+    """Width, projection, input size, depth and gate count of layer ``index`` from its own tensors."""
     input_key = layer_key(index, names.input)
     rows, input_size = _shape_of(state, input_key, 2)
     proj_key = layer_key(index, names.projection) if names.projection else None
@@ -60,7 +80,7 @@ def _infer_layer(state: Mapping[str, Tensor], index: int, names: _Names) -> tupl
             f"times the hidden width {hidden} that '{width_key}' implies ({', '.join(CELLS)}).",
             "Check that the checkpoint holds a recurrent model of a supported cell type.",
         )
-    return LayerSpec(input_size, hidden, proj_size), rows // hidden
+    return LayerSpec(input_size, hidden, proj_size, names.depth(state, index)), rows // hidden
 
 
 def infer_spec(
@@ -72,7 +92,7 @@ def infer_spec(
         raise ShapeError("No recurrent layer tensors were found.")
     if indices != list(range(len(indices))):
         raise ShapeError(f"Recurrent layers are numbered {indices}; layers must be numbered 0..N-1 without gaps.")
-    names = _Names.of(cell_hint)
+    names = _Names.find(state, cell_hint)
     inferred = [_infer_layer(state, i, names) for i in indices]
     gate_counts = {gates for _, gates in inferred}
     if len(gate_counts) != 1:

@@ -19,7 +19,7 @@ Hidden = list  # one entry per layer: a tensor, or an (h, c) tuple for LSTM
 
 def _make_layer(spec: ModelSpec, index: int) -> nn.Module:
     layer = spec.layers[index]
-    return spec.cell_kind.make(layer.input_size, layer.hidden_size, layer.proj_size, spec.bias, spec.bidirectional)
+    return spec.cell_kind.make(layer, spec.bias, spec.bidirectional)
 
 
 def _embedding(vocab_size: int, dim: int) -> nn.Embedding:
@@ -40,6 +40,9 @@ class RecurrentModel(nn.Module):
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # p=0 dropout still costs a pass
         self.encoder = _embedding(spec.vocab_size, spec.layers[0].input_size) if spec.is_language_model else None
         self.layers = nn.ModuleList(_make_layer(spec, i) for i in range(len(spec.layers)))
+        for layer in self.layers:  # a layer with variational dropout on its recurrent state (RHN) takes it too
+            if hasattr(layer, "state_dropout"):
+                layer.state_dropout = dropout
         self.decoder = None
         if spec.is_language_model:
             self.decoder = nn.Linear(spec.output_size, spec.vocab_size, bias=spec.decoder_bias)

@@ -217,22 +217,17 @@ def train(
     output: Path = typer.Option(..., "--output", "-o", help="Checkpoint to write (.safetensors)."),
     widths: list[int] = typer.Option(..., "--width", "-w", help="Hidden width of each layer (repeat per layer)."),
     embedding: int = typer.Option(..., "--embedding", "-e", help="Embedding size."),
-    cell: str = typer.Option("LSTM", help="LSTM, GRU, RNN_TANH or RNN_RELU."),
+    cell: str = typer.Option("LSTM", help="LSTM, GRU, RNN_TANH, RNN_RELU or RHN."),
+    depth: int = typer.Option(1, "--depth", help="Recurrence depth (micro-layers per step) of an RHN."),
     tied: bool = typer.Option(False, "--tied", help="Tie the decoder to the embedding (embedding = last width)."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
 ) -> None:
     """Train a new language model from scratch (a baseline, or the direct design of given widths)."""
-    from ..architectures.stack import LayerSpec, ModelSpec
-    from ..core.cells import CELLS
+    from ..architectures.stack import ModelSpec
     from ..verbs.finetune import train as train_new
 
     with _user_errors():
-        if cell not in CELLS:
-            raise IsscompressError(f"Unknown cell '{cell}'.", f"Use one of: {', '.join(CELLS)}.")
-        if tied and embedding != widths[-1]:
-            raise IsscompressError(f"A tied model needs --embedding equal to the last width ({widths[-1]}).")
-        sizes = [embedding, *widths]
-        spec = ModelSpec(cell, tuple(LayerSpec(sizes[i], w) for i, w in enumerate(widths)), vocab_size=1, tied=tied)
+        spec = ModelSpec.language_model(cell, widths, embedding, tied=tied, depth=depth)
         with _render.TrainingProgress(_stderr()) as progress:
             progress.set_stage("train")
             result = train_new(spec, recipe, output, force=force, on_event=progress)

@@ -37,11 +37,12 @@ def sparkline(stats: NormStats) -> str:
 
 def layers_table(summary: ModelSummary, title: str = "Recurrent layers") -> Table:
     table = Table(title=title)
-    for column in ("layer", "cell", "input", "width", "directions", "projection"):
+    deep = any(layer.depth > 1 for layer in summary.layers)
+    for column in ("layer", "cell", "input", "width", *(["depth"] if deep else []), "directions", "projection"):
         table.add_column(column, justify="right" if column != "cell" else "left")
     for layer in summary.layers:
         table.add_row(str(layer.index), layer.cell, str(layer.input_size), str(layer.width),
-                      str(layer.directions), str(layer.proj_size or "-"))
+                      *([str(layer.depth)] if deep else []), str(layer.directions), str(layer.proj_size or "-"))
     return table
 
 

@@ -26,6 +26,7 @@ class LayerInfo:
     width: int
     directions: int
     proj_size: int
+    depth: int = 1
 
 
 class Architecture(Protocol):

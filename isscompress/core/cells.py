@@ -8,12 +8,24 @@ cell's name: adding a kind is one entry here plus, where PyTorch has no module f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Literal
+from dataclasses import dataclass, replace
+from typing import Callable, Literal, Protocol
 
 from torch import nn
 
-ModuleFactory = Callable[[int, int, int, bool, bool], nn.Module]  # (input, hidden, proj, bias, bidirectional)
+from ..layers.rhn import RHNLayer
+
+
+class LayerShape(Protocol):
+    """What a cell needs to know of one layer (isscompress.LayerSpec is one)."""
+
+    input_size: int
+    hidden_size: int
+    proj_size: int
+    depth: int
+
+
+ModuleFactory = Callable[[LayerShape, bool, bool], nn.Module]  # (layer, bias, bidirectional) -> module
 
 
 @dataclass(frozen=True)
@@ -24,12 +36,14 @@ class CellParam:
     or ``proj`` (the projection's outputs). cols: ``input`` (what the layer reads), ``recurrent``
     (what the layer feeds back: its projected or plain output), ``hidden`` (the cell units), or
     None for a vector. ``only_with``: present only when the layer has biases / a projection.
+    ``per_depth``: one tensor per micro-layer of a deep transition (``name0``, ``name1``, ...).
     """
 
     name: str
     rows: Literal["gates", "proj"]
     cols: Literal["input", "recurrent", "hidden"] | None
     only_with: Literal["bias", "proj"] | None = None
+    per_depth: bool = False
 
 
 RNN_PARAMS = (  # PyTorch's nn.RNN / nn.GRU / nn.LSTM naming: weight_ih_l{k}, weight_hh_l{k}, ...
@@ -50,45 +64,72 @@ class CellKind:
     states: tuple[str, ...]  # carried state tensors, in the order the module takes and returns them
     make: ModuleFactory
     params: tuple[CellParam, ...] = RNN_PARAMS
+    bidirectional: bool = True  # whether its module can run both directions
 
     @property
     def projection(self) -> bool:
         """Whether the cell can project its output (proj_size)."""
         return any(p.only_with == "proj" for p in self.params)
 
-    def layer_params(self, bias: bool, proj: int) -> tuple[CellParam, ...]:
-        """The parameters one direction of a layer has."""
-        present = {None, *(["bias"] if bias else []), *(["proj"] if proj else [])}
-        return tuple(p for p in self.params if p.only_with in present)
+    @property
+    def deep(self) -> bool:
+        """Whether the cell has a recurrence depth (micro-layers per time step)."""
+        return any(p.per_depth for p in self.params)
 
-    def shape(self, param: CellParam, input_size: int, hidden: int, proj: int = 0) -> tuple[int, ...]:
+    def layer_params(self, layer: LayerShape, bias: bool) -> tuple[CellParam, ...]:
+        """The parameters one direction of ``layer`` has, per-depth ones named for their micro-layer."""
+        if layer.depth != 1 and not self.deep:
+            raise ValueError(f"{self.name} has no recurrence depth; depth must be 1, not {layer.depth}")
+        present = {None, *(["bias"] if bias else []), *(["proj"] if layer.proj_size else [])}
+        chosen: list[CellParam] = []
+        for p in self.params:
+            if p.only_with in present:
+                chosen += [replace(p, name=f"{p.name}{d}") for d in range(layer.depth)] if p.per_depth else [p]
+        return tuple(chosen)
+
+    def shape(self, param: CellParam, layer: LayerShape) -> tuple[int, ...]:
+        hidden, proj = layer.hidden_size, layer.proj_size
         rows = self.gates * hidden if param.rows == "gates" else proj
-        cols = {"input": input_size, "recurrent": proj or hidden, "hidden": hidden, None: None}[param.cols]
+        cols = {"input": layer.input_size, "recurrent": proj or hidden, "hidden": hidden, None: None}[param.cols]
         return (rows,) if cols is None else (rows, cols)
 
-    def state_widths(self, hidden: int, proj: int = 0) -> tuple[int, ...]:
+    def state_widths(self, layer: LayerShape) -> tuple[int, ...]:
         """Width of each carried state: h is the (projected) output, c the cell."""
-        return tuple((proj or hidden) if state == "h" else hidden for state in self.states)
+        return tuple((layer.proj_size or layer.hidden_size) if state == "h" else layer.hidden_size
+                     for state in self.states)
 
-    def macs(self, input_size: int, hidden: int, proj: int = 0) -> int:
+    def macs(self, layer: LayerShape) -> int:
         """Multiply-adds per token and direction: one per matrix weight (elementwise work ignored)."""
-        shapes = (self.shape(p, input_size, hidden, proj) for p in self.layer_params(False, proj))
+        shapes = (self.shape(p, layer) for p in self.layer_params(layer, bias=False))
         return sum(rows * cols for rows, cols in shapes)
 
 
-def _lstm(input_size: int, hidden: int, proj: int, bias: bool, bidirectional: bool) -> nn.Module:
-    return nn.LSTM(input_size, hidden, proj_size=proj, bias=bias, bidirectional=bidirectional)
+def _lstm(layer: LayerShape, bias: bool, bidirectional: bool) -> nn.Module:
+    return nn.LSTM(layer.input_size, layer.hidden_size, proj_size=layer.proj_size, bias=bias,
+                   bidirectional=bidirectional)
 
 
-def _gru(input_size: int, hidden: int, proj: int, bias: bool, bidirectional: bool) -> nn.Module:
-    return nn.GRU(input_size, hidden, bias=bias, bidirectional=bidirectional)
+def _gru(layer: LayerShape, bias: bool, bidirectional: bool) -> nn.Module:
+    return nn.GRU(layer.input_size, layer.hidden_size, bias=bias, bidirectional=bidirectional)
 
 
 def _rnn(nonlinearity: str) -> ModuleFactory:
-    def make(input_size: int, hidden: int, proj: int, bias: bool, bidirectional: bool) -> nn.Module:
-        return nn.RNN(input_size, hidden, nonlinearity=nonlinearity, bias=bias, bidirectional=bidirectional)
+    def make(layer: LayerShape, bias: bool, bidirectional: bool) -> nn.Module:
+        return nn.RNN(layer.input_size, layer.hidden_size, nonlinearity=nonlinearity, bias=bias,
+                      bidirectional=bidirectional)
 
     return make
+
+
+def _rhn(layer: LayerShape, bias: bool, bidirectional: bool) -> nn.Module:
+    return RHNLayer(layer.input_size, layer.hidden_size, layer.depth, bias=bias)
+
+
+RHN_PARAMS = (  # Zilly et al.: W (input, first micro-layer only), R^d and b^d per micro-layer; blocks H, T
+    CellParam("weight_ih", "gates", "input"),
+    CellParam("weight_hh", "gates", "recurrent", per_depth=True),
+    CellParam("bias_hh", "gates", None, "bias", per_depth=True),
+)
 
 
 CELLS: dict[str, CellKind] = {
@@ -98,11 +139,14 @@ CELLS: dict[str, CellKind] = {
         CellKind("GRU", 3, ("h",), _gru),
         CellKind("RNN_TANH", 1, ("h",), _rnn("tanh")),
         CellKind("RNN_RELU", 1, ("h",), _rnn("relu")),
+        CellKind("RHN", 2, ("h",), _rhn, RHN_PARAMS, bidirectional=False),
     )
 }
 
 
-PARAM_NAMES = tuple(dict.fromkeys(p.name for cell in CELLS.values() for p in cell.params))
+# Regular-expression alternatives for every parameter name of the table (a per-depth one ends in its micro-layer).
+PARAM_NAMES = tuple(dict.fromkeys(p.name + (r"\d+" if p.per_depth else "") for cell in CELLS.values()
+                                  for p in cell.params))
 
 
 def cell_for_gates(gates: int) -> CellKind | None:

@@ -59,7 +59,7 @@ def example_arguments(model: RecurrentModel, steps: int, batch: int, seed: int) 
     generator = torch.Generator().manual_seed(seed)
     args = [spec.probe_inputs(steps=steps, batch=batch, seed=seed)]
     for layer in spec.layers:
-        for width in spec.cell_kind.state_widths(layer.hidden_size, layer.proj_size):
+        for width in spec.cell_kind.state_widths(layer):
             args.append(torch.randn(spec.directions, batch, width, generator=generator))
     return tuple(args)
 
