@@ -38,9 +38,20 @@ class Vocabulary:
         path.write_text("".join(f"{word}\n" for word in self.words), encoding="utf-8")
 
 
-def _lines(path: Path) -> list[str]:
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file, in a few words (None when it can)."""
+    if not path.exists():
+        return "does not exist"
     if not path.is_file():
-        raise DataError(f"Text file {path} does not exist.", "Check the data paths in the recipe or on the command line.")
+        return "is a folder, not a file" if path.is_dir() else "is not a regular file (a device, pipe or socket)"
+    if not os.access(path, os.R_OK):
+        return "is not readable (permissions)"
+    return None
+
+
+def _lines(path: Path) -> list[str]:
+    if (problem := file_problem(path)) is not None:
+        raise DataError(f"Text file {path} {problem}.", "Check the data paths in the recipe or on the command line.")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:

@@ -22,6 +22,7 @@ from pydantic import (
     ValidationError,
 )
 
+from .data import file_problem
 from .errors import RecipeError
 
 
@@ -148,11 +149,32 @@ def _describe(error: dict, lines: dict[tuple, int]) -> str:
         place = f"in section '{section}'" if len(loc) == 2 else "at the top level"
         return f"{where}unknown key '{key}' {place}.{hint} Valid keys: {', '.join(valid)}."
     dotted = ".".join(str(part) for part in loc)
-    return f"{where}'{dotted}': {error['msg']} (got {error.get('input')!r})."
+    return f"{where}'{dotted}': {error['msg']} (got {_shown(error.get('input'))})."
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value as an error message echoes it: at most ``limit`` characters."""
+    text = repr(value)
+    length = len(value) if isinstance(value, str) else len(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({length:,} characters)"
+
+
+def _refuse_aliases(text: str, source: str) -> None:
+    """YAML anchors and aliases are refused before anything is built: a few lines of nested aliases expand
+    exponentially ("billion laughs"), and a recipe never needs them."""
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            anchored = isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None
+            if anchored:
+                raise RecipeError(f"recipe {source}, line {event.start_mark.line + 1}: YAML anchors and aliases "
+                                  "(&name, *name) are not accepted in a recipe.", "Write the values out.")
+    except yaml.YAMLError:
+        return  # compose reports the syntax error with its line
 
 
 def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
     """Validate recipe text; every problem is a RecipeError naming the source and line."""
+    _refuse_aliases(text, source)
     try:
         root = yaml.compose(text)
     except yaml.YAMLError as err:
@@ -185,8 +207,8 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
 def load_recipe(path: str | os.PathLike) -> Recipe:
     """Read, validate and resolve a recipe file: data paths become relative to the recipe and must exist."""
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe {path} does not exist.", "Check the --recipe path.")
+    if (problem := file_problem(path)) is not None:
+        raise RecipeError(f"recipe {path} {problem}.", "Check the --recipe path.")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -204,17 +226,17 @@ def resolve_paths(recipe: Recipe, base: Path, source: str, text: str = "") -> Re
         if value is None:
             continue
         resolved = value if value.is_absolute() else base / value
-        if not resolved.is_file():
+        if (problem := file_problem(resolved)) is not None:
             line = lines.get(("data", key))
             at = f", line {line}" if line else ""
-            raise RecipeError(f"recipe {source}{at}: data.{key} file {resolved} does not exist.",
+            raise RecipeError(f"recipe {source}{at}: data.{key} file {resolved} {problem}.",
                               "Paths are relative to the recipe's folder.")
         updates[key] = resolved
     vocab = recipe.data.vocab
     if vocab not in ("auto", "corpus"):
         resolved = Path(vocab) if Path(vocab).is_absolute() else base / vocab
-        if not resolved.is_file():
-            raise RecipeError(f"recipe {source}: data.vocab file {resolved} does not exist.",
+        if (problem := file_problem(resolved)) is not None:
+            raise RecipeError(f"recipe {source}: data.vocab file {resolved} {problem}.",
                               "Use 'auto', 'corpus', or the path of a vocabulary file (one word per line).")
         updates["vocab"] = str(resolved)
     return recipe.model_copy(update={"data": recipe.data.model_copy(update=updates)})

@@ -159,6 +159,14 @@ RECIPES = [
      ["iss.target_widths.layer0 is 999", "would not shrink", "Give a target below"]),
     ("zero target", "iss:\n  target_widths: {layer0: 0}\n", ["'iss.target_widths.layer0'", "greater than 0"]),
     ("reweight out of range", "iss:\n  reweight: 9\n", ["'iss.reweight'", "less than or equal to 4"]),
+    ("billion laughs", "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+     "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+     "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n"
+     "g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nfinetune: {epochs: *g}\n", ["line 1", "anchors and aliases"]),
+    ("a huge wrong value", "finetune:\n  lr: " + "9" * 100_000 + "x\n", ["'finetune.lr'", "(100,001 characters)"]),
+    ("data path is a folder", "data:\n  train: .\n", ["line 2", "data.train file", "is a folder, not a file"]),
+    ("data path is a device", "data:\n  train: /dev/zero\n", ["data.train file /dev/zero",
+                                                                "is not a regular file"]),
 ]
 
 
@@ -168,6 +176,7 @@ def test_bad_recipes(world, name, text, fragments, clean_failure) -> None:
     result = runner.invoke(app, ["finetune", str(world["model"]), "-r", str(recipe), "-o",
                                  str(world["out"] / "x.safetensors")])
     clean_failure(result, *fragments, folder=world["out"], empty=True)
+    assert len(result.stderr) < 2_000  # one paragraph, whatever the recipe holds
 
 
 TEXTS = [
