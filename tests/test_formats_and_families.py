@@ -179,3 +179,44 @@ def test_pickle_module_is_not_required(tmp_path) -> None:
         assert "model" not in sys.modules
     finally:
         sys.modules["model"] = saved
+
+
+@pytest.mark.parametrize("header, refused", [
+    ({"recurrent_activation": "hard_sigmoid"}, "recurrent_activation = 'hard_sigmoid'"),  # Keras <= 2.2's default
+    ({"use_peepholes": "True"}, "use_peepholes = 'True'"),
+    ({"forget_bias": "1.0"}, "forget_bias = '1.0'"),
+    ({"recurrent_activation": "sigmoid", "activation": "tanh", "use_peepholes": "false", "licence": "MIT"}, None),
+])
+def test_metadata_declaring_other_cell_equations_is_refused(tmp_path, header, refused) -> None:
+    lstm = nn.LSTM(3, 4, num_layers=2)
+    path = tmp_path / "lstm.safetensors"
+    save_file({k: v.detach().contiguous() for k, v in lstm.state_dict().items()}, str(path), metadata=header)
+    if refused is None:
+        assert isscompress.load_checkpoint(path).spec.cell == "LSTM"
+        assert "no peepholes" in isscompress.inspect(path).equations
+        return
+    with pytest.raises(CheckpointError, match="different function") as caught:
+        isscompress.load_checkpoint(path)
+    assert refused in str(caught.value) and str(path) in str(caught.value)
+
+
+def test_a_relu_rnn_may_say_relu(tmp_path) -> None:
+    rnn = nn.RNN(3, 4, nonlinearity="relu")
+    path = tmp_path / "rnn.safetensors"
+    save_file({k: v.detach().contiguous() for k, v in rnn.state_dict().items()}, str(path),
+              metadata={"nonlinearity": "relu", "activation": "relu"})
+    assert isscompress.load_checkpoint(path).spec.cell == "RNN_RELU"
+
+
+def test_tied_model_saved_once_by_safetensors_save_model(tmp_path, tokens) -> None:
+    from safetensors.torch import save_model
+
+    original = make_rnn_model("LSTM", tie=True)
+    path = tmp_path / "tied.safetensors"
+    save_model(original, str(path))  # keeps the shared matrix under one name only
+    checkpoint = isscompress.load_checkpoint(path)
+    assert checkpoint.family == "word_language_model" and checkpoint.spec.tied
+    with torch.no_grad():
+        want = original(tokens)[0]
+        got = checkpoint.model()(tokens)[0]
+    torch.testing.assert_close(got.reshape(want.shape), want)

@@ -99,3 +99,21 @@ def test_every_cell_kind_of_the_table_builds_costs_and_exports_its_states() -> N
         assert [s.shape[-1] for s in states] == list(cell.state_widths(layer))
         weights = sum(p.numel() for n, p in model.named_parameters() if "weight" in n)
         assert spec.macs_per_token()["recurrent"] == weights  # one multiply-add per weight per token
+
+
+def test_the_vocabulary_beside_a_source_travels_into_the_shrunk_file(tmp_path) -> None:
+    words = ["<unk>", "the", "cat", "sat", "<eos>"]
+    spec = isscompress.ModelSpec("LSTM", (isscompress.LayerSpec(4, 6),), vocab_size=len(words))
+    source_dir, out_dir = tmp_path / "model", tmp_path / "elsewhere"
+    source_dir.mkdir(), out_dir.mkdir()
+    state = isscompress.RecurrentModel(spec).canonical_state()
+    save_file({f"rnn.{k.split('.', 2)[2]}": v for k, v in state.items() if k.startswith("layers.")}
+              | {"encoder.weight": state["encoder.weight"], "decoder.weight": state["decoder.weight"],
+                 "decoder.bias": state["decoder.bias"]}, str(source_dir / "model.safetensors"))
+    (source_dir / "vocab.txt").write_text("\n".join(words) + "\n")
+    small = out_dir / "small.safetensors"
+    isscompress.shrink(source_dir / "model.safetensors", small)
+    assert isscompress.load_checkpoint(small).metadata.vocabulary == tuple(words)
+    text = out_dir / "text.txt"
+    text.write_text(" the cat sat \n" * 30)
+    assert isscompress.evaluate(small, text).perplexity > 1  # no --vocab needed

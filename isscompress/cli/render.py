@@ -79,6 +79,7 @@ def render_inspection(result: Inspection, console: Console) -> None:
     layout = f" ({s.layout} layout)" if s.layout != s.family else ""
     console.print(f"[bold]{result.path}[/]: family [cyan]{s.family}[/]{layout}, {s.cell}{vocab}{tied}, "
                   f"{s.dtype}, {human_bytes(s.file_bytes)}")
+    console.print(f"Cell equations assumed: {result.equations}.")
     console.print(layers_table(s))
     console.print(costs_table(s))
     console.print(norms_table(result.norms))

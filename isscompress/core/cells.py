@@ -65,6 +65,7 @@ class CellKind:
     make: ModuleFactory
     params: tuple[CellParam, ...] = RNN_PARAMS
     bidirectional: bool = True  # whether its module can run both directions
+    equations: str = ""  # what it computes, in a line: what inspect says it assumes of a checkpoint
 
     @property
     def projection(self) -> bool:
@@ -135,11 +136,17 @@ RHN_PARAMS = (  # Zilly et al.: W (input, first micro-layer only), R^d and b^d p
 CELLS: dict[str, CellKind] = {
     cell.name: cell
     for cell in (
-        CellKind("LSTM", 4, ("h", "c"), _lstm, (*RNN_PARAMS, PROJECTION)),
-        CellKind("GRU", 3, ("h",), _gru),
-        CellKind("RNN_TANH", 1, ("h",), _rnn("tanh")),
-        CellKind("RNN_RELU", 1, ("h",), _rnn("relu")),
-        CellKind("RHN", 2, ("h",), _rhn, RHN_PARAMS, bidirectional=False),
+        CellKind("LSTM", 4, ("h", "c"), _lstm, (*RNN_PARAMS, PROJECTION), equations=(
+            "PyTorch's nn.LSTM: gates i, f, o sigmoid, cell input g tanh, h = o * tanh(c); no peepholes, no "
+            "layer norm, forget bias inside the weights")),
+        CellKind("GRU", 3, ("h",), _gru, equations=(
+            "PyTorch's nn.GRU: gates r, z sigmoid, n = tanh(W x + b + r * (U h + b)) (reset after the recurrent "
+            "product), h = (1 - z) * n + z * h")),
+        CellKind("RNN_TANH", 1, ("h",), _rnn("tanh"), equations="PyTorch's nn.RNN: h = tanh(W x + b + U h + b)"),
+        CellKind("RNN_RELU", 1, ("h",), _rnn("relu"), equations="PyTorch's nn.RNN: h = relu(W x + b + U h + b)"),
+        CellKind("RHN", 2, ("h",), _rhn, RHN_PARAMS, bidirectional=False, equations=(
+            "recurrent highway network: per micro-layer [h; t] = R s + b (+ W x first), "
+            "s = tanh(h) * sigmoid(t) + s * (1 - sigmoid(t))")),
     )
 }
 

@@ -15,6 +15,7 @@ from ..core.architecture import Architecture
 from ..core.groups import GroupSet
 from ..errors import CheckpointError
 from .families import detect_family, get_family
+from .equations import check_equations
 from .files import RawCheckpoint, read_checkpoint, sha256_file, write_checkpoint
 from .metadata import Metadata
 
@@ -97,6 +98,7 @@ def load_checkpoint(path: str | os.PathLike, family: str | None = None) -> Check
         raise CheckpointError(f"{raw.path} mixes dtypes {sorted(map(str, dtypes))}.",
                               "Save every weight in one dtype.")
     metadata = raw.record
+    check_equations({**raw.attributes, **metadata.foreign}, spec.cell, spec.cell_kind.equations, raw.path)
     origin = (metadata.family or name) if name == "isscompress" else name
     return Checkpoint(spec, state, origin, name, metadata, raw.path)
 

@@ -18,10 +18,12 @@ class Inspection:
     summary: ModelSummary
     norms: tuple[NormStats, ...]
     metadata: Metadata
+    equations: str  # what the cells are taken to compute (a state dict alone cannot say)
 
     def to_dict(self) -> dict:
         return {
             "path": str(self.path),
+            "cell_equations": self.equations,
             "model": self.summary.to_dict(),
             "group_norms": [stats.to_dict() for stats in self.norms],
             "isscompress_metadata": self.metadata.shown(),
@@ -34,4 +36,5 @@ def inspect(source: Checkpoint | str | os.PathLike, family: str | None = None) -
     checkpoint = as_checkpoint(source, family)
     norms = all_unit_norms(checkpoint.state, checkpoint.group_sets)
     stats = tuple(norm_stats(name, values) for name, values in norms.items())
-    return Inspection(checkpoint.path, summarize_checkpoint(checkpoint), stats, checkpoint.metadata)
+    return Inspection(checkpoint.path, summarize_checkpoint(checkpoint), stats, checkpoint.metadata,
+                      checkpoint.spec.cell_kind.equations)

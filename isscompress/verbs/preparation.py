@@ -23,6 +23,21 @@ def _beside(checkpoint: Checkpoint) -> Path | None:
     return None
 
 
+def vocabulary_of(checkpoint: Checkpoint) -> tuple[str, ...] | None:
+    """The words a checkpoint carries: stored in its metadata, else a vocabulary file beside it that fits its
+    embedding (so that a file made from it can carry them on); None when there is neither."""
+    if checkpoint.metadata.vocabulary is not None:
+        return checkpoint.metadata.vocabulary
+    beside = _beside(checkpoint)
+    if beside is None or not checkpoint.spec.vocab_size:
+        return None
+    try:
+        words = read_vocabulary(beside).words
+    except DataError:
+        return None
+    return words if len(words) == checkpoint.spec.vocab_size else None
+
+
 def resolve_vocabulary(checkpoint: Checkpoint, data: DataSection) -> tuple[Vocabulary, str]:
     """The vocabulary by the recipe's rule, checked against the model's embedding; and where it came from."""
     rule = data.vocab

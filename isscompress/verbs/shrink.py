@@ -24,6 +24,7 @@ from ..io.files import check_output_path
 from ..io.loading import Checkpoint, as_checkpoint, save_checkpoint, source_files
 from ..measure.kernels import rnn_kernel
 from ..measure.summary import ModelSummary, summarize_checkpoint
+from .preparation import vocabulary_of
 
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 2e-5}
 
@@ -128,7 +129,7 @@ def shrink_checkpoint(
         checkpoint.metadata.derived("shrink", checkpoint.name, sha256, checkpoint.family),
         architecture=small_spec.kind, spec=small_spec.to_dict(), widths_before=widths_before,
         widths_after=widths_after, kept={name: indices.tolist() for name, indices in kept.items()},
-        threshold=threshold, max_abs_diff=diff)
+        threshold=threshold, max_abs_diff=diff, vocabulary=vocabulary_of(checkpoint))
     small = Checkpoint(small_spec, small_state, checkpoint.family, "isscompress", metadata)
     return ShrinkResult(small, checkpoint.path, None, threshold, before, summarize_checkpoint(small),
                         widths_before, widths_after, diff, tolerance)

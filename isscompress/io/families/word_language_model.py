@@ -13,11 +13,15 @@ PATTERN = re.compile(r"^rnn\.(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\
 
 
 def matches(tensors) -> bool:
-    return "encoder.weight" in tensors and "rnn.weight_ih_l0" in tensors
+    # safetensors' save_model stores a tied matrix once, under one of its names (often decoder.weight)
+    return ("encoder.weight" in tensors or "decoder.weight" in tensors) and "rnn.weight_ih_l0" in tensors
 
 
 def convert(raw: RawCheckpoint) -> Canonical:
     tensors, sources = rename_layers(raw.tensors, PATTERN, lambda m: (int(m.group(2)), m.group(1), m.group(3)))
+    if "encoder.weight" not in tensors:  # tied, stored once as the decoder: the shape check confirms it fits
+        tensors["encoder.weight"] = tensors.pop("decoder.weight")
+        sources["encoder.weight"] = "decoder.weight"
     decoder = tensors.get("decoder.weight")
     tied = decoder is None or same_tensor(decoder, tensors["encoder.weight"])
     if tied:
