@@ -220,3 +220,62 @@ def test_tied_model_saved_once_by_safetensors_save_model(tmp_path, tokens) -> No
         want = original(tokens)[0]
         got = checkpoint.model()(tokens)[0]
     torch.testing.assert_close(got.reshape(want.shape), want)
+
+
+@pytest.mark.parametrize("key", ["model_state", "net", "state"])
+def test_training_checkpoint_with_the_weights_under_any_key(tmp_path, key) -> None:
+    model = make_rnn_model("GRU")
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.zeros(3, 2, dtype=torch.long))[0].sum().backward()
+    optimizer.step()  # real optimizer state: tensors keyed by parameter index
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"epoch": 7, key: model.state_dict(), "optimizer": optimizer.state_dict(), "best_loss": 4.2}, path)
+    checkpoint = isscompress.load_checkpoint(path)
+    assert checkpoint.family == "word_language_model" and checkpoint.spec.cell == "GRU"
+    assert set(checkpoint.ignored) == {"epoch", "optimizer", "best_loss"}
+    assert "optimizer" in isscompress.inspect(path).to_dict()["ignored"]
+
+
+def test_two_models_in_one_checkpoint_are_named_not_guessed(tmp_path) -> None:
+    path = tmp_path / "two.pt"
+    torch.save({"model": make_rnn_model().state_dict(), "ema": make_rnn_model(seed=1).state_dict()}, path)
+    with pytest.raises(CheckpointError, match="several state dicts with recurrent weights: 'model', 'ema'"):
+        isscompress.load_checkpoint(path)
+
+
+def _numpy_state(model: nn.Module) -> dict:
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def test_numpy_npz_and_pickled_arrays_load(tmp_path, tokens) -> None:
+    import pickle
+
+    import numpy
+
+    model = make_rnn_model("LSTM")
+    numpy.savez(tmp_path / "weights.npz", **_numpy_state(model))
+    with open(tmp_path / "weights.pkl", "wb") as handle:
+        pickle.dump(_numpy_state(model), handle)
+    for name in ("weights.npz", "weights.pkl"):
+        checkpoint = isscompress.load_checkpoint(tmp_path / name)
+        assert checkpoint.family == "word_language_model", name
+        with torch.no_grad():
+            torch.testing.assert_close(checkpoint.model()(tokens)[0], model(tokens)[0])
+
+
+class _NotAnArray:
+    pass
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: torch.jit.save(torch.jit.script(nn.LSTM(3, 4)), str(p)), "is a TorchScript archive"),
+    (lambda p: torch.save(make_rnn_model("LSTM"), p, _use_new_zipfile_serialization=False),
+     "torch.save's legacy (pre-1.6, non-zip) format"),
+    (lambda p: p.write_bytes(__import__("pickle").dumps({"w": _NotAnArray()})), "pickle holding Python objects"),
+])
+def test_files_of_other_kinds_are_named_not_called_damaged(tmp_path, make, message) -> None:
+    path = tmp_path / "model.pt"
+    make(path)
+    with pytest.raises(CheckpointError) as caught:
+        isscompress.load_checkpoint(path)
+    assert message in str(caught.value) and "damaged" not in str(caught.value)

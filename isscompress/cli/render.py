@@ -80,6 +80,8 @@ def render_inspection(result: Inspection, console: Console) -> None:
     console.print(f"[bold]{result.path}[/]: family [cyan]{s.family}[/]{layout}, {s.cell}{vocab}{tied}, "
                   f"{s.dtype}, {human_bytes(s.file_bytes)}")
     console.print(f"Cell equations assumed: {result.equations}.")
+    if result.ignored:
+        console.print(f"Ignored beside the weights: {', '.join(result.ignored)}.")
     console.print(layers_table(s))
     console.print(costs_table(s))
     console.print(norms_table(result.norms))

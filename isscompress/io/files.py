@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..errors import CheckpointError
 from .metadata import Metadata
+from .other_formats import read_array_pickle, read_npz, refuse_torchscript, zip_kind
 
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
 NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model")
@@ -39,6 +40,7 @@ class RawCheckpoint:
     tensors: dict[str, Tensor]
     metadata: dict[str, str] = field(default_factory=dict)  # the safetensors header, as stored
     attributes: dict[str, Any] = field(default_factory=dict)
+    ignored: tuple[str, ...] = ()  # what a training checkpoint held beside the weights (optimizer, epoch, ...)
 
     @cached_property
     def record(self) -> Metadata:
@@ -127,7 +129,7 @@ def _convert_hint(path: Path) -> str:
     )
 
 
-def _read_torch(path: Path) -> tuple[Any, dict[str, Any]]:
+def _read_torch(path: Path, legacy: bool = False) -> tuple[Any, dict[str, Any]]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True), {}
     except pickle.UnpicklingError as err:
@@ -140,6 +142,10 @@ def _read_torch(path: Path) -> tuple[Any, dict[str, Any]]:
         with torch.serialization.safe_globals([(_ModuleRecord, name) for name in PICKLED_MODULE_CLASSES]):
             record = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
+        if legacy:  # the legacy format pickles each module's source with it, which a weights-only load refuses
+            raise CheckpointError(f"{path} is a whole RNNModel saved in torch.save's legacy (pre-1.6, non-zip) "
+                                  "format, which isscompress cannot read without running code from it.",
+                                  _convert_hint(path)) from None
         raise CheckpointError(f"{path} is a pickled RNNModel with classes outside the allow-list.",
                               _convert_hint(path)) from None
     except Exception as err:
@@ -151,14 +157,33 @@ def _read_torch(path: Path) -> tuple[Any, dict[str, Any]]:
     return _module_parameters(record), attributes
 
 
-def _tensor_dict(obj: Any, path: Path) -> dict[str, Tensor]:
-    """The state dict inside what torch.load returned (a plain one, or nested under a usual key)."""
-    if isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
-        return dict(obj)
-    if isinstance(obj, Mapping):
-        for key in NESTED_STATE_KEYS:
-            if key in obj and isinstance(obj[key], Mapping):
-                return _tensor_dict(obj[key], path)
+def _state_dicts(obj: Any, where: str = "", depth: int = 0) -> list[tuple[str, Mapping]]:
+    """Every mapping of names to tensors inside ``obj`` (a training checkpoint's dict of dicts), by its key path."""
+    if not isinstance(obj, Mapping) or depth > 3:
+        return []
+    if obj and all(isinstance(v, Tensor) for v in obj.values()):
+        return [(where, obj)]
+    return [found for key, value in obj.items() for found in _state_dicts(value, f"{where}.{key}".strip("."), depth + 1)]
+
+
+def _is_recurrent(state: Mapping) -> bool:
+    return any("weight_ih" in str(key) or "weight_hh" in str(key) for key in state)
+
+
+def _tensor_dict(obj: Any, path: Path) -> tuple[dict[str, Tensor], tuple[str, ...]]:
+    """The state dict inside what torch.load returned: a plain one, or the one mapping that holds recurrent
+    weights anywhere in a training checkpoint (optimizer state and counters beside it are ignored, and named)."""
+    found = _state_dicts(obj)
+    recurrent = [(where, state) for where, state in found if _is_recurrent(state)]
+    chosen = recurrent if recurrent else [(w, s) for w, s in found if w.split(".")[0] in ("", *NESTED_STATE_KEYS)]
+    if len(chosen) == 1:
+        where, state = chosen[0]
+        ignored = tuple(k for k in obj if k != where.split(".")[0]) if where and isinstance(obj, Mapping) else ()
+        return dict(state), tuple(map(str, ignored))
+    if len(chosen) > 1:
+        raise CheckpointError(f"{path} holds several state dicts with recurrent weights: "
+                              f"{', '.join(repr(w) for w, _ in chosen)}.",
+                              "Save the one to compress on its own (torch.save(checkpoint[KEY], 'model.pt')).")
     raise CheckpointError(
         f"{path} does not contain a state dict (a mapping of names to tensors).",
         f"Save model.state_dict(), or a dict that holds it under one of {list(NESTED_STATE_KEYS)}.",
@@ -197,16 +222,26 @@ def read_checkpoint(path: str | os.PathLike) -> RawCheckpoint:
     kind = _sniff(path)
     metadata: dict[str, str] = {}
     attributes: dict[str, Any] = {}
+    ignored: tuple[str, ...] = ()
+    if kind == "torch-zip":
+        kind = zip_kind(path)
+    arrays = read_array_pickle(path) if kind == "torch-legacy" else None
     if kind == "safetensors":
         tensors, metadata = _read_safetensors(path)
+    elif kind == "npz":
+        tensors = read_npz(path)
+    elif kind == "torchscript":
+        refuse_torchscript(path)
+    elif arrays is not None:
+        tensors = arrays
     else:
-        obj, attributes = _read_torch(path)
-        tensors = _tensor_dict(obj, path)
+        obj, attributes = _read_torch(path, legacy=kind == "torch-legacy")
+        tensors, ignored = _tensor_dict(obj, path)
     if not tensors:
         raise CheckpointError(f"{path} contains no tensors.", "Point to a trained model's checkpoint.")
     tensors = strip_prefixes(tensors)
     _check_values(tensors, path)
-    return RawCheckpoint(path, tensors, metadata, attributes)
+    return RawCheckpoint(path, tensors, metadata, attributes, ignored)
 
 
 def check_output_path(output: str | os.PathLike, *, force: bool, inputs: tuple[Path, ...] = ()) -> Path:

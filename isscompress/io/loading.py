@@ -36,6 +36,7 @@ class Checkpoint:
     layout: str = "isscompress"  # the key layout of the file it was read from (the family adapter that read it)
     metadata: Metadata = field(default_factory=Metadata)
     path: Path | None = None
+    ignored: tuple[str, ...] = ()  # what the file held beside the weights (a training checkpoint's optimizer, ...)
 
     @cached_property
     def group_sets(self) -> tuple[GroupSet, ...]:
@@ -100,7 +101,7 @@ def load_checkpoint(path: str | os.PathLike, family: str | None = None) -> Check
     metadata = raw.record
     check_equations({**raw.attributes, **metadata.foreign}, spec.cell, spec.cell_kind.equations, raw.path)
     origin = (metadata.family or name) if name == "isscompress" else name
-    return Checkpoint(spec, state, origin, name, metadata, raw.path)
+    return Checkpoint(spec, state, origin, name, metadata, raw.path, raw.ignored)
 
 
 def as_checkpoint(source: "Checkpoint | str | os.PathLike", family: str | None = None) -> Checkpoint:

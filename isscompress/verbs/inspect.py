@@ -19,11 +19,13 @@ class Inspection:
     norms: tuple[NormStats, ...]
     metadata: Metadata
     equations: str  # what the cells are taken to compute (a state dict alone cannot say)
+    ignored: tuple[str, ...] = ()  # entries of a training checkpoint that are not the model's weights
 
     def to_dict(self) -> dict:
         return {
             "path": str(self.path),
             "cell_equations": self.equations,
+            "ignored": list(self.ignored),
             "model": self.summary.to_dict(),
             "group_norms": [stats.to_dict() for stats in self.norms],
             "isscompress_metadata": self.metadata.shown(),
@@ -37,4 +39,4 @@ def inspect(source: Checkpoint | str | os.PathLike, family: str | None = None) -
     norms = all_unit_norms(checkpoint.state, checkpoint.group_sets)
     stats = tuple(norm_stats(name, values) for name, values in norms.items())
     return Inspection(checkpoint.path, summarize_checkpoint(checkpoint), stats, checkpoint.metadata,
-                      checkpoint.spec.cell_kind.equations)
+                      checkpoint.spec.cell_kind.equations, checkpoint.ignored)
