@@ -8,6 +8,7 @@ evaluate with the ids they were trained with.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -49,7 +50,7 @@ def file_problem(path: Path) -> str | None:
     return None
 
 
-def _lines(path: Path) -> list[str]:
+def _text(path: Path) -> str:
     if (problem := file_problem(path)) is not None:
         raise DataError(f"Text file {path} {problem}.", "Check the data paths in the recipe or on the command line.")
     try:
@@ -57,45 +58,67 @@ def _lines(path: Path) -> list[str]:
     except UnicodeDecodeError as err:
         raise DataError(f"{path} is not UTF-8 text (byte {err.start} cannot be decoded).",
                         "Convert it to UTF-8, e.g. with iconv.") from None
-    lines = text.splitlines()  # also accepts CRLF line endings
-    if not any(line.split() for line in lines):
+    if not text.split():
         raise DataError(f"{path} contains no words.", "Point to a non-empty text file, one sentence per line.")
-    return lines
+    return text
+
+
+def _lines(path: Path) -> list[str]:
+    return _text(path).splitlines()  # also accepts CRLF line endings
+
+
+def _tokens(path: Path, level: str) -> Iterator[str]:
+    """Words with ``<eos>`` after every line (word level), or every character, newlines included (char level)."""
+    if level == "char":
+        yield from _text(path)
+        return
+    for line in _lines(path):
+        yield from line.split() + [EOS]
 
 
 def read_vocabulary(path: str | os.PathLike) -> Vocabulary:
-    """A vocabulary file: one word per line, line i is token id i."""
+    """A vocabulary file: one word per line (line i is token id i), or a JSON list of tokens, which can hold
+    any character (a space, a newline) for a character-level model."""
     path = Path(path)
-    words = tuple(line.strip() for line in _lines(path) if line.strip())
+    text = _text(path)
+    if text.lstrip().startswith("["):
+        try:
+            words = tuple(json.loads(text))
+        except json.JSONDecodeError as err:
+            raise DataError(f"Vocabulary {path} starts like a JSON list but is not one ({err.msg}, line {err.lineno}).",
+                            "Write a JSON list of strings, or one word per line.") from None
+        if not all(isinstance(word, str) for word in words):
+            raise DataError(f"Vocabulary {path}: every entry of the JSON list must be a string.")
+    else:
+        words = tuple(line.strip() for line in text.splitlines() if line.strip())
     if len(set(words)) != len(words):
         raise DataError(f"Vocabulary {path} lists some words twice.", "Keep one line per word.")
     return Vocabulary(words)
 
 
-def build_vocabulary(paths: Sequence[str | os.PathLike]) -> Vocabulary:
-    """First-seen order over the files, ``<eos>`` after each line (pytorch/examples' data.Corpus)."""
+def build_vocabulary(paths: Sequence[str | os.PathLike], level: str = "word") -> Vocabulary:
+    """Word level: first-seen order over the files, ``<eos>`` after each line (pytorch/examples' data.Corpus).
+    Char level: the sorted set of characters (char-rnn's order)."""
     seen: dict[str, None] = {}
     for path in paths:
-        for line in _lines(Path(path)):
-            for word in line.split() + [EOS]:
-                seen.setdefault(word, None)
-    return Vocabulary(tuple(seen))
+        for token in _tokens(Path(path), level):
+            seen.setdefault(token, None)
+    return Vocabulary(tuple(sorted(seen)) if level == "char" else tuple(seen))
 
 
-def tokenize(path: str | os.PathLike, vocabulary: Vocabulary) -> Tensor:
-    """Token ids of a text file; words outside the vocabulary become ``<unk>`` when it has one."""
+def tokenize(path: str | os.PathLike, vocabulary: Vocabulary, level: str = "word") -> Tensor:
+    """Token ids of a text file; tokens outside the vocabulary become ``<unk>`` when it has one."""
     path = Path(path)
     index = vocabulary.index
     unk = index.get(UNK)
     ids: list[int] = []
     missing: dict[str, None] = {}
-    for line in _lines(path):
-        for word in line.split() + [EOS]:
-            token = index.get(word, unk)
-            if token is None:
-                missing.setdefault(word, None)
-            else:
-                ids.append(token)
+    for word in _tokens(path, level):
+        token = index.get(word, unk)
+        if token is None:
+            missing.setdefault(word, None)
+        else:
+            ids.append(token)
     if missing:
         shown = ", ".join(repr(w) for w in list(missing)[:5])
         raise DataError(

@@ -40,6 +40,9 @@ class DataSection(Section):
     test: Optional[Path] = Field(None, description="Test text, for the final report.")
     vocab: str = Field("auto", description="'auto' (stored with the checkpoint, else vocab.txt beside it, else "
                                            "'corpus'), 'corpus' (rebuilt from train, valid, test), or a file.")
+    level: Literal["word", "char"] = Field("word", description=(
+        "'word' (whitespace tokens, <eos> after each line, perplexity) or 'char' (every character a token, "
+        "newlines and spaces included; bits per character)."))
     max_train_tokens: Optional[PositiveInt] = Field(None, description="Use only the first N training tokens.")
     max_eval_tokens: Optional[PositiveInt] = Field(None, description="Evaluate on the first N tokens only.")
 

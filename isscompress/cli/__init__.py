@@ -157,10 +157,12 @@ def evaluate(
     data: Path = typer.Option(..., "--data", "-d", help="Text file, one sentence per line."),
     vocab: str = typer.Option("auto", help="'auto', 'corpus' or a vocabulary file."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="Take vocabulary and batching from here."),
+    char: bool = typer.Option(False, "--char", help="A character-level model: every character is a token; "
+                                                    "reports bits per character."),
     family: Optional[str] = FamilyOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Perplexity of a checkpoint on a text file (word_language_model's measurement)."""
+    """Perplexity of a checkpoint on a text file (word_language_model's measurement), or bits per character."""
     from rich.progress import Progress
 
     from ..recipe import load_recipe
@@ -171,6 +173,7 @@ def evaluate(
         with Progress(console=_stderr(), transient=True) as bar:
             task = bar.add_task("evaluating", total=None)
             result = evaluate_checkpoint(checkpoint, data, vocab=vocab, recipe=loaded, family=family,
+                                         level="char" if char else None,
                                          on_window=lambda done, total: bar.update(task, completed=done, total=total))
     if as_json:
         _print_json({"checkpoint": str(checkpoint), "data": str(data), **result.to_dict()})

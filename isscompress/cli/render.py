@@ -174,6 +174,10 @@ class TrainingProgress:
 
 
 def render_perplexity(name: str, result, console: Console) -> None:
+    if result.level == "char":
+        console.print(f"{name}: [bold]{result.bits_per_token:.3f}[/] bits per character (perplexity "
+                      f"{result.perplexity:.2f}, {result.tokens:,} characters, {result.tokens_per_second:,.0f}/s)")
+        return
     console.print(f"{name}: perplexity [bold]{result.perplexity:.2f}[/] (loss {result.loss:.4f}, "
                   f"{result.tokens:,} tokens, {result.tokens_per_second:,.0f} tokens/s)")
 

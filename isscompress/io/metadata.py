@@ -29,6 +29,7 @@ class Metadata:
     stage: str | None = None  # train, finetune, shrink, recover
     recipe: str | None = None  # the recipe's YAML
     vocabulary: tuple[str, ...] | None = None
+    level: str | None = None  # "word" or "char": what a token of the vocabulary is
     threshold: float | None = None
     widths_before: dict[str, int] | None = None
     widths_after: dict[str, int] | None = None

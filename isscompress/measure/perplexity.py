@@ -17,17 +17,23 @@ from ..data import bptt_windows, window_count
 
 @dataclass(frozen=True)
 class Perplexity:
-    loss: float
+    loss: float  # mean cross-entropy per token, in nats
     perplexity: float
     tokens: int
     seconds: float
+    level: str = "word"  # what a token is: "word" or "char"
+
+    @property
+    def bits_per_token(self) -> float:
+        """Cross-entropy in base 2: bits per character for a character-level model."""
+        return self.loss / math.log(2)
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "tokens_per_second": self.tokens_per_second}
+        return {**asdict(self), "tokens_per_second": self.tokens_per_second, "bits_per_token": self.bits_per_token}
 
 
 @torch.inference_mode()
@@ -38,6 +44,7 @@ def perplexity(
     *,
     device: torch.device | str = "cpu",
     on_window: Callable[[int, int], None] | None = None,
+    level: str = "word",
 ) -> Perplexity:
     """Perplexity of ``model`` on ``[steps, batch]`` token ids; ``on_window(done, total)`` reports progress."""
     was_training = model.training
@@ -55,4 +62,4 @@ def perplexity(
             on_window(done, windows)
     model.train(was_training)
     loss = total_loss / total_tokens
-    return Perplexity(loss, math.exp(min(loss, 700.0)), total_tokens, time.perf_counter() - start)
+    return Perplexity(loss, math.exp(min(loss, 700.0)), total_tokens, time.perf_counter() - start, level)

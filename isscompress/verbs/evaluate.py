@@ -21,14 +21,18 @@ def evaluate(
     recipe: Recipe | None = None,
     settings: EvaluateSection | None = None,
     family: str | None = None,
+    level: str | None = None,
     on_window: Callable[[int, int], None] | None = None,
 ) -> Perplexity:
-    """Perplexity of a checkpoint on a text file, word_language_model's way (vocabulary by rule)."""
+    """Perplexity (and bits per token) of a checkpoint on a text file, word_language_model's way: the
+    vocabulary by rule; words, or characters for ``level="char"`` (default: what the recipe or the
+    checkpoint says, else words)."""
     checkpoint = as_checkpoint(source, family or (recipe.model.family if recipe else None))
     if not checkpoint.spec.is_language_model:
         raise DataError(f"{checkpoint.name} is a bare recurrent stack; perplexity needs a language model.")
-    section = recipe.data if recipe else DataSection(test=Path(data), vocab=vocab)
+    level = level or (recipe.data.level if recipe else checkpoint.metadata.level) or "word"
+    section = recipe.data if recipe else DataSection(test=Path(data), vocab=vocab, level=level)
     settings = settings or (recipe.evaluate if recipe else EvaluateSection())
     vocabulary, _ = resolve_vocabulary(checkpoint, section)
-    batches = token_batches(Path(data), vocabulary, settings.batch_size)
-    return perplexity(checkpoint.model(), batches, settings.bptt, on_window=on_window)
+    batches = token_batches(Path(data), vocabulary, settings.batch_size, level=level)
+    return perplexity(checkpoint.model(), batches, settings.bptt, on_window=on_window, level=level)

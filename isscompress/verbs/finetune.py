@@ -127,7 +127,7 @@ def finetune(
     train_data, valid = training_batches(recipe, vocabulary, schedule)
     metadata = replace(checkpoint.metadata.derived(stage, checkpoint.name, checkpoint.sha256, checkpoint.family),
                        architecture=checkpoint.spec.kind, spec=checkpoint.spec.to_dict(), recipe=recipe.to_yaml(),
-                       vocabulary=vocabulary.words)
+                       vocabulary=vocabulary.words, level=recipe.data.level)
     weights, state = checkpoint.state, None
     if resume:
         if output is None:
@@ -153,7 +153,7 @@ def finetune(
 def _vocabulary(recipe: Recipe) -> Vocabulary:
     paths = [p for p in (recipe.data.train, recipe.data.valid, recipe.data.test) if p is not None]
     vocab = recipe.data.vocab
-    return build_vocabulary(paths) if vocab in ("auto", "corpus") else read_vocabulary(vocab)
+    return build_vocabulary(paths, recipe.data.level) if vocab in ("auto", "corpus") else read_vocabulary(vocab)
 
 
 def _initialise(spec: ModelSpec, dropout: float) -> RecurrentModel:
@@ -187,7 +187,7 @@ def train(
     schedule = recipe.finetune
     train_data, valid = training_batches(recipe, vocabulary, schedule)
     metadata = Metadata(family="isscompress", architecture=spec.kind, spec=spec.to_dict(), stage="train",
-                        recipe=recipe.to_yaml(), vocabulary=vocabulary.words)
+                        recipe=recipe.to_yaml(), vocabulary=vocabulary.words, level=recipe.data.level)
     empty = Checkpoint(spec, {}, "isscompress", "isscompress", metadata, None)
     result = FinetuneResult(empty, "train")
     hooks: list[Hook] = [Report(lambda event: (result.events.append(event), on_event(event)))]

@@ -51,7 +51,7 @@ def resolve_vocabulary(checkpoint: Checkpoint, data: DataSection) -> tuple[Vocab
         if not paths:
             raise DataError("No vocabulary is stored with the checkpoint and no text is given to rebuild it from.",
                             "Give data.vocab (a file, one word per line) or the data paths.")
-        vocabulary, origin = build_vocabulary(paths), "rebuilt from " + ", ".join(p.name for p in paths)
+        vocabulary, origin = build_vocabulary(paths, data.level), "rebuilt from " + ", ".join(p.name for p in paths)
     else:
         vocabulary, origin = read_vocabulary(rule), rule
     size = checkpoint.spec.vocab_size
@@ -63,9 +63,10 @@ def resolve_vocabulary(checkpoint: Checkpoint, data: DataSection) -> tuple[Vocab
     return vocabulary, origin
 
 
-def token_batches(path: Path, vocabulary: Vocabulary, batch_size: int, max_tokens: int | None = None) -> Tensor:
+def token_batches(path: Path, vocabulary: Vocabulary, batch_size: int, max_tokens: int | None = None,
+                  level: str = "word") -> Tensor:
     """``[steps, batch]`` token ids of a text file, optionally only its first ``max_tokens``."""
-    ids = tokenize(path, vocabulary)
+    ids = tokenize(path, vocabulary, level)
     return batchify(ids[:max_tokens] if max_tokens else ids, batch_size)
 
 
@@ -74,8 +75,8 @@ def training_batches(recipe: Recipe, vocabulary: Vocabulary, schedule: Schedule)
     data = recipe.data
     if data.train is None:
         raise DataError("The recipe has no data.train text to train on.", "Add data.train to the recipe.")
-    train = token_batches(data.train, vocabulary, schedule.batch_size, data.max_train_tokens)
+    train = token_batches(data.train, vocabulary, schedule.batch_size, data.max_train_tokens, data.level)
     valid = None
     if data.valid is not None:
-        valid = token_batches(data.valid, vocabulary, recipe.evaluate.batch_size, data.max_eval_tokens)
+        valid = token_batches(data.valid, vocabulary, recipe.evaluate.batch_size, data.max_eval_tokens, data.level)
     return train, valid

@@ -115,17 +115,17 @@ def _perplexities(report: Report, original: Checkpoint, shrunk: Checkpoint | Non
         raise DataError("Perplexity needs a language model; this is a bare recurrent stack.",
                         "Leave out --data for a bare stack.")
     vocabulary, _ = resolve_vocabulary(original, section)
-    batches = token_batches(data, vocabulary, evaluate.batch_size, max_tokens)
+    batches = token_batches(data, vocabulary, evaluate.batch_size, max_tokens, section.level)
     report.data = str(data)
 
     def progress(label: str) -> Callable[[int, int], None] | None:
         return (lambda done, total: on_progress(label, done, total)) if on_progress else None
 
-    report.perplexity_before = perplexity(original.model(), batches, evaluate.bptt,
+    report.perplexity_before = perplexity(original.model(), batches, evaluate.bptt, level=section.level,
                                           on_window=progress(f"perplexity {original.name}"))
     if shrunk is not None:
         _same_vocabulary(vocabulary, resolve_vocabulary(shrunk, section)[0], (original.name, shrunk.name))
-        report.perplexity_after = perplexity(shrunk.model(), batches, evaluate.bptt,
+        report.perplexity_after = perplexity(shrunk.model(), batches, evaluate.bptt, level=section.level,
                                              on_window=progress(f"perplexity {shrunk.name}"))
 
 
@@ -156,7 +156,7 @@ def report(
         result.shrunk = summarize_checkpoint(shrunk)
         result.layers = _layer_changes(before, result.shrunk)
     if data is not None:
-        section = vocab_source or DataSection(test=Path(data), vocab=vocab)
+        section = vocab_source or DataSection(test=Path(data), vocab=vocab, level=original.metadata.level or "word")
         _perplexities(result, original, shrunk, Path(data), section, evaluate, max_tokens, on_progress)
     if speed and shrunk is not None:
         if on_progress:
