@@ -58,7 +58,11 @@ class Schedule(Section):
     decay_on_plateau: bool = Field(False, description="Decay only when validation perplexity does not improve.")
     batch_size: PositiveInt = Field(20, description="Columns the token stream is cut into (batchify).")
     bptt: PositiveInt = Field(35, description="Steps per truncated-BPTT window; the hidden state carries over.")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on embeddings and between layers.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on embeddings and between layers (and on an "
+                                                        "RHN's recurrent state, always variational).")
+    variational_dropout: bool = Field(False, description=(
+        "One dropout mask per window for the embedding and the layer outputs, the same at every time step "
+        "(Gal & Ghahramani; Zilly et al.'s RHN), instead of a new one per element."))
     clip: Optional[PositiveFloat] = Field(0.25, description="Gradient norm clip; null for none.")
     seed: int = Field(1111, description="Seeds initialisation order and dropout; same seed, same run.")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")

@@ -55,12 +55,23 @@ def test_state_dropout_is_one_mask_per_window_and_off_in_eval() -> None:
     torch.testing.assert_close(layer(x)[0], layer(x)[0])
 
 
+def test_variational_dropout_keeps_one_mask_over_time() -> None:
+    from isscompress.architectures.stack_module import LockedDropout
+
+    torch.manual_seed(0)
+    drop = LockedDropout(0.5).train()
+    out = drop(torch.ones(6, 4, 32))
+    assert torch.equal(out, out[:1].expand_as(out))  # the same mask at every step
+    assert set(out.unique().tolist()) == {0.0, 2.0}
+    assert torch.equal(drop.eval()(torch.ones(6, 4, 32)), torch.ones(6, 4, 32))
+
+
 def test_train_finetune_shrink_eval_report_export_on_an_rhn(tmp_path) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"""
 data: {{train: {EXCERPT / 'train.txt'}, valid: {EXCERPT / 'valid.txt'}, test: {EXCERPT / 'test.txt'},
        vocab: corpus, max_train_tokens: 2000, max_eval_tokens: 1000}}
-finetune: {{epochs: 1, lr: 5.0, batch_size: 10, bptt: 20, log_every: 10, dropout: 0.2}}
+finetune: {{epochs: 1, lr: 5.0, batch_size: 10, bptt: 20, log_every: 10, dropout: 0.2, variational_dropout: true}}
 iss: {{lambda: 0.5, method: proximal, reweight: 1.0, target_widths: {{layer0: 10}}}}
 recover: {{epochs: 1, lr: 2.0, batch_size: 10, bptt: 20}}
 """)

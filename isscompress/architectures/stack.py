@@ -125,10 +125,10 @@ class ModelSpec:
     def check(self, state: Mapping[str, Tensor]) -> None:
         check_shapes(state, self)
 
-    def build(self, state: Mapping[str, Tensor], dropout: float = 0.0) -> nn.Module:
+    def build(self, state: Mapping[str, Tensor], dropout: float = 0.0, variational: bool = False) -> nn.Module:
         from .stack_module import build_model  # the module imports this one
 
-        return build_model(self, state, dropout)
+        return build_model(self, state, dropout, variational)
 
     def probe_inputs(self, steps: int = 6, batch: int = 3, seed: int = 0,
                      dtype: torch.dtype = torch.float32) -> Tensor:

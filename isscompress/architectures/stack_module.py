@@ -30,14 +30,35 @@ def _embedding(vocab_size: int, dim: int) -> nn.Embedding:
     return nn.Embedding(vocab_size, dim, _weight=weight)
 
 
+class LockedDropout(nn.Module):
+    """Variational dropout (Gal & Ghahramani; Zilly et al. for RHNs): one mask per sequence window, the same
+    at every time step, over ``[T, B, F]`` activations."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = 1.0 - self.p
+        return x * (torch.bernoulli(x.new_full((1, *x.shape[1:]), keep)) / keep)
+
+
+def _dropout(p: float, variational: bool) -> nn.Module:
+    if p <= 0:
+        return nn.Identity()  # p=0 dropout still costs a pass
+    return LockedDropout(p) if variational else nn.Dropout(p)
+
+
 class RecurrentModel(nn.Module):
     """Sequence-first recurrent model. Language models take token ids ``[T, B]`` and return
     logits ``[T, B, V]``; bare stacks take features ``[T, B, I]`` and return ``[T, B, D*H]``."""
 
-    def __init__(self, spec: ModelSpec, dropout: float = 0.0) -> None:
+    def __init__(self, spec: ModelSpec, dropout: float = 0.0, variational: bool = False) -> None:
         super().__init__()
         self.spec = spec
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # p=0 dropout still costs a pass
+        self.drop = _dropout(dropout, variational)  # on the embedding and on every layer's output
         self.encoder = _embedding(spec.vocab_size, spec.layers[0].input_size) if spec.is_language_model else None
         self.layers = nn.ModuleList(_make_layer(spec, i) for i in range(len(spec.layers)))
         for layer in self.layers:  # a layer with variational dropout on its recurrent state (RHN) takes it too
@@ -74,11 +95,12 @@ def detach_hidden(hidden: Hidden) -> Hidden:
     return [tuple(t.detach() for t in h) if isinstance(h, tuple) else h.detach() for h in hidden]
 
 
-def build_model(spec: ModelSpec, state: Mapping[str, Tensor], dropout: float = 0.0) -> RecurrentModel:
+def build_model(spec: ModelSpec, state: Mapping[str, Tensor], dropout: float = 0.0,
+                variational: bool = False) -> RecurrentModel:
     """A RecurrentModel whose parameters *are* the tensors of ``state`` (no copy), in eval mode."""
     check_shapes(state, spec)
     with torch.device("meta"):
-        model = RecurrentModel(spec, dropout)
+        model = RecurrentModel(spec, dropout, variational)
     full = dict(state)
     if spec.tied:
         full["decoder.weight"] = state["encoder.weight"]

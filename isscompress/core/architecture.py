@@ -55,8 +55,9 @@ class Architecture(Protocol):
         """Raise ShapeError unless ``state`` holds exactly this architecture's tensors."""
         ...
 
-    def build(self, state: Mapping[str, Tensor], dropout: float = 0.0) -> nn.Module:
-        """A runnable module whose parameters are the tensors of ``state`` (no copy), in eval mode."""
+    def build(self, state: Mapping[str, Tensor], dropout: float = 0.0, variational: bool = False) -> nn.Module:
+        """A runnable module whose parameters are the tensors of ``state`` (no copy), in eval mode; ``dropout``
+        applies in training (``variational``: one mask per window, the same at every time step)."""
         ...
 
     def probe_inputs(self, steps: int = 6, batch: int = 3, seed: int = 0,

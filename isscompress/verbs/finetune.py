@@ -135,7 +135,8 @@ def finetune(
         weights, state = _resume_state(side_files(output)[0], recipe)
     elif output is not None:
         side_files(output)[1].unlink(missing_ok=True)
-    model = checkpoint.spec.build({k: v.float().clone() for k, v in weights.items()}, dropout=schedule.dropout)
+    model = checkpoint.spec.build({k: v.float().clone() for k, v in weights.items()}, dropout=schedule.dropout,
+                                  variational=schedule.variational_dropout)
     dist = Distributed.from_environment(schedule.device)
     result = FinetuneResult(checkpoint, stage)
     hooks: list[Hook] = [GroupLassoHook(checkpoint.group_sets, recipe.iss, recipe.shrink.threshold)] \
@@ -156,9 +157,9 @@ def _vocabulary(recipe: Recipe) -> Vocabulary:
     return build_vocabulary(paths, recipe.data.level) if vocab in ("auto", "corpus") else read_vocabulary(vocab)
 
 
-def _initialise(spec: ModelSpec, dropout: float) -> RecurrentModel:
+def _initialise(spec: ModelSpec, schedule: Schedule) -> RecurrentModel:
     """A new model, initialised as word_language_model's init_weights does."""
-    model = RecurrentModel(spec, dropout=dropout)
+    model = RecurrentModel(spec, dropout=schedule.dropout, variational=schedule.variational_dropout)
     with torch.no_grad():
         model.encoder.weight.uniform_(-0.1, 0.1)
         if not spec.tied:
@@ -183,7 +184,7 @@ def train(
     vocabulary = _vocabulary(recipe)
     spec = replace(spec, vocab_size=len(vocabulary))
     torch.manual_seed(recipe.finetune.seed)
-    model = _initialise(spec, recipe.finetune.dropout)
+    model = _initialise(spec, recipe.finetune)
     schedule = recipe.finetune
     train_data, valid = training_batches(recipe, vocabulary, schedule)
     metadata = Metadata(family="isscompress", architecture=spec.kind, spec=spec.to_dict(), stage="train",
