@@ -82,7 +82,8 @@ recover: {{epochs: 1, lr: 2.0, batch_size: 10, bptt: 20}}
     inspected = json.loads(runner.invoke(app, ["inspect", str(base), "--json"]).stdout)
     assert inspected["model"]["cell"] == "RHN"
     assert [(layer["width"], layer["depth"]) for layer in inspected["model"]["layers"]] == [(16, 3)]
-    assert "depth" in runner.invoke(app, ["inspect", str(base)]).stdout
+    shown = " ".join(runner.invoke(app, ["inspect", str(base)]).stdout.split())
+    assert "depth" in shown and "[h; t] = R s + b" in shown  # the equations, not eaten as markup
 
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", str(base), "-r", str(recipe), "-o", str(out), "--repeats", "1"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..measure.summary import ModelSummary, NormStats
@@ -79,7 +80,7 @@ def render_inspection(result: Inspection, console: Console) -> None:
     layout = f" ({s.layout} layout)" if s.layout != s.family else ""
     console.print(f"[bold]{result.path}[/]: family [cyan]{s.family}[/]{layout}, {s.cell}{vocab}{tied}, "
                   f"{s.dtype}, {human_bytes(s.file_bytes)}")
-    console.print(f"Cell equations assumed: {result.equations}.")
+    console.print(f"Cell equations assumed: {escape(result.equations)}.")
     if result.ignored:
         console.print(f"Ignored beside the weights: {', '.join(result.ignored)}.")
     console.print(layers_table(s))
