@@ -78,11 +78,11 @@ def render_inspection(result: Inspection, console: Console) -> None:
     tied = ", tied embedding" if s.tied else ""
     vocab = f", vocabulary {s.vocab_size}" if s.vocab_size else ", bare recurrent stack"
     layout = f" ({s.layout} layout)" if s.layout != s.family else ""
-    console.print(f"[bold]{result.path}[/]: family [cyan]{s.family}[/]{layout}, {s.cell}{vocab}{tied}, "
+    console.print(f"[bold]{escape(str(result.path))}[/]: family [cyan]{s.family}[/]{layout}, {s.cell}{vocab}{tied}, "
                   f"{s.dtype}, {human_bytes(s.file_bytes)}")
     console.print(f"Cell equations assumed: {escape(result.equations)}.")
     if result.ignored:
-        console.print(f"Ignored beside the weights: {', '.join(result.ignored)}.")
+        console.print(f"Ignored beside the weights: {escape(', '.join(result.ignored))}.")
     console.print(layers_table(s))
     console.print(costs_table(s))
     console.print(norms_table(result.norms))
@@ -176,10 +176,10 @@ class TrainingProgress:
 
 def render_perplexity(name: str, result, console: Console) -> None:
     if result.level == "char":
-        console.print(f"{name}: [bold]{result.bits_per_token:.3f}[/] bits per character (perplexity "
+        console.print(f"{escape(name)}: [bold]{result.bits_per_token:.3f}[/] bits per character (perplexity "
                       f"{result.perplexity:.2f}, {result.tokens:,} characters, {result.tokens_per_second:,.0f}/s)")
         return
-    console.print(f"{name}: perplexity [bold]{result.perplexity:.2f}[/] (loss {result.loss:.4f}, "
+    console.print(f"{escape(name)}: perplexity [bold]{result.perplexity:.2f}[/] (loss {result.loss:.4f}, "
                   f"{result.tokens:,} tokens, {result.tokens_per_second:,.0f} tokens/s)")
 
 
@@ -214,11 +214,11 @@ def render_report(report, console: Console) -> None:
                       f"MAC ratio {report.mac_ratio:.2f}x. Batch-1 decoding runs on PyTorch's native RNN kernel for both "
                       "models (oneDNN re-lays-out weights on every call); the 20x35 batch runs on oneDNN.")
     if report.data:
-        console.print(f"Perplexity on {report.data}.")
+        console.print(f"Perplexity on {escape(report.data)}.")
     if a is None:
         console.print(norms_table(report.norms))
     prov = report.provenance
     if prov.get("lineage"):
         steps = " → ".join(f"{s['from']} ({s['sha256'][:8]}, then {s['stage']})" for s in prov["lineage"])
         threshold = f"; shrink threshold {prov['threshold']:g}" if "threshold" in prov else ""
-        console.print(f"Lineage: {steps}{threshold}")
+        console.print(f"Lineage: {escape(steps)}{threshold}")
