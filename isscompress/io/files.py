@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..errors import CheckpointError
 from .metadata import Metadata
-from .other_formats import read_array_pickle, read_npz, refuse_torchscript, zip_kind
+from .other_formats import read_array_pickle, read_npz, torchscript_refusal, zip_kind
 
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
 NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model")
@@ -231,7 +231,7 @@ def read_checkpoint(path: str | os.PathLike) -> RawCheckpoint:
     elif kind == "npz":
         tensors = read_npz(path)
     elif kind == "torchscript":
-        refuse_torchscript(path)
+        raise torchscript_refusal(path)
     elif arrays is not None:
         tensors = arrays
     else:

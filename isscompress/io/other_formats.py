@@ -41,9 +41,10 @@ def read_npz(path: Path) -> dict[str, Tensor]:
         return {name: torch.from_numpy(archive[name].copy()) for name in archive.files}
 
 
-def refuse_torchscript(path: Path) -> None:
+def torchscript_refusal(path: Path) -> CheckpointError:
+    """Why a TorchScript archive is not read, and how to turn it into a state dict."""
     target = path.with_suffix(".state_dict.pt")
-    raise CheckpointError(
+    return CheckpointError(
         f"{path} is a TorchScript archive (torch.jit.save): its weights come with compiled code, which isscompress "
         "does not load.",
         "If you trust it, save its weights as a state dict: python -c \"import torch; "
