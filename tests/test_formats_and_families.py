@@ -269,8 +269,6 @@ class _NotAnArray:
 
 @pytest.mark.parametrize("make, message", [
     (lambda p: torch.jit.save(torch.jit.script(nn.LSTM(3, 4)), str(p)), "is a TorchScript archive"),
-    (lambda p: torch.save(make_rnn_model("LSTM"), p, _use_new_zipfile_serialization=False),
-     "torch.save's legacy (pre-1.6, non-zip) format"),
     (lambda p: p.write_bytes(__import__("pickle").dumps({"w": _NotAnArray()})), "pickle holding Python objects"),
 ])
 def test_files_of_other_kinds_are_named_not_called_damaged(tmp_path, make, message) -> None:
@@ -279,3 +277,28 @@ def test_files_of_other_kinds_are_named_not_called_damaged(tmp_path, make, messa
     with pytest.raises(CheckpointError) as caught:
         isscompress.load_checkpoint(path)
     assert message in str(caught.value) and "damaged" not in str(caught.value)
+
+
+def test_whole_model_in_the_legacy_torch_save_format_is_read_without_running_its_code(tmp_path, tokens) -> None:
+    original = make_rnn_model("GRU", tie=True)
+    path = tmp_path / "model.pt"
+    torch.save(original, path, _use_new_zipfile_serialization=False)  # what torch < 1.6 wrote
+    checkpoint = isscompress.load_checkpoint(path)
+    assert checkpoint.family == "word_language_model" and checkpoint.spec.cell == "GRU" and checkpoint.spec.tied
+    with torch.no_grad():
+        torch.testing.assert_close(checkpoint.model()(tokens)[0], original(tokens)[0])
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("code from the file ran",))
+
+
+def test_legacy_pickle_naming_any_other_callable_is_refused(tmp_path, capsys) -> None:
+    model = make_rnn_model("LSTM")
+    model.payload = _Payload()  # a module attribute whose unpickling would call print
+    path = tmp_path / "model.pt"
+    torch.save(model, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match="outside the allow-list"):
+        isscompress.load_checkpoint(path)
+    assert "code from the file ran" not in capsys.readouterr().out

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..errors import CheckpointError
 from .metadata import Metadata
+from .pickled_models import convert_hint, read_pickled_model
 from .other_formats import read_array_pickle, read_npz, torchscript_refusal, zip_kind
 
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
@@ -86,75 +87,16 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     return tensors, metadata
 
 
-class _ModuleRecord:
-    """Stand-in for an allow-listed ``nn.Module`` class in a pickle: it only records the state."""
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-
-
-# Classes a pytorch/examples word_language_model pickle contains. Each is replaced by
-# _ModuleRecord, so unpickling never runs their code.
-PICKLED_MODULE_CLASSES = (
-    "model.RNNModel",
-    "torch.nn.modules.rnn.LSTM",
-    "torch.nn.modules.rnn.GRU",
-    "torch.nn.modules.rnn.RNN",
-    "torch.nn.modules.sparse.Embedding",
-    "torch.nn.modules.linear.Linear",
-    "torch.nn.modules.dropout.Dropout",
-)
-
-
-def _module_parameters(record: _ModuleRecord, prefix: str = "") -> dict[str, Tensor]:
-    found: dict[str, Tensor] = {}
-    for name, value in (getattr(record, "_parameters", None) or {}).items():
-        if isinstance(value, Tensor):
-            found[prefix + name] = value
-    for name, child in (getattr(record, "_modules", None) or {}).items():
-        if isinstance(child, _ModuleRecord):
-            found.update(_module_parameters(child, f"{prefix}{name}."))
-    return found
-
-
-def _convert_hint(path: Path) -> str:
-    target = path.with_suffix(".state_dict.pt")
-    return (
-        "It holds pickled Python objects, and isscompress does not run code from a checkpoint. "
-        "If you trust the file, convert it to a state dict with these two lines:\n"
-        "  cd DIRECTORY_OF_THE_CODE_THAT_SAVED_IT\n"
-        f"  python -c \"import torch; torch.save(torch.load('{path.resolve()}', weights_only=False).state_dict(), "
-        f"'{target.resolve()}')\"\n"
-        f"then run isscompress on {target.name}."
-    )
-
-
 def _read_torch(path: Path, legacy: bool = False) -> tuple[Any, dict[str, Any]]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True), {}
     except pickle.UnpicklingError as err:
-        if "model.RNNModel" not in str(err):
-            raise CheckpointError(f"{path} holds more than tensors and was not loaded.", _convert_hint(path)) from None
+        if "model.RNNModel" not in str(err) and not legacy:
+            raise CheckpointError(f"{path} holds more than tensors and was not loaded.", convert_hint(path)) from None
     except Exception as err:  # a damaged file makes torch.load raise nearly anything
         raise CheckpointError(f"{path} could not be read as a torch.save file ({type(err).__name__}: {err}).",
                               "It may be truncated or damaged; save it again.") from None
-    try:
-        with torch.serialization.safe_globals([(_ModuleRecord, name) for name in PICKLED_MODULE_CLASSES]):
-            record = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        if legacy:  # the legacy format pickles each module's source with it, which a weights-only load refuses
-            raise CheckpointError(f"{path} is a whole RNNModel saved in torch.save's legacy (pre-1.6, non-zip) "
-                                  "format, which isscompress cannot read without running code from it.",
-                                  _convert_hint(path)) from None
-        raise CheckpointError(f"{path} is a pickled RNNModel with classes outside the allow-list.",
-                              _convert_hint(path)) from None
-    except Exception as err:
-        raise CheckpointError(f"{path} could not be read as a torch.save file ({type(err).__name__}: {err}).",
-                              "It may be truncated or damaged; save it again.") from None
-    if not isinstance(record, _ModuleRecord):
-        raise CheckpointError(f"{path} does not hold a model or a state dict.", _convert_hint(path))
-    attributes = {k: v for k, v in record.__dict__.items() if isinstance(v, (str, int, float, bool))}
-    return _module_parameters(record), attributes
+    return read_pickled_model(path, legacy)
 
 
 def _state_dicts(obj: Any, where: str = "", depth: int = 0) -> list[tuple[str, Mapping]]:
