@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..core.architecture import Architecture, LayerInfo
+
+if TYPE_CHECKING:
+    from ..io.loading import Checkpoint
 
 NORM_THRESHOLDS = {"1e-4": 1e-4, "1e-3": 1e-3, "1e-2": 1e-2}
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
@@ -49,7 +53,7 @@ def summarize(
                         spec.macs_per_token(), file_bytes, layout or family, dtype)
 
 
-def summarize_checkpoint(checkpoint) -> ModelSummary:
+def summarize_checkpoint(checkpoint: "Checkpoint") -> ModelSummary:
     """The summary of a checkpoint (in memory or read from a file)."""
     return summarize(checkpoint.spec, checkpoint.family, checkpoint.file_bytes, checkpoint.layout, checkpoint.dtype)
 

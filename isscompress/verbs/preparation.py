@@ -23,29 +23,31 @@ def _beside(checkpoint: Checkpoint) -> Path | None:
     return None
 
 
+def _carried(checkpoint: Checkpoint) -> tuple[Vocabulary, str] | None:
+    """The vocabulary stored with a checkpoint, else a vocabulary file beside it; and where it came from."""
+    if checkpoint.metadata.vocabulary:
+        return Vocabulary(tuple(checkpoint.metadata.vocabulary)), f"stored in {checkpoint.name}"
+    beside = _beside(checkpoint)
+    return (read_vocabulary(beside), str(beside)) if beside is not None else None
+
+
 def vocabulary_of(checkpoint: Checkpoint) -> tuple[str, ...] | None:
     """The words a checkpoint carries: stored in its metadata, else a vocabulary file beside it that fits its
     embedding (so that a file made from it can carry them on); None when there is neither."""
-    if checkpoint.metadata.vocabulary is not None:
+    if checkpoint.metadata.vocabulary or not checkpoint.spec.vocab_size:
         return checkpoint.metadata.vocabulary
-    beside = _beside(checkpoint)
-    if beside is None or not checkpoint.spec.vocab_size:
-        return None
     try:
-        words = read_vocabulary(beside).words
+        carried = _carried(checkpoint)
     except DataError:
         return None
-    return words if len(words) == checkpoint.spec.vocab_size else None
+    return carried[0].words if carried and len(carried[0]) == checkpoint.spec.vocab_size else None
 
 
 def resolve_vocabulary(checkpoint: Checkpoint, data: DataSection) -> tuple[Vocabulary, str]:
     """The vocabulary by the recipe's rule, checked against the model's embedding; and where it came from."""
     rule = data.vocab
-    stored = checkpoint.metadata.vocabulary
-    if rule == "auto" and stored:
-        vocabulary, origin = Vocabulary(tuple(stored)), f"stored in {checkpoint.name}"
-    elif rule == "auto" and (beside := _beside(checkpoint)) is not None:
-        vocabulary, origin = read_vocabulary(beside), str(beside)
+    if rule == "auto" and (carried := _carried(checkpoint)) is not None:
+        vocabulary, origin = carried
     elif rule in ("auto", "corpus"):
         paths = [p for p in (data.train, data.valid, data.test) if p is not None]
         if not paths:

@@ -156,4 +156,4 @@ def shrink(
     if output is None:
         return result
     small = save_checkpoint(result.checkpoint, output)
-    return replace(result, checkpoint=small, output=output, after=summarize_checkpoint(small))
+    return replace(result, checkpoint=small, output=output, after=replace(result.after, file_bytes=small.file_bytes))
