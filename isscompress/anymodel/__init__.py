@@ -1,0 +1,9 @@
+"""ISS for any PyTorch model with recurrent layers: find the groups, regularise them, shrink the module."""
+
+from .flow import TraceError, UnitRange
+from .lasso import GroupLasso
+from .plan import GroupsFileError, Plan, discover, load_groups
+from .resize import resize_to, shrink_module
+
+__all__ = ["GroupLasso", "GroupsFileError", "Plan", "TraceError", "UnitRange", "discover", "load_groups",
+           "resize_to", "shrink_module"]

@@ -1,0 +1,82 @@
+"""ISS group Lasso inside anyone's training loop: the recipe path's regulariser with a two-call interface.
+
+    reg = GroupLasso(model, plan, lam=1e-3, method="proximal")
+    ... loss.backward(); opt.step(); opt.zero_grad(); reg.step(lr)
+
+It wraps :class:`~isscompress.training.hooks.GroupLassoHook`, so lambdas per set, target widths,
+reweighting, frozen dead groups and the cost per step are the recipe path's own.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..core.regularizer import group_norms, penalty
+from ..recipe import IssSection
+from ..training.hooks import GroupLassoHook
+from .plan import Plan
+
+
+class GroupLasso:
+    """Group Lasso on a plan's group sets of ``model``'s parameters.
+
+    ``method="proximal"``: group soft-thresholding after the optimizer step (exact zeros).
+    ``method="subgradient"`` (the paper's): call :meth:`add_gradient` after ``backward()`` so the
+    penalty's gradient goes through your optimizer (and clipping); otherwise :meth:`step` applies it as a
+    plain gradient step. ``targets``: per set name, stop shrinking at this many alive units.
+    """
+
+    def __init__(self, model: nn.Module, plan: Plan, lam: float, method: str = "proximal", *,
+                 targets: Mapping[str, int] | None = None, multipliers: Mapping[str, float] | None = None,
+                 reweight: float = 0.0, freeze_dead: bool = True, zero_threshold: float = 1e-4) -> None:
+        names = {gs.name for gs in plan.group_sets}
+        unknown = sorted(set(targets or {}) | set(multipliers or {}) - names)
+        if unknown:
+            raise ValueError(f"GroupLasso: no group set named {', '.join(unknown)}; the plan has {', '.join(sorted(names))}")
+        self.iss = IssSection(lambda_=lam, method=method, target_widths=dict(targets or {}),
+                              layer_multipliers=dict(multipliers or {}), reweight=reweight,
+                              freeze_dead=freeze_dead, zero_threshold=zero_threshold)
+        self.params = dict(model.named_parameters())
+        missing = sorted({m.key for gs in plan.group_sets for m in gs.members} - set(self.params))
+        if missing:
+            raise ValueError(f"GroupLasso: the plan names tensors that are not parameters of the model: {missing[:5]}")
+        self.hook = GroupLassoHook(plan.group_sets, self.iss)
+        self.hook.start(SimpleNamespace(params=self.params))
+        self._gradient_added = False
+
+    def add_gradient(self) -> None:
+        """subgradient: add ``lambda * w_g / ||w_g||`` to ``.grad`` (between backward and the optimizer step)."""
+        if self.iss.method == "subgradient":
+            self.hook.before_clip(None)
+            self._gradient_added = True
+
+    @torch.no_grad()
+    def step(self, lr: float) -> None:
+        """After the optimizer step: the proximal step, or the sub-gradient's zeroing (see the class doc)."""
+        if self.iss.method == "subgradient" and not self._gradient_added:
+            keys = self.hook.keys
+            saved = {k: self.params[k].grad for k in keys}
+            for k in keys:
+                self.params[k].grad = torch.zeros_like(self.params[k])
+            self.hook.before_clip(None)
+            for k in keys:
+                self.params[k].sub_(lr * self.params[k].grad)
+                self.params[k].grad = saved[k]
+        self.hook.after_step(SimpleNamespace(state=SimpleNamespace(lr=lr)))
+        self._gradient_added = False
+
+    def norms(self) -> dict[str, Tensor]:
+        """Every unit's group norm, per set."""
+        return {k: v.detach().cpu() for k, v in group_norms(self.params, self.hook.sets).items()}
+
+    def widths(self, threshold: float = 0.0) -> dict[str, int]:
+        """Units per set whose group norm is above ``threshold`` (what a shrink would keep)."""
+        return {name: int((norm > threshold).sum()) for name, norm in self.norms().items()}
+
+    def penalty(self) -> float:
+        """The group-Lasso term ``sum lambda_g ||w_g||`` at the current weights."""
+        return penalty(group_norms(self.params, self.hook.sets), self.hook.lambdas)

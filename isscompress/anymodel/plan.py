@@ -1,0 +1,229 @@
+"""A plan: the ISS group sets of a user's model, found by following its units or declared in YAML.
+
+Every unit's group is the positions of its own recurrent weights (rows of the gate blocks, its column
+of ``weight_hh``, the next layer's input columns) plus every weight position that reads it
+(:mod:`.flow`). Coupled units (a sum of two layers' features, a state handed to another layer) share one
+group. Runs of consecutive units whose groups are the same positions shifted by one become one
+:class:`GroupSet`, so regularisation, thresholding and surgery are the language-model path's own code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from torch import Tensor, nn
+
+from ..core.groups import GroupSet, Member
+from ..errors import IsscompressError
+from .flow import HINT, Flow, Position, TraceError, UnitRange, follow, recurrent_shape
+
+GROUPS_FORMAT = "isscompress-groups/1"
+
+
+class GroupsFileError(IsscompressError):
+    """A YAML groups file is invalid or does not fit the model."""
+
+
+@dataclass
+class Plan:
+    """The ISS group sets of one model, with what the trace learned about them (for printing)."""
+
+    group_sets: tuple[GroupSet, ...]
+    ranges: list[UnitRange] = field(default_factory=list)
+    consumers: dict[str, set[str]] = field(default_factory=dict)
+    output_labels: Any = None
+    unit_sets: dict[int, tuple[str, int]] = field(default_factory=dict)  # unit id -> (set name, index in set)
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def describe(self) -> str:
+        """One line per group set: width, tensors it spans, who reads its units, what it is coupled with."""
+        lines = []
+        for gs in self.group_sets:
+            keys = sorted({m.key for m in gs.members})
+            readers = sorted({c for r in self.ranges if r.name in gs.name.split("+")
+                              for c in self.consumers.get(r.name, ())})
+            rule = f" same width as `{gs.same_width_as}`" if gs.same_width_as else ""
+            rule += f", narrower than `{gs.narrower_than}`" if gs.narrower_than else ""
+            lines.append(f"{gs.name}: {gs.size} units{rule}; {len(keys)} tensors"
+                         + (f"; read by {', '.join(readers)}" if readers else ""))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": GROUPS_FORMAT, "sets": [
+            {"name": gs.name, "size": gs.size, "same_width_as": gs.same_width_as, "narrower_than": gs.narrower_than,
+             "members": [{"key": m.key, "axis": m.axis, "starts": list(m.starts)} for m in gs.members]}
+            for gs in self.group_sets]}
+
+    def save(self, path: str | Path) -> None:
+        """Write the group sets as a YAML groups file (for review, editing, or a model tracing cannot follow)."""
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, width=120))
+
+
+def load_groups(path: str | Path, state: Mapping[str, Tensor] | None = None) -> Plan:
+    """Read a YAML groups file; with ``state``, check every member against the tensors it names."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise GroupsFileError(f"Cannot read groups file {path}: {err}.", "Write it with isscompress.Plan.save.")
+    if not isinstance(data, dict) or data.get("format") != GROUPS_FORMAT or not isinstance(data.get("sets"), list):
+        raise GroupsFileError(f"{path} is not an isscompress groups file (it needs `format: {GROUPS_FORMAT}` and "
+                              "a `sets` list).", "Write one with isscompress.Plan.save and edit it.")
+    sets = []
+    for i, entry in enumerate(data["sets"]):
+        try:
+            members = tuple(Member(str(m["key"]), int(m["axis"]), tuple(int(s) for s in m["starts"]))
+                            for m in entry["members"])
+            sets.append(GroupSet(str(entry["name"]), int(entry["size"]), members,
+                                 str(entry.get("same_width_as") or ""), str(entry.get("narrower_than") or ""),
+                                 label=str(entry["name"])))
+        except (KeyError, TypeError, ValueError) as err:
+            raise GroupsFileError(f"{path}: set #{i + 1} is invalid ({type(err).__name__}: {err}).",
+                                  "Each set needs name, size and members (key, axis, starts).")
+    plan = Plan(tuple(sets))
+    if state is not None:
+        check_plan(plan, state, str(path))
+    return plan
+
+
+def check_plan(plan: Plan, state: Mapping[str, Tensor], where: str) -> None:
+    """Every member names a tensor of ``state`` and fits inside it."""
+    for gs in plan.group_sets:
+        for m in gs.members:
+            if m.key not in state:
+                raise GroupsFileError(f"{where}: set `{gs.name}` names tensor `{m.key}`, which the model does not have.",
+                                      "Use the model's state_dict keys.")
+            tensor = state[m.key]
+            if m.axis >= tensor.dim() or max(m.starts) + gs.size > tensor.shape[m.axis]:
+                raise GroupsFileError(
+                    f"{where}: set `{gs.name}` reaches past `{m.key}` (shape {tuple(tensor.shape)}) on axis {m.axis}.",
+                    "Check its size and starts.")
+
+
+def own_positions(r: UnitRange, module_path: str, module: nn.Module, unit: int) -> set[Position]:
+    """The positions a recurrent layer's own weights hold for its unit ``unit`` (0-based in the range)."""
+    layers, directions, hidden, proj, gates = recurrent_shape(module)
+    prefix = f"{module_path}." if module_path else ""
+    sfx = f"_l{r.layer}{'_reverse' if r.direction else ''}"
+    out = set()
+    if r.kind == "hidden":
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            if hasattr(module, name + sfx):
+                out |= {(prefix + name + sfx, 0, g * hidden + unit) for g in range(gates)}
+        out.add((prefix + ("weight_hr" if proj else "weight_hh") + sfx, 1, unit))
+    else:
+        out |= {(prefix + "weight_hr" + sfx, 0, unit), (prefix + "weight_hh" + sfx, 1, unit)}
+    if r.kind == ("proj" if proj else "hidden") and r.layer + 1 < layers:
+        width = proj or hidden
+        for direction in range(directions):
+            out.add((f"{prefix}weight_ih_l{r.layer + 1}{'_reverse' if direction else ''}", 1, r.direction * width + unit))
+    return out
+
+
+def _shifted(positions: frozenset[Position]) -> frozenset[Position]:
+    return frozenset((key, axis, index + 1) for key, axis, index in positions)
+
+
+def build_plan(flow: Flow) -> Plan:
+    """Group sets from a flow: classes of coupled units, chained into runs of consecutive units."""
+    units = [r.first + f for r in flow.ranges for f in range(r.size)]
+    classes: dict[int, list[int]] = {}
+    for unit in units:
+        classes.setdefault(flow.find(unit), []).append(unit)
+    positions: dict[int, frozenset[Position]] = {}
+    for root, members in classes.items():
+        seen_ranges: dict[str, int] = {}
+        found: set[Position] = set()
+        for unit in members:
+            r = flow.range_of(unit)
+            if r.name in seen_ranges:
+                raise TraceError(f"Units {seen_ranges[r.name]} and {unit - r.first} of `{r.name}` are coupled (their "
+                                 "features are summed or multiplied together), so they cannot be removed one by one.",
+                                 HINT)
+            seen_ranges[r.name] = unit - r.first
+            found |= own_positions(r, r.module, flow.modules[r.module], unit - r.first)
+            found |= flow.readers.get(unit, set())
+        positions[root] = frozenset(found)
+
+    by_positions = {p: root for root, p in positions.items()}
+    successor: dict[int, int] = {}
+    for root, members in classes.items():
+        nxt = by_positions.get(_shifted(positions[root]))
+        if nxt is not None and sorted(u + 1 for u in members) == sorted(classes[nxt]) and all(
+                flow.range_of(u) == flow.range_of(u + 1) for u in members):
+            successor[root] = nxt
+    heads = sorted(set(classes) - set(successor.values()))
+
+    width_parent: dict[str, str] = {}
+
+    def width_root(key: str) -> str:
+        while width_parent.get(key, key) != key:
+            key = width_parent[key]
+        return key
+
+    chains = []
+    for head in heads:
+        chain = [head]
+        while chain[-1] in successor:
+            chain.append(successor[chain[-1]])
+        chains.append(chain)
+        keys = {_width_key(flow.range_of(u)) for u in classes[head]}
+        first = width_root(min(keys))
+        for key in keys:
+            width_parent[width_root(key)] = first
+
+    sets, unit_sets = [], {}
+    for chain in chains:
+        head_units = sorted(classes[chain[0]])
+        head_ranges = [flow.range_of(u) for u in head_units]
+        name = "+".join(_slice_name(r, u - r.first, len(chain)) for r, u in zip(head_ranges, head_units))
+        grouped: dict[tuple[str, int], list[int]] = {}
+        for key, axis, index in positions[chain[0]]:
+            grouped.setdefault((key, axis), []).append(index)
+        members = tuple(Member(key, axis, tuple(sorted(starts))) for (key, axis), starts in sorted(grouped.items()))
+        r0 = head_ranges[0]
+        narrower = width_root(_width_key(r0, "hidden")) if r0.kind == "proj" else ""
+        sets.append(GroupSet(name, len(chain), members, width_root(_width_key(r0)), narrower, label=name))
+        for index, root in enumerate(chain):
+            for unit in classes[root]:
+                unit_sets[unit] = (name, index)
+    _check_uniform(flow, sets, unit_sets)
+    return Plan(tuple(sets), list(flow.ranges), flow.consumers, flow.output_labels, unit_sets)
+
+
+def _width_key(r: UnitRange, kind: str | None = None) -> str:
+    """All ranges of one kind of one PyTorch module share one width (hidden_size, proj_size)."""
+    return f"{r.module or '<root>'}#{kind or r.kind}"
+
+
+def _slice_name(r: UnitRange, start: int, size: int) -> str:
+    return r.name if (start, size) == (0, r.size) else f"{r.name}[{start}:{start + size}]"
+
+
+def _check_uniform(flow: Flow, sets: list[GroupSet], unit_sets: dict[int, tuple[str, int]]) -> None:
+    """Every range of one module must be cut into the same number of sets, or widths could not stay equal."""
+    per_module: dict[str, set[int]] = {}
+    for r in flow.ranges:
+        count = len({unit_sets[u][0] for u in range(r.first, r.first + r.size)})
+        per_module.setdefault(_width_key(r), set()).add(count)
+    for key, counts in per_module.items():
+        if len(counts) > 1:
+            raise TraceError(f"The layers of `{key.split('#')[0]}` are coupled to other layers unevenly, so they "
+                             "could not keep one hidden size after shrinking.", HINT)
+
+
+def discover(model: nn.Module, example_inputs: Any) -> Plan:
+    """Every ISS group of every recurrent layer of ``model``, with the weights that read it.
+
+    Runs ``model(*example_inputs)`` once (eval mode, no gradients) and follows each unit's output."""
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    flow = follow(model, inputs)
+    if not flow.ranges:
+        raise TraceError("The model called no nn.LSTM, nn.GRU or nn.RNN on the example inputs, so it has no ISS "
+                         "groups to find.", "Pass inputs that run its recurrent layers.")
+    return build_plan(flow)

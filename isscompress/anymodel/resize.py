@@ -1,0 +1,166 @@
+"""Physically smaller copies of a user's module: resize its layers to a shrunk state dict, and prove it.
+
+``shrink_module`` removes the dropped units' positions from the state dict with the language-model
+path's own surgery, then rebuilds every layer whose tensors changed shape (``nn.LSTM``/``GRU``/``RNN``,
+``nn.Linear``, ``nn.Conv1d``: new modules of the same class with the new sizes; any other module: its
+parameters replaced), and checks the result against the masked original in float64 before returning it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+from torch.utils._pytree import tree_flatten
+
+from ..core.groups import all_unit_norms
+from ..core.surgery import mask_state_dict, shrink_state_dict
+from ..core.thresholding import select_kept
+from ..errors import ShrinkError
+from .plan import Plan, check_plan, discover
+
+
+def _rebuilt(module: nn.Module, state: Mapping[str, Tensor]) -> nn.Module | None:
+    """A new module of ``module``'s class sized for ``state`` (its own keys), or None to patch in place."""
+    like = next(iter(module.parameters(recurse=False)), None)
+    factory = {"device": like.device, "dtype": like.dtype} if like is not None else {}
+    if isinstance(module, nn.RNNBase):
+        proj = state["weight_hr_l0"].shape[0] if "weight_hr_l0" in state else 0
+        hidden = state["weight_hr_l0"].shape[1] if proj else state["weight_hh_l0"].shape[1]
+        kwargs = dict(input_size=state["weight_ih_l0"].shape[1], hidden_size=hidden, num_layers=module.num_layers,
+                      bias=module.bias, batch_first=module.batch_first, dropout=module.dropout,
+                      bidirectional=module.bidirectional, **factory)
+        if isinstance(module, nn.LSTM):
+            kwargs["proj_size"] = proj
+        if type(module) is nn.RNN:
+            kwargs["nonlinearity"] = module.nonlinearity
+        return type(module)(**kwargs)
+    if type(module) is nn.Linear:
+        out_features, in_features = state["weight"].shape
+        return nn.Linear(in_features, out_features, bias="bias" in state, **factory)
+    if type(module) is nn.Conv1d:
+        out_channels, in_channels, _ = state["weight"].shape
+        return nn.Conv1d(in_channels, out_channels, module.kernel_size, module.stride, module.padding,
+                         module.dilation, module.groups, "bias" in state, module.padding_mode, **factory)
+    return None
+
+
+def resize_to(model: nn.Module, state: Mapping[str, Tensor]) -> nn.Module:
+    """A copy of ``model`` whose layers have the shapes of ``state``, with ``state`` loaded.
+
+    This is also how a user's code loads a shrunk checkpoint: build the original model, then
+    ``resize_to(model, load_file("small.safetensors"))``."""
+    resized = copy.deepcopy(model)
+    current = resized.state_dict()
+    changed = {key for key, value in state.items() if key in current and current[key].shape != value.shape}
+    owners = {key.rpartition(".")[0] for key in changed}
+    for path in sorted(owners, key=len, reverse=True):
+        module = resized.get_submodule(path) if path else resized
+        prefix = f"{path}." if path else ""
+        own = {key[len(prefix):]: value for key, value in state.items()
+               if key.startswith(prefix) and "." not in key[len(prefix):]}
+        new = _rebuilt(module, own)
+        if new is None:
+            if any(isinstance(module, kind) for kind in (nn.Embedding, nn.LayerNorm, nn.modules.batchnorm._NormBase,
+                                                         nn.MultiheadAttention, nn.Bilinear)):
+                raise ShrinkError(f"Module `{path}` ({type(module).__name__}) would need new sizes, which isscompress "
+                                  "cannot set for this class.", "Report it with the model's code.")
+            for name, value in own.items():
+                if isinstance(getattr(module, name, None), nn.Parameter):
+                    setattr(module, name, nn.Parameter(value.clone(), requires_grad=getattr(module, name).requires_grad))
+            continue
+        new.train(module.training)
+        if path:
+            parent_path, _, child = path.rpartition(".")
+            setattr(resized.get_submodule(parent_path) if parent_path else resized, child, new)
+        else:
+            resized = new
+    try:
+        resized.load_state_dict(state)
+    except RuntimeError as err:
+        raise ShrinkError(f"The resized model does not take the shrunk tensors: {err}".strip(),
+                          "Report it with the model's code.") from err
+    return resized
+
+
+def _double(value: Any) -> Any:
+    if isinstance(value, Tensor) and value.is_floating_point():
+        return value.double()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_double(v) for v in value)
+    return value
+
+
+def _kept_mask(labels: Tensor, plan: Plan, kept: Mapping[str, Tensor]) -> Tensor:
+    keep = torch.ones(labels.shape, dtype=torch.bool)
+    kept_sets = {name: set(indices.tolist()) for name, indices in kept.items()}
+    for unit in labels.unique().tolist():
+        if unit >= 0 and unit in plan.unit_sets:
+            name, index = plan.unit_sets[unit]
+            if index not in kept_sets[name]:
+                keep &= labels != unit
+    return keep
+
+
+def verify(original: nn.Module, masked_state: Mapping[str, Tensor], shrunk: nn.Module, example_inputs: tuple,
+           plan: Plan, kept: Mapping[str, Tensor]) -> float:
+    """Largest difference between the masked original and the shrunk module on the inputs, in float64.
+
+    Outputs that carry hidden features are compared on the positions of the kept units."""
+    masked = copy.deepcopy(original).double().eval()
+    masked.load_state_dict({k: _double(v) for k, v in masked_state.items()})
+    small = copy.deepcopy(shrunk).double().eval()
+    inputs = _double(example_inputs)
+    with torch.no_grad():
+        try:
+            expected, actual = tree_flatten(masked(*inputs))[0], tree_flatten(small(*inputs))[0]
+        except Exception as err:
+            raise ShrinkError(f"The shrunk model fails on the example inputs ({type(err).__name__}: {err}); its forward "
+                              "probably uses sizes stored outside its layers (e.g. self.hidden_size).",
+                              "Read sizes from the layers (lstm.hidden_size, tensor.shape) in forward.") from err
+    labels = plan.output_labels or [None] * len(expected)
+    worst = 0.0
+    for e, a, lab in zip(expected, actual, labels):
+        if isinstance(e, PackedSequence):
+            e, a = e.data, a.data
+        if not isinstance(e, Tensor):
+            continue
+        if lab is not None and lab.shape == e.shape:
+            e = e[_kept_mask(lab, plan, kept)]
+            a = a.flatten()
+        if e.shape != a.shape:
+            raise ShrinkError(f"The shrunk model's output has shape {tuple(a.shape)} where {tuple(e.shape)} was "
+                              "expected.", "Its forward probably uses sizes stored outside its layers.")
+        if e.is_floating_point():
+            worst = max(worst, float((e - a).abs().max()) if e.numel() else 0.0)
+        elif not torch.equal(e, a):
+            worst = float("inf")
+    return worst
+
+
+def shrink_module(model: nn.Module, example_inputs: Any, threshold: float = 1e-4, plan: Plan | None = None,
+                  tolerance: float = 1e-8) -> nn.Module:
+    """A new, physically smaller module: the units whose ISS group norm is at most ``threshold`` removed.
+
+    ``model`` is untouched. The result is checked against ``model`` with those units zeroed, in float64,
+    on ``example_inputs``; a difference above ``tolerance`` (relative to the output scale) raises."""
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    plan = plan if plan is not None else discover(model, inputs)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    check_plan(plan, state, "the plan")
+    kept = select_kept(all_unit_norms(state, plan.group_sets), plan.group_sets, threshold)
+    shrunk = resize_to(model, shrink_state_dict(state, plan.group_sets, kept))
+    masked_state = mask_state_dict(state, plan.group_sets, kept)
+    worst = verify(model, masked_state, shrunk, inputs, plan, kept)
+    scale = max(1.0, max((float(p.abs().max()) for p in state.values() if p.is_floating_point() and p.numel()),
+                         default=1.0))
+    if not worst <= tolerance * scale:
+        raise ShrinkError(f"The shrunk model differs from the masked original by {worst:.3g} on the example inputs "
+                          "(float64): the plan does not describe every reader of the removed units.",
+                          "If the groups came from a YAML file, check its members; otherwise report it with the "
+                          "model's code.")
+    return shrunk
+
