@@ -5,6 +5,7 @@ The verbs a user calls from Python. Each takes a checkpoint in memory or a file 
 command of the CLI is a few lines over one of them.
 """
 
+from .anymodel import GroupLasso, Plan, discover, load_groups, resize_to, shrink_module
 from .architectures import Architecture, LayerSpec, ModelSpec
 from .architectures.stack_module import RecurrentModel, build_model
 from .core.cells import CELLS, CellKind
@@ -27,7 +28,7 @@ from .verbs.run import run
 from .verbs.shrink import shrink
 
 __all__ = [
-    "Architecture", "CELLS", "CellKind", "Checkpoint", "GroupLassoHook", "GroupSet", "Hook", "IssSection",
+    "Architecture", "CELLS", "GroupLasso", "Plan", "discover", "load_groups", "resize_to", "shrink_module", "CellKind", "Checkpoint", "GroupLassoHook", "GroupSet", "Hook", "IssSection",
     "LanguageModelLoss", "LayerSpec", "Member", "Metadata", "ModelSpec", "Objective", "Recipe", "RecurrentModel",
     "Schedule", "fit", "all_unit_norms", "build_model", "evaluate", "export", "finetune", "inspect", "load",
     "load_checkpoint", "load_recipe", "mask_state_dict", "measure_speed", "report", "report_markdown", "run",

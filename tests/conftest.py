@@ -23,6 +23,7 @@ PTB_MODEL = SHARED / "models" / "ptb-small-lstm"
 EXCERPT = TESTS.parent / "examples" / "data" / "ptb-excerpt"
 
 sys.path.insert(0, str(TESTS / "wlm"))
+sys.path.insert(0, str(TESTS.parent / "examples" / "squad"))  # the BiDAF-style user model
 import model as wlm  # noqa: E402  (pytorch/examples stand-in, module name "model" on purpose)
 
 

@@ -58,6 +58,8 @@ SUMS = frozenset("add __add__ __radd__ add_ __iadd__ sub __sub__ __rsub__ sub_ _
 REDUCTIONS = frozenset("sum mean max min amax amin nansum nanmean".split())
 MATMULS = frozenset("matmul __matmul__ __rmatmul__ mm bmm".split())
 ZEROS = frozenset("zeros zeros_like new_zeros".split())
+FRESH = frozenset("ones_like empty_like full_like rand_like randn_like randint_like new_ones new_full new_empty "
+                  "new_tensor".split())  # new values shaped like their input: not hidden features
 METADATA = frozenset("""
 size dim numel __len__ is_contiguous is_floating_point element_size stride __get__ __format__ __bool__ item
 tolist __index__ __repr__ __hash__ data_ptr get_device _is_view nelement ndimension
@@ -173,6 +175,15 @@ class _Tracer(TorchFunctionMode):
             else:
                 self.labels.pop(id(value), None)
 
+    def couple(self, a: int, b: int, op: str = "an operation") -> None:
+        """Units ``a`` and ``b`` must be removed together; two units of one layer never can be."""
+        if a != b and self.flow.range_of(a) == self.flow.range_of(b):
+            r = self.flow.range_of(a)
+            self.refuse(f"{op} combines the features of units {a - r.first} and {b - r.first} of `{r.name}` are combined (summed, "
+                        "multiplied, or read by one weight after a reshape mixed the feature axis), so they cannot "
+                        "be removed one by one")
+        self.flow.couple(a, b)
+
     def where(self) -> str:
         return f"module `{self.stack[-1]}`" if self.stack and self.stack[-1] else "the model's forward"
 
@@ -212,7 +223,7 @@ class _Tracer(TorchFunctionMode):
             if attr in ("data", "T", "mT") and isinstance(out, Tensor):
                 self.set_label(out, getattr(self.label_of(args[0]), attr))
             return
-        if name in METADATA:
+        if name in METADATA or name in FRESH:
             return
         if name in STRUCTURAL:
             return self.structural(func, name, args, kwargs, out)
@@ -300,7 +311,7 @@ class _Tracer(TorchFunctionMode):
         la, lb = torch.broadcast_tensors(la, lb)
         both = (la >= 0) & (lb >= 0)
         for x, y in torch.stack([la[both], lb[both]], 1).unique(dim=0).tolist() if bool(both.any()) else []:
-            self.flow.couple(x, y)
+            self.couple(x, y)
         if not product:
             mixed = ((la >= 0) & (lb == UNLABELED)) | ((lb >= 0) & (la == UNLABELED))
             if bool(mixed.any()):
@@ -332,7 +343,7 @@ class _Tracer(TorchFunctionMode):
             self.refuse(f"{what} mixes hidden features of {self.unit_name(int(low[mixed][0]))} with other values")
         for row in (has_unit & (low != high)).nonzero().squeeze(1).tolist():
             for other in flat[row][is_unit[row]].unique().tolist():
-                self.flow.couple(int(low[row]), other)
+                self.couple(int(low[row]), other, what)
         all_zero = (flat == ZERO).all(1)
         result = torch.where(has_unit, low, torch.where(all_zero, ZERO, UNLABELED))
         return result.reshape(rows.shape[:-1])
@@ -374,7 +385,7 @@ class _Tracer(TorchFunctionMode):
                             "the same units nor a weight")
             for x, y in zip(contracted_a.tolist(), contracted_b.tolist()):
                 if x >= 0 and y >= 0:
-                    self.flow.couple(x, y)
+                    self.couple(x, y)
                 elif (x >= 0 and y == UNLABELED) or (y >= 0 and x == UNLABELED):
                     self.refuse(f"`{name}` contracts hidden features with values that are not hidden features")
             return  # every feature is summed into the result: it is not a hidden feature any more
@@ -484,7 +495,7 @@ class _Tracer(TorchFunctionMode):
                     self.refuse(f"the initial state of `{r.name}` holds values that are not zero and not a "
                                 "unit's state (a removed unit would not start at zero)")
                 if unit >= 0:
-                    self.flow.couple(unit, r.first + f)
+                    self.couple(unit, r.first + f)
 
     def after_recurrent(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         self.inside_recurrent -= 1
@@ -511,6 +522,10 @@ class _Tracer(TorchFunctionMode):
         finally:
             self.busy = False
 
+    def refuse_cell(self, module: nn.Module, args: Any) -> None:
+        raise TraceError(f"Module `{self.names.get(id(module))}` is an {type(module).__name__} stepped by the model's "
+                         "own loop; isscompress follows nn.LSTM, nn.GRU and nn.RNN, not cells yet.", HINT)
+
     # ----- module names for messages ---------------------------------------------------------
     def enter(self, module: nn.Module, args: Any) -> None:
         if not isinstance(module, RECURRENT):
@@ -528,9 +543,8 @@ def _hooks(tracer: _Tracer, model: nn.Module) -> Iterator[Any]:
         if isinstance(module, RECURRENT):
             yield module.register_forward_pre_hook(tracer.before_recurrent, with_kwargs=True)
             yield module.register_forward_hook(tracer.after_recurrent, with_kwargs=True)
-        elif isinstance(module, (nn.RNNCellBase,)):
-            raise TraceError(f"Module `{tracer.names[id(module)]}` is a {type(module).__name__}: cells stepped in "
-                             "a Python loop are not followed yet.", HINT)
+        elif isinstance(module, nn.RNNCellBase):
+            yield module.register_forward_pre_hook(tracer.refuse_cell)
 
 
 def follow(model: nn.Module, example_inputs: tuple) -> Flow:

@@ -34,7 +34,7 @@ class GroupLasso:
                  targets: Mapping[str, int] | None = None, multipliers: Mapping[str, float] | None = None,
                  reweight: float = 0.0, freeze_dead: bool = True, zero_threshold: float = 1e-4) -> None:
         names = {gs.name for gs in plan.group_sets}
-        unknown = sorted(set(targets or {}) | set(multipliers or {}) - names)
+        unknown = sorted((set(targets or {}) | set(multipliers or {})) - names)
         if unknown:
             raise ValueError(f"GroupLasso: no group set named {', '.join(unknown)}; the plan has {', '.join(sorted(names))}")
         self.iss = IssSection(lambda_=lam, method=method, target_widths=dict(targets or {}),

@@ -1,0 +1,290 @@
+"""The any-model API on a zoo of recurrent models: exact shrinks, refusals that name the op, GroupLasso."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+import isscompress
+from anymodel_zoo import AttentionClassifier, tokens, zoo
+from isscompress.anymodel import GroupsFileError, TraceError
+from isscompress.core.groups import all_unit_norms
+from isscompress.core.surgery import mask_state_dict
+from isscompress.core.thresholding import select_kept
+from isscompress.errors import ShrinkError
+
+ZOO = zoo()
+
+
+def outputs64(model: nn.Module, inputs: tuple) -> list[torch.Tensor]:
+    model = copy.deepcopy(model).double().eval()
+    inputs = tuple(x.double() if x.is_floating_point() else x for x in inputs)
+    with torch.no_grad():
+        return [t for t in tree_flatten(model(*inputs))[0] if isinstance(t, torch.Tensor)]
+
+
+def zero_random_groups(model: nn.Module, plan: isscompress.Plan, seed: int, keep_fraction: float) -> nn.Module:
+    """A copy with random units' groups zeroed (widths made legal the way shrink makes them)."""
+    g = torch.Generator().manual_seed(seed)
+    wanted = {gs.name: torch.randperm(gs.size, generator=g)[: max(1, int(gs.size * keep_fraction))]
+              for gs in plan.group_sets}
+    state = mask_state_dict(model.state_dict(), plan.group_sets, wanted)
+    kept = select_kept(all_unit_norms(state, plan.group_sets), plan.group_sets, 0.0)
+    masked = copy.deepcopy(model)
+    masked.load_state_dict(mask_state_dict(state, plan.group_sets, kept))
+    return masked
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 10_000), keep=st.floats(0.2, 1.0))
+def test_shrink_module_computes_what_the_masked_model_computes(name, seed, keep):
+    model, inputs = ZOO[name]
+    plan = isscompress.discover(model, inputs)
+    masked = zero_random_groups(model, plan, seed, keep)
+    small = isscompress.shrink_module(masked, inputs, threshold=0.0, plan=plan)
+    before = sum(p.numel() for p in masked.parameters())
+    after = sum(p.numel() for p in small.parameters())
+    assert after <= before
+    assert type(small) is type(model)
+    for expected, actual in zip(outputs64(masked, inputs), outputs64(small, inputs)):
+        assert expected.shape == actual.shape  # every zoo model's outputs are free of hidden features
+        torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-10)
+    # the original is untouched, and the smaller model is really smaller where units died
+    if keep < 0.9:
+        assert after < before
+
+
+def test_plans_find_the_readers_and_couplings_of_each_model():
+    described = {name: isscompress.discover(*ZOO[name]) for name in ZOO}
+    names = {name: [gs.name for gs in plan.group_sets] for name, plan in described.items()}
+    assert names["seq2seq"] == ["encoder.l0+decoder.l0", "encoder.l1+decoder.l1"]  # (h, c) handed over
+    assert names["bi_encoder_seq2seq"] == ["encoder.l0+decoder.l0[0:4]", "encoder.l0.reverse+decoder.l0[4:8]"]
+    assert names["stacked_dropout"] == ["first.l0+second.l0"]  # a + b couples the two modules' units
+    assert names["projected_classifier"] == ["lstm.l0", "lstm.l0.proj"]
+    bidaf = described["bidaf"]
+    context = next(gs for gs in bidaf.group_sets if gs.name == "context.l0")
+    keys = {m.key for m in context.members}
+    # the shared encoder is read by the trilinear similarity, the modeling LSTM and both pointers
+    assert {"w_h", "w_u", "w_hu", "modeling.weight_ih_l0", "modeling.weight_ih_l0_reverse", "start.weight",
+            "end.weight"} <= keys
+    modeling_input = next(m for m in context.members if m.key == "modeling.weight_ih_l0")
+    hidden = context.size
+    # G = [h; c2q; h*c2q; h*q2c]: the forward unit k is column k of each of the four blocks
+    assert modeling_input.starts == tuple(block * 2 * hidden for block in range(4))
+    assert "read by" in bidaf.describe()
+
+
+def test_groups_file_round_trip_and_shrink(tmp_path):
+    model, inputs = ZOO["bidaf"]
+    plan = isscompress.discover(model, inputs)
+    plan.save(tmp_path / "groups.yaml")
+    loaded = isscompress.load_groups(tmp_path / "groups.yaml", model.state_dict())
+    assert loaded.group_sets == plan.group_sets
+    masked = zero_random_groups(model, plan, 3, 0.5)
+    small = isscompress.shrink_module(masked, inputs, threshold=0.0, plan=loaded)
+    for expected, actual in zip(outputs64(masked, inputs), outputs64(small, inputs)):
+        torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-10)
+
+
+def test_bad_groups_files_name_the_problem(tmp_path):
+    model, inputs = ZOO["gru_tagger"]
+    plan = isscompress.discover(model, inputs)
+    path = tmp_path / "g.yaml"
+    path.write_text("sets: []\n")
+    with pytest.raises(GroupsFileError, match="format: isscompress-groups/1"):
+        isscompress.load_groups(path)
+    data = plan.to_dict()
+    data["sets"][0]["members"][0]["key"] = "gru.weight_ih_l7"
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(GroupsFileError, match="gru.weight_ih_l7"):
+        isscompress.load_groups(path, model.state_dict())
+    data = plan.to_dict()
+    data["sets"][0]["members"][0]["starts"] = [10_000]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(GroupsFileError, match="reaches past"):
+        isscompress.load_groups(path, model.state_dict())
+
+
+def test_a_plan_missing_a_reader_is_caught_by_the_float64_check():
+    model, inputs = ZOO["attention_classifier"]
+    plan = isscompress.discover(model, inputs)
+    first = plan.group_sets[0]
+    without_score = type(first)(first.name, first.size, tuple(m for m in first.members if m.key != "score.weight"),
+                                first.same_width_as, first.narrower_than)
+    broken = isscompress.Plan((without_score,) + plan.group_sets[1:])
+    masked = zero_random_groups(model, plan, 0, 0.5)
+    with pytest.raises(ShrinkError):
+        isscompress.shrink_module(masked, inputs, threshold=0.0, plan=broken)
+
+
+def test_resize_to_loads_a_shrunk_state_dict_into_the_original_class():
+    model, inputs = ZOO["packed_tagger"]
+    plan = isscompress.discover(model, inputs)
+    small = isscompress.shrink_module(zero_random_groups(model, plan, 5, 0.5), inputs, 0.0, plan)
+    again = isscompress.resize_to(type(model)(), small.state_dict())
+    for expected, actual in zip(outputs64(small, inputs), outputs64(again, inputs)):
+        torch.testing.assert_close(actual, expected)
+    assert again.lstm.hidden_size == small.lstm.hidden_size < model.lstm.hidden_size
+
+
+# ----- refusals: each names the module and the operation ----------------------------------------
+class Refused(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.emb = nn.Embedding(20, 6)
+        self.lstm = nn.LSTM(6, 8, batch_first=True)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 3)
+        self.heads = nn.Linear(4, 3)
+        self.h0 = nn.Parameter(torch.randn(1, 1, 8))
+        self.cell = nn.LSTMCell(6, 8)
+
+    def forward(self, x):
+        e = self.emb(x)
+        if self.how == "initial_state":
+            h, _ = self.lstm(e, (self.h0.expand(1, x.shape[0], 8).contiguous(), torch.zeros(1, x.shape[0], 8)))
+        else:
+            h, _ = self.lstm(e)
+        if self.how == "layer_norm":
+            return self.head(self.norm(h))
+        if self.how == "sigmoid":
+            return self.head(torch.sigmoid(h))
+        if self.how == "mixing_reshape":
+            return self.heads(h.reshape(h.shape[0], h.shape[1], 2, 4))
+        if self.how == "softmax":
+            return self.head(torch.softmax(h, -1))
+        if self.how == "residual":
+            return self.head(h + torch.ones_like(h))
+        if self.how == "sum_features":
+            return h.sum(-1)
+        return self.head(h)
+
+
+@pytest.mark.parametrize("how, words", [
+    ("layer_norm", ["`norm`", "layer_norm"]),
+    ("sigmoid", ["sigmoid", "`lstm.l0`"]),
+    ("mixing_reshape", ["`heads`", "linear"]),
+    ("softmax", ["softmax"]),
+    ("residual", ["`add`", "not hidden features"]),
+    ("initial_state", ["initial state", "`lstm"]),
+    ("sum_features", ["sum"]),
+])
+def test_what_cannot_be_followed_is_refused_by_name(how, words):
+    with pytest.raises(TraceError) as caught:
+        isscompress.discover(Refused(how), (tokens(2, 5),))
+    message = str(caught.value)
+    for word in words:
+        assert word in message, message
+    assert "YAML groups file" in message
+
+
+def test_cells_and_tied_weights_are_refused():
+    class Stepped(Refused):
+        def forward(self, x):
+            h = c = torch.zeros(x.shape[0], 8)
+            for t in range(x.shape[1]):
+                h, c = self.cell(self.emb(x[:, t]), (h, c))
+            return self.head(h)
+
+    with pytest.raises(TraceError, match="`cell` is an LSTMCell"):
+        isscompress.discover(Stepped("plain"), (tokens(2, 5),))
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(20, 8)
+            self.lstm = nn.LSTM(8, 8)
+            self.out = nn.Linear(8, 20)
+            self.out.weight = self.emb.weight
+
+        def forward(self, x):
+            return self.out(self.lstm(self.emb(x))[0])
+
+    with pytest.raises(TraceError, match="shared by"):
+        isscompress.discover(Tied(), (tokens(5, 2),))
+
+
+def test_wrong_example_inputs_say_so():
+    with pytest.raises(TraceError, match="example inputs"):
+        isscompress.discover(AttentionClassifier(), (torch.randn(2, 3),))
+
+
+# ----- GroupLasso --------------------------------------------------------------------------------
+def brute_force_groups(model: nn.Module, plan: isscompress.Plan) -> list[dict[str, torch.Tensor]]:
+    """One boolean mask per tensor for every unit of every set, built element by element."""
+    state = model.state_dict()
+    groups = []
+    for gs in plan.group_sets:
+        for k in range(gs.size):
+            masks = {}
+            for m in gs.members:
+                mask = masks.setdefault(m.key, torch.zeros(state[m.key].shape, dtype=torch.bool))
+                for start in m.starts:
+                    index = [slice(None)] * mask.dim()
+                    index[m.axis] = start + k
+                    mask[tuple(index)] = True
+            groups.append(masks)
+    return groups
+
+
+@pytest.mark.parametrize("method", ["proximal", "subgradient"])
+def test_group_lasso_step_matches_brute_force(method):
+    model, inputs = ZOO["bi_encoder_seq2seq"]
+    model = copy.deepcopy(model).double()
+    plan = isscompress.discover(model, inputs)
+    params = dict(model.named_parameters())
+    before = {k: p.detach().clone() for k, p in params.items()}
+    lam, lr = 0.3, 0.5
+    groups = brute_force_groups(model, plan)
+    expected = {k: v.clone() for k, v in before.items()}
+    if method == "proximal":
+        factors = []
+        for masks in groups:
+            norm = torch.sqrt(sum((before[k][m] ** 2).sum() for k, m in masks.items()))
+            factors.append((masks, max(0.0, 1 - lr * lam / float(norm))))
+        for masks, factor in factors:
+            for k, m in masks.items():
+                expected[k][m] *= factor
+    else:
+        weights = {k: before[k].clone().requires_grad_(True) for k in before}
+        penalty = sum(lam * torch.sqrt(sum((weights[k][m] ** 2).sum() for k, m in masks.items()))
+                      for masks in groups)
+        penalty.backward()
+        expected = {k: before[k] - lr * (weights[k].grad if weights[k].grad is not None else 0) for k in before}
+    reg = isscompress.GroupLasso(model, plan, lam=lam, method=method, zero_threshold=0.0)
+    assert reg.penalty() == pytest.approx(sum(
+        lam * float(torch.sqrt(sum((before[k][m] ** 2).sum() for k, m in masks.items()))) for masks in groups))
+    reg.step(lr)
+    for k, p in params.items():
+        torch.testing.assert_close(p.detach(), expected[k], rtol=1e-9, atol=1e-12, msg=k)
+
+
+def test_group_lasso_in_a_users_loop_reaches_target_widths_and_shrinks():
+    model, inputs = copy.deepcopy(ZOO["attention_classifier"][0]), ZOO["attention_classifier"][1]
+    plan = isscompress.discover(model, inputs)
+    reg = isscompress.GroupLasso(model, plan, lam=0.5, method="proximal",
+                                 targets={"lstm.l0": 3, "lstm.l0.reverse": 3})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
+    labels = torch.tensor([0, 1, 2])
+    for _ in range(200):
+        loss = nn.functional.cross_entropy(model(*inputs), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        reg.step(0.2)
+    assert reg.widths() == {"lstm.l0": 3, "lstm.l0.reverse": 3}
+    small = isscompress.shrink_module(model, inputs, threshold=0.0, plan=plan)
+    assert small.lstm.hidden_size == 3 and small.out.in_features == 6
+    torch.testing.assert_close(small(*inputs), model(*inputs), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="no group set named"):
+        isscompress.GroupLasso(model, plan, lam=0.1, targets={"lstm": 2})
