@@ -31,6 +31,9 @@ EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM; a training run saved its state first
 
 FamilyOption = typer.Option(None, "--family", help="Model family, when auto-detection is not wanted.")
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout instead of tables.")
+ArchOption = typer.Option(None, "--arch", help="Your own model: FILE.py:FACTORY, where FACTORY() returns "
+                          "(model, example_inputs) and the checkpoint holds its state_dict (docs/any-model.md).")
+GroupsOption = typer.Option(None, "--groups", help="Your model's ISS groups as a YAML groups file (docs/any-model.md).")
 
 
 def _stdout() -> Console:
@@ -71,11 +74,23 @@ def _print_json(data: dict) -> None:
 def inspect(
     checkpoint: Path = typer.Argument(..., help="Checkpoint file (.safetensors, .pt, .pth, .bin)."),
     family: Optional[str] = FamilyOption,
+    arch: Optional[str] = ArchOption,
+    groups: Optional[Path] = GroupsOption,
+    save_groups: Optional[Path] = typer.Option(None, "--save-groups", help="With --arch: write the groups found."),
     as_json: bool = JsonOption,
 ) -> None:
     """Show a checkpoint's layers, costs and ISS group norms."""
     from ..verbs.inspect import inspect as inspect_checkpoint
 
+    if arch or groups:
+        from ..verbs.any_model import open_user_model
+
+        with _user_errors():
+            opened = open_user_model(checkpoint, arch, groups)
+            if save_groups:
+                opened.plan.save(save_groups)
+        _render.render_user_model(opened, _stdout(), as_json)
+        return
     with _user_errors():
         result = inspect_checkpoint(checkpoint, family)
     if as_json:
@@ -90,12 +105,21 @@ def shrink(
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the smaller checkpoint (.safetensors)."),
     threshold: float = typer.Option(0.0, "--threshold", "-t", help="Remove units whose ISS group norm is <= this."),
     family: Optional[str] = FamilyOption,
+    arch: Optional[str] = ArchOption,
+    groups: Optional[Path] = GroupsOption,
     force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
     as_json: bool = JsonOption,
 ) -> None:
     """Remove dead ISS groups and write a physically smaller, dense checkpoint."""
     from ..verbs.shrink import shrink as shrink_checkpoint
 
+    if arch or groups:
+        from ..verbs.any_model import shrink_user_model
+
+        with _user_errors():
+            done = shrink_user_model(checkpoint, output, threshold, arch, groups, force)
+        _render.render_user_shrink(done, _stdout(), as_json)
+        return
     with _user_errors():
         result = shrink_checkpoint(checkpoint, output, threshold, family=family, force=force)
     if as_json:

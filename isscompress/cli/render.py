@@ -222,3 +222,57 @@ def render_report(report, console: Console) -> None:
         steps = " → ".join(f"{s['from']} ({s['sha256'][:8]}, then {s['stage']})" for s in prov["lineage"])
         threshold = f"; shrink threshold {prov['threshold']:g}" if "threshold" in prov else ""
         console.print(f"Lineage: {escape(steps)}{threshold}")
+
+
+def render_user_model(opened, console: Console, as_json: bool = False) -> None:
+    """A user model's group sets: width, alive units, norms, and who reads them."""
+    from ..core.groups import all_unit_norms
+
+    norms = all_unit_norms(opened.tensors, opened.plan.group_sets)
+    rows = []
+    for gs in opened.plan.group_sets:
+        norm = norms[gs.name]
+        readers = sorted({c for r in opened.plan.ranges if r.name in gs.name.split("+")
+                          for c in opened.plan.consumers.get(r.name, ())})
+        rows.append({"set": gs.name, "units": gs.size, "alive": int((norm > 0).sum()),
+                     "norm_min": float(norm.min()), "norm_median": float(norm.median()),
+                     "same_width_as": gs.same_width_as, "readers": readers})
+    if as_json:
+        import json
+        import sys
+
+        sys.stdout.write(json.dumps({"checkpoint": str(opened.path), "sets": rows}, indent=2) + "\n")
+        return
+    table = Table(title=f"ISS group sets of {escape(str(opened.path))}", title_justify="left")
+    for column in ("set", "units", "alive", "norm min", "norm median", "read by"):
+        table.add_column(column, justify="right" if column in ("units", "alive", "norm min", "norm median") else "left",
+                         no_wrap=column == "set")
+    for row in rows:
+        table.add_row(escape(row["set"]), str(row["units"]), str(row["alive"]), f"{row['norm_min']:.3g}",
+                      f"{row['norm_median']:.3g}", escape(", ".join(row["readers"])))
+    console.print(table)
+    console.print("Sets with the same width key keep one width (one nn.LSTM's layers and directions share "
+                  "hidden_size).", style="dim")
+
+
+def render_user_shrink(done, console: Console, as_json: bool = False) -> None:
+    if as_json:
+        import json
+        import sys
+
+        sys.stdout.write(json.dumps(done.to_dict(), indent=2) + "\n")
+        return
+    table = Table(title=f"Shrunk {escape(str(done.source))}", title_justify="left")
+    for column in ("set", "before", "after"):
+        table.add_column(column, justify="left" if column == "set" else "right")
+    for name, before in done.widths_before.items():
+        table.add_row(escape(name), str(before), str(done.widths_after[name]))
+    console.print(table)
+    before, after = done.parameters
+    console.print(f"parameters {human(before)} -> {human(after)} ({before / max(after, 1):.2f}x smaller)")
+    console.print("checked: the smaller model computes what the original with those units zeroed computes "
+                  "(float64, on the example inputs)" if done.verified else
+                  "NOT checked: with --groups alone there is no model to run; pass --arch to check it",
+                  style="green" if done.verified else "yellow")
+    if done.output:
+        console.print(f"wrote {escape(str(done.output))}")

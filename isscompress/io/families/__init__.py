@@ -41,7 +41,9 @@ def detect_family(tensors: Mapping[str, Tensor], source: str) -> Family:
     what = "matches no known model family" if not found else f"matches several families ({', '.join(f.name for f in found)})"
     raise CheckpointError(
         f"{source} {what}. Its keys: {_key_sample(tensors)}. Expected: {expected}",
-        "Pass --family NAME to choose one, or rename the keys to one of these layouts.",
+        "Pass --family NAME to choose one, or rename the keys to one of these layouts. If it is a model of your "
+        "own (classifier, tagger, seq2seq, attention model, ...), pass --arch FILE.py:FACTORY (FACTORY() returns "
+        "the model and example inputs) or --groups FILE.yaml; see docs/any-model.md.",
     )
 
 

@@ -1,0 +1,152 @@
+"""inspect / shrink for a checkpoint of a user's own model: its code named by ``--arch FILE.py:FACTORY``
+(``FACTORY()`` returns the model and example inputs), or its groups declared by ``--groups FILE.yaml``.
+
+The checkpoint holds the model's state dict. A shrunk checkpoint still loads through the same factory:
+the model is resized to the file's tensors (:func:`isscompress.resize_to`) before anything else.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..anymodel import Plan, discover, load_groups, resize_to, shrink_module
+from ..core.groups import all_unit_norms
+from ..core.surgery import shrink_state_dict
+from ..core.thresholding import kept_counts, select_kept
+from ..errors import CheckpointError, IsscompressError
+from ..io.files import check_output_path, read_checkpoint, write_checkpoint
+from ..io.metadata import Metadata
+
+
+class ArchError(IsscompressError):
+    """``--arch FILE.py:FACTORY`` cannot give a model."""
+
+
+def load_factory(arch: str) -> tuple[nn.Module, tuple]:
+    """Run the user's ``FACTORY()`` from ``FILE.py`` (their code, which they named on the command line)."""
+    file, _, name = arch.rpartition(":")
+    if not file or not name:
+        raise ArchError(f"--arch {arch!r} is not FILE.py:FACTORY.", "Example: --arch mymodel.py:make_model.")
+    path = Path(file)
+    if not path.is_file():
+        raise ArchError(f"--arch: {path} does not exist or is not a file.", "Check the path.")
+    spec = importlib.util.spec_from_file_location(f"isscompress_user_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)  # so the file can import its neighbours
+    try:
+        try:
+            spec.loader.exec_module(module)
+        except Exception as err:
+            raise ArchError(f"--arch: importing {path} failed: {type(err).__name__}: {err}.",
+                            "Run the file with python to see the whole error.") from err
+        factory = getattr(module, name, None)
+        if not callable(factory):
+            raise ArchError(f"--arch: {path} has no function {name!r}.",
+                            f"Define {name}() returning (model, example_inputs).")
+        try:
+            made = factory()
+        except Exception as err:
+            raise ArchError(f"--arch: {name}() in {path} failed: {type(err).__name__}: {err}.",
+                            "Call it from python to see the whole error.") from err
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
+    if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], nn.Module)):
+        raise ArchError(f"--arch: {name}() in {path} returned {type(made).__name__}, not (model, example_inputs).",
+                        "Return the model and a tuple of example inputs for its forward.")
+    model, inputs = made
+    return model, inputs if isinstance(inputs, tuple) else (inputs,)
+
+
+def _fit(model: nn.Module, tensors: dict[str, Tensor], checkpoint: Path) -> nn.Module:
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        detail = "; ".join(part for part in (
+            f"missing {', '.join(missing[:4])}" + (" ..." if len(missing) > 4 else "") if missing else "",
+            f"not in the model {', '.join(unexpected[:4])}" + (" ..." if len(unexpected) > 4 else "")
+            if unexpected else "") if part)
+        raise CheckpointError(f"{checkpoint} does not match the model from --arch: {detail}.",
+                              "Save the model's state_dict() with the same module names.")
+    return resize_to(model, {k: v.to(own[k].dtype) for k, v in tensors.items()})
+
+
+@dataclass
+class UserModel:
+    """A checkpoint of a user's model, opened: the model with its weights (None with only --groups)."""
+
+    path: Path
+    tensors: dict[str, Tensor]
+    metadata: Metadata
+    plan: Plan
+    model: nn.Module | None
+    inputs: tuple | None
+
+    def widths(self) -> dict[str, int]:
+        return {gs.name: gs.size for gs in self.plan.group_sets}
+
+
+def open_user_model(checkpoint: str | Path, arch: str | None = None, groups: str | Path | None = None) -> UserModel:
+    """Read the state dict, build the model from ``arch`` and find its groups (or read them from ``groups``)."""
+    if arch is None and groups is None:
+        raise ArchError("A user model needs --arch FILE.py:FACTORY (its code) or --groups FILE.yaml (its ISS groups).",
+                        "See docs/any-model.md.")
+    raw = read_checkpoint(checkpoint)
+    tensors = dict(raw.tensors)
+    metadata = Metadata.from_header(raw.metadata, str(raw.path))
+    model = inputs = None
+    if arch is not None:
+        model, inputs = load_factory(arch)
+        model = _fit(model, tensors, raw.path)
+    if groups is not None:
+        plan = load_groups(groups, tensors)
+    else:
+        plan = discover(model, inputs)
+    return UserModel(raw.path, tensors, metadata, plan, model, inputs)
+
+
+@dataclass
+class UserShrink:
+    source: Path
+    output: Path | None
+    widths_before: dict[str, int]
+    widths_after: dict[str, int]
+    parameters: tuple[int, int]
+    verified: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": str(self.source), "output": str(self.output), "widths_before": self.widths_before,
+                "widths_after": self.widths_after, "parameters": list(self.parameters), "verified": self.verified}
+
+
+def shrink_user_model(checkpoint: str | Path, output: str | Path | None, threshold: float, arch: str | None = None,
+                      groups: str | Path | None = None, force: bool = False) -> UserShrink:
+    """Remove the units whose group norm is at most ``threshold``; with ``arch``, checked in float64 first.
+
+    With only ``groups`` the surgery is the declared groups' and cannot be run to check it (``verified`` False)."""
+    opened = open_user_model(checkpoint, arch, groups)
+    if output is not None:
+        output = check_output_path(output, force=force, inputs=(opened.path,))
+    sets = opened.plan.group_sets
+    kept = select_kept(all_unit_norms(opened.tensors, sets), sets, threshold)
+    if opened.model is not None:
+        small = shrink_module(opened.model, opened.inputs, threshold, opened.plan)
+        tensors = {k: v.detach() for k, v in small.state_dict().items()}
+    else:
+        tensors = shrink_state_dict(opened.tensors, sets, kept)
+    after = kept_counts(kept)
+    if output is not None:
+        metadata = Metadata(stage="shrink", threshold=threshold, widths_before=opened.widths(), widths_after=after,
+                            architecture="user-model", foreign=opened.metadata.foreign)
+        write_checkpoint(output, tensors, metadata)
+    count = lambda state: sum(v.numel() for v in state.values())  # noqa: E731
+    return UserShrink(opened.path, Path(output) if output else None, opened.widths(), after,
+                      (count(opened.tensors), count(tensors)), opened.model is not None)
+

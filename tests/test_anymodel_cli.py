@@ -1,0 +1,93 @@
+"""inspect / shrink of a user's own model from the command line: --arch FILE.py:FACTORY and --groups FILE.yaml."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+import isscompress
+from anymodel_zoo import GRUTagger, tokens
+from isscompress.cli import app
+
+runner = CliRunner()
+
+ARCH = '''
+import torch
+from anymodel_zoo import GRUTagger, tokens
+
+def make():
+    torch.manual_seed(0)
+    return GRUTagger(), (tokens(5, 3),)
+
+def broken():
+    return "not a model"
+'''
+
+
+def checkpoint_with_dead_units(tmp_path):
+    (tmp_path / "arch.py").write_text(ARCH)
+    torch.manual_seed(0)
+    model, inputs = GRUTagger(), (tokens(5, 3),)
+    plan = isscompress.discover(model, inputs)
+    kept = {gs.name: torch.arange(4) for gs in plan.group_sets}  # 4 of 6 units in every set
+    state = isscompress.mask_state_dict(model.state_dict(), plan.group_sets, kept)
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "tagger.safetensors")
+    model.load_state_dict(state)
+    return model, inputs
+
+
+def test_inspect_and_shrink_with_arch(tmp_path):
+    masked, inputs = checkpoint_with_dead_units(tmp_path)
+    ckpt, arch = tmp_path / "tagger.safetensors", f"{tmp_path / 'arch.py'}:make"
+    result = runner.invoke(app, ["inspect", str(ckpt), "--arch", arch, "--json",
+                                 "--save-groups", str(tmp_path / "groups.yaml")])
+    assert result.exit_code == 0, result.output
+    sets = json.loads(result.stdout)["sets"]
+    assert [(s["set"], s["units"], s["alive"]) for s in sets] == [
+        ("gru.l0", 6, 4), ("gru.l0.reverse", 6, 4), ("gru.l1", 6, 4), ("gru.l1.reverse", 6, 4)]
+    assert sets[2]["readers"] == ["tag"]
+
+    out = tmp_path / "small.safetensors"
+    result = runner.invoke(app, ["shrink", str(ckpt), "--arch", arch, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "checked" in result.stdout and out.exists()
+    small = isscompress.resize_to(GRUTagger(), load_file(out))
+    assert small.gru.hidden_size == 4
+    torch.testing.assert_close(small(*inputs), masked(*inputs), rtol=1e-5, atol=1e-6)
+
+    # the shrunk file opens through the same factory (resized to its tensors)
+    result = runner.invoke(app, ["inspect", str(out), "--arch", arch, "--json"])
+    assert result.exit_code == 0, result.output
+    assert {s["units"] for s in json.loads(result.stdout)["sets"]} == {4}
+
+    # --groups alone: the declared surgery, said to be unchecked
+    out2 = tmp_path / "small2.safetensors"
+    result = runner.invoke(app, ["shrink", str(ckpt), "--groups", str(tmp_path / "groups.yaml"), "-o", str(out2)])
+    assert result.exit_code == 0, result.output
+    assert "NOT checked" in result.stdout
+    assert {k: v.shape for k, v in load_file(out2).items()} == {k: v.shape for k, v in load_file(out).items()}
+
+
+def test_user_model_errors_are_one_paragraph(tmp_path):
+    checkpoint_with_dead_units(tmp_path)
+    ckpt = str(tmp_path / "tagger.safetensors")
+    cases = [
+        (["inspect", ckpt, "--arch", "nofile.py:make"], "does not exist"),
+        (["inspect", ckpt, "--arch", f"{tmp_path / 'arch.py'}:missing"], "has no function 'missing'"),
+        (["inspect", ckpt, "--arch", f"{tmp_path / 'arch.py'}:broken"], "not (model, example_inputs)"),
+        (["inspect", ckpt], "--arch FILE.py:FACTORY"),  # a state dict of no known family says what to do
+    ]
+    for args, words in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, result.output
+        assert words in result.stderr, result.stderr
+        assert "Traceback" not in result.output
+    other = tmp_path / "other.safetensors"
+    save_file({"foo.weight": torch.ones(2, 2)}, other)
+    result = runner.invoke(app, ["shrink", str(other), "--arch", f"{tmp_path / 'arch.py'}:make", "-o",
+                                 str(tmp_path / "x.safetensors")])
+    assert result.exit_code == 1 and "does not match the model from --arch" in result.stderr
+    assert not (tmp_path / "x.safetensors").exists()
