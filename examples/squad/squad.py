@@ -173,7 +173,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--iss-epochs", type=int, default=3)
     parser.add_argument("--recover-epochs", type=int, default=2)
-    parser.add_argument("--lam", type=float, default=0.02, help="group Lasso strength (proximal)")
+    parser.add_argument("--lam", type=float, default=4.0, help="group Lasso strength (proximal, with Adam's lr)")
+    parser.add_argument("--target", type=float, default=0.5,
+                        help="stop shrinking each set at this fraction of its units (0 = let lambda decide)")
+    parser.add_argument("--control", action="store_true",
+                        help="instead of ISS: train the dense model as many more epochs (the fair reference)")
     parser.add_argument("--max-passage", type=int, default=300)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -215,7 +219,16 @@ def main() -> None:
     plan = isscompress.discover(model, example)
     print(plan.describe(), flush=True)
     plan.save(args.out / "groups.yaml")
-    lasso = isscompress.GroupLasso(model, plan, lam=args.lam, method="proximal", reweight=1.0)
+    if args.control:
+        train(model, train_set, vocab, args.iss_epochs + args.recover_epochs, args.lr, args.batch, args.device,
+              log="control")
+        control = {"dense": dense, "control": evaluate(model, eval_set, vocab, args.device),
+                   "extra_epochs": args.iss_epochs + args.recover_epochs}
+        (args.out / "control.json").write_text(json.dumps(control, indent=2))
+        print(json.dumps(control, indent=2))
+        return
+    targets = {gs.name: max(1, round(gs.size * args.target)) for gs in plan.group_sets} if args.target else None
+    lasso = isscompress.GroupLasso(model, plan, lam=args.lam, method="proximal", reweight=1.0, targets=targets)
     train(model, train_set, vocab, args.iss_epochs, args.lr, args.batch, args.device, lasso, log="iss")
     regularized = evaluate(model, eval_set, vocab, args.device)
     small = isscompress.shrink_module(model, example, threshold=1e-4, plan=plan)
@@ -231,7 +244,7 @@ def main() -> None:
     result = {
         "split": "SQuAD v1.1 dev, by article" if not args.train_file else "official train / dev",
         "train_questions": len(train_set), "eval_questions": len(eval_set), "hidden": args.hidden,
-        "embed": args.embed, "lambda": args.lam, "epochs": [args.epochs, args.iss_epochs, args.recover_epochs],
+        "embed": args.embed, "lambda": args.lam, "target": args.target, "epochs": [args.epochs, args.iss_epochs, args.recover_epochs],
         "dense": dense, "regularized": regularized, "shrunk": shrunk, "recovered": recovered,
         "widths_before": widths_of(model), "widths_after": widths_of(small),
         "sets_after": {gs.name: int(k) for gs, k in zip(plan.group_sets, isscompress.GroupLasso(

@@ -26,6 +26,7 @@ from torch import Tensor
 from ..errors import CheckpointError
 from .metadata import Metadata
 from .pickled_models import convert_hint, read_pickled_model
+from .keras import HDF5_MAGIC, read_keras_file
 from .other_formats import read_array_pickle, read_npz, torchscript_refusal, zip_kind
 
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
@@ -64,6 +65,8 @@ def _sniff(path: Path) -> str:
         raise CheckpointError(f"{path} is empty.", "Point to a checkpoint file (.safetensors, .pt, .pth or .bin).")
     if head.startswith(b"PK\x03\x04"):
         return "torch-zip"
+    if head[:8] == HDF5_MAGIC[:8]:
+        return "hdf5"
     if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < path.stat().st_size:
         return "safetensors"
     if head[:1] == b"\x80":
@@ -174,6 +177,8 @@ def read_checkpoint(path: str | os.PathLike) -> RawCheckpoint:
         tensors = read_npz(path)
     elif kind == "torchscript":
         raise torchscript_refusal(path)
+    elif kind in ("hdf5", "keras-zip"):
+        tensors, attributes = read_keras_file(path, kind)
     elif arrays is not None:
         tensors = arrays
     else:

@@ -16,17 +16,20 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError
+from .keras import is_keras_zip
 
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # what torch.save's pre-zip format pickles first
 
 
 def zip_kind(path: Path) -> str:
-    """``npz``, ``torchscript`` or ``torch-zip`` (torch.save's own format) for a zip archive."""
+    """``keras-zip``, ``npz``, ``torchscript`` or ``torch-zip`` (torch.save's own format) for a zip archive."""
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError):
         return "torch-zip"  # torch.load says what is wrong with it
+    if is_keras_zip(names):
+        return "keras-zip"
     if names and all(name.endswith(".npy") for name in names):
         return "npz"
     if any("/code/" in name or name.endswith("/constants.pkl") for name in names):

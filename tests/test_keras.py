@@ -1,0 +1,92 @@
+"""Keras recurrent models read without TensorFlow: files made by real Keras 2 (tf_keras) and Keras 3, compared
+with the outputs Keras itself computed (tests/fixtures/keras/make_fixtures.py wrote both)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import isscompress
+from isscompress.cli import app
+from isscompress.errors import CheckpointError
+
+pytest.importorskip("h5py")  # in the test extras; a plain install reads Keras files after pip install '.[keras]'
+FIXTURES = Path(__file__).parent / "fixtures" / "keras"
+READABLE = ["k2_lstm_lm.h5", "k2_bigru.h5", "k2_cudnn_lstm.h5", "k2_cudnn_gru.h5", "k3_lstm_lm.keras",
+            "k3_bilstm.keras", "k3_gru.keras"]
+
+
+def keras_logits(checkpoint: isscompress.Checkpoint, tokens: np.ndarray) -> np.ndarray:
+    model = checkpoint.spec.build(checkpoint.state).eval()
+    with torch.no_grad():
+        out, _ = model(torch.from_numpy(tokens).long().t())  # isscompress models are sequence-first
+    return out.transpose(0, 1).numpy()
+
+
+@pytest.mark.parametrize("name", READABLE)
+def test_keras_models_compute_what_keras_computed(name):
+    checkpoint = isscompress.load_checkpoint(FIXTURES / name)
+    reference = np.load(FIXTURES / name.replace(".h5", ".npz").replace(".keras", ".npz"))
+    np.testing.assert_allclose(keras_logits(checkpoint, reference["inputs"]), reference["outputs"], atol=2e-6)
+    assert checkpoint.spec.vocab_size == 30
+
+
+def test_what_kinds_of_layers_came_through():
+    specs = {name: isscompress.load_checkpoint(FIXTURES / name).spec for name in READABLE}
+    assert specs["k2_lstm_lm.h5"].cell == "LSTM" and len(specs["k2_lstm_lm.h5"].layers) == 2
+    assert specs["k2_cudnn_gru.h5"].cell == specs["k3_gru.keras"].cell == "GRU"
+    spec = isscompress.load_checkpoint(FIXTURES / "k3_bilstm.keras").spec
+    assert spec.bidirectional and spec.layers[0].hidden_size == 4
+
+
+@pytest.mark.parametrize("name, words", [
+    ("k2_hard_sigmoid.h5", ["'lstm_2'", "recurrent_activation='hard_sigmoid'"]),
+    ("k2_gru_reset_before.h5", ["'gru_1'", "reset_after=False"]),
+])
+def test_what_pytorch_cannot_compute_is_refused_by_name(name, words):
+    with pytest.raises(CheckpointError) as caught:
+        isscompress.load_checkpoint(FIXTURES / name)
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_a_keras_model_shrinks_from_the_command_line(tmp_path):
+    out = tmp_path / "small.safetensors"
+    result = CliRunner().invoke(app, ["shrink", str(FIXTURES / "k2_lstm_lm.h5"), "-t", "4.0", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    small = isscompress.load_checkpoint(out)
+    assert [layer.hidden_size for layer in small.spec.layers] < [6, 5]
+
+
+def test_damaged_and_foreign_hdf5_files_are_named(tmp_path):
+    import h5py
+
+    plain = tmp_path / "weights.h5"
+    with h5py.File(plain, "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(CheckpointError, match="without a Keras model configuration"):
+        isscompress.load_checkpoint(plain)
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes((FIXTURES / "k2_lstm_lm.h5").read_bytes()[:3000])
+    with pytest.raises(CheckpointError, match="could not be read"):
+        isscompress.load_checkpoint(cut)
+
+
+def test_live_keras_layers_when_tensorflow_is_installed(tmp_path):
+    keras = pytest.importorskip("keras")  # runs where tensorflow/keras is installed, skipped otherwise
+    model = keras.Sequential([keras.layers.Input(shape=(None,), dtype="int32"), keras.layers.Embedding(17, 5),
+                              keras.layers.Bidirectional(keras.layers.GRU(3, return_sequences=True)),
+                              keras.layers.Dropout(0.2),
+                              keras.layers.Bidirectional(keras.layers.GRU(4, return_sequences=True)),
+                              keras.layers.Dense(17)])  # the language-model stack: one cell kind, one direction count
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(0, 0.4, w.shape).astype("float32") for w in model.get_weights()])
+    model.save(tmp_path / "live.keras")
+    tokens = rng.integers(0, 17, size=(3, 6)).astype("int32")
+    expected = np.asarray(model(tokens))
+    np.testing.assert_allclose(keras_logits(isscompress.load_checkpoint(tmp_path / "live.keras"), tokens), expected,
+                               atol=2e-6)
