@@ -90,6 +90,21 @@ class IssSection(Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class DistillSection(Section):
+    teacher: str = Field("source", description=(
+        "'source' (the checkpoint being fine-tuned, before this stage) or a checkpoint file (e.g. the dense "
+        "original, to teach the recovery of a shrunk model)."))
+    temperature: PositiveFloat = Field(1.0, description="Softens both distributions; the KL term is scaled by T^2.")
+    alpha: float = Field(0.5, ge=0, le=1, description=(
+        "Weight of the teacher term; 1 - alpha weighs the labels' cross-entropy. 1 = label-free: only inputs "
+        "are needed."))
+    stages: list[Literal["finetune", "recover"]] = Field(
+        default_factory=lambda: ["finetune", "recover"], description="The stages that distil.")
+    loss: Literal["kl", "mse"] = Field("kl", description=(
+        "'kl' (KL divergence of the output distributions, over the last axis) or 'mse' (outputs that are not "
+        "logits; any-model path only)."))
+
+
 class ShrinkSection(Section):
     threshold: float = Field(1e-4, ge=0, description="Remove units whose ISS group norm is at most this.")
 
@@ -106,6 +121,7 @@ class Recipe(Section):
     iss: Optional[IssSection] = None
     shrink: ShrinkSection = ShrinkSection()
     recover: Optional[Schedule] = None
+    distill: Optional[DistillSection] = None
     evaluate: EvaluateSection = EvaluateSection()
 
     def to_yaml(self) -> str:

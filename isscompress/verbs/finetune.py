@@ -18,7 +18,7 @@ import torch
 from ..architectures.stack import ModelSpec
 from ..architectures.stack_module import RecurrentModel
 from ..data import Vocabulary, build_vocabulary, read_vocabulary
-from ..errors import CheckpointError
+from ..errors import CheckpointError, RecipeError
 from ..io.files import atomic_write, check_output_path, write_checkpoint
 from ..io.loading import Checkpoint, as_checkpoint, source_files
 from ..io.metadata import Metadata
@@ -26,6 +26,7 @@ from ..recipe import Recipe, Schedule, check_layer_names, load_recipe
 from ..training.distributed import Distributed
 from ..training.hooks import Event, GroupLassoHook, Hook, Report, Save
 from ..training.loop import TrainState, fit
+from ..training.objectives import Distillation, Objective
 from .preparation import resolve_vocabulary, training_batches
 
 STAGES = ("finetune", "recover")
@@ -98,6 +99,24 @@ class _Files(Hook):
         write_checkpoint(self.output, weights, self.metadata)
 
 
+def _objective(recipe: Recipe, stage: str, checkpoint: Checkpoint, device: torch.device,
+               teacher: Checkpoint | None) -> Objective | None:
+    """Distillation from the recipe's teacher in the stages that ask for it; else the labels alone (None)."""
+    distill = recipe.distill
+    if distill is None or stage not in distill.stages:
+        return None
+    if distill.loss != "kl":
+        raise RecipeError(f"distill.loss: {distill.loss!r} is for the any-model path; a language model distils "
+                          "with 'kl'.", "Remove distill.loss or set it to kl.")
+    if teacher is None:
+        teacher = checkpoint if distill.teacher == "source" else as_checkpoint(distill.teacher, recipe.model.family)
+    if teacher.spec.vocab_size != checkpoint.spec.vocab_size:
+        raise RecipeError(f"distill.teacher: {distill.teacher} has {teacher.spec.vocab_size} tokens, the model "
+                          f"{checkpoint.spec.vocab_size}.", "Use the model this one was made from.")
+    model = teacher.spec.build({k: v.float() for k, v in teacher.state.items()}).to(device)
+    return Distillation(model, distill.temperature, distill.alpha)
+
+
 def _trained(model: torch.nn.Module, spec, family: str, metadata: Metadata, output: Path | None) -> Checkpoint:
     state = {k: v.detach().cpu() for k, v in model.canonical_state().items()}
     return Checkpoint(spec, state, family, "isscompress", metadata, output)
@@ -112,9 +131,13 @@ def finetune(
     resume: bool = False,
     force: bool = False,
     on_event: Callable[[Event], None] = lambda event: None,
+    teacher: Checkpoint | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``source`` with the recipe's ISS section (``stage="finetune"``) or without ISS
-    (``stage="recover"``, or a recipe with no ``iss``); with ``output``, write it at every save."""
+    (``stage="recover"``, or a recipe with no ``iss``); with ``output``, write it at every save.
+
+    With a ``distill`` section, ``teacher`` (default: the recipe's ``distill.teacher``) is what the
+    student matches; ``run`` passes the original model to the recovery of the shrunk one."""
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     output = Path(output) if output is not None else None
     if output is not None and not resume:
@@ -143,8 +166,10 @@ def finetune(
         if stage == "finetune" and recipe.iss is not None else []
     hooks += [_Files(output, metadata, recipe, stage, dist)] if output is not None else []
     hooks.append(Report(lambda event: (result.events.append(event), on_event(event))))
+    objective = _objective(recipe, stage, checkpoint, dist.device, teacher)
     try:
-        fit(model, train_data, valid, schedule, hooks=hooks, dist=dist, state=state, eval_bptt=recipe.evaluate.bptt)
+        fit(model, train_data, valid, schedule, objective=objective, hooks=hooks, dist=dist, state=state,
+            eval_bptt=recipe.evaluate.bptt)
     finally:
         dist.close()
     result.checkpoint = _trained(model, checkpoint.spec, checkpoint.family, metadata, output)

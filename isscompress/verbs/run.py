@@ -56,7 +56,9 @@ def run(
     current = shrunk_result.checkpoint
     if recipe.recover is not None:
         on_stage("recover")
-        current = finetune(current, recipe, recovered, stage="recover", force=True, on_event=on_event).checkpoint
+        teacher = original if recipe.distill is not None and recipe.distill.teacher == "source" else None
+        current = finetune(current, recipe, recovered, stage="recover", force=True, on_event=on_event,
+                           teacher=teacher).checkpoint
     on_stage("report")
     data = recipe.data.test or recipe.data.valid
     result = report(original, current, data=data, vocab_source=recipe.data, evaluate=recipe.evaluate,
