@@ -269,22 +269,39 @@ def test_group_lasso_step_matches_brute_force(method):
         torch.testing.assert_close(p.detach(), expected[k], rtol=1e-9, atol=1e-12, msg=k)
 
 
-def test_group_lasso_in_a_users_loop_reaches_target_widths_and_shrinks():
-    model, inputs = copy.deepcopy(ZOO["attention_classifier"][0]), ZOO["attention_classifier"][1]
+@pytest.mark.parametrize("optimizer_class, lr, lam", [(torch.optim.SGD, 0.2, 0.5), (torch.optim.Adam, 0.01, 10.0)])
+def test_group_lasso_in_a_users_loop_reaches_target_widths_and_shrinks(optimizer_class, lr, lam):
+    """The optimizer revives dead units between steps (momentum, gradients on zeros); they must not count as
+    alive, or the sets would shrink past their targets."""
+    model, inputs = copy.deepcopy(ZOO["gru_tagger"][0]), ZOO["gru_tagger"][1]
     plan = isscompress.discover(model, inputs)
-    reg = isscompress.GroupLasso(model, plan, lam=0.5, method="proximal",
-                                 targets={"lstm.l0": 3, "lstm.l0.reverse": 3})
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
-    labels = torch.tensor([0, 1, 2])
-    for _ in range(200):
-        loss = nn.functional.cross_entropy(model(*inputs), labels)
+    targets = {gs.name: 3 for gs in plan.group_sets}
+    reg = isscompress.GroupLasso(model, plan, lam=lam, method="proximal", targets=targets)
+    optimizer = optimizer_class(model.parameters(), lr=lr)
+    tags = torch.randint(0, 4, (5, 3), generator=torch.Generator().manual_seed(0))
+    for _ in range(100):
+        loss = nn.functional.nll_loss(model(*inputs).reshape(-1, 4), tags.reshape(-1))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        reg.step(0.2)
-    assert reg.widths() == {"lstm.l0": 3, "lstm.l0.reverse": 3}
+        reg.step(lr)
+    assert reg.widths() == targets
     small = isscompress.shrink_module(model, inputs, threshold=0.0, plan=plan)
-    assert small.lstm.hidden_size == 3 and small.out.in_features == 6
+    assert small.gru.hidden_size == 3 and small.tag.in_features == 6
     torch.testing.assert_close(small(*inputs), model(*inputs), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="no group set named"):
         isscompress.GroupLasso(model, plan, lam=0.1, targets={"lstm": 2})
+
+
+def test_label_free_finetune_holds_the_targets_while_adam_revives_dead_units():
+    """Adam's momentum moves zeroed weights off zero between steps; frozen dead units must not count as alive
+    (they did once, and the sets shrank past their targets)."""
+    from isscompress.anymodel.distill import finetune_label_free
+
+    torch.manual_seed(0)
+    model, inputs = ZOO["gru_tagger"][0].__class__(), ZOO["gru_tagger"][1]
+    plan = isscompress.discover(model, inputs)
+    targets = {gs.name: 3 for gs in plan.group_sets}
+    batches = [(tokens(5, 3, seed=s),) for s in range(8)]
+    lasso = finetune_label_free(model, batches, plan, lam=10.0, targets=targets, epochs=4, lr=0.01)
+    assert lasso.widths() == targets

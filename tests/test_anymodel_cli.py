@@ -24,6 +24,12 @@ def make():
 
 def broken():
     return "not a model"
+
+def with_batches():
+    torch.manual_seed(0)
+    model = GRUTagger()
+    batches = [(tokens(5, 3, seed=s),) for s in range(8)]  # unlabelled inputs: no tags anywhere
+    return model, (tokens(5, 3),), batches
 '''
 
 
@@ -90,4 +96,41 @@ def test_user_model_errors_are_one_paragraph(tmp_path):
     result = runner.invoke(app, ["shrink", str(other), "--arch", f"{tmp_path / 'arch.py'}:make", "-o",
                                  str(tmp_path / "x.safetensors")])
     assert result.exit_code == 1 and "does not match the model from --arch" in result.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_label_free_finetune_then_shrink_then_report_from_the_command_line(tmp_path):
+    (tmp_path / "arch.py").write_text(ARCH)
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in GRUTagger().state_dict().items()}, tmp_path / "t.safetensors")
+    arch = f"{tmp_path / 'arch.py'}:with_batches"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("finetune: {epochs: 6, lr: 0.01, optimizer: adam, seed: 3}\n"
+                      "iss: {lambda: 10.0, method: proximal, target_widths: {gru.l0: 3, gru.l0.reverse: 3,"
+                      " gru.l1: 3, gru.l1.reverse: 3}}\n"
+                      "distill: {alpha: 1.0, temperature: 2.0}\n")
+    tuned = tmp_path / "tuned.safetensors"
+    result = runner.invoke(app, ["finetune", str(tmp_path / "t.safetensors"), "--arch", arch, "-r", str(recipe),
+                                 "-o", str(tuned)])
+    assert result.exit_code == 0, result.output
+    assert "label-free loss" in result.stderr
+    small = tmp_path / "small.safetensors"
+    result = runner.invoke(app, ["shrink", str(tuned), "--arch", arch, "-o", str(small)])
+    assert result.exit_code == 0, result.output
+    assert isscompress.resize_to(GRUTagger(), load_file(small)).gru.hidden_size == 3
+    result = runner.invoke(app, ["report", str(tmp_path / "t.safetensors"), str(small), "--arch", arch, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["widths"]["gru.l0"] == [6, 3] and report["parameters"][1] < report["parameters"][0]
+    assert report["output_gap"] >= 0 and report["speedup"] > 0
+
+    # a recipe that asks for labels, or a factory without batches, says what to do
+    recipe.write_text("iss: {lambda: 1.0}\ndistill: {alpha: 0.5}\n")
+    result = runner.invoke(app, ["finetune", str(tuned), "--arch", arch, "-r", str(recipe), "-o",
+                                 str(tmp_path / "x.safetensors")])
+    assert result.exit_code == 1 and "label-free" in result.stderr
+    recipe.write_text("iss: {lambda: 1.0}\n")
+    result = runner.invoke(app, ["finetune", str(tuned), "--arch", f"{tmp_path / 'arch.py'}:make", "-r", str(recipe),
+                                 "-o", str(tmp_path / "x.safetensors")])
+    assert result.exit_code == 1 and "unlabelled inputs" in result.stderr
     assert not (tmp_path / "x.safetensors").exists()

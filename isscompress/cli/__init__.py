@@ -140,11 +140,21 @@ def finetune(
                                                "(the recipe's recover schedule, no ISS)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT's last save."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
+    arch: Optional[str] = ArchOption,
+    groups: Optional[Path] = GroupsOption,
 ) -> None:
     """Fine-tune with ISS group Lasso (or recover without it) from a recipe."""
     from ..verbs.finetune import STAGES
     from ..verbs.finetune import finetune as run_finetune
 
+    if arch:
+        from ..verbs.any_model import finetune_user_model
+
+        with _user_errors():
+            done = finetune_user_model(checkpoint, arch, recipe, output, groups, force, on_epoch=lambda epoch, loss,
+                                       alive: _stderr().print(f"epoch {epoch}: label-free loss {loss:.4g}; alive {alive}"))
+        _stderr().print(f"wrote {done.output}")
+        return
     with _user_errors():
         if stage not in STAGES:
             raise IsscompressError(f"Unknown stage '{stage}'.", f"Use one of: {', '.join(STAGES)}.")
@@ -217,11 +227,25 @@ def report(
     repeats: int = typer.Option(5, help="Speed measurement repetitions."),
     no_speed: bool = typer.Option(False, "--no-speed", help="Skip the speed measurement."),
     family: Optional[str] = FamilyOption,
+    arch: Optional[str] = ArchOption,
 ) -> None:
     """What compression bought: widths, parameters, multiply-adds, size, perplexity and measured speed."""
     from ..verbs.report import report as build_report
     from ..verbs.report import report_markdown
 
+    if arch:
+        from ..verbs.any_model import report_user_models
+
+        with _user_errors():
+            if shrunk is None:
+                raise IsscompressError("report --arch compares two checkpoints of your model.",
+                                       "Give the original and the shrunk checkpoint.")
+            done = report_user_models(original, shrunk, arch, repeats=repeats)
+        if as_json:
+            _print_json(done.to_dict())
+        else:
+            _render.render_user_report(done, _stdout())
+        return
     with _user_errors():
         result = build_report(original, shrunk, data=data, vocab=vocab, speed=not no_speed, repeats=repeats,
                               family=family)

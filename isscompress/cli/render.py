@@ -276,3 +276,19 @@ def render_user_shrink(done, console: Console, as_json: bool = False) -> None:
                   style="green" if done.verified else "yellow")
     if done.output:
         console.print(f"wrote {escape(str(done.output))}")
+
+
+def render_user_report(done, console: Console) -> None:
+    table = Table(title=f"{escape(done.original.name)} -> {escape(done.shrunk.name)}", title_justify="left")
+    for column in ("", "original", "shrunk", "ratio"):
+        table.add_column(column, justify="left" if not column else "right")
+    for name, (before, after) in done.widths.items():
+        table.add_row(escape(name), str(before), str(after), _ratio(before, after))
+    table.add_row("parameters", human(done.parameters[0]), human(done.parameters[1]),
+                  _ratio(*done.parameters))
+    table.add_row("file", human_bytes(done.file_bytes[0]), human_bytes(done.file_bytes[1]), _ratio(*done.file_bytes))
+    table.add_row(f"forward on the example inputs ({done.threads} threads)", f"{done.seconds[0] * 1e3:.2f} ms",
+                  f"{done.seconds[1] * 1e3:.2f} ms", _ratio(*done.seconds))
+    console.print(table)
+    console.print(f"output gap (KL of the shrunk model's outputs from the original's, example inputs): "
+                  f"{done.output_gap:.4g}")

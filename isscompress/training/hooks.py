@@ -109,6 +109,8 @@ class GroupLassoHook(Hook):
         for name, target in self.iss.target_widths.items():
             norm = norms[name]
             alive = norm > self.alive_threshold
+            if self.iss.freeze_dead and self.dead is not None:  # the optimizer nudged them; they are zeroed again
+                alive &= ~self.dead[name].to(alive.device)
             spare = int(alive.sum()) - target
             if spare <= 0:
                 current[name] = 0.0

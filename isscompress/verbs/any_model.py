@@ -9,27 +9,35 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import torch
 from torch import Tensor, nn
 
 from ..anymodel import Plan, discover, load_groups, resize_to, shrink_module
+from ..anymodel.distill import finetune_label_free, output_gap
 from ..core.groups import all_unit_norms
 from ..core.surgery import shrink_state_dict
 from ..core.thresholding import kept_counts, select_kept
-from ..errors import CheckpointError, IsscompressError
+from ..errors import CheckpointError, IsscompressError, RecipeError
 from ..io.files import check_output_path, read_checkpoint, write_checkpoint
 from ..io.metadata import Metadata
+from ..recipe import DistillSection, Recipe, load_recipe
 
 
 class ArchError(IsscompressError):
     """``--arch FILE.py:FACTORY`` cannot give a model."""
 
 
-def load_factory(arch: str) -> tuple[nn.Module, tuple]:
-    """Run the user's ``FACTORY()`` from ``FILE.py`` (their code, which they named on the command line)."""
+def load_factory(arch: str) -> tuple[nn.Module, tuple, Any]:
+    """Run the user's ``FACTORY()`` from ``FILE.py`` (their code, which they named on the command line).
+
+    It returns ``(model, example_inputs)`` or ``(model, example_inputs, batches)``: unlabelled input tuples
+    (or a function giving them) for label-free fine-tuning."""
     file, _, name = arch.rpartition(":")
     if not file or not name:
         raise ArchError(f"--arch {arch!r} is not FILE.py:FACTORY.", "Example: --arch mymodel.py:make_model.")
@@ -58,11 +66,12 @@ def load_factory(arch: str) -> tuple[nn.Module, tuple]:
     finally:
         if folder in sys.path:
             sys.path.remove(folder)
-    if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], nn.Module)):
+    if not (isinstance(made, tuple) and len(made) in (2, 3) and isinstance(made[0], nn.Module)):
         raise ArchError(f"--arch: {name}() in {path} returned {type(made).__name__}, not (model, example_inputs).",
-                        "Return the model and a tuple of example inputs for its forward.")
-    model, inputs = made
-    return model, inputs if isinstance(inputs, tuple) else (inputs,)
+                        "Return the model and a tuple of example inputs for its forward (and, to fine-tune, "
+                        "unlabelled input batches).")
+    model, inputs, batches = made if len(made) == 3 else (*made, None)
+    return model, inputs if isinstance(inputs, tuple) else (inputs,), batches
 
 
 def _fit(model: nn.Module, tensors: dict[str, Tensor], checkpoint: Path) -> nn.Module:
@@ -88,6 +97,7 @@ class UserModel:
     plan: Plan
     model: nn.Module | None
     inputs: tuple | None
+    batches: Any = None
 
     def widths(self) -> dict[str, int]:
         return {gs.name: gs.size for gs in self.plan.group_sets}
@@ -101,15 +111,15 @@ def open_user_model(checkpoint: str | Path, arch: str | None = None, groups: str
     raw = read_checkpoint(checkpoint)
     tensors = dict(raw.tensors)
     metadata = Metadata.from_header(raw.metadata, str(raw.path))
-    model = inputs = None
+    model = inputs = batches = None
     if arch is not None:
-        model, inputs = load_factory(arch)
+        model, inputs, batches = load_factory(arch)
         model = _fit(model, tensors, raw.path)
     if groups is not None:
         plan = load_groups(groups, tensors)
     else:
         plan = discover(model, inputs)
-    return UserModel(raw.path, tensors, metadata, plan, model, inputs)
+    return UserModel(raw.path, tensors, metadata, plan, model, inputs, batches)
 
 
 @dataclass
@@ -150,3 +160,105 @@ def shrink_user_model(checkpoint: str | Path, output: str | Path | None, thresho
     return UserShrink(opened.path, Path(output) if output else None, opened.widths(), after,
                       (count(opened.tensors), count(tensors)), opened.model is not None)
 
+
+
+@dataclass
+class UserFinetune:
+    output: Path | None
+    widths: dict[str, int]  # units alive per set after fine-tuning
+    losses: list[float]  # the label-free loss per epoch
+    model: nn.Module
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"output": str(self.output), "alive": self.widths, "loss_per_epoch": self.losses}
+
+
+def finetune_user_model(checkpoint: str | Path, arch: str, recipe: Recipe | str | Path, output: str | Path | None,
+                        groups: str | Path | None = None, force: bool = False,
+                        on_epoch: Callable[[int, float, dict], None] = lambda epoch, loss, alive: None,
+                        ) -> UserFinetune:
+    """ISS fine-tuning of a user's model without labels: the recipe's finetune schedule and iss section, the
+    original model as the teacher (``distill``: temperature, loss), the factory's unlabelled batches."""
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    if recipe.iss is None:
+        raise RecipeError("The recipe has no iss section, so fine-tuning would not remove anything.",
+                          "Add iss: {lambda: ..., method: proximal}.")
+    distill = recipe.distill or DistillSection(alpha=1.0)
+    if distill.alpha != 1.0:
+        raise RecipeError(f"distill.alpha is {distill.alpha}: a user model is fine-tuned label-free (alpha 1).",
+                          "Set distill.alpha to 1, or fine-tune with isscompress.GroupLasso in your own loop.")
+    opened = open_user_model(checkpoint, arch, groups)
+    if opened.batches is None:
+        raise ArchError(f"--arch {arch}: fine-tuning needs unlabelled inputs.",
+                        "Return (model, example_inputs, batches) from the factory: batches is a list of input "
+                        "tuples, or a function returning an iterable of them.")
+    if output is not None:
+        output = check_output_path(output, force=force, inputs=(opened.path,))
+    names = {gs.name for gs in opened.plan.group_sets}
+    unknown = sorted((set(recipe.iss.target_widths) | set(recipe.iss.layer_multipliers)) - names)
+    if unknown:
+        raise RecipeError(f"iss: no group set named {', '.join(unknown)}.", f"The sets are: {', '.join(sorted(names))}.")
+    schedule = recipe.finetune
+    torch.manual_seed(schedule.seed)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if schedule.device == "auto" else schedule.device
+    losses: list[float] = []
+
+    def epoch_done(epoch: int, loss: float, lasso) -> None:
+        losses.append(loss)
+        on_epoch(epoch, loss, lasso.widths())
+
+    lasso = finetune_label_free(
+        opened.model, opened.batches, opened.plan, lam=recipe.iss.lambda_, method=recipe.iss.method,
+        targets=dict(recipe.iss.target_widths) or None, reweight=recipe.iss.reweight, epochs=schedule.epochs,
+        lr=schedule.lr, optimizer=schedule.optimizer, clip=schedule.clip, temperature=distill.temperature,
+        loss=distill.loss, device=device, on_epoch=epoch_done)
+    opened.model.cpu()
+    if output is not None:
+        metadata = Metadata(stage="finetune", recipe=recipe.to_yaml(), architecture="user-model",
+                            foreign=opened.metadata.foreign)
+        write_checkpoint(output, {k: v.detach() for k, v in opened.model.state_dict().items()}, metadata)
+    return UserFinetune(Path(output) if output else None, lasso.widths(), losses, opened.model)
+
+
+@dataclass
+class UserReport:
+    original: Path
+    shrunk: Path
+    widths: dict[str, tuple[int, int]]
+    parameters: tuple[int, int]
+    file_bytes: tuple[int, int]
+    seconds: tuple[float, float]  # median forward time on the example inputs
+    output_gap: float  # KL (or MSE) of the shrunk model's outputs from the original's, on the example inputs
+    threads: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"original": str(self.original), "shrunk": str(self.shrunk),
+                "widths": {k: list(v) for k, v in self.widths.items()}, "parameters": list(self.parameters),
+                "file_bytes": list(self.file_bytes), "forward_seconds": list(self.seconds),
+                "speedup": self.seconds[0] / max(self.seconds[1], 1e-12), "output_gap": self.output_gap,
+                "threads": self.threads}
+
+
+def report_user_models(original: str | Path, shrunk: str | Path, arch: str, repeats: int = 7,
+                       loss: str = "kl") -> UserReport:
+    """Widths per set, parameters, file sizes, forward time on the example inputs (interleaved), and how far
+    the shrunk model's outputs are from the original's."""
+    first = open_user_model(original, arch)
+    second = open_user_model(shrunk, arch)
+    big, small, inputs = first.model.eval(), second.model.eval(), first.inputs
+    times: tuple[list[float], list[float]] = ([], [])
+    with torch.no_grad():
+        for model in (big, small):
+            model(*inputs)  # warm-up
+        for _ in range(repeats):
+            for model, out in ((big, times[0]), (small, times[1])):
+                began = time.perf_counter()
+                model(*inputs)
+                out.append(time.perf_counter() - began)
+        gap = float(output_gap(small, big, inputs, 1.0, loss))
+    widths_after = {name: size for name, size in second.widths().items()}
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    return UserReport(first.path, second.path,
+                      {name: (size, widths_after.get(name, 0)) for name, size in first.widths().items()},
+                      (count(big), count(small)), (first.path.stat().st_size, second.path.stat().st_size),
+                      (statistics.median(times[0]), statistics.median(times[1])), gap, torch.get_num_threads())
