@@ -291,11 +291,24 @@ def export(
     fmt: str = typer.Option(..., "--format", "-f", help="torchscript or onnx."),
     output: Path = typer.Option(..., "--output", "-o", help="File to write (.pt for TorchScript, .onnx)."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic int8 LSTM/GRU/Linear layers and "
+                                           "an int8 embedding (TorchScript)."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="With --quantize: text whose perplexity float32 "
+                                        "and int8 must agree on."),
+    max_increase: float = typer.Option(1.0, "--max-increase", help="With --quantize and --data: the largest "
+                                       "perplexity increase allowed, in percent."),
 ) -> None:
     """Export a model that runs without isscompress; checked against PyTorch before writing."""
     from ..verbs.export import export as export_model
 
     with _user_errors():
-        result = export_model(checkpoint, output, fmt, force=force)
-    _stdout().print(f"wrote {result.output} ({result.format}); max |difference| on a probe batch "
-                    f"{result.max_abs_diff:.2g}\ninputs: {', '.join(result.inputs)}\noutputs: {', '.join(result.outputs)}")
+        result = export_model(checkpoint, output, fmt, force=force, quantize=quantize, data=data,
+                              max_increase=max_increase)
+    _stdout().print(f"wrote {result.output} ({result.format}{', ' + result.quantize if result.quantize else ''}); "
+                    f"max |difference| on a probe batch {result.max_abs_diff:.2g}\ninputs: {', '.join(result.inputs)}"
+                    f"\noutputs: {', '.join(result.outputs)}")
+    if result.quantize:
+        quality = (f"perplexity float32 {result.perplexity[0]:.2f} -> int8 {result.perplexity[1]:.2f}"
+                   if result.perplexity else "no --data: perplexity not measured")
+        _stdout().print(f"int8 against float32: KL on a probe batch {result.probe_kl:.3g}; {quality}; "
+                        f"{len(result.data) / 1e6:.2f} MB")

@@ -68,10 +68,32 @@ def example_arguments(model: RecurrentModel, steps: int, batch: int, seed: int) 
 class ExportResult:
     output: Path | None
     format: str
-    max_abs_diff: float
+    max_abs_diff: float  # the written model against the in-memory one it was made from (int8 against int8)
     inputs: list[str]
     outputs: list[str]
     data: bytes = field(repr=False, default=b"")  # the exported file's bytes
+    quantize: str | None = None
+    probe_kl: float | None = None  # int8: KL of its next-token distributions from float32's, on a probe batch
+    perplexity: tuple[float, float] | None = None  # int8 with data: float32's and int8's perplexity
+
+
+def _probe_kl(reference: tuple[Tensor, ...], quantized: tuple[Tensor, ...]) -> float:
+    from ..training.objectives import distillation_divergence
+
+    return float(distillation_divergence(torch.as_tensor(quantized[0]), reference[0], 1.0))
+
+
+def _quantized_perplexity(checkpoint: Checkpoint, model: nn.Module, quantized: nn.Module,
+                          data: Path) -> tuple[float, float]:
+    from ..measure.perplexity import perplexity
+    from ..recipe import DataSection, EvaluateSection
+    from .preparation import resolve_vocabulary, token_batches
+
+    settings = EvaluateSection()
+    level = checkpoint.metadata.level or "word"
+    vocabulary, _ = resolve_vocabulary(checkpoint, DataSection(test=Path(data), level=level))
+    batches = token_batches(Path(data), vocabulary, settings.batch_size, level=level)
+    return tuple(perplexity(m, batches, settings.bptt, level=level).perplexity for m in (model, quantized))
 
 
 def _max_diff(expected: tuple[Tensor, ...], got: list) -> float:
@@ -112,12 +134,22 @@ def _onnx(wrapper: FlatStateModel, example, probe, names: tuple[list[str], list[
 
 
 def export(
-    source: Checkpoint | str | os.PathLike, output: str | os.PathLike | None, fmt: str, *, force: bool = False
+    source: Checkpoint | str | os.PathLike, output: str | os.PathLike | None, fmt: str, *, force: bool = False,
+    quantize: str | None = None, data: str | os.PathLike | None = None, max_increase: float = 1.0,
 ) -> ExportResult:
     """Export ``source`` as TorchScript or ONNX; refuse when outputs differ on a probe batch. The bytes
-    are in the result; with ``output`` they are also written (atomically)."""
+    are in the result; with ``output`` they are also written (atomically).
+
+    ``quantize="int8"`` (TorchScript): dynamic int8 after shrinking. Its parity with float32 is a quality
+    question, not a tolerance: with ``data`` the perplexity of both is measured and an increase above
+    ``max_increase`` percent is refused; without, the KL on a probe batch is reported."""
     if fmt not in FORMATS:
         raise IsscompressError(f"Unknown export format '{fmt}'.", f"Use one of: {', '.join(FORMATS)}.")
+    if quantize not in (None, "int8"):
+        raise IsscompressError(f"Unknown quantisation '{quantize}'.", "Use int8.")
+    if quantize and fmt != "torchscript":
+        raise IsscompressError("int8 export is TorchScript (PyTorch's dynamic int8 LSTM kernels).",
+                               "Use --format torchscript with --quantize int8.")
     if output is not None:
         output = check_output_path(output, force=force, inputs=source_files(source))
     checkpoint = as_checkpoint(source)
@@ -126,20 +158,35 @@ def export(
         raise IsscompressError(
             f"{checkpoint.name} is an LSTM with projections (proj_size), which ONNX's LSTM operator cannot express.",
             "Export it with --format torchscript.")
-    wrapper = FlatStateModel(model).eval()
+    quantized = None
+    if quantize:
+        from ..deploy.quantize import quantize_int8
+
+        quantized = quantize_int8(model)
+    wrapper = FlatStateModel(quantized if quantized is not None else model).eval()
     names = io_names(model)
     example = example_arguments(model, steps=5, batch=2, seed=0)
     probe = example_arguments(model, steps=7, batch=3, seed=1)  # other sizes: the graph must not fix them
     with torch.inference_mode():
         expected = wrapper(*probe)
-    data, got = _torchscript(wrapper, example, probe) if fmt == "torchscript" else _onnx(wrapper, example, probe, names)
+        reference = FlatStateModel(model).eval()(*probe) if quantized is not None else expected
+    payload, got = _torchscript(wrapper, example, probe) if fmt == "torchscript" else \
+        _onnx(wrapper, example, probe, names)
     diff = _max_diff(expected, got)
     if not diff <= TOLERANCE:
         raise IsscompressError(f"The exported {fmt} model differs from the PyTorch model by {diff:.3g} on a probe "
                                f"batch (tolerance {TOLERANCE}); nothing was written.",
                                "Please report this with the checkpoint's layout.")
-    result = ExportResult(None, fmt, diff, *names, data=data)
+    result = ExportResult(None, fmt, diff, *names, data=payload, quantize=quantize)
+    if quantized is not None:
+        perplexities = _quantized_perplexity(checkpoint, model, quantized, Path(data)) if data is not None else None
+        result = replace(result, probe_kl=_probe_kl(reference, got), perplexity=perplexities)
+        if perplexities is not None and perplexities[1] > perplexities[0] * (1 + max_increase / 100):
+            raise IsscompressError(
+                f"int8 raises the perplexity on {data} from {perplexities[0]:.2f} to {perplexities[1]:.2f} "
+                f"(more than {max_increase}%); nothing was written.",
+                "Export in float32, or allow more with --max-increase.")
     if output is None:
         return result
-    atomic_write(output, lambda temporary: temporary.write_bytes(data))
+    atomic_write(output, lambda temporary: temporary.write_bytes(payload))
     return replace(result, output=output)

@@ -1,0 +1,46 @@
+"""int8 after shrinking: PyTorch's dynamic quantisation of the recurrent and linear layers, and a weight-only
+int8 embedding table (per-row scales) so that the vocabulary does not stay in float32.
+
+Dynamic quantisation stores weights as int8 and quantises activations on the fly per batch; it needs no
+calibration data, which suits a user who has the model and maybe no data. ``torch.ao.quantization`` is
+deprecated in favour of torchao, which has no recurrent kernels yet; this module is the one place to change.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+
+import torch
+from torch import nn
+
+from ..architectures.stack_module import RecurrentModel
+from ..errors import IsscompressError
+
+QUANTIZABLE_CELLS = ("LSTM", "GRU")
+
+
+def quantize_int8(model: RecurrentModel) -> nn.Module:
+    """A quantised copy of ``model`` (eval mode, CPU): int8 LSTM/GRU and Linear layers, int8 embedding rows."""
+    spec = model.spec
+    if spec.cell not in QUANTIZABLE_CELLS:
+        raise IsscompressError(f"int8 quantisation covers LSTM and GRU layers; this model's cells are {spec.cell}.",
+                               "Export it in float32 (without --quantize).")
+    if any(layer.proj_size for layer in spec.layers):
+        raise IsscompressError("int8 quantisation does not cover LSTMs with projections (proj_size).",
+                               "Export it in float32 (without --quantize).")
+    from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig, quantize_dynamic
+
+    plan = {nn.LSTM: default_dynamic_qconfig, nn.GRU: default_dynamic_qconfig, nn.Linear: default_dynamic_qconfig,
+            nn.Embedding: float_qparams_weight_only_qconfig}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notice, once per layer
+        return quantize_dynamic(copy.deepcopy(model).cpu().float().eval(), plan, dtype=torch.qint8)
+
+
+def serialized_bytes(model: nn.Module) -> int:
+    """Bytes of ``model``'s state dict as torch.save writes it (packed int8 weights included)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return len(buffer.getvalue())
