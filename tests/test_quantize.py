@@ -55,3 +55,14 @@ def test_int8_on_the_shared_ptb_model_within_one_percent(tmp_path):
     result = export(source, None, "torchscript", quantize="int8", data=text, max_increase=1.0)
     assert source.stat().st_size / len(result.data) >= 3.5
     assert result.perplexity[1] <= result.perplexity[0] * 1.01
+
+
+def test_report_int8_column(tmp_path, small_lm):
+    small = isscompress.shrink(small_lm, threshold=0.6).checkpoint
+    result = isscompress.report(small_lm, small, data=EXCERPT / "valid.txt", repeats=1, int8=True)
+    q = result.to_dict()["int8"]
+    assert q["bytes"] < result.original.file_bytes / 2
+    assert abs(q["perplexity"]["perplexity"] - result.perplexity_after.perplexity) < 0.05 * result.perplexity_after.perplexity
+    assert {s["workload"] for s in q["speed"]} == {"decode_batch1", "batch20x35"}
+    assert "int8 (shrunk): size" in isscompress.report_markdown(result)
+    assert result.to_dict()["file_size_ratio"] is None  # the shrunk checkpoint lives in memory: no file to compare

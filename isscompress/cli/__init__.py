@@ -228,6 +228,8 @@ def report(
     no_speed: bool = typer.Option(False, "--no-speed", help="Skip the speed measurement."),
     family: Optional[str] = FamilyOption,
     arch: Optional[str] = ArchOption,
+    int8: bool = typer.Option(False, "--int8", help="Also the shrunk model quantised to int8: size, perplexity, "
+                              "speed against the original."),
 ) -> None:
     """What compression bought: widths, parameters, multiply-adds, size, perplexity and measured speed."""
     from ..verbs.report import report as build_report
@@ -248,7 +250,7 @@ def report(
         return
     with _user_errors():
         result = build_report(original, shrunk, data=data, vocab=vocab, speed=not no_speed, repeats=repeats,
-                              family=family)
+                              family=family, int8=int8)
         if plot is not None:
             from .plots import write_plots
 

@@ -207,6 +207,17 @@ def render_report(report, console: Console) -> None:
         table.add_row(label, f"{sample.before_tokens_per_s:,.0f}",
                       f"{sample.after_tokens_per_s:,.0f}",
                       f"{sample.speedup:.2f}x ({min(sample.speedups):.2f}-{max(sample.speedups):.2f})")
+    if report.int8 is not None:
+        q = report.int8
+        table.add_row("int8 (shrunk): size", human_bytes(b.file_bytes), human_bytes(q.bytes),
+                      f"{b.file_bytes / q.bytes:.2f}x" if b.file_bytes else "", style="cyan")
+        if q.perplexity is not None and pb is not None:
+            table.add_row("int8 (shrunk): perplexity", f"{pb.perplexity:.2f}", f"{q.perplexity.perplexity:.2f}",
+                          f"Δ {q.perplexity.perplexity - pb.perplexity:+.2f}", style="cyan")
+        for sample in q.speed:
+            label = {"decode_batch1": "decode batch 1", "batch20x35": "batch 20x35"}[sample.workload]
+            table.add_row(f"int8 (shrunk): tokens/s, {label}", f"{sample.before_tokens_per_s:,.0f}",
+                          f"{sample.after_tokens_per_s:,.0f}", f"{sample.speedup:.2f}x", style="cyan")
     console.print(table)
     if report.speed:
         console.print(f"Speed: before and after interleaved, medians of {len(report.speed[0].speedups)} runs, "

@@ -45,6 +45,7 @@ class Report:
     perplexity_after: Perplexity | None = None
     data: str | None = None
     speed: list[SpeedSample] = field(default_factory=list)
+    int8: "Int8Column | None" = None  # the shrunk model after int8 quantisation, against the original
     provenance: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
 
@@ -67,13 +68,38 @@ class Report:
             "layers": [{**c.__dict__, "kept": c.kept} for c in self.layers],
             "parameter_ratio": (self.original.total_parameters / self.shrunk.total_parameters) if self.shrunk else None,
             "mac_ratio": self.mac_ratio,
-            "file_size_ratio": (self.original.file_bytes / self.shrunk.file_bytes) if self.shrunk else None,
+            "file_size_ratio": (self.original.file_bytes / self.shrunk.file_bytes)
+            if self.shrunk and self.original.file_bytes and self.shrunk.file_bytes else None,
             "perplexity": {"data": self.data, "before": maybe(self.perplexity_before),
                            "after": maybe(self.perplexity_after), "delta": self.perplexity_delta},
             "speed": [s.to_dict() for s in self.speed],
+            "int8": self.int8.to_dict() if self.int8 is not None else None,
             "group_norms": [n.to_dict() for n in self.norms],
             "provenance": self.provenance, "environment": self.environment,
         }
+
+
+@dataclass
+class Int8Column:
+    """The shrunk model quantised to int8 (``isscompress export --quantize int8``), measured like the others."""
+
+    bytes: int  # its serialized state dict (packed int8 weights)
+    perplexity: Perplexity | None
+    speed: list[SpeedSample]  # the original float32 model (before) against it (after)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bytes": self.bytes, "perplexity": self.perplexity.to_dict() if self.perplexity else None,
+                "speed": [s.to_dict() for s in self.speed]}
+
+
+def _int8_column(original: Checkpoint, shrunk: Checkpoint, batches, evaluate: EvaluateSection, level: str,
+                 speed: bool, repeats: int) -> Int8Column:
+    from ..deploy.quantize import quantize_int8, serialized_bytes
+
+    quantized = quantize_int8(shrunk.model())
+    ppl = perplexity(quantized, batches, evaluate.bptt, level=level) if batches is not None else None
+    samples = measure_speed(original.model(), quantized, repeats=repeats) if speed else []
+    return Int8Column(serialized_bytes(quantized), ppl, samples)
 
 
 def _environment() -> dict[str, Any]:
@@ -109,8 +135,8 @@ def _layer_changes(before: ModelSummary, after: ModelSummary) -> list[LayerChang
 
 def _perplexities(report: Report, original: Checkpoint, shrunk: Checkpoint | None, data: Path, section: DataSection,
                   evaluate: EvaluateSection, max_tokens: int | None,
-                  on_progress: Callable[[str, int, int], None] | None) -> None:
-    """Both models' perplexity on the same batches of ``data``, with one vocabulary."""
+                  on_progress: Callable[[str, int, int], None] | None) -> torch.Tensor:
+    """Both models' perplexity on the same batches of ``data``, with one vocabulary; returns the batches."""
     if not original.spec.is_language_model:
         raise DataError("Perplexity needs a language model; this is a bare recurrent stack.",
                         "Leave out --data for a bare stack.")
@@ -127,6 +153,7 @@ def _perplexities(report: Report, original: Checkpoint, shrunk: Checkpoint | Non
         _same_vocabulary(vocabulary, resolve_vocabulary(shrunk, section)[0], (original.name, shrunk.name))
         report.perplexity_after = perplexity(shrunk.model(), batches, evaluate.bptt, level=section.level,
                                              on_window=progress(f"perplexity {shrunk.name}"))
+    return batches
 
 
 def report(
@@ -142,8 +169,10 @@ def report(
     repeats: int = 5,
     family: str | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
+    int8: bool = False,
 ) -> Report:
-    """Compare a model with its shrunk version (or describe one model) on the same data and machine."""
+    """Compare a model with its shrunk version (or describe one model) on the same data and machine;
+    with ``int8``, also the shrunk model quantised to int8 (size, perplexity, speed against the original)."""
     original = as_checkpoint(original, family)
     shrunk = as_checkpoint(shrunk) if shrunk is not None else None
     if shrunk is not None:
@@ -155,13 +184,19 @@ def report(
     if shrunk is not None:
         result.shrunk = summarize_checkpoint(shrunk)
         result.layers = _layer_changes(before, result.shrunk)
+    batches = None
     if data is not None:
         section = vocab_source or DataSection(test=Path(data), vocab=vocab, level=original.metadata.level or "word")
-        _perplexities(result, original, shrunk, Path(data), section, evaluate, max_tokens, on_progress)
+        batches = _perplexities(result, original, shrunk, Path(data), section, evaluate, max_tokens, on_progress)
     if speed and shrunk is not None:
         if on_progress:
             on_progress("speed", 0, 1)
         result.speed = measure_speed(original.model(), shrunk.model(), repeats=repeats)
+    if int8:
+        if shrunk is None:
+            raise IsscompressError("report --int8 quantises the shrunk model.", "Give the original and the shrunk one.")
+        result.int8 = _int8_column(original, shrunk, batches, evaluate,
+                                   original.metadata.level or "word", speed, repeats)
     return result
 
 
@@ -181,7 +216,8 @@ def report_markdown(report: Report) -> str:
         rows.append(f"| parameters | {b.total_parameters:,} | {a.total_parameters:,} "
                     f"| {b.total_parameters / a.total_parameters:.2f}x |")
         rows.append(f"| multiply-adds / token | {b.total_macs:,} | {a.total_macs:,} | {report.mac_ratio:.2f}x |")
-        rows.append(f"| file size (bytes) | {b.file_bytes:,} | {a.file_bytes:,} | {b.file_bytes / a.file_bytes:.2f}x |")
+        if b.file_bytes and a.file_bytes:  # a checkpoint in memory has no file yet
+            rows.append(f"| file size (bytes) | {b.file_bytes:,} | {a.file_bytes:,} | {b.file_bytes / a.file_bytes:.2f}x |")
     else:
         rows.append(f"| parameters | {b.total_parameters:,} | | |")
         rows.append(f"| multiply-adds / token | {b.total_macs:,} | | |")
@@ -192,6 +228,16 @@ def report_markdown(report: Report) -> str:
     for sample in report.speed:
         rows.append(f"| tokens/s, {sample.workload} ({sample.kernel} kernel) | {sample.before_tokens_per_s:,.0f} "
                     f"| {sample.after_tokens_per_s:,.0f} | {sample.speedup:.2f}x (MAC ratio {report.mac_ratio:.2f}x) |")
+    if report.int8 is not None:
+        q = report.int8
+        if b.file_bytes:
+            rows.append(f"| int8 (shrunk): size (bytes) | {b.file_bytes:,} | {q.bytes:,} | {b.file_bytes / q.bytes:.2f}x |")
+        if q.perplexity is not None and pb is not None:
+            rows.append(f"| int8 (shrunk): perplexity | {pb.perplexity:.2f} | {q.perplexity.perplexity:.2f} | "
+                        f"Δ {q.perplexity.perplexity - pb.perplexity:+.2f} |")
+        for sample in q.speed:
+            rows.append(f"| int8 (shrunk): tokens/s, {sample.workload} | {sample.before_tokens_per_s:,.0f} | "
+                        f"{sample.after_tokens_per_s:,.0f} | {sample.speedup:.2f}x |")
     env = report.environment
     rows.append("")
     rows.append(f"Measured with torch {env.get('torch')} on {env.get('threads')} CPU thread(s), "
