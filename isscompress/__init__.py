@@ -18,7 +18,7 @@ from .measure.speed import measure_speed
 from .recipe import IssSection, Recipe, Schedule, load_recipe
 from .training.hooks import GroupLassoHook, Hook
 from .training.loop import fit
-from .training.objectives import LanguageModelLoss, Objective
+from .training.objectives import Distillation, LanguageModelLoss, Objective, distillation_divergence
 from .verbs.evaluate import evaluate
 from .verbs.export import export
 from .verbs.finetune import finetune, train
@@ -28,7 +28,7 @@ from .verbs.run import run
 from .verbs.shrink import shrink
 
 __all__ = [
-    "Architecture", "CELLS", "GroupLasso", "Plan", "discover", "load_groups", "resize_to", "shrink_module", "CellKind", "Checkpoint", "GroupLassoHook", "GroupSet", "Hook", "IssSection",
+    "Architecture", "CELLS", "Distillation", "distillation_divergence", "GroupLasso", "Plan", "discover", "load_groups", "resize_to", "shrink_module", "CellKind", "Checkpoint", "GroupLassoHook", "GroupSet", "Hook", "IssSection",
     "LanguageModelLoss", "LayerSpec", "Member", "Metadata", "ModelSpec", "Objective", "Recipe", "RecurrentModel",
     "Schedule", "fit", "all_unit_norms", "build_model", "evaluate", "export", "finetune", "inspect", "load",
     "load_checkpoint", "load_recipe", "mask_state_dict", "measure_speed", "report", "report_markdown", "run",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import json
 import re
 import string
@@ -124,15 +125,24 @@ def evaluate(model: nn.Module, data: list[dict], vocab: dict[str, int], device: 
 
 # ----- training: the user's own loop --------------------------------------------------------------
 def train(model: nn.Module, data: list[dict], vocab: dict[str, int], epochs: int, lr: float, batch: int,
-          device: str, regularizer: isscompress.GroupLasso | None = None, log: str = "") -> None:
+          device: str, regularizer: isscompress.GroupLasso | None = None, log: str = "",
+          teacher: nn.Module | None = None, alpha: float = 0.0) -> None:
+    """Adam on the start/end cross-entropy; with a teacher, ``(1 - alpha) * labels + alpha * KL(teacher)``."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     for epoch in range(epochs):
         model.train()
         began, total, steps = time.time(), 0.0, 0
         for _, passage, question, s, e in batches(data, vocab, batch, shuffle=True, seed=epoch):
-            start, end = model(passage.to(device), question.to(device))
+            passage, question = passage.to(device), question.to(device)
+            start, end = model(passage, question)
             loss = loss_fn(start, s.to(device)) + loss_fn(end, e.to(device))
+            if teacher is not None and alpha > 0:
+                with torch.no_grad():
+                    t_start, t_end = teacher(passage, question)
+                match = isscompress.distillation_divergence(start, t_start) + \
+                    isscompress.distillation_divergence(end, t_end)
+                loss = (1 - alpha) * loss + alpha * match
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -176,6 +186,8 @@ def main() -> None:
     parser.add_argument("--lam", type=float, default=4.0, help="group Lasso strength (proximal, with Adam's lr)")
     parser.add_argument("--target", type=float, default=0.5,
                         help="stop shrinking each set at this fraction of its units (0 = let lambda decide)")
+    parser.add_argument("--distill", type=float, default=0.0,
+                        help="weight of matching the dense model's start/end distributions during ISS and recovery")
     parser.add_argument("--control", action="store_true",
                         help="instead of ISS: train the dense model as many more epochs (the fair reference)")
     parser.add_argument("--max-passage", type=int, default=300)
@@ -229,12 +241,15 @@ def main() -> None:
         return
     targets = {gs.name: max(1, round(gs.size * args.target)) for gs in plan.group_sets} if args.target else None
     lasso = isscompress.GroupLasso(model, plan, lam=args.lam, method="proximal", reweight=1.0, targets=targets)
-    train(model, train_set, vocab, args.iss_epochs, args.lr, args.batch, args.device, lasso, log="iss")
+    teacher = copy.deepcopy(model).eval().requires_grad_(False) if args.distill else None
+    train(model, train_set, vocab, args.iss_epochs, args.lr, args.batch, args.device, lasso, log="iss",
+          teacher=teacher, alpha=args.distill)
     regularized = evaluate(model, eval_set, vocab, args.device)
     small = isscompress.shrink_module(model, example, threshold=1e-4, plan=plan)
     shrunk = evaluate(small, eval_set, vocab, args.device)
     print(f"after group Lasso: {regularized}; shrunk to {widths_of(small)}: {shrunk}", flush=True)
-    train(small, train_set, vocab, args.recover_epochs, args.lr / 2, args.batch, args.device, log="recover")
+    train(small, train_set, vocab, args.recover_epochs, args.lr / 2, args.batch, args.device, log="recover",
+          teacher=teacher, alpha=args.distill)
     recovered = evaluate(small, eval_set, vocab, args.device)
     torch.save(small.state_dict(), args.out / "small.pt")
 
@@ -244,7 +259,7 @@ def main() -> None:
     result = {
         "split": "SQuAD v1.1 dev, by article" if not args.train_file else "official train / dev",
         "train_questions": len(train_set), "eval_questions": len(eval_set), "hidden": args.hidden,
-        "embed": args.embed, "lambda": args.lam, "target": args.target, "epochs": [args.epochs, args.iss_epochs, args.recover_epochs],
+        "embed": args.embed, "lambda": args.lam, "target": args.target, "distill": args.distill, "epochs": [args.epochs, args.iss_epochs, args.recover_epochs],
         "dense": dense, "regularized": regularized, "shrunk": shrunk, "recovered": recovered,
         "widths_before": widths_of(model), "widths_after": widths_of(small),
         "sets_after": {gs.name: int(k) for gs, k in zip(plan.group_sets, isscompress.GroupLasso(
