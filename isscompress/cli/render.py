@@ -202,6 +202,9 @@ def render_report(report, console: Console) -> None:
         delta = report.perplexity_delta
         table.add_row("perplexity", f"{pb.perplexity:.2f}", f"{pa.perplexity:.2f}" if pa else "",
                       f"Δ {delta:+.2f}" if delta is not None else "", style="bold")
+        if pb.level == "char":
+            table.add_row("bits per character", f"{pb.bits_per_token:.3f}", f"{pa.bits_per_token:.3f}" if pa else "",
+                          f"Δ {pa.bits_per_token - pb.bits_per_token:+.3f}" if pa else "", style="bold")
     for sample in report.speed:
         label = {"decode_batch1": "tokens/s, decode batch 1", "batch20x35": "tokens/s, batch 20x35"}[sample.workload]
         table.add_row(label, f"{sample.before_tokens_per_s:,.0f}",

@@ -33,7 +33,7 @@ class LanguageModelLoss:
         pass
 
 
-def distillation_divergence(student: Tensor, teacher: Tensor, temperature: float, kind: str = "kl") -> Tensor:
+def distillation_divergence(student: Tensor, teacher: Tensor, temperature: float = 1.0, kind: str = "kl") -> Tensor:
     """How far the student's outputs are from the teacher's: KL of the softened distributions over the last
     axis (times T^2, Hinton et al. 2015, so gradients keep their scale), or the mean squared error."""
     if kind == "mse":

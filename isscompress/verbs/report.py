@@ -225,6 +225,8 @@ def report_markdown(report: Report) -> str:
     if pb is not None:
         rows.append(f"| perplexity ({Path(report.data).name}) | {pb.perplexity:.2f} | {_fmt(pa and pa.perplexity)} "
                     f"| Δ {_fmt(report.perplexity_delta, '+.2f')} |")
+        if pb.level == "char":
+            rows.append(f"| bits per character | {pb.bits_per_token:.3f} | {_fmt(pa and pa.bits_per_token, '.3f')} | |")
     for sample in report.speed:
         rows.append(f"| tokens/s, {sample.workload} ({sample.kernel} kernel) | {sample.before_tokens_per_s:,.0f} "
                     f"| {sample.after_tokens_per_s:,.0f} | {sample.speedup:.2f}x (MAC ratio {report.mac_ratio:.2f}x) |")
