@@ -89,12 +89,13 @@ def _member_squares(tensor: Tensor, member: Member, size: int) -> Tensor:
     """Per-unit sum of squares of one member, without copying strided slices."""
     blocks = len(member.starts)
     if member.axis == 0 and member.starts == tuple(range(0, blocks * size, size)) and tensor.shape[0] == blocks * size:
-        return tensor.reshape(blocks, size, -1).pow(2).sum((0, 2))  # gate blocks: one pass over the tensor
+        # gate blocks: one fused pass over the tensor (vector_norm reduces without a squared copy)
+        return torch.linalg.vector_norm(tensor.reshape(blocks, size, -1), dim=(0, 2)).square()
     others = [dim for dim in range(tensor.dim()) if dim != member.axis]
     total = None
     for start in member.starts:
-        part = tensor.narrow(member.axis, start, size).pow(2)
-        part = part.sum(others) if others else part
+        part = tensor.narrow(member.axis, start, size)
+        part = torch.linalg.vector_norm(part, dim=others).square() if others else part.square()
         total = part if total is None else total + part
     return total
 

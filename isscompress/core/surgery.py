@@ -51,6 +51,8 @@ def mask_state_dict(
     """``state`` with every weight of every dropped unit set to zero (a copy unless ``in_place``)."""
     masked = dict(state)
     for (key, axis), positions in dropped_positions(group_sets, kept).items():
+        if positions.numel() == 0:  # nothing to zero here: no pass over the tensor
+            continue
         tensor = masked[key] if in_place else masked[key].clone()
         dropped = torch.zeros(tensor.shape[axis], dtype=torch.bool)
         dropped[positions] = True

@@ -72,17 +72,22 @@ def verify_shrink(
     kept: Mapping[str, Tensor],
     *,
     in_place: bool = False,
+    norms: Mapping[str, Tensor] | None = None,
 ) -> tuple[float, float]:
     """Max |shrunk - masked| on a probe batch, and the tolerance; raises ShrinkError above it.
 
-    With ``in_place`` the caller's ``state`` is masked in place (memory stays near one model).
+    With ``in_place`` the caller's ``state`` is masked in place (memory stays near one model). With the
+    units' ``norms``, dropped units whose groups are already exactly zero (what ISS's proximal step leaves)
+    are not masked again: the masked model is the same, without a pass over the tensors.
     """
     dtype = _compute_dtype(state)
-    inputs = spec.probe_inputs(dtype=dtype)
+    inputs = spec.probe_inputs(steps=3, batch=2, dtype=dtype)  # 12 tokens over two calls: the carry is checked too
     small = {k: v.to(dtype) for k, v in small_state.items()}
     got = _outputs(small_spec, small, inputs)
     converted = {k: v.to(dtype) for k, v in state.items()}
-    masked = mask_state_dict(converted, spec.group_sets(), kept, in_place=in_place)
+    to_zero = kept if norms is None else {  # "kept" for masking: the kept units and the already-zero ones
+        name: torch.cat([indices.cpu(), (norms[name] == 0).nonzero().squeeze(1)]).unique() for name, indices in kept.items()}
+    masked = mask_state_dict(converted, spec.group_sets(), to_zero, in_place=in_place)
     expected = _outputs(spec, masked, inputs)
     columns = spec.kept_outputs(kept)
     if columns is not None:
@@ -117,13 +122,14 @@ def shrink_checkpoint(
     only once the work is done (a caller may be computing it meanwhile)."""
     _check_threshold(threshold)
     sets = checkpoint.group_sets
-    kept = select_kept(all_unit_norms(checkpoint.state, sets), sets, threshold)
+    norms = all_unit_norms(checkpoint.state, sets)
+    kept = select_kept(norms, sets, threshold)
     widths_before, widths_after = {gs.name: gs.size for gs in sets}, kept_counts(kept)
     small_spec = checkpoint.spec.with_kept(widths_after)
     small_state = shrink_state_dict(checkpoint.state, sets, kept)
     before = summarize_checkpoint(checkpoint)
     diff, tolerance = verify_shrink(checkpoint.spec, checkpoint.state, small_spec, small_state, kept,
-                                    in_place=in_place)
+                                    in_place=in_place, norms=norms)
     sha256 = (source_sha256 or (lambda: checkpoint.sha256))()
     metadata = replace(
         checkpoint.metadata.derived("shrink", checkpoint.name, sha256, checkpoint.family),
