@@ -15,6 +15,7 @@ from typing import Any, Literal, Mapping, Optional
 import yaml
 from pydantic import (
     BaseModel,
+    model_validator,
     ConfigDict,
     Field,
     PositiveFloat,
@@ -70,6 +71,21 @@ class Schedule(Section):
     log_every: PositiveInt = Field(50, description="Steps between progress log lines.")
 
 
+class BudgetSection(Section):
+    """Where ISS stops: a compute or size budget for the whole model; group Lasso decides per layer."""
+
+    macs: Optional[PositiveFloat] = Field(None, description=(
+        "Multiply-adds per token to reach: a fraction of the original (0.5 = 2x fewer) or, above 1, a number."))
+    parameters: Optional[PositiveFloat] = Field(None, description=(
+        "Parameters to reach: a fraction of the original or, above 1, a number."))
+
+    @model_validator(mode="after")
+    def _one(self) -> "BudgetSection":
+        if (self.macs is None) == (self.parameters is None):
+            raise ValueError("give exactly one of macs or parameters")
+        return self
+
+
 class IssSection(Section):
     lambda_: PositiveFloat = Field(0.00245, alias="lambda", description="Group Lasso strength.")
     layer_multipliers: dict[str, PositiveFloat] = Field(
@@ -84,6 +100,9 @@ class IssSection(Section):
         "Reweighted group Lasso: each group's lambda times (mean alive norm of its set / its norm) ** reweight, "
         "recomputed every step. 0 = plain group Lasso (the paper); 1-2 spread the units' deaths out and shrink "
         "the survivors less."))
+    target: Optional[BudgetSection] = Field(None, description=(
+        "A budget for the whole model, e.g. {macs: 0.5}: shrinking continues across all layers at once until the "
+        "alive units fit it, then lambda is 0 and the rest of the stage recovers. Combines with target_widths."))
     zero_threshold: float = Field(1e-4, ge=0, description="subgradient: weights below this become 0 each step.")
     freeze_dead: bool = Field(True, description="Keep groups that reached zero at zero.")
 

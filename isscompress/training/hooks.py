@@ -24,6 +24,7 @@ from ..core.regularizer import (
     zero_small_weights,
 )
 from ..recipe import IssSection
+from .budget import Cost
 
 if TYPE_CHECKING:
     from .loop import Loop
@@ -77,8 +78,10 @@ class GroupLassoHook(Hook):
     """ISS group Lasso on the given group sets: the sub-gradient before clipping (as if the penalty were
     in the loss), or a proximal step after the optimizer step; per-set lambdas, reweighting, targets."""
 
-    def __init__(self, sets: tuple[GroupSet, ...], iss: IssSection, alive_threshold: float = 0.0) -> None:
+    def __init__(self, sets: tuple[GroupSet, ...], iss: IssSection, alive_threshold: float = 0.0,
+                 budget: "tuple[Cost, float] | None" = None) -> None:
         self.sets, self.iss = sets, iss
+        self.budget = budget  # (cost of alive units per set, its limit): iss.target
         self.alive_threshold = alive_threshold  # a unit whose group norm is at most this counts as removed
         self.lambdas = lambdas_for(sets, iss.lambda_, iss.layer_multipliers)
         self.keys = regularized_keys(sets)
@@ -108,9 +111,7 @@ class GroupLassoHook(Hook):
         current = dict(reweighted(self.lambdas, norms, self.iss.reweight))
         for name, target in self.iss.target_widths.items():
             norm = norms[name]
-            alive = norm > self.alive_threshold
-            if self.iss.freeze_dead and self.dead is not None:  # the optimizer nudged them; they are zeroed again
-                alive &= ~self.dead[name].to(alive.device)
+            alive = self._alive(name, norm)
             spare = int(alive.sum()) - target
             if spare <= 0:
                 current[name] = 0.0
@@ -123,8 +124,37 @@ class GroupLassoHook(Hook):
             if excess > 0:
                 lam[torch.where(dying, norm, -1.0).topk(excess).indices] = 0.0
                 current[name] = lam
+        if self.budget is not None:
+            current = self._within_budget(current, norms, lr)
         self.current = current
         return current
+
+    def _alive(self, name: str, norm: Tensor) -> Tensor:
+        alive = norm > self.alive_threshold
+        if self.iss.freeze_dead and self.dead is not None:  # the optimizer nudged them; they are zeroed again
+            alive &= ~self.dead[name].to(alive.device)
+        return alive
+
+    def _within_budget(self, current: dict, norms: dict[str, Tensor], lr: float | None) -> dict:
+        """Lambda 0 everywhere once the alive units fit the budget; with ``lr`` (the proximal step), the
+        weakest units that would die this step die only while the model is still over it."""
+        cost, limit = self.budget
+        alive = {name: self._alive(name, norm) for name, norm in norms.items()}
+        counts = {name: int(mask.sum()) for name, mask in alive.items()}
+        if cost(counts) <= limit:
+            return {name: 0.0 for name in current}
+        if lr is None:
+            return current
+        lams = {name: torch.as_tensor(current[name], dtype=norm.dtype, device=norm.device).expand_as(norm).clone()
+                for name, norm in norms.items()}
+        dying = sorted((float(norms[name][i]), name, int(i)) for name in norms
+                       for i in (alive[name] & (norms[name] <= lr * lams[name])).nonzero().squeeze(1).tolist())
+        for _, name, index in dying:
+            if cost(counts) <= limit:
+                lams[name][index] = 0.0  # spared: the budget is met without it
+            else:
+                counts[name] -= 1
+        return lams
 
     def after_step(self, loop: "Loop") -> None:
         """Zeros after the optimizer step; keeps the norms to log (one norm pass per step in all)."""

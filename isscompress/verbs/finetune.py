@@ -23,6 +23,7 @@ from ..io.files import atomic_write, check_output_path, write_checkpoint
 from ..io.loading import Checkpoint, as_checkpoint, source_files
 from ..io.metadata import Metadata
 from ..recipe import Recipe, Schedule, check_layer_names, load_recipe
+from ..training.budget import budget_cost
 from ..training.distributed import Distributed
 from ..training.hooks import Event, GroupLassoHook, Hook, Report, Save
 from ..training.loop import TrainState, fit
@@ -99,6 +100,14 @@ class _Files(Hook):
         write_checkpoint(self.output, weights, self.metadata)
 
 
+def _lasso(checkpoint: Checkpoint, recipe: Recipe) -> GroupLassoHook:
+    budget = None
+    if recipe.iss.target is not None:
+        cost, limit, _ = budget_cost(checkpoint.spec, recipe.iss.target)
+        budget = (cost, limit)
+    return GroupLassoHook(checkpoint.group_sets, recipe.iss, recipe.shrink.threshold, budget)
+
+
 def _objective(recipe: Recipe, stage: str, checkpoint: Checkpoint, device: torch.device,
                teacher: Checkpoint | None) -> Objective | None:
     """Distillation from the recipe's teacher in the stages that ask for it; else the labels alone (None)."""
@@ -162,8 +171,7 @@ def finetune(
                                   variational=schedule.variational_dropout)
     dist = Distributed.from_environment(schedule.device)
     result = FinetuneResult(checkpoint, stage)
-    hooks: list[Hook] = [GroupLassoHook(checkpoint.group_sets, recipe.iss, recipe.shrink.threshold)] \
-        if stage == "finetune" and recipe.iss is not None else []
+    hooks: list[Hook] = [_lasso(checkpoint, recipe)] if stage == "finetune" and recipe.iss is not None else []
     hooks += [_Files(output, metadata, recipe, stage, dist)] if output is not None else []
     hooks.append(Report(lambda event: (result.events.append(event), on_event(event))))
     objective = _objective(recipe, stage, checkpoint, dist.device, teacher)

@@ -1,0 +1,46 @@
+"""iss.target: a multiply-add or parameter budget for the whole model; group Lasso decides per layer."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import _recipe
+
+import isscompress
+from isscompress.core.groups import all_unit_norms
+from isscompress.errors import RecipeError
+from isscompress.recipe import BudgetSection
+from isscompress.training.budget import budget_cost
+from isscompress.verbs.finetune import finetune
+
+
+def alive_counts(checkpoint) -> dict[str, int]:
+    return {name: int((n > 0).sum()) for name, n in all_unit_norms(checkpoint.state, checkpoint.group_sets).items()}
+
+
+@pytest.mark.parametrize("budget", [{"macs": 0.7}, {"parameters": 0.8}])
+def test_a_budget_stops_the_shrinking_just_below_it(tmp_path, small_lm, budget):
+    recipe = _recipe(tmp_path, lam=0.2, iss_extra=f"target: {budget}")
+    result = finetune(small_lm, recipe)
+    original = isscompress.load_checkpoint(small_lm)
+    cost, limit, _ = budget_cost(original.spec, BudgetSection(**budget))
+    counts = alive_counts(result.checkpoint)
+    assert cost(counts) <= limit, counts
+    # not far below: giving back the weakest removed unit of any set would break the budget again
+    assert any(cost({**counts, name: counts[name] + 1}) > limit for name in counts if counts[name] < 24)
+    assert sum(counts.values()) < 44  # it did shrink
+
+
+def test_the_budget_cost_counts_what_shrink_builds(small_lm):
+    original = isscompress.load_checkpoint(small_lm)
+    cost, limit, what = budget_cost(original.spec, BudgetSection(macs=0.5))
+    full = sum(original.spec.macs_per_token().values())
+    assert what == "multiply-adds per token" and limit == 0.5 * full
+    assert cost({"layer0": 24, "layer1": 20}) == full
+    small = original.spec.with_kept({"layer0": 10, "layer1": 5})
+    assert cost({"layer0": 10, "layer1": 5}) == sum(small.macs_per_token().values())
+    assert budget_cost(original.spec, BudgetSection(parameters=1000))[1] == 1000  # above 1: a number
+
+
+def test_budget_recipe_errors(tmp_path):
+    with pytest.raises(RecipeError, match="exactly one of macs or parameters"):
+        isscompress.load_recipe(_recipe(tmp_path, iss_extra="target: {macs: 0.5, parameters: 0.5}"))
