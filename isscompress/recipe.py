@@ -103,6 +103,8 @@ class IssSection(Section):
     target: Optional[BudgetSection] = Field(None, description=(
         "A budget for the whole model, e.g. {macs: 0.5}: shrinking continues across all layers at once until the "
         "alive units fit it, then lambda is 0 and the rest of the stage recovers. Combines with target_widths."))
+    warmup_steps: int = Field(0, ge=0, description=(
+        "Ramp lambda linearly from 0 over this many steps, so the fine-tuning settles before units start dying."))
     zero_threshold: float = Field(1e-4, ge=0, description="subgradient: weights below this become 0 each step.")
     freeze_dead: bool = Field(True, description="Keep groups that reached zero at zero.")
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import _recipe
 
 import isscompress
 from isscompress.core.groups import all_unit_norms
 from isscompress.errors import RecipeError
-from isscompress.recipe import BudgetSection
+from isscompress.recipe import BudgetSection, IssSection
 from isscompress.training.budget import budget_cost
+from isscompress.training.hooks import GroupLassoHook
 from isscompress.verbs.finetune import finetune
 
 
@@ -44,3 +46,17 @@ def test_the_budget_cost_counts_what_shrink_builds(small_lm):
 def test_budget_recipe_errors(tmp_path):
     with pytest.raises(RecipeError, match="exactly one of macs or parameters"):
         isscompress.load_recipe(_recipe(tmp_path, iss_extra="target: {macs: 0.5, parameters: 0.5}"))
+
+
+def test_lambda_warmup_ramps_the_shrinking(tmp_path, small_lm):
+    """With a warm-up longer than the run, lambda stays small: fewer units die than without it."""
+    plain = finetune(small_lm, _recipe(tmp_path, lam=0.2)).checkpoint
+    ramped = finetune(small_lm, _recipe(tmp_path, lam=0.2, iss_extra="warmup_steps: 100000")).checkpoint
+    assert sum(alive_counts(ramped).values()) > sum(alive_counts(plain).values())
+    hook = GroupLassoHook(isscompress.load_checkpoint(small_lm).group_sets, IssSection(lambda_=1.0, warmup_steps=4))
+    norms = {gs.name: torch.ones(gs.size) for gs in hook.sets}
+    seen = []
+    for step in range(6):
+        hook.step = step
+        seen.append(float(hook._lambdas(norms)["layer0"]))
+    assert seen == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]

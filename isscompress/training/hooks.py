@@ -89,9 +89,11 @@ class GroupLassoHook(Hook):
         self.dead: dict[str, Tensor] | None = None  # proximal + freeze_dead: units already at exactly zero
         self.norms: dict[str, Tensor] | None = None  # the norms of the last step, for logging
         self.params: dict[str, Tensor] = {}
+        self.step = 0  # steps taken (for the lambda warm-up)
 
     def start(self, loop: "Loop") -> None:
         self.params = loop.params
+        self.step = getattr(getattr(loop, "state", None), "step", 0)  # a resumed run continues the ramp
         # Groups already exactly zero count as dead from the start (the same on a fresh and a resumed run).
         self.dead = {name: norm == 0 for name, norm in group_norms(self.params, self.sets).items()}
 
@@ -108,7 +110,11 @@ class GroupLassoHook(Hook):
 
         With ``lr`` (the proximal step) a set may lose at most its units above target in one step:
         the strongest of the units that would reach zero are spared this step."""
-        current = dict(reweighted(self.lambdas, norms, self.iss.reweight))
+        base = self.lambdas
+        if self.iss.warmup_steps and self.step < self.iss.warmup_steps:
+            ramp = (self.step + 1) / self.iss.warmup_steps
+            base = {name: lam * ramp for name, lam in base.items()}
+        current = dict(reweighted(base, norms, self.iss.reweight))
         for name, target in self.iss.target_widths.items():
             norm = norms[name]
             alive = self._alive(name, norm)
@@ -165,11 +171,12 @@ class GroupLassoHook(Hook):
                                     frozen=self.dead if self.iss.freeze_dead else None)
             self.dead = {name: factor == 0 for name, factor in factors.items()}
             self.norms = {name: norms[name] * factors[name] for name in norms}
-            return
-        if self.iss.freeze_dead:
-            zero_dead_groups(params, self.sets, self.norms)
-        if self.iss.zero_threshold > 0:
-            zero_small_weights(params, self.keys, self.iss.zero_threshold)
+        else:
+            if self.iss.freeze_dead:
+                zero_dead_groups(params, self.sets, self.norms)
+            if self.iss.zero_threshold > 0:
+                zero_small_weights(params, self.keys, self.iss.zero_threshold)
+        self.step += 1
 
     def alive(self, norms: dict[str, Tensor]) -> dict[str, int]:
         return {name: int((values > self.alive_threshold).sum()) for name, values in norms.items()}
