@@ -37,9 +37,17 @@ def test_int8_that_costs_too_much_perplexity_is_refused_and_not_written(tmp_path
     assert not out.exists()
 
 
+def test_onnx_int8_through_onnx_runtimes_quantiser(small_lm):
+    pytest.importorskip("onnxruntime")
+    fp32 = export(small_lm, None, "onnx")
+    result = export(small_lm, None, "onnx", quantize="int8", data=EXCERPT / "valid.txt", max_increase=5)
+    assert len(result.data) < len(fp32.data)
+    assert result.perplexity[1] <= result.perplexity[0] * 1.05 and result.probe_kl < 0.05
+
+
 def test_int8_is_refused_where_it_does_not_apply(tmp_path, small_lm):
-    with pytest.raises(IsscompressError, match="TorchScript"):
-        export(small_lm, None, "onnx", quantize="int8")
+    with pytest.raises(IsscompressError, match="Unknown quantisation"):
+        export(small_lm, None, "torchscript", quantize="int4")
     spec = isscompress.ModelSpec("LSTM", (isscompress.LayerSpec(5, 8, proj_size=4),), vocab_size=11)
     projected = isscompress.Checkpoint(spec, isscompress.RecurrentModel(spec).canonical_state(), "isscompress")
     with pytest.raises(IsscompressError, match="proj_size"):

@@ -184,6 +184,7 @@ def main() -> None:
     parser.add_argument("--iss-epochs", type=int, default=3)
     parser.add_argument("--recover-epochs", type=int, default=2)
     parser.add_argument("--lam", type=float, default=4.0, help="group Lasso strength (proximal, with Adam's lr)")
+    parser.add_argument("--reweight", type=float, default=2.0, help="reweighted group Lasso exponent")
     parser.add_argument("--target", type=float, default=0.5,
                         help="stop shrinking each set at this fraction of its units (0 = let lambda decide)")
     parser.add_argument("--distill", type=float, default=0.0,
@@ -240,7 +241,8 @@ def main() -> None:
         print(json.dumps(control, indent=2))
         return
     targets = {gs.name: max(1, round(gs.size * args.target)) for gs in plan.group_sets} if args.target else None
-    lasso = isscompress.GroupLasso(model, plan, lam=args.lam, method="proximal", reweight=1.0, targets=targets)
+    lasso = isscompress.GroupLasso(model, plan, lam=args.lam, method="proximal", reweight=args.reweight,
+                                   targets=targets)
     teacher = copy.deepcopy(model).eval().requires_grad_(False) if args.distill else None
     train(model, train_set, vocab, args.iss_epochs, args.lr, args.batch, args.device, lasso, log="iss",
           teacher=teacher, alpha=args.distill)
@@ -259,7 +261,8 @@ def main() -> None:
     result = {
         "split": "SQuAD v1.1 dev, by article" if not args.train_file else "official train / dev",
         "train_questions": len(train_set), "eval_questions": len(eval_set), "hidden": args.hidden,
-        "embed": args.embed, "lambda": args.lam, "target": args.target, "distill": args.distill, "epochs": [args.epochs, args.iss_epochs, args.recover_epochs],
+        "embed": args.embed, "lambda": args.lam, "target": args.target, "distill": args.distill,
+        "reweight": args.reweight, "epochs": [args.epochs, args.iss_epochs, args.recover_epochs],
         "dense": dense, "regularized": regularized, "shrunk": shrunk, "recovered": recovered,
         "widths_before": widths_of(model), "widths_after": widths_of(small),
         "sets_after": {gs.name: int(k) for gs, k in zip(plan.group_sets, isscompress.GroupLasso(

@@ -294,7 +294,7 @@ def export(
     output: Path = typer.Option(..., "--output", "-o", help="File to write (.pt for TorchScript, .onnx)."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: dynamic int8 LSTM/GRU/Linear layers and "
-                                           "an int8 embedding (TorchScript)."),
+                                           "an int8 embedding (TorchScript: PyTorch; ONNX: ONNX Runtime's quantiser)."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="With --quantize: text whose perplexity float32 "
                                         "and int8 must agree on."),
     max_increase: float = typer.Option(1.0, "--max-increase", help="With --quantize and --data: the largest "

@@ -140,16 +140,14 @@ def export(
     """Export ``source`` as TorchScript or ONNX; refuse when outputs differ on a probe batch. The bytes
     are in the result; with ``output`` they are also written (atomically).
 
-    ``quantize="int8"`` (TorchScript): dynamic int8 after shrinking. Its parity with float32 is a quality
+    ``quantize="int8"``: dynamic int8 after shrinking (TorchScript: PyTorch's kernels; ONNX: ONNX Runtime's
+    quantiser applied to the checked float32 file). Its parity with float32 is a quality
     question, not a tolerance: with ``data`` the perplexity of both is measured and an increase above
     ``max_increase`` percent is refused; without, the KL on a probe batch is reported."""
     if fmt not in FORMATS:
         raise IsscompressError(f"Unknown export format '{fmt}'.", f"Use one of: {', '.join(FORMATS)}.")
     if quantize not in (None, "int8"):
         raise IsscompressError(f"Unknown quantisation '{quantize}'.", "Use int8.")
-    if quantize and fmt != "torchscript":
-        raise IsscompressError("int8 export is TorchScript (PyTorch's dynamic int8 LSTM kernels).",
-                               "Use --format torchscript with --quantize int8.")
     if output is not None:
         output = check_output_path(output, force=force, inputs=source_files(source))
     checkpoint = as_checkpoint(source)
@@ -159,7 +157,7 @@ def export(
             f"{checkpoint.name} is an LSTM with projections (proj_size), which ONNX's LSTM operator cannot express.",
             "Export it with --format torchscript.")
     quantized = None
-    if quantize:
+    if quantize and fmt == "torchscript":
         from ..deploy.quantize import quantize_int8
 
         quantized = quantize_int8(model)
@@ -177,6 +175,13 @@ def export(
         raise IsscompressError(f"The exported {fmt} model differs from the PyTorch model by {diff:.3g} on a probe "
                                f"batch (tolerance {TOLERANCE}); nothing was written.",
                                "Please report this with the checkpoint's layout.")
+    if quantize and fmt == "onnx":  # ONNX Runtime quantises the checked float32 file; it runs the result
+        from ..deploy.quantize import OnnxRuntimeModel, onnx_int8
+
+        payload = onnx_int8(payload)
+        quantized = OnnxRuntimeModel(payload, model)
+        with torch.inference_mode():
+            got = list(FlatStateModel(quantized)(*probe))
     result = ExportResult(None, fmt, diff, *names, data=payload, quantize=quantize)
     if quantized is not None:
         perplexities = _quantized_perplexity(checkpoint, model, quantized, Path(data)) if data is not None else None
