@@ -1,5 +1,6 @@
-"""inspect / shrink for a checkpoint of a user's own model: its code named by ``--arch FILE.py:FACTORY``
-(``FACTORY()`` returns the model and example inputs), or its groups declared by ``--groups FILE.yaml``.
+"""inspect / shrink / finetune / report for a checkpoint of a user's own model: its code named by
+``--arch FILE.py:FACTORY`` (``FACTORY()`` returns the model, example inputs and, to fine-tune, unlabelled
+batches), or its groups declared by ``--groups FILE.yaml``.
 
 The checkpoint holds the model's state dict. A shrunk checkpoint still loads through the same factory:
 the model is resized to the file's tensors (:func:`isscompress.resize_to`) before anything else.
@@ -8,8 +9,8 @@ the model is resized to the file's tensors (:func:`isscompress.resize_to`) befor
 from __future__ import annotations
 
 import importlib.util
-import sys
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
