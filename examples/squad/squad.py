@@ -189,6 +189,9 @@ def main() -> None:
                         help="stop shrinking each set at this fraction of its units (0 = let lambda decide)")
     parser.add_argument("--distill", type=float, default=0.0,
                         help="weight of matching the dense model's start/end distributions during ISS and recovery")
+    parser.add_argument("--oneshot", type=Path, help=(
+        "instead of ISS: remove the weakest units at once, down to the widths of this ISS run's result.json, and "
+        "recover for as many epochs as ISS and its recovery took (the one-shot baseline at equal compute)"))
     parser.add_argument("--control", action="store_true",
                         help="instead of ISS: train the dense model as many more epochs (the fair reference)")
     parser.add_argument("--max-passage", type=int, default=300)
@@ -241,16 +244,24 @@ def main() -> None:
         print(json.dumps(control, indent=2))
         return
     targets = {gs.name: max(1, round(gs.size * args.target)) for gs in plan.group_sets} if args.target else None
-    lasso = isscompress.GroupLasso(model, plan, lam=args.lam, method="proximal", reweight=args.reweight,
-                                   targets=targets)
     teacher = copy.deepcopy(model).eval().requires_grad_(False) if args.distill else None
-    train(model, train_set, vocab, args.iss_epochs, args.lr, args.batch, args.device, lasso, log="iss",
-          teacher=teacher, alpha=args.distill)
+    recover_epochs = args.recover_epochs
+    if args.oneshot:  # the weakest units go at once; recovery gets the ISS stage's epochs too
+        counts = json.loads(args.oneshot.read_text())["sets_after"]
+        norms = isscompress.all_unit_norms(model.state_dict(), plan.group_sets)
+        kept = {name: norm.topk(counts[name]).indices.sort().values for name, norm in norms.items()}
+        model.load_state_dict(isscompress.mask_state_dict(model.state_dict(), plan.group_sets, kept))
+        recover_epochs += args.iss_epochs
+    else:
+        lasso = isscompress.GroupLasso(model, plan, lam=args.lam, method="proximal", reweight=args.reweight,
+                                       targets=targets)
+        train(model, train_set, vocab, args.iss_epochs, args.lr, args.batch, args.device, lasso, log="iss",
+              teacher=teacher, alpha=args.distill)
     regularized = evaluate(model, eval_set, vocab, args.device)
     small = isscompress.shrink_module(model, example, threshold=1e-4, plan=plan)
     shrunk = evaluate(small, eval_set, vocab, args.device)
-    print(f"after group Lasso: {regularized}; shrunk to {widths_of(small)}: {shrunk}", flush=True)
-    train(small, train_set, vocab, args.recover_epochs, args.lr / 2, args.batch, args.device, log="recover",
+    print(f"before recovery: {regularized}; shrunk to {widths_of(small)}: {shrunk}", flush=True)
+    train(small, train_set, vocab, recover_epochs, args.lr / 2, args.batch, args.device, log="recover",
           teacher=teacher, alpha=args.distill)
     recovered = evaluate(small, eval_set, vocab, args.device)
     torch.save(small.state_dict(), args.out / "small.pt")
@@ -261,12 +272,12 @@ def main() -> None:
     result = {
         "split": "SQuAD v1.1 dev, by article" if not args.train_file else "official train / dev",
         "train_questions": len(train_set), "eval_questions": len(eval_set), "hidden": args.hidden,
-        "embed": args.embed, "lambda": args.lam, "target": args.target, "distill": args.distill,
-        "reweight": args.reweight, "epochs": [args.epochs, args.iss_epochs, args.recover_epochs],
-        "dense": dense, "regularized": regularized, "shrunk": shrunk, "recovered": recovered,
+        "method": "one-shot" if args.oneshot else "ISS", "embed": args.embed, "lambda": args.lam, "target": args.target, "distill": args.distill,
+        "reweight": args.reweight, "epochs": [args.epochs, 0 if args.oneshot else args.iss_epochs, recover_epochs],
+        "dense": dense, "before_recovery": regularized, "shrunk": shrunk, "recovered": recovered,
         "widths_before": widths_of(model), "widths_after": widths_of(small),
-        "sets_after": {gs.name: int(k) for gs, k in zip(plan.group_sets, isscompress.GroupLasso(
-            model, plan, lam=args.lam).widths(1e-4).values())},
+        "sets_after": {name: int((norm > 1e-4).sum())
+                       for name, norm in isscompress.all_unit_norms(model.state_dict(), plan.group_sets).items()},
         "parameters": [sum(p.numel() for p in model.parameters()), sum(p.numel() for p in small.parameters())],
         "forward_seconds_batch64": speed, "threads": torch.get_num_threads(), "device": args.device,
     }
