@@ -152,7 +152,7 @@ def test_export_parity(tmp_path, fmt, name, clean_failure) -> None:
     assert result.exit_code == 0, result.output
     assert "h0_layer1" in result.stdout
     # Load it back the way a user without isscompress would, and compare on fresh inputs.
-    from isscompress.verbs.export import FlatStateModel, example_arguments, io_names
+    from isscompress.deploy.flat import FlatStateModel, example_arguments, io_names
 
     model = isscompress.load(source)
     args = example_arguments(model, steps=4, batch=5, seed=3)

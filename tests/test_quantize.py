@@ -74,3 +74,15 @@ def test_report_int8_column(tmp_path, small_lm):
     assert {s["workload"] for s in q["speed"]} == {"decode_batch1", "batch20x35"}
     assert "int8 (shrunk): size" in isscompress.report_markdown(result)
     assert result.to_dict()["file_size_ratio"] is None  # the shrunk checkpoint lives in memory: no file to compare
+
+
+@pytest.mark.parametrize("path", ["torchscript", "onnxruntime"])
+def test_report_times_the_runtime_asked_for(small_lm, path):
+    if path == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    small = isscompress.shrink(small_lm, threshold=0.6).checkpoint
+    result = isscompress.report(small_lm, small, repeats=1, speed_path=path)
+    assert {s.path for s in result.speed} == {path} and all(s.speedup > 0 for s in result.speed)
+    assert f"({path})" in isscompress.report_markdown(result)
+    with pytest.raises(IsscompressError, match="Unknown speed path"):
+        isscompress.report(small_lm, small, repeats=1, speed_path="tensorrt")

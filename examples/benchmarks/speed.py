@@ -32,7 +32,7 @@ from isscompress.architectures.stack import LayerSpec, ModelSpec
 from isscompress.architectures.stack_module import RecurrentModel
 from isscompress.deploy.quantize import quantize_int8
 from isscompress.measure.kernels import rnn_kernel
-from isscompress.verbs.export import FlatStateModel, example_arguments
+from isscompress.deploy.flat import FlatStateModel, example_arguments
 
 VOCAB = 10_000
 WORKLOADS = {"decode b=1": (1, 1, 100), "score b=20x35": (20, 35, 35)}  # batch, steps per call, steps
@@ -71,7 +71,7 @@ def onnxruntime_runner(model: RecurrentModel) -> FlatRunner | None:
         import onnxruntime
     except ImportError:
         return None
-    from isscompress.verbs.export import io_names
+    from isscompress.deploy.flat import io_names
 
     names = io_names(model)
     buffer = io.BytesIO()

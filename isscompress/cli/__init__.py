@@ -230,6 +230,8 @@ def report(
     arch: Optional[str] = ArchOption,
     int8: bool = typer.Option(False, "--int8", help="Also the shrunk model quantised to int8: size, perplexity, "
                               "speed against the original."),
+    speed_path: str = typer.Option("eager", "--speed-path", help="Runtime to time: eager, torchscript, onnxruntime, "
+                                   "or auto (the fastest measured: onnxruntime when installed)."),
 ) -> None:
     """What compression bought: widths, parameters, multiply-adds, size, perplexity and measured speed."""
     from ..verbs.report import report as build_report
@@ -250,7 +252,7 @@ def report(
         return
     with _user_errors():
         result = build_report(original, shrunk, data=data, vocab=vocab, speed=not no_speed, repeats=repeats,
-                              family=family, int8=int8)
+                              family=family, int8=int8, speed_path=speed_path)
         if plot is not None:
             from .plots import write_plots
 

@@ -225,8 +225,10 @@ def render_report(report, console: Console) -> None:
     if report.speed:
         console.print(f"Speed: before and after interleaved, medians of {len(report.speed[0].speedups)} runs, "
                       f"torch {report.environment['torch']}, {report.environment['threads']} thread(s); "
-                      f"MAC ratio {report.mac_ratio:.2f}x. Batch-1 decoding runs on PyTorch's native RNN kernel for both "
-                      "models (oneDNN re-lays-out weights on every call); the 20x35 batch runs on oneDNN.")
+                      f"MAC ratio {report.mac_ratio:.2f}x. " + (
+                          "PyTorch eager: batch-1 decoding runs on PyTorch's native RNN kernel for both models (oneDNN "
+                          "re-lays-out weights on every call); the 20x35 batch runs on oneDNN."
+                          if report.speed[0].path == "eager" else f"Runtime: {report.speed[0].path}."))
     if report.data:
         console.print(f"Perplexity on {escape(report.data)}.")
     if a is None:

@@ -61,29 +61,3 @@ def onnx_int8(model_bytes: bytes) -> bytes:
             ort_quantize_dynamic(source, target, weight_type=QuantType.QInt8,
                                  op_types_to_quantize=["LSTM", "GRU", "MatMul", "Gemm", "Gather"])
         return target.read_bytes()
-
-
-class OnnxRuntimeModel(nn.Module):
-    """An exported ONNX model in ONNX Runtime behind RecurrentModel's ``forward(inputs, hidden)``, so the same
-    perplexity and speed code measures it."""
-
-    def __init__(self, model_bytes: bytes, like: RecurrentModel) -> None:
-        super().__init__()
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        self.session = onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-        self.names = [i.name for i in self.session.get_inputs()]
-        self.spec = like.spec
-        self.states = len(like.spec.cell_kind.states)
-
-    def forward(self, inputs: torch.Tensor, hidden=None):
-        if hidden is None:
-            hidden = [tuple(torch.zeros(self.spec.directions, inputs.shape[1], w) for w in
-                            self.spec.cell_kind.state_widths(layer)) for layer in self.spec.layers]
-        flat = [inputs] + [s for state in hidden for s in (state if isinstance(state, tuple) else (state,))]
-        out = [torch.from_numpy(a) for a in self.session.run(None, {n: t.numpy() for n, t in zip(self.names, flat)})]
-        n = self.states
-        states = [tuple(out[1 + i:1 + i + n]) if n > 1 else out[1 + i] for i in range(0, len(out) - 1, n)]
-        return out[0], states

@@ -9,6 +9,7 @@ and named in the result: token-by-token decoding runs on PyTorch's native RNN ke
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -24,10 +25,11 @@ WORKLOADS = {"decode_batch1": ("native", 1, 1), "batch20x35": ("onednn", 20, 35)
 @dataclass(frozen=True)
 class SpeedSample:
     workload: str
-    kernel: str
+    kernel: str  # PyTorch's RNN kernel on the eager path; the runtime's name otherwise
     tokens: int
     before_seconds: tuple[float, ...]
     after_seconds: tuple[float, ...]
+    path: str = "eager"  # the runtime: eager, torchscript, onnxruntime
 
     def _median(self, values: tuple[float, ...]) -> float:
         return statistics.median(values)
@@ -64,19 +66,27 @@ def _run_once(model: nn.Module, inputs: torch.Tensor, steps_per_call: int) -> fl
 
 @torch.inference_mode()
 def measure_speed(
-    before: nn.Module, after: nn.Module, *, repeats: int = 5, decode_tokens: int = 100
+    before: nn.Module, after: nn.Module, *, repeats: int = 5, decode_tokens: int = 100, path: str = "eager"
 ) -> list[SpeedSample]:
-    """Interleaved timing of both models for each workload (one warm-up run each, not timed)."""
+    """Interleaved timing of both models for each workload (one warm-up run each, not timed), on the runtime
+    ``path`` (eager, torchscript, onnxruntime; "auto": the fastest measured, see deploy.runtimes)."""
+    from ..deploy.runtimes import default_path, runtime
+
+    path = default_path() if path == "auto" else path
+    spec = before.spec
+    before, after = runtime(before, path), runtime(after, path)
     samples = []
     for workload, (kernel, batch, steps_per_call) in WORKLOADS.items():
         steps = decode_tokens if steps_per_call == 1 else steps_per_call
-        inputs = before.spec.probe_inputs(steps=steps, batch=batch, seed=1)
+        inputs = spec.probe_inputs(steps=steps, batch=batch, seed=1)
         times: dict[str, list[float]] = {"before": [], "after": []}
-        with rnn_kernel(kernel):
+        kernel = kernel if path == "eager" else path
+        with rnn_kernel(kernel) if path == "eager" else contextlib.nullcontext():
             for model in (before, after):
                 _run_once(model.eval(), inputs, steps_per_call)
             for _ in range(repeats):
                 for name, model in (("before", before), ("after", after)):
                     times[name].append(_run_once(model, inputs, steps_per_call))
-        samples.append(SpeedSample(workload, kernel, steps * batch, tuple(times["before"]), tuple(times["after"])))
+        samples.append(SpeedSample(workload, kernel, steps * batch, tuple(times["before"]), tuple(times["after"]),
+                                   path))
     return samples

@@ -18,50 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from ..architectures.stack_module import RecurrentModel
+from ..deploy.flat import FlatStateModel, example_arguments, io_names
 from ..errors import IsscompressError
 from ..io.files import atomic_write, check_output_path
 from ..io.loading import Checkpoint, as_checkpoint, source_files
 
 FORMATS = ("torchscript", "onnx")
 TOLERANCE = 1e-4
-
-
-class FlatStateModel(nn.Module):
-    """RecurrentModel with one tensor argument per hidden state, for tracing and ONNX."""
-
-    def __init__(self, model: RecurrentModel) -> None:
-        super().__init__()
-        self.model = model
-        self.per_layer = len(model.spec.cell_kind.states)  # (h, c) for LSTM, h otherwise
-
-    def forward(self, inputs: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
-        n = self.per_layer
-        hidden = [tuple(states[i : i + n]) if n > 1 else states[i] for i in range(0, len(states), n)]
-        output, new_hidden = self.model(inputs, hidden)
-        flat: list[Tensor] = [output]
-        for state in new_hidden:
-            flat.extend(state if n > 1 else (state,))
-        return tuple(flat)
-
-
-def io_names(model: RecurrentModel) -> tuple[list[str], list[str]]:
-    lm = model.spec.is_language_model
-    inputs, outputs = ["tokens" if lm else "features"], ["logits" if lm else "output"]
-    for index in range(len(model.spec.layers)):
-        for state in model.spec.cell_kind.states:
-            inputs.append(f"{state}0_layer{index}")
-            outputs.append(f"{state}n_layer{index}")
-    return inputs, outputs
-
-
-def example_arguments(model: RecurrentModel, steps: int, batch: int, seed: int) -> tuple[Tensor, ...]:
-    spec = model.spec
-    generator = torch.Generator().manual_seed(seed)
-    args = [spec.probe_inputs(steps=steps, batch=batch, seed=seed)]
-    for layer in spec.layers:
-        for width in spec.cell_kind.state_widths(layer):
-            args.append(torch.randn(spec.directions, batch, width, generator=generator))
-    return tuple(args)
 
 
 @dataclass(frozen=True)
@@ -113,24 +76,11 @@ def _torchscript(wrapper: FlatStateModel, example: tuple[Tensor, ...], probe: tu
     return buffer.getvalue(), got
 
 
-def _onnx(wrapper: FlatStateModel, example, probe, names: tuple[list[str], list[str]]) -> tuple[bytes, list]:
-    try:
-        import onnx  # noqa: F401  (torch.onnx.export needs it; a missing one fails deep inside torch)
-        import onnxruntime
-    except ImportError as err:
-        raise IsscompressError(f"ONNX export needs onnx and onnxruntime; {err.name} is not installed.",
-                               "pip install 'isscompress[onnx]'.") from None
-    inputs, outputs = names
-    dynamic = {name: ({0: "steps", 1: "batch"} if i == 0 else {1: "batch"}) for i, name in enumerate(inputs)}
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # The TorchScript-based exporter: the dynamo exporter fixed the sequence length of the LSTM.
-        torch.onnx.export(wrapper, example, buffer, dynamo=False, input_names=inputs, output_names=outputs,
-                          dynamic_axes=dynamic, opset_version=17)
-    session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
-    got = session.run(None, {name: tensor.numpy() for name, tensor in zip(inputs, probe)})
-    return buffer.getvalue(), got
+def _onnx(model: RecurrentModel, probe) -> tuple[bytes, list]:
+    from ..deploy.runtimes import OnnxRuntimeModel, onnx_bytes
+
+    data = onnx_bytes(model)
+    return data, OnnxRuntimeModel(data, model).call(*probe)
 
 
 def export(
@@ -168,15 +118,15 @@ def export(
     with torch.inference_mode():
         expected = wrapper(*probe)
         reference = FlatStateModel(model).eval()(*probe) if quantized is not None else expected
-    payload, got = _torchscript(wrapper, example, probe) if fmt == "torchscript" else \
-        _onnx(wrapper, example, probe, names)
+    payload, got = _torchscript(wrapper, example, probe) if fmt == "torchscript" else _onnx(model, probe)
     diff = _max_diff(expected, got)
     if not diff <= TOLERANCE:
         raise IsscompressError(f"The exported {fmt} model differs from the PyTorch model by {diff:.3g} on a probe "
                                f"batch (tolerance {TOLERANCE}); nothing was written.",
                                "Please report this with the checkpoint's layout.")
     if quantize and fmt == "onnx":  # ONNX Runtime quantises the checked float32 file; it runs the result
-        from ..deploy.quantize import OnnxRuntimeModel, onnx_int8
+        from ..deploy.quantize import onnx_int8
+        from ..deploy.runtimes import OnnxRuntimeModel
 
         payload = onnx_int8(payload)
         quantized = OnnxRuntimeModel(payload, model)

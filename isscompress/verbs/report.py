@@ -170,6 +170,7 @@ def report(
     family: str | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
     int8: bool = False,
+    speed_path: str = "eager",
 ) -> Report:
     """Compare a model with its shrunk version (or describe one model) on the same data and machine;
     with ``int8``, also the shrunk model quantised to int8 (size, perplexity, speed against the original)."""
@@ -191,7 +192,7 @@ def report(
     if speed and shrunk is not None:
         if on_progress:
             on_progress("speed", 0, 1)
-        result.speed = measure_speed(original.model(), shrunk.model(), repeats=repeats)
+        result.speed = measure_speed(original.model(), shrunk.model(), repeats=repeats, path=speed_path)
     if int8:
         if shrunk is None:
             raise IsscompressError("report --int8 quantises the shrunk model.", "Give the original and the shrunk one.")
@@ -228,7 +229,8 @@ def report_markdown(report: Report) -> str:
         if pb.level == "char":
             rows.append(f"| bits per character | {pb.bits_per_token:.3f} | {_fmt(pa and pa.bits_per_token, '.3f')} | |")
     for sample in report.speed:
-        rows.append(f"| tokens/s, {sample.workload} ({sample.kernel} kernel) | {sample.before_tokens_per_s:,.0f} "
+        where = f"{sample.kernel} kernel" if sample.path == "eager" else sample.path
+        rows.append(f"| tokens/s, {sample.workload} ({where}) | {sample.before_tokens_per_s:,.0f} "
                     f"| {sample.after_tokens_per_s:,.0f} | {sample.speedup:.2f}x (MAC ratio {report.mac_ratio:.2f}x) |")
     if report.int8 is not None:
         q = report.int8
