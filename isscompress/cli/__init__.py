@@ -230,8 +230,9 @@ def report(
     arch: Optional[str] = ArchOption,
     int8: bool = typer.Option(False, "--int8", help="Also the shrunk model quantised to int8: size, perplexity, "
                               "speed against the original."),
-    speed_path: str = typer.Option("eager", "--speed-path", help="Runtime to time: eager, torchscript, onnxruntime, "
-                                   "or auto (the fastest measured: onnxruntime when installed)."),
+    speed_path: str = typer.Option("auto", "--speed-path", help="Runtime to time: eager, torchscript, onnxruntime, "
+                                   "or auto (the fastest measured: ONNX Runtime when installed and the model fits "
+                                   "ONNX, else eager)."),
 ) -> None:
     """What compression bought: widths, parameters, multiply-adds, size, perplexity and measured speed."""
     from ..verbs.report import report as build_report

@@ -116,7 +116,12 @@ def runtime(model: RecurrentModel, path: str) -> nn.Module:
     raise IsscompressError(f"Unknown speed path '{path}'.", f"Use one of: {', '.join(PATHS)}, or auto.")
 
 
-def default_path() -> str:
+def default_path(model: RecurrentModel) -> str:
     """The fastest float32 path measured (docs/results.md, speed benchmark): ONNX Runtime at batch 1 and at a batch
-    for 2x200 to 2x1500 models on CPU, when it is installed; PyTorch eager otherwise."""
-    return "eager" if _missing_onnx() else "onnxruntime"
+    for 2x200 to 2x1500 LSTMs on CPU, when it is installed and ONNX can express the model (PyTorch's own cells,
+    no projection); PyTorch eager otherwise."""
+    spec = model.spec
+    onnx_cells = spec.cell in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
+    if _missing_onnx() or not onnx_cells or any(layer.proj_size for layer in spec.layers):
+        return "eager"
+    return "onnxruntime"

@@ -72,7 +72,7 @@ def measure_speed(
     ``path`` (eager, torchscript, onnxruntime; "auto": the fastest measured, see deploy.runtimes)."""
     from ..deploy.runtimes import default_path, runtime
 
-    path = default_path() if path == "auto" else path
+    path = default_path(before) if path == "auto" else path
     spec = before.spec
     before, after = runtime(before, path), runtime(after, path)
     samples = []

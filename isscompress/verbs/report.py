@@ -170,7 +170,7 @@ def report(
     family: str | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
     int8: bool = False,
-    speed_path: str = "eager",
+    speed_path: str = "auto",
 ) -> Report:
     """Compare a model with its shrunk version (or describe one model) on the same data and machine;
     with ``int8``, also the shrunk model quantised to int8 (size, perplexity, speed against the original)."""
