@@ -305,3 +305,21 @@ def test_label_free_finetune_holds_the_targets_while_adam_revives_dead_units():
     batches = [(tokens(5, 3, seed=s),) for s in range(8)]
     lasso = finetune_label_free(model, batches, plan, lam=10.0, targets=targets, epochs=4, lr=0.01)
     assert lasso.widths() == targets
+
+
+def test_zeros_made_in_forward_are_not_hidden_features():
+    """torch.zeros (an initial state, padding) may go through any op: only units' features are followed."""
+
+    class ZeroStart(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.lstm, self.out = nn.Embedding(20, 6), nn.LSTM(6, 5, batch_first=True), nn.Linear(5, 3)
+
+        def forward(self, x):
+            h0 = torch.zeros(1, x.shape[0], 5).contiguous()
+            gate = torch.exp(h0)  # an op isscompress does not follow, on zeros: fine, they are not a unit's features
+            out, _ = self.lstm(self.emb(x), (h0, torch.zeros_like(h0)))
+            return self.out(out[:, -1] * gate[0])
+
+    plan = isscompress.discover(ZeroStart(), (tokens(2, 4),))
+    assert [gs.name for gs in plan.group_sets] == ["lstm.l0"]

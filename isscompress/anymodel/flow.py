@@ -179,9 +179,9 @@ class _Tracer(TorchFunctionMode):
         """Units ``a`` and ``b`` must be removed together; two units of one layer never can be."""
         if a != b and self.flow.range_of(a) == self.flow.range_of(b):
             r = self.flow.range_of(a)
-            self.refuse(f"{op} combines the features of units {a - r.first} and {b - r.first} of `{r.name}` are combined (summed, "
-                        "multiplied, or read by one weight after a reshape mixed the feature axis), so they cannot "
-                        "be removed one by one")
+            self.refuse(f"{op} combines the features of units {a - r.first} and {b - r.first} of `{r.name}` (a sum, "
+                        "a product, or one weight reading both after a reshape mixed the feature axis), so they "
+                        "cannot be removed one by one")
         self.flow.couple(a, b)
 
     def where(self) -> str:
@@ -247,6 +247,8 @@ class _Tracer(TorchFunctionMode):
             return self.read_by_weight(args[0], kwargs.get("weight", args[1]), 1, 1, "conv1d")
         if name == "masked_fill" and float(args[2] if len(args) > 2 else kwargs.get("value", 0)) == 0.0:
             return self.set_label(out, self.label_of(args[0]))
+        if not any(bool((self.label_of(v) >= 0).any()) for v in labeled):
+            return  # only exact zeros (padding, zeros()) went in: nothing of a unit to follow
         self.refuse(f"`{name}` is applied to the hidden features of "
                     f"{self.unit_name(int(self.label_of(labeled[0]).clamp_min(0).max()))} "
                     "(isscompress only follows operations that keep a removed unit's features exactly zero "
