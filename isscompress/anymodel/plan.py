@@ -40,13 +40,18 @@ class Plan:
     def __str__(self) -> str:
         return self.describe()
 
+    def readers(self, set_name: str) -> list[str]:
+        """The modules or weights outside the recurrent layers that read the units of one set."""
+        ranges = {r.name for r in self.ranges for u in range(r.first, r.first + r.size)
+                  if self.unit_sets.get(u, ("",))[0] == set_name}
+        return sorted({c for name in ranges for c in self.consumers.get(name, ())})
+
     def describe(self) -> str:
         """One line per group set: width, tensors it spans, who reads its units, what it is coupled with."""
         lines = []
         for gs in self.group_sets:
             keys = sorted({m.key for m in gs.members})
-            readers = sorted({c for r in self.ranges if r.name in gs.name.split("+")
-                              for c in self.consumers.get(r.name, ())})
+            readers = self.readers(gs.name)
             rule = f" same width as `{gs.same_width_as}`" if gs.same_width_as else ""
             rule += f", narrower than `{gs.narrower_than}`" if gs.narrower_than else ""
             lines.append(f"{gs.name}: {gs.size} units{rule}; {len(keys)} tensors"

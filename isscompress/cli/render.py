@@ -248,8 +248,7 @@ def render_user_model(opened, console: Console, as_json: bool = False) -> None:
     rows = []
     for gs in opened.plan.group_sets:
         norm = norms[gs.name]
-        readers = sorted({c for r in opened.plan.ranges if r.name in gs.name.split("+")
-                          for c in opened.plan.consumers.get(r.name, ())})
+        readers = opened.plan.readers(gs.name)
         rows.append({"set": gs.name, "units": gs.size, "alive": int((norm > 0).sum()),
                      "norm_min": float(norm.min()), "norm_median": float(norm.median()),
                      "same_width_as": gs.same_width_as, "readers": readers})
