@@ -8,7 +8,9 @@ and suggests the closest valid key.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
 
@@ -44,6 +46,11 @@ class DataSection(Section):
     level: Literal["word", "char"] = Field("word", description=(
         "'word' (whitespace tokens, <eos> after each line, perplexity) or 'char' (every character a token, "
         "newlines and spaces included; bits per character)."))
+    split: Optional[Path] = Field(None, description=(
+        "One text file to cut into train, valid and test by characters at line boundaries, in the proportions of "
+        "split_fractions (for corpora that ship as one file, such as Tiny Shakespeare); instead of train/valid/test."))
+    split_fractions: tuple[float, float] = Field((0.9, 0.05), description=(
+        "With split: the train and valid fractions; the rest is test."))
     max_train_tokens: Optional[PositiveInt] = Field(None, description="Use only the first N training tokens.")
     max_eval_tokens: Optional[PositiveInt] = Field(None, description="Evaluate on the first N tokens only.")
 
@@ -152,8 +159,9 @@ class Recipe(Section):
 
 SECTIONS: dict[str, type[BaseModel]] = {
     "model": ModelSection, "data": DataSection, "finetune": Schedule, "iss": IssSection,
-    "shrink": ShrinkSection, "recover": Schedule, "evaluate": EvaluateSection,
+    "distill": DistillSection, "shrink": ShrinkSection, "recover": Schedule, "evaluate": EvaluateSection,
 }
+REFERENCE = {**SECTIONS, "iss.target": BudgetSection}  # docs/recipe.md: the sections and the nested budget
 
 
 def _valid_keys(model: type[BaseModel]) -> list[str]:
@@ -265,6 +273,8 @@ def resolve_paths(recipe: Recipe, base: Path, source: str, text: str = "") -> Re
     """Data paths relative to ``base``; each must exist."""
     lines = _lines(yaml.compose(text)) if text else {}
     updates: dict[str, Any] = {}
+    if recipe.data.split is not None:
+        recipe = _with_split(recipe, base, source, lines)
     for key in ("train", "valid", "test"):
         value = getattr(recipe.data, key)
         if value is None:
@@ -284,6 +294,41 @@ def resolve_paths(recipe: Recipe, base: Path, source: str, text: str = "") -> Re
                               "Use 'auto', 'corpus', or the path of a vocabulary file (one word per line).")
         updates["vocab"] = str(resolved)
     return recipe.model_copy(update={"data": recipe.data.model_copy(update=updates)})
+
+
+def _with_split(recipe: Recipe, base: Path, source: str, lines: dict) -> Recipe:
+    """data.split: cut the file once into train/valid/test files in a cache folder named by its content."""
+    data = recipe.data
+    at = f", line {lines[('data', 'split')]}" if ("data", "split") in lines else ""
+    if any(getattr(data, key) is not None for key in ("train", "valid", "test")):
+        raise RecipeError(f"recipe {source}{at}: data.split and data.train/valid/test are both given.",
+                          "Give one text file to split, or the three files.")
+    first, second = data.split_fractions
+    if not (0 < first and 0 < second and first + second < 1):
+        raise RecipeError(f"recipe {source}: data.split_fractions {list(data.split_fractions)} must be two positive "
+                          "fractions that add up to less than 1.", "For example [0.9, 0.05].")
+    path = data.split if data.split.is_absolute() else base / data.split
+    if (problem := file_problem(path)) is not None:
+        raise RecipeError(f"recipe {source}{at}: data.split file {path} {problem}.",
+                          "Paths are relative to the recipe's folder.")
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw + f"{first},{second}".encode()).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / "isscompress-splits" / digest
+    names = ("train.txt", "valid.txt", "test.txt")
+    if not all((folder / name).is_file() for name in names):
+        text = raw.decode("utf-8")
+        cuts = [text.find("\n", int(len(text) * f)) + 1 or len(text) for f in (first, first + second)]
+        parts = (text[:cuts[0]], text[cuts[0]:cuts[1]], text[cuts[1]:])
+        if not all(parts):
+            raise RecipeError(f"recipe {source}{at}: data.split file {path} is too short to split into three parts.",
+                              "Use a longer text, or give train/valid/test files.")
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, part in zip(names, parts):
+            temporary = folder / f".{name}.{os.getpid()}"
+            temporary.write_text(part, encoding="utf-8")
+            os.replace(temporary, folder / name)
+    split = {key: folder / name for key, name in zip(("train", "valid", "test"), names)}
+    return recipe.model_copy(update={"data": data.model_copy(update={**split, "split": None})})
 
 
 def check_layer_names(recipe: Recipe, set_sizes: Mapping[str, int], source: str) -> None:
@@ -327,7 +372,7 @@ def reference_markdown() -> str:
              "Generated from `isscompress/recipe.py` (`python -m isscompress.recipe > docs/recipe.md`). Every key is",
              "optional; unknown keys are errors. Paths are relative to the recipe's folder. `recover` takes the same",
              "keys as `finetune` and runs after shrinking, without ISS; without a `recover` section there is none.", ""]
-    for name, model in SECTIONS.items():
+    for name, model in REFERENCE.items():
         lines += [f"## `{name}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         properties = model.model_json_schema(by_alias=True)["properties"]
         for field_name, info in model.model_fields.items():

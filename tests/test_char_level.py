@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import isscompress
 from isscompress.cli import app
 from isscompress.data import build_vocabulary, read_vocabulary, tokenize
-from isscompress.errors import DataError
+from isscompress.errors import DataError, RecipeError
 from conftest import EXCERPT
 
 runner = CliRunner()
@@ -55,3 +55,23 @@ finetune: {{epochs: 1, lr: 2.0, batch_size: 10, bptt: 30, log_every: 10}}
     assert 1 < measured["bits_per_token"] < math.log2(checkpoint.spec.vocab_size) + 1
     shown = runner.invoke(app, ["eval", str(model), "--data", str(EXCERPT / "test.txt"), "--char"])
     assert "bits per character" in shown.stdout
+
+
+def test_data_split_cuts_one_text_at_line_boundaries(tmp_path):
+    """data.split: one corpus file, cut once into train/valid/test by characters at line boundaries."""
+    text = "".join(f"line {i}: {'x' * (i % 7)}\n" for i in range(400))
+    (tmp_path / "corpus.txt").write_text(text)
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text("data: {split: corpus.txt, split_fractions: [0.8, 0.1], level: char}\n")
+    recipe = isscompress.load_recipe(recipe_path)
+    parts = [recipe.data.train.read_text(), recipe.data.valid.read_text(), recipe.data.test.read_text()]
+    assert "".join(parts) == text and all(p.endswith("\n") for p in parts)
+    assert abs(len(parts[0]) / len(text) - 0.8) < 0.02 and abs(len(parts[1]) / len(text) - 0.1) < 0.02
+    assert recipe.data.split is None  # the resolved recipe names its three files
+    assert isscompress.load_recipe(recipe_path).data.train == recipe.data.train  # cut once, cached by content
+    recipe_path.write_text("data: {split: corpus.txt, train: corpus.txt}\n")
+    with pytest.raises(RecipeError, match="both given"):
+        isscompress.load_recipe(recipe_path)
+    recipe_path.write_text("data: {split: corpus.txt, split_fractions: [0.9, 0.2]}\n")
+    with pytest.raises(RecipeError, match="add up to less than 1"):
+        isscompress.load_recipe(recipe_path)
