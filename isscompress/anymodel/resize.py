@@ -146,7 +146,8 @@ def shrink_module(model: nn.Module, example_inputs: Any, threshold: float = 1e-4
     """A new, physically smaller module: the units whose ISS group norm is at most ``threshold`` removed.
 
     ``model`` is untouched. The result is checked against ``model`` with those units zeroed, in float64,
-    on ``example_inputs``; a difference above ``tolerance`` (relative to the output scale) raises."""
+    on ``example_inputs``; a difference above ``tolerance`` times the largest weight magnitude (at least 1)
+    raises ShrinkError."""
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     plan = plan if plan is not None else discover(model, inputs)
     state = {k: v.detach() for k, v in model.state_dict().items()}
