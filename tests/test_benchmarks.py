@@ -1,10 +1,13 @@
-"""The PTB benchmark's --quick mode: every method's code path runs and lands in the table."""
+"""Benchmarks and worked examples in quick modes: every code path runs and lands in its table."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCHMARK = Path(__file__).parent.parent / "examples" / "benchmarks" / "ptb.py"
 
@@ -28,3 +31,55 @@ def test_ptb_benchmark_quick(tmp_path) -> None:
     again = module.main(["--quick", "--output", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs")])
     assert [p.test_ppl for p in again.points] == [p.test_ppl for p in bench.points]  # saved points are reused
     assert (tmp_path / "docs" / "results.md").read_text().count("ptb-benchmark:start") == 1
+
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+SHARED = Path(__file__).parent.parent.parent / "shared" / "data"
+
+
+def run_script(path: Path, *args: str, timeout: int = 300) -> str:
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
+def test_speed_benchmark_runs_every_path_on_a_tiny_model() -> None:
+    out = run_script(EXAMPLES / "benchmarks" / "speed.py", "--sizes", "32:16,8", "--repeats", "1")
+    rows = [line for line in out.splitlines() if line.startswith("| 2x32")]
+    assert {row.split("|")[2].strip() for row in rows} >= {"eager-native", "eager-onednn", "torchscript", "int8"}
+    assert all(float(row.split("|")[6].strip().rstrip("x")) > 0 for row in rows)
+
+
+def test_squad_example_quick(tmp_path) -> None:
+    """The BiDAF-style user model through the any-model API, on a few hundred questions: discover, GroupLasso,
+    shrink_module (exact: the shrunk model scores what the regularised one scored), recovery."""
+    if not (SHARED / "squad" / "dev-v1.1.json").exists():
+        pytest.skip("needs ../shared/data/squad")
+    run_script(EXAMPLES / "squad" / "squad.py", "--limit", "200", "--epochs", "1", "--iss-epochs", "1",
+               "--recover-epochs", "1", "--lam", "1500", "--out", str(tmp_path))  # 7 steps: a strong lambda
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["shrunk"] == result["before_recovery"]
+    assert all(result["widths_after"][m] < result["widths_before"][m] for m in result["widths_before"])
+    assert min(result["sets_after"].values()) >= 16  # the targets (half of each set) held
+    assert result["parameters"][1] < result["parameters"][0]
+
+
+def test_shakespeare_example_quick(tmp_path) -> None:
+    """The character-level example's real command lines on a few hundred windows (data.split, level char)."""
+    if not (SHARED / "tinyshakespeare" / "input.txt").exists():
+        pytest.skip("needs ../shared/data/tinyshakespeare")
+    out = run_script(EXAMPLES / "charlm" / "shakespeare.py", "--quick", "--output", str(tmp_path))
+    assert "bits per character" in out
+    report = json.loads((tmp_path / "iss" / "report.json").read_text())
+    assert report["perplexity"]["before"]["level"] == "char" and report["perplexity"]["after"]["bits_per_token"] > 0
+
+
+@pytest.mark.slow
+def test_ptb_budget_benchmark_quick(tmp_path) -> None:
+    """ptb_budget.py --quick: the five methods at equal compute land in the table (about 3 minutes)."""
+    out = run_script(EXAMPLES / "benchmarks" / "ptb_budget.py", "--quick", "--lam", "0.05", "--output",
+                     str(tmp_path), timeout=900)
+    for method in ("dense-control", "iss", "iss+distill", "one-shot", "one-shot+distill"):
+        assert f"| {method} |" in out
