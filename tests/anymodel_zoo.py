@@ -138,4 +138,23 @@ def zoo() -> dict[str, tuple[nn.Module, tuple]]:
         "projected_classifier": (ProjectedClassifier(), (torch.randn(2, 6, 7),)),
         "packed_tagger": (PackedTagger(), (tokens(3, 6), torch.tensor([6, 3, 4]))),
         "bidaf": (BiDAF(vocab=40, embed=8, hidden=5), (tokens(2, 12, vocab=40), tokens(2, 5, vocab=40, seed=1))),
+        "pooled_attention": (PooledAttentionClassifier(), (tokens(3, 7),)),
     }
+
+
+class PooledAttentionClassifier(nn.Module):
+    """Max-pooling over time with F.max_pool1d and attention scores from a parameter vector (h @ w)."""
+
+    def __init__(self, vocab: int = 20, emb: int = 6, hidden: int = 5, classes: int = 3) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, emb)
+        self.lstm = nn.LSTM(emb, hidden, batch_first=True, bidirectional=True)
+        self.w = nn.Parameter(torch.randn(2 * hidden))
+        self.out = nn.Linear(4 * hidden, classes)
+
+    def forward(self, tokens):
+        h, _ = self.lstm(self.emb(tokens))
+        pooled = nn.functional.max_pool1d(h.transpose(1, 2), h.size(1)).squeeze(2)
+        weights = torch.softmax(h @ self.w, dim=1)
+        attended = (weights.unsqueeze(-1) * h).sum(1)
+        return self.out(torch.cat([pooled, attended], dim=-1))

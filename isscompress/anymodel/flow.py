@@ -58,6 +58,7 @@ SUMS = frozenset("add __add__ __radd__ add_ __iadd__ sub __sub__ __rsub__ sub_ _
 REDUCTIONS = frozenset("sum mean max min amax amin nansum nanmean".split())
 MATMULS = frozenset("matmul __matmul__ __rmatmul__ mm bmm".split())
 ZEROS = frozenset("zeros zeros_like new_zeros".split())
+POOLING = frozenset("max_pool1d avg_pool1d adaptive_max_pool1d adaptive_avg_pool1d lp_pool1d".split())
 FRESH = frozenset("ones_like empty_like full_like rand_like randn_like randint_like new_ones new_full new_empty "
                   "new_tensor".split())  # new values shaped like their input: not hidden features
 METADATA = frozenset("""
@@ -245,6 +246,8 @@ class _Tracer(TorchFunctionMode):
             if groups != 1:
                 self.refuse("a grouped conv1d reads hidden features")
             return self.read_by_weight(args[0], kwargs.get("weight", args[1]), 1, 1, "conv1d")
+        if name in POOLING:
+            return self.pool(name, args, out)
         if name == "masked_fill" and float(args[2] if len(args) > 2 else kwargs.get("value", 0)) == 0.0:
             return self.set_label(out, self.label_of(args[0]))
         if not any(bool((self.label_of(v) >= 0).any()) for v in labeled):
@@ -374,10 +377,10 @@ class _Tracer(TorchFunctionMode):
         """``a @ b``: units on the free axes carry over (``softmax(S) @ u``); units on the contracted axis
         must meet the same units on the other side (``h @ u.T`` couples them) or a weight (``h @ W``)."""
         a, b = (args[1], args[0]) if name == "__rmatmul__" else (args[0], args[1])
-        if a.dim() < 2 or b.dim() < 2:
-            self.refuse(f"`{name}` with a vector operand reads hidden features")
-        if isinstance(b, nn.Parameter) and self.label_of(b) is None:
+        if isinstance(b, nn.Parameter) and self.label_of(b) is None:  # h @ W, or h @ w (attention scores)
             return self.read_by_weight(a, b, 0, -1, name)
+        if a.dim() < 2 or b.dim() < 2:
+            self.refuse(f"`{name}` with a vector operand that is not a parameter reads hidden features")
         la, lb = self.operand_labels(a), self.operand_labels(b)
         row_a, contracted_a = self.matmul_side(la, name, free_axis=-2)
         col_b, contracted_b = self.matmul_side(lb, name, free_axis=-1)
@@ -396,6 +399,16 @@ class _Tracer(TorchFunctionMode):
             self.refuse(f"`{name}` multiplies hidden features by hidden features on free axes")
         labels = torch.where(row >= 0, row, torch.where(col >= 0, col, UNLABELED))
         self.set_label(out, labels.expand(out.shape).contiguous())
+
+    def pool(self, name: str, args: tuple, out: Any) -> None:
+        """Pooling over time of ``(batch, features, time)``: zero stays zero, so the features keep their units as
+        long as each feature is one unit along the pooled axis."""
+        labels = self.label_of(args[0])
+        per_channel = _uniform_along(labels, -1)
+        if per_channel is None:
+            self.refuse(f"`{name}` pools over an axis along which the hidden features change units")
+        value = out[0] if isinstance(out, tuple) else out
+        self.set_label(value, per_channel.unsqueeze(-1).expand(value.shape).contiguous())
 
     def matmul_side(self, labels: Tensor, name: str, free_axis: int) -> tuple[Tensor, Tensor | None]:
         """One operand of a matmul: (labels of its free axis), and the labels of its contracted axis when
