@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, nargs=2, default=[1, 1], metavar=("ISS", "RECOVER"))
     parser.add_argument("--alpha", type=float, default=0.5, help="distillation weight of the +distill rows")
     parser.add_argument("--lam", type=float, help="override iss.lambda")
+    parser.add_argument("--seed", type=int, help="override the recipe's seeds (dropout masks): a second run of the same design")
     parser.add_argument("--methods", nargs="+", default=["dense-control", "iss", "iss+distill", "one-shot",
                                                          "one-shot+distill"])
     parser.add_argument("--output", type=Path, default=Path("runs/budget"))
@@ -71,6 +72,9 @@ def main() -> None:
                                                                             "max_eval_tokens": 4_000})})
     if args.lam:
         base = base.model_copy(update={"iss": base.iss.model_copy(update={"lambda_": args.lam})})
+    if args.seed is not None:
+        base = base.model_copy(update={stage: getattr(base, stage).model_copy(update={"seed": args.seed})
+                                       for stage in ("finetune", "recover")})
     epochs = tuple(args.epochs)
     total = sum(epochs)
     original = isscompress.load_checkpoint(args.model)
