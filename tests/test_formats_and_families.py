@@ -302,3 +302,16 @@ def test_legacy_pickle_naming_any_other_callable_is_refused(tmp_path, capsys) ->
     with pytest.raises(CheckpointError, match="outside the allow-list"):
         isscompress.load_checkpoint(path)
     assert "code from the file ran" not in capsys.readouterr().out
+
+
+def test_an_embedding_and_rnn_without_any_decoder_is_not_taken_for_a_tied_lm(tmp_path) -> None:
+    """A classifier's state dict with its head removed (the old advice) once read as a tied language model."""
+    state = {k: v for k, v in make_rnn_model(tie=False).state_dict().items() if not k.startswith("decoder.")}
+    path = tmp_path / "headless.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, path)
+    with pytest.raises(CheckpointError, match="no decoder") as caught:
+        isscompress.load_checkpoint(path)
+    assert "--arch" in str(caught.value)
+    tied = make_rnn_model(tie=True).state_dict()  # a tied model keeps decoder.bias, whatever is shared
+    save_file({k: v.contiguous() for k, v in tied.items() if k != "decoder.weight"}, tmp_path / "tied.safetensors")
+    assert isscompress.load_checkpoint(tmp_path / "tied.safetensors").spec.tied

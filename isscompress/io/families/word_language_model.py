@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from ...core.cells import CELLS
+from ...errors import CheckpointError
 from ..files import RawCheckpoint
 from ._rename import rename_layers
 from .base import Canonical, Family, same_tensor
@@ -18,6 +19,14 @@ def matches(tensors) -> bool:
 
 
 def convert(raw: RawCheckpoint) -> Canonical:
+    if "decoder.weight" not in raw.tensors and "decoder.bias" not in raw.tensors:
+        # word_language_model's decoder always has a bias, tied or not: without any decoder tensor this is an
+        # embedding and an RNN with some other head (a classifier whose head was removed), not a tied LM
+        raise CheckpointError(
+            f"{raw.path} has an embedding (encoder.weight) and an rnn but no decoder: it is not a word_language_model "
+            "language model, and treating it as a tied one would compute a different function.",
+            "If it is a model of your own (classifier, tagger, seq2seq, ...), keep its head in the state dict and "
+            "pass --arch FILE.py:FACTORY (docs/any-model.md).")
     tensors, sources = rename_layers(raw.tensors, PATTERN, lambda m: (int(m.group(2)), m.group(1), m.group(3)))
     if "encoder.weight" not in tensors:  # tied, stored once as the decoder: the shape check confirms it fits
         tensors["encoder.weight"] = tensors.pop("decoder.weight")
