@@ -15,6 +15,7 @@ any-model API is exact, never a guess.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -562,8 +563,21 @@ def _hooks(tracer: _Tracer, model: nn.Module) -> Iterator[Any]:
             yield module.register_forward_pre_hook(tracer.refuse_cell)
 
 
+def _on_cpu(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.cpu()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
+
+
 def follow(model: nn.Module, example_inputs: tuple) -> Flow:
-    """Run ``model(*example_inputs)`` once (in eval mode, without gradients) and return what it found."""
+    """Run ``model(*example_inputs)`` once (in eval mode, without gradients) and return what it found.
+
+    The labels live on the CPU, so a model on an accelerator is followed as a CPU copy (names and shapes, which
+    are all a plan keeps, are the same)."""
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        model, example_inputs = copy.deepcopy(model).cpu(), _on_cpu(example_inputs)
     tracer = _Tracer(model)
     handles = []
     was_training = model.training

@@ -129,7 +129,7 @@ def verify(original: nn.Module, masked_state: Mapping[str, Tensor], shrunk: nn.M
         if not isinstance(e, Tensor):
             continue
         if lab is not None and lab.shape == e.shape:
-            e = e[_kept_mask(lab, plan, kept)]
+            e = e[_kept_mask(lab, plan, kept).to(e.device)]
             a = a.flatten()
         if e.shape != a.shape:
             raise ShrinkError(f"The shrunk model's output has shape {tuple(a.shape)} where {tuple(e.shape)} was "
