@@ -23,16 +23,15 @@ import argparse
 import contextlib
 import io
 import statistics
-import time
-import warnings
 
 import torch
 
 from isscompress.architectures.stack import LayerSpec, ModelSpec
 from isscompress.architectures.stack_module import RecurrentModel
 from isscompress.deploy.quantize import quantize_int8
+from isscompress.deploy.runtimes import TorchScriptModel, default_path, runtime
 from isscompress.measure.kernels import rnn_kernel
-from isscompress.deploy.flat import FlatStateModel, example_arguments
+from isscompress.measure.speed import run_once
 
 VOCAB = 10_000
 WORKLOADS = {"decode b=1": (1, 1, 100), "score b=20x35": (20, 35, 35)}  # batch, steps per call, steps
@@ -45,64 +44,14 @@ def language_model(widths: list[int], embed: int) -> RecurrentModel:
     return RecurrentModel(spec).eval()
 
 
-class FlatRunner:
-    """Calls a flat-state module (TorchScript or ONNX Runtime) the way a deployer's decoding loop would."""
-
-    def __init__(self, call, model: RecurrentModel) -> None:
-        self.call, self.model = call, model
-
-    def __call__(self, tokens: torch.Tensor, states):
-        if states is None:
-            states = example_arguments(self.model, steps=1, batch=tokens.shape[1], seed=0)[1:]
-            states = tuple(torch.zeros_like(s) for s in states)
-        out = self.call(tokens, *states)
-        return out[0], tuple(out[1:])
-
-
-def torchscript(model: torch.nn.Module, spec_model: RecurrentModel) -> FlatRunner:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(FlatStateModel(model).eval(), example_arguments(spec_model, 5, 2, 0))
-    return FlatRunner(traced, spec_model)
-
-
-def onnxruntime_runner(model: RecurrentModel) -> FlatRunner | None:
-    try:
-        import onnxruntime
-    except ImportError:
-        return None
-    from isscompress.deploy.flat import io_names
-
-    names = io_names(model)
-    buffer = io.BytesIO()
-    dynamic = {name: ({0: "steps", 1: "batch"} if i == 0 else {1: "batch"}) for i, name in enumerate(names[0])}
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(FlatStateModel(model).eval(), example_arguments(model, 5, 2, 0), buffer, dynamo=False,
-                          input_names=names[0], output_names=names[1], dynamic_axes=dynamic, opset_version=17)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-
-    def call(*tensors):
-        return [torch.from_numpy(a) for a in session.run(None, {n: t.numpy() for n, t in zip(names[0], tensors)})]
-
-    return FlatRunner(call, model)
-
-
-def run_once(runner, tokens: torch.Tensor, per_call: int) -> float:
-    began, states = time.perf_counter(), None
-    for position in range(0, tokens.shape[0], per_call):
-        _, states = runner(tokens[position:position + per_call], states)
-    return time.perf_counter() - began
-
-
 def paths(model: RecurrentModel) -> dict:
+    """path name -> (PyTorch RNN kernel to force, or None, and the model on that runtime)."""
     found = {"eager-native": ("native", model), "eager-onednn": ("onednn", model),
-             "torchscript": ("native", torchscript(model, model)), "int8": ("native", torchscript(quantize_int8(model), model))}
-    ort = onnxruntime_runner(model)
-    if ort is not None:
-        found["onnxruntime"] = (None, ort)
+             "torchscript": ("native", runtime(model, "torchscript")),
+             "int8": ("native", TorchScriptModel(quantize_int8(model), like=model))}
+    if default_path(model) == "onnxruntime":  # installed, and ONNX can express the model
+        with contextlib.redirect_stdout(io.StringIO()):
+            found["onnxruntime"] = (None, runtime(model, "onnxruntime"))
     return found
 
 

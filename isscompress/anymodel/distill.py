@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 from ..training.objectives import distillation_divergence
 from .lasso import GroupLasso
@@ -24,11 +24,7 @@ def _floats(outputs: Any) -> list[Tensor]:
 
 
 def _to(value: Any, device: torch.device) -> Any:
-    if isinstance(value, Tensor):
-        return value.to(device)
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to(v, device) for v in value)
-    return value
+    return tree_map(lambda v: v.to(device) if isinstance(v, Tensor) else v, value)
 
 
 def output_gap(student: nn.Module, teacher: nn.Module, inputs: tuple, temperature: float = 1.0,

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import IsscompressError
 
@@ -563,21 +563,14 @@ def _hooks(tracer: _Tracer, model: nn.Module) -> Iterator[Any]:
             yield module.register_forward_pre_hook(tracer.refuse_cell)
 
 
-def _on_cpu(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return value.cpu()
-    if isinstance(value, (tuple, list)):
-        return type(value)(_on_cpu(v) for v in value)
-    return value
-
-
 def follow(model: nn.Module, example_inputs: tuple) -> Flow:
     """Run ``model(*example_inputs)`` once (in eval mode, without gradients) and return what it found.
 
     The labels live on the CPU, so a model on an accelerator is followed as a CPU copy (names and shapes, which
     are all a plan keeps, are the same)."""
     if any(p.device.type != "cpu" for p in model.parameters()):
-        model, example_inputs = copy.deepcopy(model).cpu(), _on_cpu(example_inputs)
+        model = copy.deepcopy(model).cpu()
+        example_inputs = tree_map(lambda v: v.cpu() if isinstance(v, Tensor) else v, example_inputs)
     tracer = _Tracer(model)
     handles = []
     was_training = model.training

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 from ..core.groups import all_unit_norms
 from ..core.surgery import mask_state_dict, shrink_state_dict
@@ -87,11 +87,7 @@ def resize_to(model: nn.Module, state: Mapping[str, Tensor]) -> nn.Module:
 
 
 def _double(value: Any) -> Any:
-    if isinstance(value, Tensor) and value.is_floating_point():
-        return value.double()
-    if isinstance(value, (tuple, list)):
-        return type(value)(_double(v) for v in value)
-    return value
+    return tree_map(lambda v: v.double() if isinstance(v, Tensor) and v.is_floating_point() else v, value)
 
 
 def _kept_mask(labels: Tensor, plan: Plan, kept: Mapping[str, Tensor]) -> Tensor:
@@ -152,7 +148,14 @@ def shrink_module(model: nn.Module, example_inputs: Any, threshold: float = 1e-4
     plan = plan if plan is not None else discover(model, inputs)
     state = {k: v.detach() for k, v in model.state_dict().items()}
     check_plan(plan, state, "the plan")
-    kept = select_kept(all_unit_norms(state, plan.group_sets), plan.group_sets, threshold)
+    return shrink_module_to(model, inputs, plan, select_kept(all_unit_norms(state, plan.group_sets),
+                                                             plan.group_sets, threshold), tolerance)
+
+
+def shrink_module_to(model: nn.Module, inputs: tuple, plan: Plan, kept: Mapping[str, Tensor],
+                     tolerance: float = 1e-8) -> nn.Module:
+    """:func:`shrink_module` keeping exactly ``kept[set]`` units (sorted indices), with the same float64 check."""
+    state = {k: v.detach() for k, v in model.state_dict().items()}
     shrunk = resize_to(model, shrink_state_dict(state, plan.group_sets, kept))
     masked_state = mask_state_dict(state, plan.group_sets, kept)
     worst = verify(model, masked_state, shrunk, inputs, plan, kept)

@@ -56,7 +56,7 @@ class SpeedSample:
                 "speedup_min": min(self.speedups), "speedup_max": max(self.speedups)}
 
 
-def _run_once(model: nn.Module, inputs: torch.Tensor, steps_per_call: int) -> float:
+def run_once(model: nn.Module, inputs: torch.Tensor, steps_per_call: int) -> float:
     start = time.perf_counter()
     hidden = None
     for position in range(0, inputs.size(0), steps_per_call):
@@ -83,10 +83,10 @@ def measure_speed(
         kernel = kernel if path == "eager" else path
         with rnn_kernel(kernel) if path == "eager" else contextlib.nullcontext():
             for model in (before, after):
-                _run_once(model.eval(), inputs, steps_per_call)
+                run_once(model.eval(), inputs, steps_per_call)
             for _ in range(repeats):
                 for name, model in (("before", before), ("after", after)):
-                    times[name].append(_run_once(model, inputs, steps_per_call))
+                    times[name].append(run_once(model, inputs, steps_per_call))
         samples.append(SpeedSample(workload, kernel, steps * batch, tuple(times["before"]), tuple(times["after"]),
                                    path))
     return samples

@@ -19,8 +19,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ..anymodel import Plan, discover, load_groups, resize_to, shrink_module
+from ..anymodel import Plan, discover, load_groups, resize_to
 from ..anymodel.distill import finetune_label_free, output_gap
+from ..anymodel.resize import shrink_module_to
 from ..core.groups import all_unit_norms
 from ..core.surgery import shrink_state_dict
 from ..core.thresholding import kept_counts, select_kept
@@ -148,7 +149,7 @@ def shrink_user_model(checkpoint: str | Path, output: str | Path | None, thresho
     sets = opened.plan.group_sets
     kept = select_kept(all_unit_norms(opened.tensors, sets), sets, threshold)
     if opened.model is not None:
-        small = shrink_module(opened.model, opened.inputs, threshold, opened.plan)
+        small = shrink_module_to(opened.model, opened.inputs, opened.plan, kept)
         tensors = {k: v.detach() for k, v in small.state_dict().items()}
     else:
         tensors = shrink_state_dict(opened.tensors, sets, kept)
