@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -16,6 +17,7 @@ import torch
 import isscompress
 from isscompress.architectures.stack import LayerSpec, ModelSpec
 from isscompress.architectures.stack_module import RecurrentModel
+from isscompress.errors import ShrinkError
 from isscompress.io.files import write_checkpoint
 from isscompress.io.metadata import Metadata
 from isscompress.verbs.finetune import finetune, side_files
@@ -118,3 +120,31 @@ def test_malicious_pickle_is_refused_and_its_command_does_not_run(tmp_path) -> N
     done = subprocess.run([sys.executable, "-m", "isscompress", "inspect", str(path)], capture_output=True, text=True)
     assert done.returncode == 1 and "pickled Python objects" in " ".join(done.stderr.split())
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("key", ["layers.0.weight_hh_l0", "layers.1.bias_ih_l0", "layers.1.weight_ih_l0", "decoder.weight"])
+def test_a_surgery_bug_is_caught_by_the_output_check_and_nothing_is_written(tmp_path, setup, monkeypatch, key) -> None:
+    """The cheap probe (two steps in each of two calls) still sees one swapped pair of kept weights in any tensor,
+    including the recurrent weights that only the second step reads."""
+    import isscompress.verbs.shrink as shrink_verb
+
+    model, _ = setup
+    honest = shrink_verb.shrink_state_dict
+
+    def swapped(state, sets, kept):
+        small = honest(state, sets, kept)
+        tensor = small[key].clone()
+        axis = 1 if key.endswith(("weight_hh_l0", "weight_ih_l0", "decoder.weight")) else 0
+        order = torch.arange(tensor.shape[axis])
+        order[[0, 1]] = order[[1, 0]]
+        small[key] = tensor.index_select(axis, order)
+        return small
+
+    monkeypatch.setattr(shrink_verb, "shrink_state_dict", swapped)
+    loaded = isscompress.load_checkpoint(model)
+    kept = {gs.name: torch.arange(gs.size - 3) for gs in loaded.group_sets}  # three dead units per layer
+    masked = dataclasses.replace(loaded, state=isscompress.mask_state_dict(loaded.state, loaded.group_sets, kept))
+    output = tmp_path / "small.safetensors"
+    with pytest.raises(ShrinkError, match="differ from the masked model"):
+        shrink_verb.shrink(masked, output, threshold=0.0)
+    assert not output.exists()

@@ -85,12 +85,33 @@ def _diagonal(tensor: Tensor, row: int, col: int, size: int) -> Tensor:
     return tensor[row : row + size, col : col + size].diagonal()
 
 
+COLUMN_CHUNK_ROWS = 512  # a squared chunk of this many rows stays in cache
+
+
+def _column_squares(matrix: Tensor) -> Tensor:
+    """Per-column sum of squares of a 2-D tensor, row chunk by row chunk.
+
+    A reduction down the columns of a large matrix (vector_norm(dim=0)) runs at a fraction of memory
+    speed; squaring a cache-sized chunk and summing it with a matrix-vector product is about 3x faster
+    (the decoder's columns are the largest single part of a shrink's norms). Differentiable."""
+    ones = matrix.new_ones(min(COLUMN_CHUNK_ROWS, matrix.shape[0]))
+    total = None
+    for chunk in matrix.split(COLUMN_CHUNK_ROWS):
+        part = torch.mv(chunk.square().t(), ones[: chunk.shape[0]])
+        total = part if total is None else total + part
+    return total
+
+
 def _member_squares(tensor: Tensor, member: Member, size: int) -> Tensor:
     """Per-unit sum of squares of one member, without copying strided slices."""
     blocks = len(member.starts)
     if member.axis == 0 and member.starts == tuple(range(0, blocks * size, size)) and tensor.shape[0] == blocks * size:
-        # gate blocks: one fused pass over the tensor (vector_norm reduces without a squared copy)
-        return torch.linalg.vector_norm(tensor.reshape(blocks, size, -1), dim=(0, 2)).square()
+        # gate blocks: row norms in one pass (vector_norm reduces without a squared copy), then summed per unit
+        rows = torch.linalg.vector_norm(tensor.reshape(blocks * size, -1), dim=1) if tensor.dim() > 1 else tensor.abs()
+        return rows.square().view(blocks, size).sum(0)
+    if member.axis == 1 and tensor.dim() == 2:
+        columns = _column_squares(tensor)
+        return sum(columns.narrow(0, start, size) for start in member.starts)
     others = [dim for dim in range(tensor.dim()) if dim != member.axis]
     total = None
     for start in member.starts:
