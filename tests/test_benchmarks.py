@@ -52,6 +52,14 @@ def test_speed_benchmark_runs_every_path_on_a_tiny_model() -> None:
     assert all(float(row.split("|")[6].strip().rstrip("x")) > 0 for row in rows)
 
 
+def test_shrink_benchmark_runs_on_a_small_checkpoint() -> None:
+    out = run_script(EXAMPLES / "benchmarks" / "shrink_2x1500.py", "--repeats", "1", "--hidden", "48", "--vocab", "200",
+                     "--keep", "20", "12")
+    assert "widths 48,48 -> 20,12" in out
+    ratios = [line for line in out.splitlines() if "shrink / copy" in line]
+    assert len(ratios) == 2 and all(float(line.split("median")[1].split()[0]) > 0 for line in ratios)
+
+
 def test_squad_example_quick(tmp_path) -> None:
     """The BiDAF-style user model through the any-model API, on a few hundred questions: discover, GroupLasso,
     shrink_module (exact: the shrunk model scores what the regularised one scored), recovery."""

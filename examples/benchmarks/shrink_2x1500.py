@@ -3,7 +3,9 @@
 Prints shrink time / plain file-copy time (goal <= 2) and peak memory / file size (goal <= 1.5).
 Every measurement runs in a fresh subprocess started from this driver, which never imports
 torch (a forked child's ru_maxrss would otherwise start from the parent's high-water mark).
-Copy and shrink alternate, so both see the same machine load.
+Copy and shrink alternate, so both see the same machine load. Both are timed writing a new file and
+writing over an existing one: replacing a file first frees the old one's pages, which on this kind of
+machine more than doubles a copy's time, so the two cases are compared like for like.
 
     python examples/benchmarks/shrink_2x1500.py [--repeats 5] [--keep 373 315]
 """
@@ -22,7 +24,7 @@ MAKE = """
 import sys, torch
 from safetensors.torch import save_file
 torch.manual_seed(0)
-V, H, keep = 10000, 1500, [int(k) for k in sys.argv[2:4]]
+V, H, keep = int(sys.argv[4]), int(sys.argv[5]), [int(k) for k in sys.argv[2:4]]
 state = {"encoder.weight": torch.randn(V, H) * 0.1, "decoder.weight": torch.randn(V, H) * 0.1,
          "decoder.bias": torch.zeros(V)}
 for layer in range(2):
@@ -46,7 +48,7 @@ mode, source, target = sys.argv[1:4]
 import torch, safetensors, isscompress  # imports are not timed
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 start = time.perf_counter()
-if mode == "copy":
+if mode.startswith("copy"):
     shutil.copyfile(source, target)
 elif mode == "core":  # the surgery alone: no output check, no source hash
     c = isscompress.load_checkpoint(source)
@@ -70,34 +72,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--keep", type=int, nargs=2, default=(373, 315))
+    parser.add_argument("--hidden", type=int, default=1500, help="units per layer (the paper's large model: 1500)")
+    parser.add_argument("--vocab", type=int, default=10000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         source = Path(folder) / "wlm_2x1500.safetensors"
-        run(MAKE, str(source), *map(str, args.keep))
+        run(MAKE, str(source), *map(str, args.keep), str(args.vocab), str(args.hidden))
         size = source.stat().st_size
-        print(f"checkpoint: {size / 1e6:.1f} MB, widths 1500,1500 -> {args.keep[0]},{args.keep[1]}")
-        samples: dict[str, list[dict]] = {"copy": [], "shrink": [], "core": []}
+        print(f"checkpoint: {size / 1e6:.1f} MB, widths {args.hidden},{args.hidden} -> {args.keep[0]},{args.keep[1]}")
+        modes = ("copy-new", "shrink-new", "core-new", "copy-over", "shrink-over")
+        samples: dict[str, list[dict]] = {mode: [] for mode in modes}
         run(MEASURE, "shrink", str(source), str(Path(folder) / "warm.safetensors"))  # warm the page cache
         for _ in range(args.repeats):
-            for mode in samples:
-                samples[mode].append(run(MEASURE, mode, str(source), str(Path(folder) / f"out_{mode}")))
-    copy = [s["seconds"] for s in samples["copy"]]
-    shrink = [s["seconds"] for s in samples["shrink"]]
-    ratios = [s / c for s, c in zip(shrink, copy)]
-    core = [s["seconds"] for s in samples["core"]]
-    core_ratios = [s / c for s, c in zip(core, copy)]
-    extra = [(s["peak"] - s["baseline"]) / size for s in samples["shrink"]]
-    absolute = [s["peak"] / size for s in samples["shrink"]]
-    baseline = statistics.median(s["baseline"] for s in samples["shrink"])
+            for mode in modes:
+                target = Path(folder) / f"out_{mode}"
+                if mode.endswith("-new"):
+                    target.unlink(missing_ok=True)  # untimed: the timed write makes a new file
+                elif not target.exists():
+                    target.write_bytes(source.read_bytes())  # untimed: a file of this size to write over
+                samples[mode].append(run(MEASURE, mode.split("-")[0], str(source), str(target)))
+    seconds = {mode: [s["seconds"] for s in values] for mode, values in samples.items()}
+
+    def paired(numerator: str, denominator: str) -> list[float]:
+        return [a / b for a, b in zip(seconds[numerator], seconds[denominator])]
+
+    extra = [(s["peak"] - s["baseline"]) / size for s in samples["shrink-new"]]
+    absolute = [s["peak"] / size for s in samples["shrink-new"]]
+    baseline = statistics.median(s["baseline"] for s in samples["shrink-new"])
 
     def line(name: str, values: list[float], unit: str = "") -> str:
-        return f"{name:<44} min {min(values):.3f}{unit}  median {statistics.median(values):.3f}{unit}  max {max(values):.3f}{unit}"
+        return f"{name:<50} min {min(values):.3f}{unit}  median {statistics.median(values):.3f}{unit}  max {max(values):.3f}{unit}"
 
-    print(line("plain file copy", copy, " s"))
-    print(line("isscompress shrink (load, check, write)", shrink, " s"))
-    print(line("shrink time / copy time (paired; goal <= 2)", ratios))
-    print(line("surgery alone (no check, no hash)", core, " s"))
-    print(line("surgery alone / copy time (paired)", core_ratios))
+    print(line("plain file copy to a new file", seconds["copy-new"], " s"))
+    print(line("isscompress shrink to a new file", seconds["shrink-new"], " s"))
+    print(line("  shrink / copy, new files (paired; goal <= 2)", paired("shrink-new", "copy-new")))
+    print(line("surgery alone (no check, no hash), new file", seconds["core-new"], " s"))
+    print(line("  surgery alone / copy, new files (paired)", paired("core-new", "copy-new")))
+    print(line("plain file copy over an existing file", seconds["copy-over"], " s"))
+    print(line("isscompress shrink over an existing file", seconds["shrink-over"], " s"))
+    print(line("  shrink / copy, over existing (paired)", paired("shrink-over", "copy-over")))
     print(line("peak RSS above import baseline / file size", extra))
     print(line("peak RSS (whole process) / file size", absolute))
     print(f"import baseline (python + torch + isscompress): {baseline / 1e6:.0f} MB")
