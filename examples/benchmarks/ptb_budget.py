@@ -9,10 +9,11 @@ On the shared 2x200 PTB model, every method gets the same number of epochs after
                       all the epochs
   one-shot+distill    the same, recovering with the original as the teacher
 
-    python examples/benchmarks/ptb_budget.py [--budget 0.5] [--epochs 1 1] [--alpha 0.5] [--output runs/budget]
+    python examples/benchmarks/ptb_budget.py [--budgets 0.5 0.3333 0.25] [--epochs 1 3] [--alpha 0.5] [--output runs/budget]
 
-Prints a Markdown table (test perplexity, widths, multiply-add ratio, perplexity right after removal); points
-already finished in --output are reused.
+Every level (a MAC budget) gets its own ISS run and the one-shot rows at the widths ISS reached there; the dense
+control is shared. Prints one Markdown table (test perplexity, widths, multiply-add ratio, perplexity right after
+removal); points already finished in --output are reused, so levels and methods can be added by later runs.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def recipe_for(base: Recipe, budget: float, epochs: tuple[int, int], alpha: floa
         "distill": DistillSection(alpha=alpha) if alpha else None})
 
 
+def slug(name: str) -> str:
+    """A point's name as a file name: 'iss @ 0.5' -> 'iss-at-0.5'."""
+    return name.replace(" @ ", "-at-")
+
+
 def test_ppl(path: Path, recipe: Recipe) -> float:
     return isscompress.evaluate(path, recipe.data.test, recipe=recipe).perplexity
 
@@ -55,7 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=MODEL)
     parser.add_argument("--recipe", type=Path, default=RECIPE)
-    parser.add_argument("--budget", type=float, default=0.5, help="multiply-adds per token, fraction of the original")
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.5],
+                        help="multiply-adds per token, fractions of the original: one level each")
     parser.add_argument("--epochs", type=int, nargs=2, default=[1, 1], metavar=("ISS", "RECOVER"))
     parser.add_argument("--alpha", type=float, default=0.5, help="distillation weight of the +distill rows")
     parser.add_argument("--lam", type=float, help="override iss.lambda")
@@ -82,7 +89,7 @@ def main() -> None:
     points: dict[str, dict] = {}
 
     def done(name: str, build) -> dict:
-        saved = args.output / f"{name}.json"
+        saved = args.output / f"{slug(name)}.json"
         if saved.exists():
             points[name] = json.loads(saved.read_text())
             return points[name]
@@ -100,17 +107,18 @@ def main() -> None:
         isscompress.finetune(original, recipe, out, stage="recover", force=True)
         return {"test_ppl": test_ppl(out, recipe), "widths": original.spec.widths, "macs": base_macs}
 
-    def iss(alpha: float | None, name: str):
+    def iss(budget: float, alpha: float | None, name: str):
         def build() -> dict:
-            recipe = recipe_for(base, args.budget, epochs, alpha)
-            isscompress.run(args.model, recipe, args.output / name, force=True, speed_repeats=1)
-            small = args.output / name / "recovered.safetensors"
-            shrunk = args.output / name / "shrunk.safetensors"
+            recipe = recipe_for(base, budget, epochs, alpha)
+            folder = args.output / slug(name)
+            isscompress.run(args.model, recipe, folder, force=True, speed_repeats=1)
+            small = folder / "recovered.safetensors"
+            shrunk = folder / "shrunk.safetensors"
             return {"test_ppl": test_ppl(small, recipe), "removed_ppl": test_ppl(shrunk, recipe),
                     "widths": isscompress.load_checkpoint(small).spec.widths, "macs": macs(small)}
         return build
 
-    def one_shot(alpha: float | None, name: str, widths: list[int]):
+    def one_shot(budget: float, alpha: float | None, name: str, widths: list[int]):
         def build() -> dict:
             norms = isscompress.all_unit_norms(original.state, original.group_sets)
             targets = {f"layer{i}": w for i, w in enumerate(widths)}
@@ -118,30 +126,34 @@ def main() -> None:
                     for gs in original.group_sets}
             masked = dataclasses.replace(original, state=isscompress.mask_state_dict(original.state,
                                                                                       original.group_sets, kept))
-            shrunk = args.output / f"{name}-shrunk.safetensors"
+            shrunk = args.output / f"{slug(name)}-shrunk.safetensors"
             isscompress.shrink(masked, shrunk, 0.0, force=True)
-            recipe = recipe_for(base, args.budget, (1, total), alpha)
-            out = args.output / f"{name}.safetensors"
+            recipe = recipe_for(base, budget, (1, total), alpha)
+            out = args.output / f"{slug(name)}.safetensors"
             isscompress.finetune(shrunk, recipe, out, stage="recover", force=True,
                                  teacher=original if alpha else None)
             return {"test_ppl": test_ppl(out, recipe), "removed_ppl": test_ppl(shrunk, recipe), "widths": widths,
                     "macs": macs(out)}
         return build
 
-    found = None
-    for method in args.methods:
-        if method == "dense-control":
-            done(method, control)
-        elif method.startswith("iss"):
-            found = done(method, iss(args.alpha if "distill" in method else None, method))
-        elif method.startswith("one-shot"):
-            reference = found or next((p for n, p in points.items() if n.startswith("iss")), None)
-            if reference is None:
-                raise SystemExit("one-shot takes the widths ISS reached: run an iss method first")
-            done(method, one_shot(args.alpha if "distill" in method else None, method, reference["widths"]))
+    for budget in args.budgets:
+        found = None
+        for method in args.methods:
+            if method == "dense-control":
+                done(method, control)
+                continue
+            name = f"{method} @ {budget:g}"
+            if method.startswith("iss"):
+                found = done(name, iss(budget, args.alpha if "distill" in method else None, name))
+            elif method.startswith("one-shot"):
+                reference = found or next((p for n, p in points.items() if n.startswith("iss") and
+                                           n.endswith(f"@ {budget:g}")), None)
+                if reference is None:
+                    raise SystemExit("one-shot takes the widths ISS reached: run an iss method first")
+                done(name, one_shot(budget, args.alpha if "distill" in method else None, name, reference["widths"]))
 
     baseline_ppl = test_ppl(args.model, base)
-    print(f"\nBaseline {args.model.name}: test perplexity {baseline_ppl:.2f}; budget {args.budget} of the multiply-adds; "
+    print(f"\nBaseline {args.model.name}: test perplexity {baseline_ppl:.2f}; budgets {args.budgets} of the multiply-adds; "
           f"{total} epochs after the baseline for every method (ISS {epochs[0]} + recovery {epochs[1]}); "
           f"distillation alpha {args.alpha}.\n")
     print("| method | widths | MAC ratio | test ppl right after removal | test ppl |")

@@ -26,7 +26,7 @@ def evaluate(
 ) -> Perplexity:
     """Perplexity (and bits per token) of a checkpoint on a text file, word_language_model's way: the
     vocabulary by rule; words, or characters for ``level="char"`` (default: what the recipe or the
-    checkpoint says, else words)."""
+    checkpoint says, else words). A recipe's ``data.max_eval_tokens`` applies here too."""
     checkpoint = as_checkpoint(source, family or (recipe.model.family if recipe else None))
     if not checkpoint.spec.is_language_model:
         raise DataError(f"{checkpoint.name} is a bare recurrent stack; perplexity needs a language model.")
@@ -34,5 +34,6 @@ def evaluate(
     section = recipe.data if recipe else DataSection(test=Path(data), vocab=vocab, level=level)
     settings = settings or (recipe.evaluate if recipe else EvaluateSection())
     vocabulary, _ = resolve_vocabulary(checkpoint, section)
-    batches = token_batches(Path(data), vocabulary, settings.batch_size, level=level)
+    limit = recipe.data.max_eval_tokens if recipe else None  # the recipe's "evaluate on the first N tokens"
+    batches = token_batches(Path(data), vocabulary, settings.batch_size, limit, level=level)
     return perplexity(checkpoint.model(), batches, settings.bptt, on_window=on_window, level=level)
