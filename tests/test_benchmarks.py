@@ -86,8 +86,8 @@ def test_shakespeare_example_quick(tmp_path) -> None:
 
 def test_ptb_budget_benchmark_meets_the_budget_and_one_shot_takes_the_widths_iss_reached(tmp_path) -> None:
     """ptb_budget.py --quick at one level: ISS's budget decides the widths, one-shot gets the same ones."""
-    out = run_script(EXAMPLES / "benchmarks" / "ptb_budget.py", "--quick", "--lam", "0.5", "--epochs", "1", "1",
-                     "--budgets", "0.5", "--methods", "iss", "one-shot", "--output", str(tmp_path), timeout=900)
+    out = run_script(EXAMPLES / "benchmarks" / "ptb_budget.py", "--quick", "--train-tokens", "5000", "--lam", "2",
+                     "--epochs", "1", "1", "--budgets", "0.5", "--methods", "iss", "one-shot", "--output", str(tmp_path), timeout=900)
     rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in out.splitlines() if "@ 0.5 |" in line}
     assert set(rows) == {"iss @ 0.5", "one-shot @ 0.5"}
     assert rows["iss @ 0.5"] == rows["one-shot @ 0.5"]  # same widths, same MAC ratio

@@ -50,7 +50,7 @@ def slug(name: str) -> str:
 
 
 def test_ppl(path: Path, recipe: Recipe) -> float:
-    return isscompress.evaluate(path, recipe.data.test, recipe=recipe).perplexity
+    return isscompress.evaluate(path, recipe.data.test, recipe=recipe, max_tokens=recipe.data.max_eval_tokens).perplexity
 
 
 def macs(path: Path) -> int:
@@ -71,12 +71,15 @@ def main() -> None:
                                                          "one-shot+distill"])
     parser.add_argument("--output", type=Path, default=Path("runs/budget"))
     parser.add_argument("--quick", action="store_true", help="20k training tokens, 4k evaluation tokens")
+    parser.add_argument("--train-tokens", type=int, help="train on the first N tokens only (overrides --quick's 20k)")
     args = parser.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
     base = load_recipe(args.recipe)
     if args.quick:
         base = base.model_copy(update={"data": base.data.model_copy(update={"max_train_tokens": 20_000,
                                                                             "max_eval_tokens": 4_000})})
+    if args.train_tokens:
+        base = base.model_copy(update={"data": base.data.model_copy(update={"max_train_tokens": args.train_tokens})})
     if args.lam:
         base = base.model_copy(update={"iss": base.iss.model_copy(update={"lambda_": args.lam})})
     if args.seed is not None:

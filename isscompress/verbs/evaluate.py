@@ -23,10 +23,11 @@ def evaluate(
     family: str | None = None,
     level: str | None = None,
     on_window: Callable[[int, int], None] | None = None,
+    max_tokens: int | None = None,
 ) -> Perplexity:
     """Perplexity (and bits per token) of a checkpoint on a text file, word_language_model's way: the
     vocabulary by rule; words, or characters for ``level="char"`` (default: what the recipe or the
-    checkpoint says, else words). A recipe's ``data.max_eval_tokens`` applies here too."""
+    checkpoint says, else words). ``max_tokens``: only the file's first N tokens (as ``report`` takes it)."""
     checkpoint = as_checkpoint(source, family or (recipe.model.family if recipe else None))
     if not checkpoint.spec.is_language_model:
         raise DataError(f"{checkpoint.name} is a bare recurrent stack; perplexity needs a language model.")
@@ -34,6 +35,5 @@ def evaluate(
     section = recipe.data if recipe else DataSection(test=Path(data), vocab=vocab, level=level)
     settings = settings or (recipe.evaluate if recipe else EvaluateSection())
     vocabulary, _ = resolve_vocabulary(checkpoint, section)
-    limit = recipe.data.max_eval_tokens if recipe else None  # the recipe's "evaluate on the first N tokens"
-    batches = token_batches(Path(data), vocabulary, settings.batch_size, limit, level=level)
+    batches = token_batches(Path(data), vocabulary, settings.batch_size, max_tokens, level=level)
     return perplexity(checkpoint.model(), batches, settings.bptt, on_window=on_window, level=level)
