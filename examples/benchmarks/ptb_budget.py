@@ -63,9 +63,10 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=RECIPE)
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5],
                         help="multiply-adds per token, fractions of the original: one level each")
-    parser.add_argument("--epochs", type=int, nargs=2, default=[1, 1], metavar=("ISS", "RECOVER"))
+    parser.add_argument("--epochs", type=int, nargs=2, default=[1, 3], metavar=("ISS", "RECOVER"))
     parser.add_argument("--alpha", type=float, default=0.5, help="distillation weight of the +distill rows")
     parser.add_argument("--lam", type=float, help="override iss.lambda")
+    parser.add_argument("--reweight", type=float, help="override iss.reweight (the exponent of 1/norm on each group's λ)")
     parser.add_argument("--seed", type=int, help="override the recipe's seeds (dropout masks): a second run of the same design")
     parser.add_argument("--methods", nargs="+", default=["dense-control", "iss", "iss+distill", "one-shot",
                                                          "one-shot+distill"])
@@ -82,6 +83,8 @@ def main() -> None:
         base = base.model_copy(update={"data": base.data.model_copy(update={"max_train_tokens": args.train_tokens})})
     if args.lam:
         base = base.model_copy(update={"iss": base.iss.model_copy(update={"lambda_": args.lam})})
+    if args.reweight is not None:
+        base = base.model_copy(update={"iss": base.iss.model_copy(update={"reweight": args.reweight})})
     if args.seed is not None:
         base = base.model_copy(update={stage: getattr(base, stage).model_copy(update={"seed": args.seed})
                                        for stage in ("finetune", "recover")})
