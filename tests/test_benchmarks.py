@@ -86,6 +86,8 @@ def test_shakespeare_example_quick(tmp_path) -> None:
 
 def test_ptb_budget_benchmark_meets_the_budget_and_one_shot_takes_the_widths_iss_reached(tmp_path) -> None:
     """ptb_budget.py --quick at one level: ISS's budget decides the widths, one-shot gets the same ones."""
+    if not (SHARED / "ptb" / "ptb.train.txt").exists() or not (SHARED.parent / "models" / "ptb-small-lstm").exists():
+        pytest.skip("needs ../shared/data/ptb and ../shared/models/ptb-small-lstm")
     out = run_script(EXAMPLES / "benchmarks" / "ptb_budget.py", "--quick", "--train-tokens", "5000", "--lam", "2",
                      "--epochs", "1", "1", "--budgets", "0.5", "--methods", "iss", "one-shot", "--output", str(tmp_path), timeout=900)
     rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in out.splitlines() if "@ 0.5 |" in line}
@@ -97,6 +99,8 @@ def test_ptb_budget_benchmark_meets_the_budget_and_one_shot_takes_the_widths_iss
 @pytest.mark.slow
 def test_ptb_budget_benchmark_quick(tmp_path) -> None:
     """ptb_budget.py --quick: the five methods at two levels at equal compute land in the table (several minutes)."""
+    if not (SHARED / "ptb" / "ptb.train.txt").exists() or not (SHARED.parent / "models" / "ptb-small-lstm").exists():
+        pytest.skip("needs ../shared/data/ptb and ../shared/models/ptb-small-lstm")
     out = run_script(EXAMPLES / "benchmarks" / "ptb_budget.py", "--quick", "--lam", "0.5", "--budgets", "0.5", "0.3333",
                      "--output", str(tmp_path), timeout=1800)
     assert "| dense-control |" in out
