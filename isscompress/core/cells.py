@@ -66,6 +66,9 @@ class CellKind:
     params: tuple[CellParam, ...] = RNN_PARAMS
     bidirectional: bool = True  # whether its module can run both directions
     equations: str = ""  # what it computes, in a line: what inspect says it assumes of a checkpoint
+    # settings a file may declare whose values must be these for this cell (beside io.equations' common table):
+    # the activation of a relu RNN, the reset-gate placement of a GRU
+    settings: tuple[tuple[str, str], ...] = ()
 
     @property
     def projection(self) -> bool:
@@ -141,9 +144,11 @@ CELLS: dict[str, CellKind] = {
             "layer norm, forget bias inside the weights")),
         CellKind("GRU", 3, ("h",), _gru, equations=(
             "PyTorch's nn.GRU: gates r, z sigmoid, n = tanh(W x + b + r * (U h + b)) (reset after the recurrent "
-            "product), h = (1 - z) * n + z * h")),
+            "product), h = (1 - z) * n + z * h"),
+                 settings=(("reset_after", "on"), ("linear_before_reset", "on"))),
         CellKind("RNN_TANH", 1, ("h",), _rnn("tanh"), equations="PyTorch's nn.RNN: h = tanh(W x + b + U h + b)"),
-        CellKind("RNN_RELU", 1, ("h",), _rnn("relu"), equations="PyTorch's nn.RNN: h = relu(W x + b + U h + b)"),
+        CellKind("RNN_RELU", 1, ("h",), _rnn("relu"), equations="PyTorch's nn.RNN: h = relu(W x + b + U h + b)",
+                 settings=(("activation", "relu"),)),
         CellKind("RHN", 2, ("h",), _rhn, RHN_PARAMS, bidirectional=False, equations=(
             "recurrent highway network: per micro-layer [h; t] = R s + b (+ W x first), "
             "s = tanh(h) * sigmoid(t) + s * (1 - sigmoid(t))")),

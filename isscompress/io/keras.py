@@ -1,132 +1,115 @@
-"""Keras recurrent models (``.h5`` of Keras 2 / tf_keras, ``.keras`` of Keras 3) read with h5py, without TensorFlow.
-
-The layers become isscompress's own layout (``encoder.weight``, ``layers.{l}.*`` in PyTorch's
-``nn.LSTM``/``nn.GRU`` naming, ``decoder.*``), converted so that the PyTorch cell computes what the
-Keras layer computed:
+"""Keras recurrent models (``.h5`` of Keras 1/2 and tf_keras, ``.keras`` of Keras 3) read with h5py, without
+TensorFlow, into isscompress's own layout (``encoder.weight``, ``layers.{l}.*`` in PyTorch's ``nn.LSTM``/``nn.GRU``
+naming, ``decoder.*``), converted so that the PyTorch cell computes what the Keras layer computed:
 
 - kernels are stored ``(inputs, gates * units)``: PyTorch wants the transpose;
 - LSTM gates are i, f, c, o in both; Keras's single bias goes to ``bias_ih`` (``bias_hh`` = 0);
   CuDNNLSTM's 8·units bias is ``[input biases, recurrent biases]``;
-- GRU gates are z, r, h in Keras and r, z, n in PyTorch; only ``reset_after=True`` (TF2's default, and
-  what CuDNNGRU computes) is PyTorch's GRU: its bias is ``(2, 3·units)``, input then recurrent;
-- anything else a layer declares that PyTorch's cells cannot compute (``hard_sigmoid``, other activations,
-  ``go_backwards``, ``reset_after=False``, a Bidirectional merge other than concat) is refused by name.
+- GRU gates are z, r, h in Keras and r, z, n in PyTorch; only ``reset_after=True`` (TF2's default, and what
+  CuDNNGRU computes) is PyTorch's GRU: its bias is ``(2, 3·units)``, input then recurrent.
+
+Every setting of every layer is read: the cell equations against the one table (``io.equations``), the rest
+against a list of settings known not to change what a trained layer computes (initialisers, regularisers,
+constraints, dropout, ...). An unknown setting, a layer not declared by Keras itself, weights whose shapes are not
+what the declared class and units make, or a layer off the one chain, is refused by name.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import re
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy
 import torch
 from torch import Tensor
 
 from ..errors import CheckpointError
+from .equations import check_settings
+from .keras_files import KerasLayer, read_h5_layers, read_keras_zip_layers
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 RECURRENT = {"LSTM": "LSTM", "CuDNNLSTM": "LSTM", "GRU": "GRU", "CuDNNGRU": "GRU"}
-IGNORED = {"InputLayer", "Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "Masking"}
+GATES = {"LSTM": 4, "GRU": 3}
+CUDNN_EQUATIONS = {"activation": "tanh", "recurrent_activation": "sigmoid", "reset_after": True}
+PASSIVE = {"InputLayer", "Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
+           "ActivityRegularization"}  # the identity at inference
+KERAS_MODULES = ("keras", "tf_keras", "tensorflow.keras", "tensorflow.python.keras")
+
+_WEIGHTS = {f"{part}_{kind}" for part in ("kernel", "recurrent", "bias", "embeddings") for kind in
+            ("initializer", "regularizer", "constraint")}
+_KERAS1 = {"init", "inner_init", "forget_bias_init", "W_regularizer", "U_regularizer", "b_regularizer",
+           "W_constraint", "U_constraint", "b_constraint", "dropout_W", "dropout_U", "consume_less", "output_dim"}
+COMMON = {"name", "trainable", "dtype", "batch_input_shape", "batch_shape", "input_shape", "input_dim",
+          "input_length", "batch_size", "weights", "activity_regularizer", "autocast"}
+# settings that do not change what a trained layer computes, per layer kind (unknown ones are refused)
+INERT: dict[str, set[str]] = {
+    "recurrent": COMMON | _WEIGHTS | _KERAS1 | {
+        "units", "use_bias", "return_state", "stateful", "unroll", "implementation", "unit_forget_bias", "dropout",
+        "recurrent_dropout", "seed", "zero_output_for_mask", "use_cudnn"},
+    "Embedding": COMMON | _WEIGHTS | _KERAS1 | {"output_dim", "sparse", "dropout", "lora_alpha"},
+    "Dense": COMMON | _WEIGHTS | _KERAS1 | {"units", "use_bias", "lora_alpha", "bias"},
+    "Bidirectional": COMMON | {"layer", "backward_layer", "merge_mode"},
+    "passive": COMMON | {"rate", "noise_shape", "seed", "p", "stddev", "sparse", "ragged", "optional", "l1", "l2"},
+}
+NULL_ONLY = {"lora_rank", "quantization_config"}  # present in Keras 3 configs; anything but null changes the weights
+CHECKED = {"activation", "recurrent_activation", "inner_activation", "go_backwards", "time_major", "reset_after",
+           "return_sequences", "mask_zero"}  # read below, against io.equations' table
 
 
 def is_keras_zip(names: list[str]) -> bool:
     return "config.json" in names and "model.weights.h5" in names
 
 
-def _h5py(path: Path) -> Any:
-    try:
-        import h5py
-    except ImportError:
-        raise CheckpointError(f"{path} is a Keras model (HDF5); reading it needs h5py.",
-                              "pip install 'isscompress[keras]' (h5py only; TensorFlow is not needed).") from None
-    return h5py
-
-
-def _snake(name: str) -> str:
-    """Keras 3's own rule for the weight-file names of layers (``Bidirectional`` -> ``bidirectional``, ``LSTM`` -> ``lstm``)."""
-    name = re.sub(r"(.)([A-Z][a-z0-9]+)", r"\1_\2", name)
-    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
-
-
-class _Layer:
-    """One Keras layer: class, config, and its weight arrays in Keras's order."""
-
-    def __init__(self, kind: str, config: dict, weights: list[numpy.ndarray]) -> None:
-        self.kind, self.config, self.weights = kind, config, weights
-        self.name = config.get("name", kind)
-
-
-def _keras2_layers(path: Path) -> Iterator[_Layer]:
-    h5py = _h5py(path)
-    with h5py.File(path, "r") as f:
-        if "model_config" not in f.attrs:
-            raise CheckpointError(f"{path} is an HDF5 file without a Keras model configuration (weights only, or "
-                                  "not Keras).", "Save the whole model with model.save('model.h5') or as .keras.")
-        config = json.loads(f.attrs["model_config"])
-        weights = f["model_weights"] if "model_weights" in f else f
-        for layer in config["config"]["layers"]:
-            name = layer["config"]["name"]
-            arrays = []
-            if name in weights:
-                group = weights[name]
-                arrays = [numpy.asarray(group[n]) for n in (w.decode() if isinstance(w, bytes) else w
-                                                            for w in group.attrs.get("weight_names", []))]
-            yield _Layer(layer["class_name"], layer["config"], arrays)
-
-
-def _keras3_layers(path: Path) -> Iterator[_Layer]:
-    h5py = _h5py(path)
-    with zipfile.ZipFile(path) as archive:
-        config = json.loads(archive.read("config.json"))
-        weights_file = io.BytesIO(archive.read("model.weights.h5"))
-    with h5py.File(weights_file, "r") as f:
-        counts: dict[str, int] = {}
-
-        def arrays(group: Any) -> list[numpy.ndarray]:
-            found = []
-            if "vars" in group:
-                found += [numpy.asarray(group["vars"][k]) for k in sorted(group["vars"], key=int)]
-            for child in ("cell", "forward_layer", "backward_layer"):
-                if child in group:
-                    found += arrays(group[child])
-            return found
-
-        for layer in config["config"]["layers"]:
-            kind = layer["class_name"]
-            if kind == "InputLayer":
-                continue
-            base = _snake(kind)
-            count = counts.get(base, 0)
-            counts[base] = count + 1
-            key = base if count == 0 else f"{base}_{count}"
-            group = f["layers"].get(key) if "layers" in f else None
-            yield _Layer(kind, layer["config"], arrays(group) if group is not None else [])
-
-
-def _refuse(path: Path, layer: _Layer, what: str) -> CheckpointError:
-    return CheckpointError(f"{path}: Keras layer '{layer.name}' ({layer.kind}) {what}; PyTorch's recurrent cells cannot "
-                           "compute that, so isscompress does not convert it.",
+def _refuse(path: Path, layer: str, kind: str, what: str) -> CheckpointError:
+    return CheckpointError(f"{path}: Keras layer '{layer}' ({kind}) {what}; isscompress does not convert it, so that "
+                           "it never compresses a different function than the one you trained.",
                            "Retrain or convert that layer with the standard settings (tanh, sigmoid gates, "
-                           "reset_after=True for GRU), or compress the Keras model with Keras tools.")
+                           "reset_after=True for GRU, forwards, no masking), or compress it with Keras tools.")
 
 
-def _check_cell(path: Path, layer: _Layer, config: dict) -> None:
-    kind = layer.kind if layer.kind != "Bidirectional" else config.get("class_name", "?")
+def _check_declaration(path: Path, name: str, kind: str, module: Any, registered: Any) -> None:
+    """A layer class from Keras itself; a custom class of the same name may compute anything."""
+    stock_module = module is None or (isinstance(module, str) and module.split(".")[0] in
+                                      {m.split(".")[0] for m in KERAS_MODULES})
+    if not stock_module or registered not in (None, kind):
+        raise _refuse(path, name, kind, f"is declared by {module!r} as {registered!r}, not by Keras: a custom "
+                      "class may compute something else than the stock layer of that name")
+
+
+def _check_keys(path: Path, name: str, kind: str, config: dict, family: str) -> None:
+    for key, value in config.items():
+        if key in NULL_ONLY:
+            if value is not None:
+                raise _refuse(path, name, kind, f"has {key} = {str(value)[:40]!r} (weights changed at run time)")
+        elif key not in INERT[family] and key not in CHECKED:
+            raise _refuse(path, name, kind, f"has the setting {key} = {str(value)[:40]!r}, which isscompress does "
+                          "not know (it may change what the layer computes)")
+
+
+def _cell_settings(path: Path, name: str, kind: str, config: dict, backward: bool = False) -> dict[str, Any]:
+    """A recurrent layer's equations, Keras 1 names translated, checked against the table; its units."""
+    cell = RECURRENT[kind]
+    _check_keys(path, name, kind, config, "recurrent")
+    settings = dict(config)
+    if "recurrent_activation" not in settings and "inner_activation" in settings:  # Keras 1's name
+        settings["recurrent_activation"] = settings.pop("inner_activation")
     if kind.startswith("CuDNN"):
-        return  # fixed cuDNN equations: tanh, sigmoid, GRU with reset after
-    if config.get("activation", "tanh") != "tanh":
-        raise _refuse(path, layer, f"uses activation={config['activation']!r}")
-    if config.get("recurrent_activation", "sigmoid") != "sigmoid":
-        raise _refuse(path, layer, f"uses recurrent_activation={config['recurrent_activation']!r}")
-    if config.get("go_backwards"):
-        raise _refuse(path, layer, "runs backwards (go_backwards=True)")
-    if kind == "GRU" and not config.get("reset_after", False):
-        raise _refuse(path, layer, "is a GRU with reset_after=False (the reset gate applied before the recurrent "
-                      "matrix)")
+        settings = {**CUDNN_EQUATIONS, **settings}
+    for key, old in (("recurrent_activation", "hard_sigmoid before Keras 2.3"), ("reset_after", "False before TF 2")):
+        if (key != "reset_after" or cell == "GRU") and key not in settings:
+            raise _refuse(path, name, kind, f"does not say its {key}, whose default changed between Keras versions "
+                          f"({old}); the file is ambiguous")
+    if not settings.get("return_sequences", False):
+        raise _refuse(path, name, kind, "returns only its last step (return_sequences=False), so the layers after it "
+                      "do not see a sequence")
+    settings["go_backwards"] = bool(settings.get("go_backwards")) != backward  # the backward half runs reversed
+    check_settings({k: v for k, v in settings.items() if k in CHECKED}, cell,
+                   f"{path}: Keras layer '{name}' ({kind}{', backward half' if backward else ''}) has", keyword=True)
+    units = settings.get("units", settings.get("output_dim"))
+    if not isinstance(units, int) or isinstance(units, bool) or units <= 0:
+        raise _refuse(path, name, kind, f"has units = {str(units)[:20]!r}, not a positive whole number")
+    return {"cell": cell, "units": units, "use_bias": settings.get("use_bias", True), "cudnn": kind.startswith("CuDNN")}
 
 
 def _t(array: numpy.ndarray) -> Tensor:
@@ -139,93 +122,165 @@ def _gru_order(t: Tensor, units: int) -> Tensor:
     return torch.cat([r, z, h])
 
 
-def _from_cudnn(weights: list[numpy.ndarray]) -> list[numpy.ndarray]:
+def _from_cudnn(weights: list[numpy.ndarray], gates: int) -> list[numpy.ndarray]:
     """CuDNN layers store each gate's input kernel in Fortran order and its recurrent kernel transposed
     (tf_keras's own conversion, saving/legacy/hdf5_format.py); return Keras's plain layout."""
-    gates = weights[0].shape[1] // weights[1].shape[0]
     kernel = numpy.hstack([k.T.reshape(k.shape, order="F") for k in numpy.hsplit(weights[0], gates)])
     recurrent = numpy.hstack([k.T for k in numpy.hsplit(weights[1], gates)])
     return [kernel, recurrent, *weights[2:]]
 
 
-def _cell_tensors(kind: str, cudnn: bool, weights: list[numpy.ndarray], suffix: str) -> dict[str, Tensor]:
-    if cudnn:
-        weights = _from_cudnn(weights)
+def _check_shapes(path: Path, name: str, kind: str, cell: dict, weights: list[numpy.ndarray], inputs: int) -> None:
+    """The weights a layer of this class, units and input width has: a 3u-wide 'LSTM' is not read as a GRU."""
+    gates, units = GATES[cell["cell"]], cell["units"]
+    width = gates * units
+    bias = (2 * width,) if cell["cudnn"] else (2, width) if cell["cell"] == "GRU" else (width,)
+    expected = [(inputs, width), (units, width)] + ([bias] if cell["use_bias"] else [])
+    shapes = [tuple(w.shape) for w in weights]
+    if shapes != expected:
+        raise _refuse(path, name, kind, f"has weights of shapes {shapes}, but a {kind} of {units} units reading "
+                      f"{inputs} features has {expected}")
+
+
+def _cell_tensors(cell: dict, weights: list[numpy.ndarray], suffix: str) -> dict[str, Tensor]:
+    gates, units = GATES[cell["cell"]], cell["units"]
+    if cell["cudnn"]:
+        weights = _from_cudnn(weights, gates)
     kernel, recurrent = _t(weights[0]).t().contiguous(), _t(weights[1]).t().contiguous()
-    units = recurrent.shape[1]
-    gates = kernel.shape[0] // units
     if len(weights) > 2:
         bias = _t(weights[2])
-        if cudnn or bias.dim() == 2:
+        if cell["cudnn"] or bias.dim() == 2:
             bias_ih, bias_hh = bias.reshape(2, gates * units)
         else:
             bias_ih, bias_hh = bias, torch.zeros_like(bias)
     else:
         bias_ih = bias_hh = torch.zeros(gates * units)
-    if kind == "GRU":
+    if cell["cell"] == "GRU":
         kernel, recurrent = _gru_order(kernel, units), _gru_order(recurrent, units)
         bias_ih, bias_hh = _gru_order(bias_ih, units), _gru_order(bias_hh, units)
     return {f"weight_ih_l0{suffix}": kernel, f"weight_hh_l0{suffix}": recurrent,
             f"bias_ih_l0{suffix}": bias_ih.contiguous(), f"bias_hh_l0{suffix}": bias_hh.contiguous()}
 
 
-def read_keras(path: Path, kind: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Tensors in isscompress's layout, and a note of where they came from, for a Keras ``.h5``/``.keras`` file."""
-    layers = list(_keras3_layers(path) if kind == "keras-zip" else _keras2_layers(path))
+def _halves(path: Path, layer: KerasLayer) -> list[tuple[str, dict]]:
+    """(class, config) of each direction a recurrent or Bidirectional layer runs, each declaration checked."""
+    if layer.kind != "Bidirectional":
+        return [(layer.kind, layer.config)]
+    _check_keys(path, layer.name, layer.kind, layer.config, "Bidirectional")
+    merge = layer.config.get("merge_mode", "concat")
+    if merge != "concat":
+        raise _refuse(path, layer.name, layer.kind, f"merges its directions with {str(merge)[:20]!r}")
+    halves = []
+    for part in ("layer", "backward_layer"):
+        inner = layer.config.get(part) if part == "layer" else layer.config.get(part) or layer.config.get("layer")
+        if not (isinstance(inner, dict) and isinstance(inner.get("class_name"), str)
+                and isinstance(inner.get("config"), dict)):
+            raise _refuse(path, layer.name, layer.kind, f"has no readable {part} declaration")
+        kind = inner["class_name"]
+        if kind not in RECURRENT:
+            raise _refuse(path, layer.name, layer.kind, f"wraps a {kind[:40]}, which isscompress does not read")
+        _check_declaration(path, layer.name, kind, inner.get("module"), inner.get("registered_name"))
+        halves.append((kind, inner["config"]))
+    if layer.config.get("backward_layer") is None:  # Keras builds the backward half from the forward one, reversed
+        halves[1] = (halves[1][0], {**halves[1][1], "go_backwards": not halves[1][1].get("go_backwards", False)})
+    if halves[0][0] != halves[1][0]:
+        raise _refuse(path, layer.name, layer.kind, f"runs a {halves[0][0]} forwards and a {halves[1][0]} backwards")
+    return halves
+
+
+def _recurrent(path: Path, layer: KerasLayer, inputs: int) -> tuple[dict[str, Tensor], int]:
+    """One recurrent layer's tensors (both directions) and its output width."""
+    halves = _halves(path, layer)
+    cells = [_cell_settings(path, layer.name, kind, config, backward=i == 1) for i, (kind, config) in enumerate(halves)]
+    if len({(c["units"], c["use_bias"]) for c in cells}) > 1:
+        raise _refuse(path, layer.name, layer.kind, "has directions of different widths or bias settings")
+    per = len(layer.weights) // len(halves)
+    tensors = {}
+    for direction, cell in enumerate(cells):
+        part = layer.weights[direction * per:(direction + 1) * per] if per * len(halves) == len(layer.weights) \
+            else layer.weights
+        _check_shapes(path, layer.name, halves[direction][0], cell, part, inputs)
+        tensors.update(_cell_tensors(cell, part, "_reverse" if direction else ""))
+    return tensors, cells[0]["units"] * len(cells)
+
+
+def _embedding(path: Path, layer: KerasLayer) -> tuple[Tensor, int]:
+    _check_keys(path, layer.name, layer.kind, layer.config, "Embedding")
+    check_settings({"mask_zero": layer.config.get("mask_zero", False)}, "LSTM",
+                   f"{path}: Keras layer '{layer.name}' (Embedding) has", keyword=True)
+    shapes = [tuple(w.shape) for w in layer.weights]
+    expected = [(layer.config.get("input_dim"), layer.config.get("output_dim"))]
+    if shapes != expected:
+        raise _refuse(path, layer.name, layer.kind, f"has weights of shapes {shapes}, but its config declares {expected}")
+    return _t(layer.weights[0]), shapes[0][1]
+
+
+def _dense(path: Path, layer: KerasLayer, inputs: int) -> dict[str, Tensor]:
+    _check_keys(path, layer.name, layer.kind, {k: v for k, v in layer.config.items() if k != "activation"}, "Dense")
+    if layer.config.get("activation", "linear") not in ("linear", "softmax"):
+        raise _refuse(path, layer.name, layer.kind, f"applies activation={str(layer.config['activation'])[:40]!r} to "
+                      "its output")
+    units = layer.config.get("units", layer.config.get("output_dim"))
+    expected = [(inputs, units)] + ([(units,)] if layer.config.get("use_bias", True) else [])
+    if [tuple(w.shape) for w in layer.weights] != expected:
+        raise _refuse(path, layer.name, layer.kind, f"has weights of shapes {[tuple(w.shape) for w in layer.weights]}, "
+                      f"but a Dense of {units} units reading {inputs} features has {expected}")
+    tensors = {"decoder.weight": _t(layer.weights[0]).t().contiguous()}
+    if len(layer.weights) > 1:
+        tensors["decoder.bias"] = _t(layer.weights[1])
+    return tensors
+
+
+def convert_layers(path: Path, layers: list[KerasLayer]) -> dict[str, Tensor]:
+    """Embedding -> recurrent layers -> Dense, in data-flow order, as isscompress's tensors."""
     tensors: dict[str, Tensor] = {}
-    recurrent = 0
-    dense_seen = False
+    recurrent, width, done = 0, None, False
     for layer in layers:
-        if layer.kind in IGNORED:
+        _check_declaration(path, layer.name, layer.kind, layer.module, layer.registered_name)
+        if layer.kind in PASSIVE:
+            _check_keys(path, layer.name, layer.kind, layer.config, "passive")
             continue
-        if dense_seen:
+        if done:
             raise CheckpointError(f"{path}: Keras layer '{layer.name}' ({layer.kind}) follows the Dense output layer.",
                                   "isscompress reads Embedding -> recurrent layers -> Dense models.")
         if layer.kind == "Embedding":
-            if recurrent or "encoder.weight" in tensors:
+            if width is not None:
                 raise CheckpointError(f"{path}: Keras layer '{layer.name}' (Embedding) is not the first layer.",
                                       "isscompress reads Embedding -> recurrent layers -> Dense models.")
-            tensors["encoder.weight"] = _t(layer.weights[0])
+            tensors["encoder.weight"], width = _embedding(path, layer)
         elif layer.kind in RECURRENT or layer.kind == "Bidirectional":
-            inner = layer.config.get("layer", {}) if layer.kind == "Bidirectional" else {}
-            cell_class = inner.get("class_name", layer.kind)
-            if cell_class not in RECURRENT:
-                raise CheckpointError(f"{path}: Keras layer '{layer.name}' wraps a {cell_class}, which isscompress does "
-                                      "not read.", "Use LSTM, GRU, CuDNNLSTM or CuDNNGRU layers.")
-            config = inner.get("config", layer.config)
-            _check_cell(path, layer, config)
-            if layer.kind == "Bidirectional" and layer.config.get("merge_mode", "concat") != "concat":
-                raise _refuse(path, layer, f"merges its directions with {layer.config['merge_mode']!r}")
-            directions = 2 if layer.kind == "Bidirectional" else 1
-            per = len(layer.weights) // directions
-            for direction in range(directions):
-                part = layer.weights[direction * per:(direction + 1) * per]
-                for key, value in _cell_tensors(RECURRENT[cell_class], cell_class.startswith("CuDNN"), part,
-                                                "_reverse" if direction else "").items():
-                    tensors[f"layers.{recurrent}.{key}"] = value
+            if width is None:
+                raise CheckpointError(f"{path}: Keras layer '{layer.name}' ({layer.kind}) has no Embedding before it.",
+                                      "isscompress reads Embedding -> recurrent layers -> Dense models.")
+            found, width = _recurrent(path, layer, width)
+            tensors.update({f"layers.{recurrent}.{key}": value for key, value in found.items()})
             recurrent += 1
-        elif layer.kind == "Dense":
-            if layer.config.get("activation", "linear") not in ("linear", "softmax"):
-                raise _refuse(path, layer, f"applies activation={layer.config['activation']!r} to its output")
-            tensors["decoder.weight"] = _t(layer.weights[0]).t().contiguous()
-            if len(layer.weights) > 1:
-                tensors["decoder.bias"] = _t(layer.weights[1])
-            dense_seen = True
+        elif layer.kind == "Dense" and recurrent:
+            tensors.update(_dense(path, layer, width))
+            done = True
+        elif layer.kind == "Masking":
+            raise _refuse(path, layer.name, layer.kind, "masks steps (Keras carries the state over masked steps; "
+                          "PyTorch's cells step every position)")
         else:
-            raise CheckpointError(f"{path}: Keras layer '{layer.name}' is a {layer.kind}, which isscompress does not "
-                                  "read.", "isscompress reads Embedding -> LSTM/GRU (Bidirectional, CuDNN) -> Dense.")
+            raise CheckpointError(f"{path}: Keras layer '{layer.name}' is a {layer.kind[:60]}, which isscompress does "
+                                  "not read here.", "isscompress reads Embedding -> LSTM/GRU (Bidirectional, CuDNN) -> "
+                                  "Dense.")
     if not recurrent:
         raise CheckpointError(f"{path} is a Keras model without LSTM or GRU layers.", "Point to a recurrent model.")
-    source = "Keras 3 (.keras)" if kind == "keras-zip" else "Keras 2 HDF5 (.h5)"
-    return tensors, {"keras": source}
+    return tensors
 
 
 def read_keras_file(path: Path, kind: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Tensors in isscompress's layout, and a note of where they came from, for a Keras ``.h5``/``.keras`` file."""
     try:
-        return read_keras(path, kind)
+        layers = read_keras_zip_layers(path) if kind == "keras-zip" else read_h5_layers(path)
+        tensors = convert_layers(path, layers)
     except CheckpointError:
         raise
-    except (OSError, KeyError, ValueError, IndexError, json.JSONDecodeError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"{path} looks like a Keras model but could not be read ({type(err).__name__}: {err}).",
-                              "It may be damaged, or from a Keras version isscompress does not know; save it again "
-                              "with model.save().") from None
+    except (OSError, KeyError, ValueError, IndexError, TypeError, AttributeError, RuntimeError, EOFError,
+            zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path} looks like a Keras model but could not be read ({type(err).__name__}: "
+                              f"{str(err)[:200]}).", "It may be damaged, or from a Keras version isscompress does not "
+                              "know; save it again with model.save().") from None
+    source = "Keras 3 (.keras)" if kind == "keras-zip" else "Keras HDF5 (.h5)"
+    return tensors, {"keras": source}

@@ -99,7 +99,7 @@ def load_checkpoint(path: str | os.PathLike, family: str | None = None) -> Check
         raise CheckpointError(f"{raw.path} mixes dtypes {sorted(map(str, dtypes))}.",
                               "Save every weight in one dtype.")
     metadata = raw.record
-    check_equations({**raw.attributes, **metadata.foreign}, spec.cell, spec.cell_kind.equations, raw.path)
+    check_equations({**raw.attributes, **metadata.foreign}, spec.cell, raw.path)
     origin = (metadata.family or name) if name == "isscompress" else name
     return Checkpoint(spec, state, origin, name, metadata, raw.path, raw.ignored)
 
