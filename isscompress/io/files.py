@@ -27,7 +27,7 @@ from ..errors import CheckpointError
 from .metadata import Metadata
 from .pickled_models import convert_hint, read_pickled_model
 from .keras import HDF5_MAGIC, read_keras_file
-from .other_formats import read_array_pickle, read_npz, torchscript_refusal, zip_kind
+from .other_formats import check_zip_sizes, read_array_pickle, read_npz, torchscript_refusal, zip_kind
 
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
 NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model")
@@ -132,13 +132,20 @@ def _tensor_dict(obj: Any, path: Path) -> tuple[dict[str, Tensor], tuple[str, ..
     )
 
 
-def strip_prefixes(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Drop DataParallel/DDP ``module.`` and torch.compile ``_orig_mod.`` prefixes."""
-    stripped = {}
+def strip_prefixes(tensors: Mapping[str, Tensor], path: Path | str = "the checkpoint") -> dict[str, Tensor]:
+    """Drop DataParallel/DDP ``module.`` and torch.compile ``_orig_mod.`` prefixes; two keys that become one name
+    (``module.X`` beside ``X``) are ambiguous, and refused rather than one of them kept."""
+    stripped: dict[str, Tensor] = {}
+    original: dict[str, str] = {}
     for key, value in tensors.items():
-        while key.startswith(STRIPPED_PREFIXES):
-            key = key.split(".", 1)[1]
-        stripped[key] = value
+        name = key
+        while name.startswith(STRIPPED_PREFIXES):
+            name = name.split(".", 1)[1]
+        if name in stripped:
+            raise CheckpointError(f"{path} holds both '{original[name]}' and '{key}', which are the same weight "
+                                  f"'{name}' once the wrapper prefixes {list(STRIPPED_PREFIXES)} are removed.",
+                                  "Save the state dict of one model (model.module.state_dict() for a wrapped one).")
+        stripped[name], original[name] = value, key
     return stripped
 
 
@@ -186,11 +193,13 @@ def read_checkpoint(path: str | os.PathLike) -> RawCheckpoint:
     elif arrays is not None:
         tensors = arrays
     else:
+        if kind == "torch-zip":
+            check_zip_sizes(path)
         obj, attributes = _read_torch(path, legacy=kind == "torch-legacy")
         tensors, ignored = _tensor_dict(obj, path)
     if not tensors:
         raise CheckpointError(f"{path} contains no tensors.", "Point to a trained model's checkpoint.")
-    tensors = strip_prefixes(tensors)
+    tensors = strip_prefixes(tensors, path)
     _check_values(tensors, path)
     return RawCheckpoint(path, tensors, metadata, attributes, ignored)
 

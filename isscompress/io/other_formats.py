@@ -7,16 +7,20 @@ refused with the steps to convert it.
 
 from __future__ import annotations
 
+import math
 import pickle
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
+import numpy  # a dependency of ours (safetensors needs it)
 import torch
 from torch import Tensor
 
 from ..errors import CheckpointError
 from .keras import is_keras_zip
+from .limits import ReadBudget
 
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # what torch.save's pre-zip format pickles first
 
@@ -37,11 +41,59 @@ def zip_kind(path: Path) -> str:
     return "torch-zip"
 
 
-def read_npz(path: Path) -> dict[str, Tensor]:
-    import numpy  # a dependency of ours (safetensors needs it)
+def check_zip_sizes(path: Path) -> None:
+    """torch.save's zip holds its storages uncompressed, but a crafted one may deflate them: take every member's
+    declared size from the read budget before torch inflates anything."""
+    budget = ReadBudget(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError):
+        return  # not a readable zip: torch.load says what is wrong with it
+    for info in infos:
+        budget.take(info.file_size, f"member {info.filename}")
 
-    with numpy.load(path, allow_pickle=False) as archive:
-        return {name: torch.from_numpy(archive[name].copy()) for name in archive.files}
+
+def _array_from_bytes(data: bytes, shape: tuple, dtype: numpy.dtype, fortran: bool, what: str, path: Path) -> Tensor:
+    """A tensor from an array's raw bytes, after checking that they are exactly what its header declares."""
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in "fiub":
+        raise CheckpointError(f"{path}: {what} has dtype {dtype} (objects, text or records), not numbers.",
+                              "Save only the model's weight arrays (numpy.savez with float arrays).")
+    count = math.prod(shape)
+    if len(data) != count * dtype.itemsize:
+        raise CheckpointError(f"{path}: {what} declares shape {tuple(shape)} of {dtype} ({count * dtype.itemsize:,} "
+                              f"bytes) but holds {len(data):,} bytes.", "The file is truncated or damaged; save it again.")
+    array = numpy.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return torch.from_numpy(numpy.array(array, dtype=dtype.newbyteorder("="), order="C"))
+
+
+HEADER_READERS = {(1, 0): numpy.lib.format.read_array_header_1_0, (2, 0): numpy.lib.format.read_array_header_2_0}
+
+
+def read_npz(path: Path) -> dict[str, Tensor]:
+    """Every ``.npy`` member, its header checked against its size and the read budget before it is inflated."""
+    budget = ReadBudget(path)
+    tensors: dict[str, Tensor] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                name = info.filename[:-len(".npy")]
+                if name in tensors:
+                    raise CheckpointError(f"{path} holds the array '{name}' twice.", "Save each array once.")
+                budget.take(info.file_size, f"member {info.filename}")
+                with archive.open(info) as handle:
+                    version = numpy.lib.format.read_magic(handle)
+                    if version not in HEADER_READERS:
+                        raise ValueError(f"unknown .npy format version {version}")
+                    shape, fortran, dtype = HEADER_READERS[version](handle)
+                    tensors[name] = _array_from_bytes(handle.read(info.file_size), shape, dtype, fortran,
+                                                      f"array '{name}'", path)
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, TypeError) as err:
+        raise CheckpointError(f"{path} is a damaged NumPy .npz file ({type(err).__name__}: {str(err)[:160]}).",
+                              "It may be truncated or damaged; save it again with numpy.savez.") from None
+    return tensors
 
 
 def torchscript_refusal(path: Path) -> CheckpointError:
@@ -55,25 +107,65 @@ def torchscript_refusal(path: Path) -> CheckpointError:
         f"and run isscompress on {target.name}.")
 
 
-class _ArraysOnly(pickle.Unpickler):
-    """Rebuilds NumPy arrays (and the dicts holding them); any other class in the pickle is refused."""
+class _PendingArray:
+    """What the pickle's ``_reconstruct`` makes: nothing is allocated until its state (the file's own bytes)
+    arrives, so an array without data cannot become uninitialised memory."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict")}
+    state: tuple | None = None
+
+    def __setstate__(self, state: tuple) -> None:
+        self.state = state
+
+
+def _pending_from_buffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> _PendingArray:
+    pending = _PendingArray()
+    raw = buffer.raw() if isinstance(buffer, pickle.PickleBuffer) else buffer
+    pending.state = (1, shape, dtype, order == "F", bytes(raw) if isinstance(raw, (bytes, bytearray, memoryview))
+                     else None)
+    return pending
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Rebuilds NumPy arrays (and the dicts holding them) as pending arrays; any other class is refused."""
+
+    ALLOWED = {("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("collections", "OrderedDict"), ("_codecs", "encode")}
+    RECONSTRUCT = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")}
+    FROM_BUFFER = {("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}  # protocol 5
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.RECONSTRUCT:
+            return lambda cls, shape, dtype: _PendingArray()
+        if (module, name) in self.FROM_BUFFER:
+            return _pending_from_buffer
+        if (module, name) == ("numpy", "ndarray"):
+            return _PendingArray  # only ever the first argument of _reconstruct
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name}")
+
+
+def _from_pending(pending: Any, name: str, path: Path, budget: ReadBudget) -> Tensor:
+    what = f"array '{name}'"
+    state = pending.state if isinstance(pending, _PendingArray) else None
+    if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], numpy.dtype)):
+        raise CheckpointError(f"{path}: {what} is rebuilt without its data (or with state isscompress does not know).",
+                              "Save the arrays again with pickle or numpy.savez from real arrays.")
+    _, shape, dtype, fortran, data = state
+    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise CheckpointError(f"{path}: {what} has the shape {str(shape)[:40]}.", "The file is damaged; save it again.")
+    budget.take(math.prod(shape) * dtype.itemsize, what)
+    if isinstance(data, str):  # protocol 2 stores bytes as latin-1 text
+        data = data.encode("latin-1")
+    if not isinstance(data, (bytes, bytearray)):
+        raise CheckpointError(f"{path}: {what} has no raw data.", "Save the arrays again from real arrays.")
+    return _array_from_bytes(bytes(data), shape, dtype, bool(fortran), what, path)
 
 
 def read_array_pickle(path: Path) -> dict[str, Tensor] | None:
     """The arrays of a pickled dict of NumPy arrays; None when the pickle is torch.save's legacy format.
 
     Raises CheckpointError for a pickle that holds anything else."""
-    import numpy
-
     try:
         with open(path, "rb") as handle:
             obj = _ArraysOnly(handle).load()
@@ -85,7 +177,8 @@ def read_array_pickle(path: Path) -> dict[str, Tensor] | None:
                               "It may be truncated or damaged; save it again.") from None
     if obj == TORCH_LEGACY_MAGIC:
         return None
-    if isinstance(obj, dict) and obj and all(isinstance(v, numpy.ndarray) for v in obj.values()):
-        return {str(name): torch.from_numpy(numpy.array(value)) for name, value in obj.items()}
+    if isinstance(obj, dict) and obj and all(isinstance(v, _PendingArray) for v in obj.values()):
+        budget = ReadBudget(path)
+        return {str(name): _from_pending(value, str(name), path, budget) for name, value in obj.items()}
     raise CheckpointError(f"{path} is a pickle of {type(obj).__name__}, not a dict of weight arrays.",
                           "Save the model's state dict with torch.save or safetensors.")
