@@ -12,7 +12,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional, get_args
 
 import yaml
 from pydantic import (
@@ -23,14 +23,27 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
+    field_validator,
 )
 
 from .data import file_problem
 from .errors import RecipeError
+from .yaml_lines import compose, key_lines, line_of, shown
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # numbers are finite (``.inf``/``.nan`` would kill every unit or poison every weight)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _true_is_not_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's true/false would otherwise pass as 1 and 0 for a number (``lambda: true`` is lambda 1)."""
+        annotation = cls.model_fields[info.field_name].annotation if info.field_name else None
+        if isinstance(value, bool) and annotation is not bool and bool not in get_args(annotation):
+            raise ValueError("true/false is not a number; give a number")
+        return value
 
 
 class ModelSection(Section):
@@ -72,7 +85,7 @@ class Schedule(Section):
         "One dropout mask per window for the embedding and the layer outputs, the same at every time step "
         "(Gal & Ghahramani; Zilly et al.'s RHN), instead of a new one per element."))
     clip: Optional[PositiveFloat] = Field(0.25, description="Gradient norm clip; null for none.")
-    seed: int = Field(1111, description="Seeds initialisation order and dropout; same seed, same run.")
+    seed: int = Field(1111, ge=0, lt=2**32, description="Seeds initialisation order and dropout; same seed, same run.")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
     save_every: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: at each epoch end only).")
     log_every: PositiveInt = Field(50, description="Steps between progress log lines.")
@@ -90,6 +103,10 @@ class BudgetSection(Section):
     def _one(self) -> "BudgetSection":
         if (self.macs is None) == (self.parameters is None):
             raise ValueError("give exactly one of macs or parameters")
+        value = self.macs if self.macs is not None else self.parameters
+        if value > 1 and value != int(value):
+            raise ValueError(f"{value} is neither a fraction of the original (at most 1) nor a whole count; give "
+                             "e.g. 0.5 for half, or a number of multiply-adds/parameters")
         return self
 
 
@@ -168,28 +185,9 @@ def _valid_keys(model: type[BaseModel]) -> list[str]:
     return [field.alias or name for name, field in model.model_fields.items()]
 
 
-def _lines(node: yaml.Node, path: tuple = ()) -> dict[tuple, int]:
-    """Line (1-based) of every key and value in the YAML tree, by location; duplicates refused."""
-    lines = {path: node.start_mark.line + 1}
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = key_node.value
-            if key in seen:
-                raise RecipeError(f"line {key_node.start_mark.line + 1}: key '{key}' appears twice.",
-                                  "Keep one of them.")
-            seen.add(key)
-            lines[path + (key,)] = key_node.start_mark.line + 1
-            lines.update({k: v for k, v in _lines(value_node, path + (key,)).items() if k != path + (key,)})
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            lines.update(_lines(item, path + (index,)))
-    return lines
-
-
 def _describe(error: dict, lines: dict[tuple, int]) -> str:
     loc = tuple(error["loc"])
-    line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
+    line = line_of(loc, lines)
     where = f"line {line}: " if line else ""
     key = loc[-1] if loc else ""
     section = loc[0] if loc else ""
@@ -201,46 +199,19 @@ def _describe(error: dict, lines: dict[tuple, int]) -> str:
         place = f"in section '{section}'" if len(loc) == 2 else "at the top level"
         return f"{where}unknown key '{key}' {place}.{hint} Valid keys: {', '.join(valid)}."
     dotted = ".".join(str(part) for part in loc)
-    return f"{where}'{dotted}': {error['msg']} (got {_shown(error.get('input'))})."
-
-
-def _shown(value: Any, limit: int = 60) -> str:
-    """A value as an error message echoes it: at most ``limit`` characters."""
-    text = repr(value)
-    length = len(value) if isinstance(value, str) else len(text)
-    return text if len(text) <= limit else f"{text[:limit]}... ({length:,} characters)"
-
-
-def _refuse_aliases(text: str, source: str) -> None:
-    """YAML anchors and aliases are refused before anything is built: a few lines of nested aliases expand
-    exponentially ("billion laughs"), and a recipe never needs them."""
-    try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            anchored = isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None
-            if anchored:
-                raise RecipeError(f"recipe {source}, line {event.start_mark.line + 1}: YAML anchors and aliases "
-                                  "(&name, *name) are not accepted in a recipe.", "Write the values out.")
-    except yaml.YAMLError:
-        return  # compose reports the syntax error with its line
+    return f"{where}'{dotted}': {error['msg']} (got {shown(error.get('input'))})."
 
 
 def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
     """Validate recipe text; every problem is a RecipeError naming the source and line."""
-    _refuse_aliases(text, source)
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f", line {mark.line + 1}" if mark else ""
-        raise RecipeError(f"recipe {source}{line}: not valid YAML ({getattr(err, 'problem', err)}).",
-                          "Fix the YAML syntax (indentation, colons, quotes).") from None
+    root = compose(text, f"recipe {source}", RecipeError)
     if root is None:
         raise RecipeError(f"recipe {source} is empty.", f"Write at least one section: {', '.join(SECTIONS)}.")
     if not isinstance(root, yaml.MappingNode):
         raise RecipeError(f"recipe {source}: the top level must be a mapping of sections, not a list or a value.",
                           f"Sections: {', '.join(SECTIONS)}.")
     try:
-        lines = _lines(root)
+        lines = key_lines(root, error=RecipeError)
     except RecipeError as err:
         raise RecipeError(f"recipe {source}, {err.message}", err.hint) from None
     data: Any = yaml.safe_load(text)
@@ -271,7 +242,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
 
 def resolve_paths(recipe: Recipe, base: Path, source: str, text: str = "") -> Recipe:
     """Data paths relative to ``base``; each must exist."""
-    lines = _lines(yaml.compose(text)) if text else {}
+    lines = key_lines(yaml.compose(text), error=RecipeError) if text else {}
     updates: dict[str, Any] = {}
     if recipe.data.split is not None:
         recipe = _with_split(recipe, base, source, lines)

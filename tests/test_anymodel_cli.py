@@ -134,3 +134,56 @@ def test_label_free_finetune_then_shrink_then_report_from_the_command_line(tmp_p
                                  "-o", str(tmp_path / "x.safetensors")])
     assert result.exit_code == 1 and "unlabelled inputs" in result.stderr
     assert not (tmp_path / "x.safetensors").exists()
+
+
+RANDOM_ARCH = '''
+import torch
+from anymodel_zoo import GRUTagger, tokens
+
+class Coin(GRUTagger):
+    def forward(self, tokens):
+        out = super().forward(tokens)
+        return out * 2 if torch.rand(()) < 0.5 else out  # a random branch: each run may take either
+
+def make():
+    torch.manual_seed(0)
+    return Coin(), (tokens(5, 3),)
+
+def wrong_on_second_batch():
+    torch.manual_seed(0)
+    model = ReadsSize()
+    return model, (tokens(5, 3),), [(tokens(7, 2, seed=1),)]
+
+class ReadsSize(GRUTagger):
+    def forward(self, tokens):
+        out = super().forward(tokens)
+        return out if tokens.shape[0] == 5 else out * self.gru.hidden_size / 6  # a path only longer inputs take
+'''
+
+
+def test_a_random_forward_is_refused_and_a_second_batch_is_checked(tmp_path):
+    checkpoint_with_dead_units(tmp_path)
+    (tmp_path / "coin.py").write_text(RANDOM_ARCH)
+    out = tmp_path / "small.safetensors"
+    for factory, words in (("make", "different outputs on runs of the same inputs"),
+                           ("wrong_on_second_batch", "differs from the masked original")):
+        result = runner.invoke(app, ["shrink", str(tmp_path / "tagger.safetensors"), "--arch",
+                                     f"{tmp_path / 'coin.py'}:{factory}", "-o", str(out)])
+        assert result.exit_code == 1, result.output
+        assert words in " ".join(result.stderr.split()), result.stderr
+        assert not out.exists()
+
+
+def test_save_groups_never_overwrites_the_checkpoint_or_an_existing_file(tmp_path):
+    checkpoint_with_dead_units(tmp_path)
+    ckpt, arch = tmp_path / "tagger.safetensors", f"{tmp_path / 'arch.py'}:make"
+    before = ckpt.read_bytes()
+    result = runner.invoke(app, ["inspect", str(ckpt), "--arch", arch, "--save-groups", str(ckpt)])
+    assert result.exit_code == 1 and "is the input file" in result.stderr
+    assert ckpt.read_bytes() == before
+    groups = tmp_path / "groups.yaml"
+    groups.write_text("mine")
+    result = runner.invoke(app, ["inspect", str(ckpt), "--arch", arch, "--save-groups", str(groups)])
+    assert result.exit_code == 1 and "--force" in result.stderr and groups.read_text() == "mine"
+    result = runner.invoke(app, ["inspect", str(ckpt), "--arch", arch, "--save-groups", str(groups), "--force"])
+    assert result.exit_code == 0 and groups.read_text().startswith("format: isscompress-groups/1")

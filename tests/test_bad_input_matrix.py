@@ -165,6 +165,11 @@ RECIPES = [
      "g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nfinetune: {epochs: *g}\n", ["line 1", "anchors and aliases"]),
     ("a huge wrong value", "finetune:\n  lr: " + "9" * 100_000 + "x\n", ["'finetune.lr'", "(100,001 characters)"]),
     ("data path is a folder", "data:\n  train: .\n", ["line 2", "data.train file", "is a folder, not a file"]),
+    ("infinite lambda", "iss:\n  lambda: .inf\n", ["line 2", "'iss.lambda'", "finite number"]),
+    ("not-a-number lambda", "iss:\n  lambda: .nan\n", ["line 2", "'iss.lambda'", "finite number"]),
+    ("true as lambda", "iss:\n  lambda: true\n", ["line 2", "'iss.lambda'", "true/false is not a number"]),
+    ("budget above the original", "iss:\n  target: {macs: 1.5}\n", ["'iss.target'", "1.5 is neither a fraction"]),
+    ("seed out of range", "finetune:\n  seed: 1000000000000000000000000000000\n", ["'finetune.seed'", "less than"]),
     ("data path is a device", "data:\n  train: /dev/zero\n", ["data.train file /dev/zero",
                                                                 "is not a regular file"]),
 ]

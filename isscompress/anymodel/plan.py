@@ -17,15 +17,9 @@ import yaml
 from torch import Tensor, nn
 
 from ..core.groups import GroupSet, Member
-from ..errors import IsscompressError
+from ..io.files import atomic_write, check_output_path
+from .groups_file import GROUPS_FORMAT, GroupsFileError, check_plan_members, parse_groups, read_groups_text
 from .flow import HINT, Flow, Position, TraceError, UnitRange, follow, recurrent_shape
-
-GROUPS_FORMAT = "isscompress-groups/1"
-
-
-class GroupsFileError(IsscompressError):
-    """A YAML groups file is invalid or does not fit the model."""
-
 
 @dataclass
 class Plan:
@@ -64,33 +58,19 @@ class Plan:
              "members": [{"key": m.key, "axis": m.axis, "starts": list(m.starts)} for m in gs.members]}
             for gs in self.group_sets]}
 
-    def save(self, path: str | Path) -> None:
-        """Write the group sets as a YAML groups file (for review, editing, or a model tracing cannot follow)."""
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, width=120))
+    def save(self, path: str | Path, *, force: bool = True, inputs: tuple[Path, ...] = ()) -> Path:
+        """Write the group sets as a YAML groups file (for review, editing, or a model tracing cannot follow),
+        atomically; never over one of ``inputs``, nor (without ``force``) over an existing file."""
+        output = check_output_path(path, force=force, inputs=inputs)
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, width=120)
+        atomic_write(output, lambda temporary: temporary.write_text(text))
+        return output
 
 
 def load_groups(path: str | Path, state: Mapping[str, Tensor] | None = None) -> Plan:
     """Read a YAML groups file; with ``state``, check every member against the tensors it names."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise GroupsFileError(f"Cannot read groups file {path}: {err}.", "Write it with isscompress.Plan.save.")
-    if not isinstance(data, dict) or data.get("format") != GROUPS_FORMAT or not isinstance(data.get("sets"), list):
-        raise GroupsFileError(f"{path} is not an isscompress groups file (it needs `format: {GROUPS_FORMAT}` and "
-                              "a `sets` list).", "Write one with isscompress.Plan.save and edit it.")
-    sets = []
-    for i, entry in enumerate(data["sets"]):
-        try:
-            members = tuple(Member(str(m["key"]), int(m["axis"]), tuple(int(s) for s in m["starts"]))
-                            for m in entry["members"])
-            sets.append(GroupSet(str(entry["name"]), int(entry["size"]), members,
-                                 str(entry.get("same_width_as") or ""), str(entry.get("narrower_than") or ""),
-                                 label=str(entry["name"])))
-        except (KeyError, TypeError, ValueError) as err:
-            raise GroupsFileError(f"{path}: set #{i + 1} is invalid ({type(err).__name__}: {err}).",
-                                  "Each set needs name, size and members (key, axis, starts).")
-    plan = Plan(tuple(sets))
+    plan = Plan(parse_groups(read_groups_text(path), str(path)))
     if state is not None:
         check_plan(plan, state, str(path))
     return plan
@@ -98,16 +78,7 @@ def load_groups(path: str | Path, state: Mapping[str, Tensor] | None = None) -> 
 
 def check_plan(plan: Plan, state: Mapping[str, Tensor], where: str) -> None:
     """Every member names a tensor of ``state`` and fits inside it."""
-    for gs in plan.group_sets:
-        for m in gs.members:
-            if m.key not in state:
-                raise GroupsFileError(f"{where}: set `{gs.name}` names tensor `{m.key}`, which the model does not have.",
-                                      "Use the model's state_dict keys.")
-            tensor = state[m.key]
-            if m.axis >= tensor.dim() or max(m.starts) + gs.size > tensor.shape[m.axis]:
-                raise GroupsFileError(
-                    f"{where}: set `{gs.name}` reaches past `{m.key}` (shape {tuple(tensor.shape)}) on axis {m.axis}.",
-                    "Check its size and starts.")
+    check_plan_members(plan.group_sets, state, where)
 
 
 def own_positions(r: UnitRange, module_path: str, module: nn.Module, unit: int) -> set[Position]:

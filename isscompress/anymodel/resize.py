@@ -101,6 +101,29 @@ def _kept_mask(labels: Tensor, plan: Plan, kept: Mapping[str, Tensor]) -> Tensor
     return keep
 
 
+DETERMINISM_SEEDS = (0, 1, 2)  # a coin-flip branch takes both ways within these three draws (0.50, 0.76, 0.61)
+
+
+def _runs_alike(model: nn.Module, inputs: tuple) -> list:
+    """The model's flattened outputs, after checking that runs under different random seeds agree exactly: a
+    check on one run vouches for nothing when forward is random (a random branch, noise, sampling)."""
+    runs = []
+    for seed in DETERMINISM_SEEDS:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            runs.append(tree_flatten(model(*inputs))[0])
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            a, b = (a.data, b.data) if isinstance(a, PackedSequence) else (a, b)
+            if isinstance(a, Tensor) and (a.shape != b.shape or not torch.equal(a, b)):
+                gap = float((a - b).abs().max()) if a.shape == b.shape and a.is_floating_point() else float("inf")
+                raise ShrinkError(f"The model's forward gives different outputs on runs of the same inputs in eval "
+                                  f"mode (largest difference {gap:.3g}): it is random, so no check of the shrunk model "
+                                  "can vouch for it.", "Make forward deterministic in eval mode (no torch.rand, random "
+                                  "branches or sampling), then shrink again.")
+    return runs[0]
+
+
 def verify(original: nn.Module, masked_state: Mapping[str, Tensor], shrunk: nn.Module, example_inputs: tuple,
            plan: Plan, kept: Mapping[str, Tensor]) -> float:
     """Largest difference between the masked original and the shrunk module on the inputs, in float64.
@@ -111,8 +134,9 @@ def verify(original: nn.Module, masked_state: Mapping[str, Tensor], shrunk: nn.M
     small = copy.deepcopy(shrunk).double().eval()
     inputs = _double(example_inputs)
     with torch.no_grad():
+        expected = _runs_alike(masked, inputs)
         try:
-            expected, actual = tree_flatten(masked(*inputs))[0], tree_flatten(small(*inputs))[0]
+            actual = tree_flatten(small(*inputs))[0]
         except Exception as err:
             raise ShrinkError(f"The shrunk model fails on the example inputs ({type(err).__name__}: {err}); its forward "
                               "probably uses sizes stored outside its layers (e.g. self.hidden_size).",
@@ -153,12 +177,13 @@ def shrink_module(model: nn.Module, example_inputs: Any, threshold: float = 1e-4
 
 
 def shrink_module_to(model: nn.Module, inputs: tuple, plan: Plan, kept: Mapping[str, Tensor],
-                     tolerance: float = 1e-8) -> nn.Module:
-    """:func:`shrink_module` keeping exactly ``kept[set]`` units (sorted indices), with the same float64 check."""
+                     tolerance: float = 1e-8, more_inputs: tuple[tuple, ...] = ()) -> nn.Module:
+    """:func:`shrink_module` keeping exactly ``kept[set]`` units (sorted indices), with the same float64 check
+    (also on ``more_inputs``, other batches of the same kind; a batch of another shape reaches other code paths)."""
     state = {k: v.detach() for k, v in model.state_dict().items()}
     shrunk = resize_to(model, shrink_state_dict(state, plan.group_sets, kept))
     masked_state = mask_state_dict(state, plan.group_sets, kept)
-    worst = verify(model, masked_state, shrunk, inputs, plan, kept)
+    worst = max(verify(model, masked_state, shrunk, batch, plan, kept) for batch in (inputs, *more_inputs))
     scale = max(1.0, max((float(p.abs().max()) for p in state.values() if p.is_floating_point() and p.numel()),
                          default=1.0))
     if not worst <= tolerance * scale:

@@ -78,6 +78,7 @@ def inspect(
     groups: Optional[Path] = GroupsOption,
     save_groups: Optional[Path] = typer.Option(None, "--save-groups", help="With --arch: write the groups found."),
     as_json: bool = JsonOption,
+    force: bool = typer.Option(False, "--force", help="Replace an existing --save-groups file."),
 ) -> None:
     """Show a checkpoint's layers, costs and ISS group norms."""
     from ..verbs.inspect import inspect as inspect_checkpoint
@@ -88,7 +89,7 @@ def inspect(
         with _user_errors():
             opened = open_user_model(checkpoint, arch, groups)
             if save_groups:
-                opened.plan.save(save_groups)
+                opened.plan.save(save_groups, force=force, inputs=(checkpoint, *([groups] if groups else [])))
         _render.render_user_model(opened, _stdout(), as_json)
         return
     with _user_errors():

@@ -104,6 +104,13 @@ class UserModel:
     def widths(self) -> dict[str, int]:
         return {gs.name: gs.size for gs in self.plan.group_sets}
 
+    def second_batch(self) -> tuple[tuple, ...]:
+        """The factory's first unlabelled batch, when it gives any: the shrink is checked on it too."""
+        if self.batches is None:
+            return ()
+        first = next(iter(self.batches() if callable(self.batches) else self.batches), None)
+        return (first if isinstance(first, tuple) else (first,),) if first is not None else ()
+
 
 def open_user_model(checkpoint: str | Path, arch: str | None = None, groups: str | Path | None = None) -> UserModel:
     """Read the state dict, build the model from ``arch`` and find its groups (or read them from ``groups``)."""
@@ -149,7 +156,7 @@ def shrink_user_model(checkpoint: str | Path, output: str | Path | None, thresho
     sets = opened.plan.group_sets
     kept = select_kept(all_unit_norms(opened.tensors, sets), sets, threshold)
     if opened.model is not None:
-        small = shrink_module_to(opened.model, opened.inputs, opened.plan, kept)
+        small = shrink_module_to(opened.model, opened.inputs, opened.plan, kept, more_inputs=opened.second_batch())
         tensors = {k: v.detach() for k, v in small.state_dict().items()}
     else:
         tensors = shrink_state_dict(opened.tensors, sets, kept)
