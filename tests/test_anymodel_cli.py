@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
@@ -187,3 +189,38 @@ def test_save_groups_never_overwrites_the_checkpoint_or_an_existing_file(tmp_pat
     assert result.exit_code == 1 and "--force" in result.stderr and groups.read_text() == "mine"
     result = runner.invoke(app, ["inspect", str(ckpt), "--arch", arch, "--save-groups", str(groups), "--force"])
     assert result.exit_code == 0 and groups.read_text().startswith("format: isscompress-groups/1")
+
+
+GOOD_SET = "  - name: gru.l0\n    size: 6\n    members:\n      - {key: gru.weight_ih_l0, axis: 0, starts: [0, 6, 12]}\n"
+BAD_GROUPS = [
+    ("aliases", "format: isscompress-groups/1\na: &a [x, x, x, x]\nb: &b [*a, *a, *a, *a]\nsets: *b\n",
+     ["line 2", "anchors and aliases"]),
+    ("size 0", f"format: isscompress-groups/1\nsets:\n{GOOD_SET.replace('size: 6', 'size: 0')}",
+     ["line 4", "'sets.0.size'", "greater than 0"]),
+    ("misspelt key", f"format: isscompress-groups/1\nsets:\n{GOOD_SET.replace('size:', 'sise:')}",
+     ["unknown key 'sets.0.sise'", "Did you mean 'size'?"]),
+    ("negative start", f"format: isscompress-groups/1\nsets:\n{GOOD_SET.replace('[0, 6, 12]', '[-1]')}",
+     ["'sets.0.members.0.starts.0'", "greater than or equal to 0"]),
+    ("a number as a key", f"format: isscompress-groups/1\nsets:\n{GOOD_SET.replace('gru.weight_ih_l0', '12')}",
+     ["'sets.0.members.0.key'", "valid string"]),
+    ("a set twice", f"format: isscompress-groups/1\nsets:\n{GOOD_SET}{GOOD_SET}", ["set 'gru.l0' is defined twice"]),
+    ("positions claimed twice", f"format: isscompress-groups/1\nsets:\n{GOOD_SET}"
+     f"{GOOD_SET.replace('gru.l0', 'other').replace('[0, 6, 12]', '[3]')}", ["positions 3..5 of 'gru.weight_ih_l0'",
+                                                                             "belong to set 'gru.l0' and again"]),
+    ("starts overlapping", f"format: isscompress-groups/1\nsets:\n{GOOD_SET.replace('[0, 6, 12]', '[0, 2]')}",
+     ["positions 2..5", "'gru.l0' and again to set 'gru.l0'"]),
+    ("past the tensor", f"format: isscompress-groups/1\nsets:\n{GOOD_SET.replace('[0, 6, 12]', '[0, 6, 90]')}",
+     ["reaches past `gru.weight_ih_l0`"]),
+]
+
+
+@pytest.mark.parametrize("name, text, fragments", BAD_GROUPS, ids=[case[0] for case in BAD_GROUPS])
+def test_bad_groups_files_are_one_paragraph_with_the_line(tmp_path, name, text, fragments, clean_failure):
+    checkpoint_with_dead_units(tmp_path)
+    groups = tmp_path / "groups.yaml"
+    groups.write_text(text)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = runner.invoke(app, ["shrink", str(tmp_path / "tagger.safetensors"), "--groups", str(groups), "-o",
+                                 str(out / "small.safetensors")])
+    clean_failure(result, *fragments, folder=out, empty=True)

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import shutil
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
+import test_crafted_files as crafted
 import torch
 from conftest import make_rnn_model
 from safetensors.torch import save_file
@@ -77,6 +81,13 @@ def _state_with(**changes) -> dict:
     return state
 
 
+def _external_h5(folder: Path) -> Path:
+    secret = folder / "secret.bin"
+    secret.write_bytes(crafted.SECRET)
+    return crafted._replace_embedding(crafted._h5(folder), lambda g, n: g.create_dataset(
+        n, (30, 8), "<f4", external=[(str(secret), 0, 960)]))
+
+
 def _nan(t):
     t = t.clone()
     t.view(-1)[0] = float("nan")
@@ -107,6 +118,18 @@ CHECKPOINTS = [
     ("unknown layout", lambda d: _safetensors(d / "u.safetensors", {"conv.weight": torch.zeros(2, 2)}),
      ["matches no known model family", "--family"]),
     ("not a state dict", lambda d: _write(d / "s.pt", {"epoch": 3, "note": "hi"}), ["does not contain a state dict"]),
+    ("HDF5 bytes from another file", lambda d: _external_h5(d), ["keeps its bytes in another file"]),
+    ("zip member declaring 3 GiB", lambda d: crafted._declare_size(
+        Path(shutil.copy(crafted.FIXTURES / "k3_lstm_lm.keras", d / "bomb.keras")), "model.weights.h5", 3 * 2**30),
+     ["declares 3,221,225,472 bytes"]),
+    ("npz of objects", lambda d: crafted._npz_with(d, "objects", np.array([None] * 11, dtype=object)),
+     ["dtype object"]),
+    ("pickled array without data", lambda d: _write(d / "nodata.pkl", pickle.dumps({"w": crafted._NoData()})),
+     ["without its data"]),
+    ("module.X beside X", lambda d: _write(d / "twice.pt", {**_wlm_state(), "module.decoder.bias": torch.zeros(23)}),
+     ["same weight 'decoder.bias'"]),
+    ("Keras list-form config with a null layer", lambda d: crafted._edit_h5_config(
+        crafted._h5(d), lambda c: c.__setitem__("config", [None])), ["layer entry 0 that is not a layer"]),
     ("directory", lambda d: d, ["is not a file"]),
     ("missing file", lambda d: d / "absent.safetensors", ["does not exist"]),
 ]
@@ -267,3 +290,45 @@ def test_threshold_that_removes_every_unit(world, clean_failure) -> None:
     result = runner.invoke(app, ["shrink", str(world["model"]), "-o", str(world["out"] / "x.safetensors"),
                                  "-t", "1e6"])
     clean_failure(result, "every unit of layer 0", "threshold below", folder=world["out"], empty=True)
+
+
+def test_finetune_side_files_are_outputs_too(world, clean_failure) -> None:
+    out = world["out"] / "tuned.safetensors"
+    log = out.with_name(out.name + ".log.jsonl")
+    log.write_text("an earlier run's log\n")
+    args = ["finetune", str(world["model"]), "-r", str(world["recipe"]), "-o", str(out)]
+    clean_failure(runner.invoke(app, args), f"{log} already exists", "--force")
+    assert log.read_text() == "an earlier run's log\n" and not out.exists()
+    # the train-state file beside the output would be the input itself
+    source = world["dir"] / "m.safetensors"
+    world["model"].rename(source)
+    named_like_state = world["dir"] / "x.safetensors.train-state.pt"
+    source.rename(named_like_state)
+    result = runner.invoke(app, ["finetune", str(named_like_state), "-r", str(world["recipe"]), "-o",
+                                 str(world["dir"] / "x.safetensors"), "--force"])
+    clean_failure(result, "is the input file")
+    assert named_like_state.stat().st_size > 0
+
+
+def test_run_refuses_a_file_as_its_folder_and_leaves_nothing_when_it_fails(world, clean_failure) -> None:
+    target = world["out"] / "results.txt"
+    target.write_text("keep me")
+    clean_failure(runner.invoke(app, ["run", str(world["model"]), "-r", str(world["recipe"]), "-o", str(target)]),
+                  "is a file", "folder")
+    assert target.read_text() == "keep me"
+    broken = _write(world["dir"] / "broken.pt", b"\x80garbage")
+    folder = world["dir"] / "new-run"
+    clean_failure(runner.invoke(app, ["run", str(broken), "-r", str(world["recipe"]), "-o", str(folder)]),
+                  "broken.pt")
+    assert not folder.exists()
+
+
+def test_a_log_line_is_written_whole_or_not_at_all(tmp_path) -> None:
+    from isscompress.errors import CheckpointError
+    from isscompress.io.files import append_line
+
+    log = tmp_path / "log.jsonl"
+    append_line(log, '{"step": 1}')
+    assert log.read_text() == '{"step": 1}\n'
+    with pytest.raises(CheckpointError, match="Could not write the log /dev/full"):
+        append_line(Path("/dev/full"), '{"step": 2}')  # a full disk, as Linux provides one

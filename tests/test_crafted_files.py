@@ -348,3 +348,21 @@ def test_parallel_or_shared_functional_layers_are_refused(tmp_path):
         _layers(config)[2]["inbound_nodes"][0][0][3] = {"initial_state": [["embedding", 0, 0]]}
     _refused(_edit_h5_config(Path(shutil.copy(FIXTURES / "k2_lstm_lm.h5", tmp_path / "i.h5")), with_state),
              "initial_state")
+
+
+def test_a_keras_2_2_list_form_config_reads_as_keras_computed(tmp_path):
+    """Keras <= 2.2 wrote a Sequential's layers as the config itself (a list)."""
+    path = _edit_h5_config(_h5(tmp_path), lambda c: c.__setitem__("config", _layers(c)))
+    reference = np.load(FIXTURES / "k2_lstm_lm.npz")
+    np.testing.assert_allclose(_logits(isscompress.load_checkpoint(path), reference["inputs"]), reference["outputs"],
+                               atol=2e-6)
+
+
+def test_a_3d_kernel_is_refused_by_shape(tmp_path):
+    path = _h5(tmp_path)
+    with h5py.File(path, "r+") as f:
+        group = f["model_weights/lstm/lstm/lstm_cell"]
+        kernel = group["kernel:0"][()]
+        del group["kernel:0"]
+        group["kernel:0"] = kernel.reshape(2, 4, 24)
+    _refused(path, "'lstm' (LSTM) has weights of shapes [(2, 4, 24), (6, 24), (24,)]")

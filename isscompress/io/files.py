@@ -238,6 +238,23 @@ def atomic_write(output: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def append_line(path: Path, line: str) -> None:
+    """Append one line to a log, whole or not at all: a full disk mid-line leaves the log as it was."""
+    data = (line + "\n").encode("utf-8")
+    with open(path, "ab", buffering=0) as log:  # unbuffered: nothing is left to fail when the file closes
+        start = log.tell()
+        try:
+            if log.write(data) != len(data):
+                raise OSError(28, "No space left on device")  # a short write is how a filling disk ends
+        except OSError as err:
+            try:
+                log.truncate(start)
+            except OSError:
+                pass
+            raise CheckpointError(f"Could not write the log {path}: {err.strerror or err}.",
+                                  "Free disk space; the log holds every complete line up to this one.") from None
+
+
 def write_checkpoint(output: Path, tensors: Mapping[str, Tensor], metadata: Metadata) -> None:
     """Save tensors as safetensors with the metadata in the header, atomically."""
     payload = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}

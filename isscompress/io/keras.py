@@ -17,6 +17,7 @@ what the declared class and units make, or a layer off the one chain, is refused
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -278,7 +279,7 @@ def read_keras_file(path: Path, kind: str) -> tuple[dict[str, Tensor], dict[str,
     except CheckpointError:
         raise
     except (OSError, KeyError, ValueError, IndexError, TypeError, AttributeError, RuntimeError, EOFError,
-            zipfile.BadZipFile) as err:
+            zipfile.BadZipFile, zlib.error) as err:
         raise CheckpointError(f"{path} looks like a Keras model but could not be read ({type(err).__name__}: "
                               f"{str(err)[:200]}).", "It may be damaged, or from a Keras version isscompress does not "
                               "know; save it again with model.save().") from None

@@ -70,6 +70,19 @@ def _array_from_bytes(data: bytes, shape: tuple, dtype: numpy.dtype, fortran: bo
 HEADER_READERS = {(1, 0): numpy.lib.format.read_array_header_1_0, (2, 0): numpy.lib.format.read_array_header_2_0}
 
 
+def _npy_header(handle: Any, member: str, path: Path) -> tuple[tuple, bool, numpy.dtype]:
+    """(shape, Fortran order, dtype) of a ``.npy`` member; numpy parses the header text as a Python literal,
+    which fails in many ways on a damaged one (SyntaxError, TokenError, ValueError, ...): each is named."""
+    try:
+        version = numpy.lib.format.read_magic(handle)
+        if version not in HEADER_READERS:
+            raise ValueError(f"unknown .npy format version {version}")
+        return HEADER_READERS[version](handle)
+    except Exception as err:  # numpy's literal parser raises nearly anything on damaged text
+        raise CheckpointError(f"{path}: the header of member {member} is damaged ({type(err).__name__}: "
+                              f"{str(err)[:120]}).", "Save the arrays again with numpy.savez.") from None
+
+
 def read_npz(path: Path) -> dict[str, Tensor]:
     """Every ``.npy`` member, its header checked against its size and the read budget before it is inflated."""
     budget = ReadBudget(path)
@@ -82,10 +95,7 @@ def read_npz(path: Path) -> dict[str, Tensor]:
                     raise CheckpointError(f"{path} holds the array '{name}' twice.", "Save each array once.")
                 budget.take(info.file_size, f"member {info.filename}")
                 with archive.open(info) as handle:
-                    version = numpy.lib.format.read_magic(handle)
-                    if version not in HEADER_READERS:
-                        raise ValueError(f"unknown .npy format version {version}")
-                    shape, fortran, dtype = HEADER_READERS[version](handle)
+                    shape, fortran, dtype = _npy_header(handle, info.filename, path)
                     tensors[name] = _array_from_bytes(handle.read(info.file_size), shape, dtype, fortran,
                                                       f"array '{name}'", path)
     except CheckpointError:

@@ -19,7 +19,7 @@ from ..architectures.stack import ModelSpec
 from ..architectures.stack_module import RecurrentModel
 from ..data import Vocabulary, build_vocabulary, read_vocabulary
 from ..errors import CheckpointError, RecipeError
-from ..io.files import atomic_write, check_output_path, write_checkpoint
+from ..io.files import append_line, atomic_write, check_output_path, write_checkpoint
 from ..io.loading import Checkpoint, as_checkpoint, source_files
 from ..io.metadata import Metadata
 from ..recipe import Recipe, Schedule, check_layer_names, load_recipe
@@ -88,8 +88,7 @@ class _Files(Hook):
 
     def on_event(self, event: Event) -> None:
         if self.dist.is_main:
-            with open(self.log_file, "a", encoding="utf-8") as log:
-                log.write(json.dumps({"stage": self.stage, **event}) + "\n")
+            append_line(self.log_file, json.dumps({"stage": self.stage, **event}))
 
     def on_checkpoint(self, loop) -> None:
         # The state file alone is enough to resume (weights included), so a kill between the two
@@ -150,7 +149,8 @@ def finetune(
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     output = Path(output) if output is not None else None
     if output is not None and not resume:
-        check_output_path(output, force=force, inputs=source_files(source))
+        for path in (output, *side_files(output)):  # every file this run writes is an output: never an input
+            check_output_path(path, force=force, inputs=source_files(source))
     checkpoint = as_checkpoint(source, recipe.model.family)
     if stage == "finetune":  # the ISS section applies to this stage only (recovery runs on the shrunk model)
         check_layer_names(recipe, {gs.name: gs.size for gs in checkpoint.group_sets}, "")

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, Interrupted
+from ..io.files import atomic_write
 from ..io.loading import as_checkpoint
 from ..recipe import Recipe, load_recipe
 from ..training.hooks import Event
@@ -42,11 +43,44 @@ def run(
     against ``source``; every file goes into ``folder``."""
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"The output {folder} is a file; run writes a folder of results.",
+                              "Give a folder path (new or existing), e.g. -o runs/first.")
     existing = [name for name in OUTPUTS if (folder / name).exists()]
     if existing and not force:
         raise CheckpointError(f"{folder} already holds {', '.join(existing)}.",
                               "Choose another folder, or pass --force to overwrite.")
+    created = _FolderLedger(folder)
+    try:
+        return _run(source, recipe, folder, speed_repeats, on_event, on_stage, on_progress)
+    except Interrupted:
+        raise  # what was saved is the point of an interruption
+    except BaseException:
+        created.undo()
+        raise
+
+
+class _FolderLedger:
+    """What a run adds to its folder, so that a failed run removes it (and the folder, if the run made it)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.made = folder, not folder.exists()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CheckpointError(f"Cannot create the output folder {folder}: {err.strerror or err}.",
+                                  "Choose a folder you can write to.") from None
+        self.before = set(folder.iterdir())
+
+    def undo(self) -> None:
+        for path in set(self.folder.iterdir()) - self.before:
+            if path.is_file():
+                path.unlink(missing_ok=True)
+        if self.made and not any(self.folder.iterdir()):
+            self.folder.rmdir()
+
+
+def _run(source, recipe: Recipe, folder: Path, speed_repeats: int, on_event, on_stage, on_progress) -> RunResult:
     finetuned, shrunk, recovered = (folder / name for name in OUTPUTS[:3])
     original = as_checkpoint(source, recipe.model.family)  # read, recognised and hashed once
     on_stage("finetune")
@@ -63,6 +97,7 @@ def run(
     data = recipe.data.test or recipe.data.valid
     result = report(original, current, data=data, vocab_source=recipe.data, evaluate=recipe.evaluate,
                     max_tokens=recipe.data.max_eval_tokens, repeats=speed_repeats, on_progress=on_progress)
-    (folder / "report.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
-    (folder / "report.md").write_text(report_markdown(result), encoding="utf-8")
+    text = {"report.json": json.dumps(result.to_dict(), indent=2) + "\n", "report.md": report_markdown(result)}
+    for name, content in text.items():
+        atomic_write(folder / name, lambda temporary, content=content: temporary.write_text(content, encoding="utf-8"))
     return RunResult(folder, shrunk_result, current.path, result)
