@@ -323,3 +323,38 @@ def test_zeros_made_in_forward_are_not_hidden_features():
 
     plan = isscompress.discover(ZeroStart(), (tokens(2, 4),))
     assert [gs.name for gs in plan.group_sets] == ["lstm.l0"]
+
+
+def test_group_lasso_widths_are_what_shrink_keeps():
+    """4 forward units of a bidirectional GRU zeroed: one nn.GRU keeps one width for both directions."""
+    torch.manual_seed(0)
+
+    class BiGRU(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru, self.out = nn.GRU(3, 6, bidirectional=True), nn.Linear(12, 2)
+
+        def forward(self, x):
+            return self.out(self.gru(x)[0])
+
+    model, inputs = BiGRU(), (torch.randn(4, 2, 3),)
+    plan = isscompress.discover(model, inputs)
+    masked = model
+    with torch.no_grad():
+        forward = next(gs for gs in plan.group_sets if gs.name == "gru.l0")
+        for member in forward.members:
+            for start in member.starts:
+                dict(masked.named_parameters())[member.key].narrow(member.axis, start, 4).zero_()
+    reg = isscompress.GroupLasso(masked, plan, lam=1e-3)
+    small = isscompress.shrink_module(masked, inputs, threshold=0.0, plan=plan)
+    assert reg.widths() == {"gru.l0": small.gru.hidden_size, "gru.l0.reverse": small.gru.hidden_size} == \
+        {"gru.l0": 6, "gru.l0.reverse": 6}
+
+
+@pytest.mark.parametrize("arguments, words", [({"lam": 0.0}, "lam: Input should be greater than 0"),
+                                              ({"lam": float("inf")}, "lam: Input should be a finite number"),
+                                              ({"lam": 1e-3, "method": "l1"}, "method: Input should be")])
+def test_group_lasso_arguments_are_refused_in_their_own_names(arguments, words):
+    model, inputs = ZOO["gru_tagger"]
+    with pytest.raises(ValueError, match=words):
+        isscompress.GroupLasso(model, isscompress.discover(model, inputs), **arguments)

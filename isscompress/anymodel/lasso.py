@@ -15,7 +15,11 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
+from pydantic import ValidationError
+
 from ..core.regularizer import group_norms, penalty
+from ..core.thresholding import kept_counts, select_kept
+from ..errors import ShrinkError
 from ..recipe import IssSection
 from ..training.hooks import GroupLassoHook
 from .plan import Plan
@@ -37,9 +41,15 @@ class GroupLasso:
         unknown = sorted((set(targets or {}) | set(multipliers or {})) - names)
         if unknown:
             raise ValueError(f"GroupLasso: no group set named {', '.join(unknown)}; the plan has {', '.join(sorted(names))}")
-        self.iss = IssSection(lambda_=lam, method=method, target_widths=dict(targets or {}),
-                              layer_multipliers=dict(multipliers or {}), reweight=reweight,
-                              freeze_dead=freeze_dead, zero_threshold=zero_threshold)
+        try:
+            self.iss = IssSection(lambda_=lam, method=method, target_widths=dict(targets or {}),
+                                  layer_multipliers=dict(multipliers or {}), reweight=reweight,
+                                  freeze_dead=freeze_dead, zero_threshold=zero_threshold)
+        except ValidationError as err:  # the recipe's own rules, said in this function's argument names
+            names = {"lambda": "lam", "lambda_": "lam", "target_widths": "targets", "layer_multipliers": "multipliers"}
+            problems = "; ".join(f"{names.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']} (got {e.get('input')!r})"
+                                 for e in err.errors())
+            raise ValueError(f"GroupLasso: {problems}") from None
         self.params = dict(model.named_parameters())
         missing = sorted({m.key for gs in plan.group_sets for m in gs.members} - set(self.params))
         if missing:
@@ -74,8 +84,14 @@ class GroupLasso:
         return {k: v.detach().cpu() for k, v in group_norms(self.params, self.hook.sets).items()}
 
     def widths(self, threshold: float = 0.0) -> dict[str, int]:
-        """Units per set whose group norm is above ``threshold`` (what a shrink would keep)."""
-        return {name: int((norm > threshold).sum()) for name, norm in self.norms().items()}
+        """Units per set that a shrink at ``threshold`` would keep: norms above it, made legal by the same width
+        rules shrink applies (both directions of one module keep one width; a projection stays narrower).
+        A set whose every unit is dead (which shrink refuses) counts 0."""
+        norms = self.norms()
+        try:
+            return kept_counts(select_kept(norms, self.hook.sets, threshold))
+        except ShrinkError:
+            return {name: int((norm > threshold).sum()) for name, norm in norms.items()}
 
     def penalty(self) -> float:
         """The group-Lasso term ``sum lambda_g ||w_g||`` at the current weights."""
