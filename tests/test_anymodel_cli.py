@@ -224,3 +224,19 @@ def test_bad_groups_files_are_one_paragraph_with_the_line(tmp_path, name, text, 
     result = runner.invoke(app, ["shrink", str(tmp_path / "tagger.safetensors"), "--groups", str(groups), "-o",
                                  str(out / "small.safetensors")])
     clean_failure(result, *fragments, folder=out, empty=True)
+
+
+def test_a_shrink_through_arch_records_lineage_source_hash_and_kept_units(tmp_path):
+    import hashlib
+
+    from safetensors import safe_open
+
+    checkpoint_with_dead_units(tmp_path)
+    ckpt, out = tmp_path / "tagger.safetensors", tmp_path / "small.safetensors"
+    result = runner.invoke(app, ["shrink", str(ckpt), "--arch", f"{tmp_path / 'arch.py'}:make", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    with safe_open(str(out), "pt") as handle:
+        record = json.loads(handle.metadata()["isscompress"])
+    assert record["lineage"][-1]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert record["lineage"][-1]["from"] == "tagger.safetensors" and record["stage"] == "shrink"
+    assert record["kept"] == {name: [0, 1, 2, 3] for name in ("gru.l0", "gru.l0.reverse", "gru.l1", "gru.l1.reverse")}

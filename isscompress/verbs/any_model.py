@@ -12,7 +12,7 @@ import importlib.util
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,9 +26,12 @@ from ..core.groups import all_unit_norms
 from ..core.surgery import shrink_state_dict
 from ..core.thresholding import kept_counts, select_kept
 from ..errors import CheckpointError, IsscompressError, RecipeError
-from ..io.files import check_output_path, read_checkpoint, write_checkpoint
+from ..io.files import check_output_path, read_checkpoint, sha256_file, write_checkpoint
 from ..io.metadata import Metadata
 from ..recipe import DistillSection, Recipe, load_recipe
+
+
+USER_MODEL = "user-model"  # the architecture kind a traced user model is recorded as
 
 
 class ArchError(IsscompressError):
@@ -104,6 +107,12 @@ class UserModel:
     def widths(self) -> dict[str, int]:
         return {gs.name: gs.size for gs in self.plan.group_sets}
 
+    def derived(self, stage: str) -> Metadata:
+        """The record of a checkpoint made from this one: the source's record carried over, one lineage step
+        (file, sha256), as the recipe path writes it."""
+        return replace(self.metadata.derived(stage, self.path.name, sha256_file(self.path),
+                                             self.metadata.family or USER_MODEL), architecture=USER_MODEL)
+
     def second_batch(self) -> tuple[tuple, ...]:
         """The factory's first unlabelled batch, when it gives any: the shrink is checked on it too."""
         if self.batches is None:
@@ -162,8 +171,8 @@ def shrink_user_model(checkpoint: str | Path, output: str | Path | None, thresho
         tensors = shrink_state_dict(opened.tensors, sets, kept)
     after = kept_counts(kept)
     if output is not None:
-        metadata = Metadata(stage="shrink", threshold=threshold, widths_before=opened.widths(), widths_after=after,
-                            architecture="user-model", foreign=opened.metadata.foreign)
+        metadata = replace(opened.derived("shrink"), threshold=threshold, widths_before=opened.widths(),
+                           widths_after=after, kept={name: indices.tolist() for name, indices in kept.items()})
         write_checkpoint(output, tensors, metadata)
     count = lambda state: sum(v.numel() for v in state.values())  # noqa: E731
     return UserShrink(opened.path, Path(output) if output else None, opened.widths(), after,
@@ -223,8 +232,7 @@ def finetune_user_model(checkpoint: str | Path, arch: str, recipe: Recipe | str 
         loss=distill.loss, device=device, on_epoch=epoch_done)
     opened.model.cpu()
     if output is not None:
-        metadata = Metadata(stage="finetune", recipe=recipe.to_yaml(), architecture="user-model",
-                            foreign=opened.metadata.foreign)
+        metadata = replace(opened.derived("finetune"), recipe=recipe.to_yaml())
         write_checkpoint(output, {k: v.detach() for k, v in opened.model.state_dict().items()}, metadata)
     return UserFinetune(Path(output) if output else None, lasso.widths(), losses, opened.model)
 
