@@ -115,7 +115,7 @@ def test_label_free_finetune_then_shrink_then_report_from_the_command_line(tmp_p
     result = runner.invoke(app, ["finetune", str(tmp_path / "t.safetensors"), "--arch", arch, "-r", str(recipe),
                                  "-o", str(tuned)])
     assert result.exit_code == 0, result.output
-    assert "label-free loss" in result.stderr
+    assert "label-free finetune epoch 6: train loss" in result.stderr
     small = tmp_path / "small.safetensors"
     result = runner.invoke(app, ["shrink", str(tuned), "--arch", arch, "-o", str(small)])
     assert result.exit_code == 0, result.output
@@ -240,3 +240,70 @@ def test_a_shrink_through_arch_records_lineage_source_hash_and_kept_units(tmp_pa
     assert record["lineage"][-1]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert record["lineage"][-1]["from"] == "tagger.safetensors" and record["stage"] == "shrink"
     assert record["kept"] == {name: [0, 1, 2, 3] for name in ("gru.l0", "gru.l0.reverse", "gru.l1", "gru.l1.reverse")}
+
+
+def _user_setup(tmp_path, recipe_text: str):
+    (tmp_path / "arch.py").write_text(ARCH)
+    torch.manual_seed(0)
+    source = tmp_path / "t.safetensors"
+    save_file({k: v.contiguous() for k, v in GRUTagger().state_dict().items()}, source)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text)
+    return source, f"{tmp_path / 'arch.py'}:with_batches", recipe
+
+
+LABEL_FREE = ("finetune: {epochs: 3, lr: 0.01, optimizer: adam, seed: 3, log_every: 1}\n"
+              "iss: {lambda: 3.0, method: proximal, warmup_steps: 4}\ndistill: {alpha: 1.0}\n")
+
+
+def test_label_free_finetune_resumes_after_sigint_to_the_uninterrupted_weights(tmp_path):
+    import os
+    import signal
+
+    from isscompress.errors import Interrupted
+    from isscompress.verbs.finetune_user import finetune_user_model
+
+    source, arch, recipe = _user_setup(tmp_path, LABEL_FREE)
+    straight, interrupted = tmp_path / "straight.safetensors", tmp_path / "interrupted.safetensors"
+    finetune_user_model(source, arch, recipe, straight)
+
+    def interrupt(event):
+        if event["event"] == "step" and event["step"] == 10:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        finetune_user_model(source, arch, recipe, interrupted, on_event=interrupt)
+    assert load_file(interrupted)  # what was saved at the signal is a complete checkpoint
+    finetune_user_model(source, arch, recipe, interrupted, resume=True)
+    a, b = load_file(straight), load_file(interrupted)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "interrupted.safetensors.log.jsonl").read_text().count('"event": "epoch"') == 3
+
+
+def test_every_recipe_field_applies_to_a_user_model_or_is_refused(tmp_path, clean_failure):
+    from isscompress.verbs.finetune_user import finetune_user_model
+
+    source, arch, recipe = _user_setup(tmp_path, LABEL_FREE)
+    # applied: per-set multipliers (the recipe path's hook), seen in the alive counts of the last epoch
+    recipe.write_text(LABEL_FREE.replace("warmup_steps: 4}", "layer_multipliers: {gru.l1: 30, gru.l1.reverse: 30}}"))
+    epochs = []
+    finetune_user_model(source, arch, recipe, None, on_event=lambda e: e["event"] == "epoch" and epochs.append(e))
+    alive = epochs[-1]["alive"]
+    assert alive["gru.l1"] < alive["gru.l0"] and alive["gru.l1.reverse"] < alive["gru.l0.reverse"], alive
+    # lr decay applies (no validation: from decay_start on)
+    recipe.write_text(LABEL_FREE.replace("seed: 3,", "seed: 3, lr_decay: 0.5,"))
+    epochs.clear()
+    finetune_user_model(source, arch, recipe, None, on_event=lambda e: e["event"] == "epoch" and epochs.append(e))
+    assert [e["lr"] for e in epochs] == [0.01, 0.005, 0.0025]
+    # refused, by name, with the reason
+    out = tmp_path / "out"
+    out.mkdir()
+    for extra, words in (("finetune: {dropout: 0.3}", "finetune.dropout does not apply to a user model"),
+                         ("iss: {lambda: 1.0, target: {macs: 0.5}}", "iss.target does not apply"),
+                         (f"data: {{train: {recipe}}}", "data.train does not apply"),
+                         ("finetune: {decay_on_plateau: true}", "finetune.decay_on_plateau does not apply"),
+                         ("distill: {teacher: other.safetensors}", "distill.teacher does not apply")):
+        recipe.write_text(extra + "\n" + ("iss: {lambda: 1.0}\n" if "iss:" not in extra else ""))
+        result = runner.invoke(app, ["finetune", str(source), "--arch", arch, "-r", str(recipe), "-o",
+                                     str(out / "x.safetensors")])
+        clean_failure(result, words, folder=out, empty=True)

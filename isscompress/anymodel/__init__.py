@@ -2,7 +2,8 @@
 
 from .flow import TraceError, UnitRange
 from .lasso import GroupLasso
-from .plan import GroupsFileError, Plan, discover, load_groups
+from .groups_file import GroupsFileError
+from .plan import Plan, discover, load_groups
 from .resize import resize_to, shrink_module
 
 __all__ = ["GroupLasso", "GroupsFileError", "Plan", "TraceError", "UnitRange", "discover", "load_groups",

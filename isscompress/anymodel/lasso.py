@@ -18,8 +18,7 @@ from torch import Tensor, nn
 from pydantic import ValidationError
 
 from ..core.regularizer import group_norms, penalty
-from ..core.thresholding import kept_counts, select_kept
-from ..errors import ShrinkError
+from ..core.thresholding import kept_widths
 from ..recipe import IssSection
 from ..training.hooks import GroupLassoHook
 from .plan import Plan
@@ -85,13 +84,8 @@ class GroupLasso:
 
     def widths(self, threshold: float = 0.0) -> dict[str, int]:
         """Units per set that a shrink at ``threshold`` would keep: norms above it, made legal by the same width
-        rules shrink applies (both directions of one module keep one width; a projection stays narrower).
-        A set whose every unit is dead (which shrink refuses) counts 0."""
-        norms = self.norms()
-        try:
-            return kept_counts(select_kept(norms, self.hook.sets, threshold))
-        except ShrinkError:
-            return {name: int((norm > threshold).sum()) for name, norm in norms.items()}
+        rules shrink applies (both directions of one module keep one width; a projection stays narrower)."""
+        return kept_widths(self.norms(), self.hook.sets, threshold)
 
     def penalty(self) -> float:
         """The group-Lasso term ``sum lambda_g ||w_g||`` at the current weights."""

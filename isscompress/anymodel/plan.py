@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..core.groups import GroupSet, Member
 from ..io.files import atomic_write, check_output_path
-from .groups_file import GROUPS_FORMAT, GroupsFileError, check_plan_members, parse_groups, read_groups_text
+from .groups_file import GROUPS_FORMAT, check_plan_members, parse_groups, read_groups_text
 from .flow import HINT, Flow, Position, TraceError, UnitRange, follow, recurrent_shape
 
 @dataclass

@@ -148,21 +148,19 @@ def finetune(
     from ..verbs.finetune import STAGES
     from ..verbs.finetune import finetune as run_finetune
 
-    if arch:
-        from ..verbs.any_model import finetune_user_model
-
-        with _user_errors():
-            done = finetune_user_model(checkpoint, arch, recipe, output, groups, force, on_epoch=lambda epoch, loss,
-                                       alive: _stderr().print(f"epoch {epoch}: label-free loss {loss:.4g}; alive {alive}"))
-        _stderr().print(f"wrote {done.output}")
-        return
     with _user_errors():
         if stage not in STAGES:
             raise IsscompressError(f"Unknown stage '{stage}'.", f"Use one of: {', '.join(STAGES)}.")
         with _render.TrainingProgress(_stderr()) as progress:
-            progress.set_stage(stage)
-            result = run_finetune(checkpoint, recipe, output, stage=stage, resume=resume, force=force,
-                                  on_event=progress)
+            progress.set_stage(stage if not arch else f"label-free {stage}")
+            if arch:
+                from ..verbs.finetune_user import finetune_user_model
+
+                result = finetune_user_model(checkpoint, arch, recipe, output, groups, force, stage=stage,
+                                             resume=resume, on_event=progress)
+            else:
+                result = run_finetune(checkpoint, recipe, output, stage=stage, resume=resume, force=force,
+                                      on_event=progress)
     _stderr().print(f"wrote {result.output}")
 
 

@@ -163,14 +163,17 @@ class TrainingProgress:
                                                          total=event["windows"], status="")
             alive = event.get("alive")
             alive_text = " alive " + "/".join(str(v) for v in alive.values()) if alive else ""
-            status = (f"loss {event['loss']:.3f} ppl {event['ppl']:.1f} lr {event['lr']:.3g} "
-                      f"{event['tokens_per_s']:,.0f} tok/s{alive_text}")
+            ppl = f" ppl {event['ppl']:.1f}" if "ppl" in event else ""
+            rate = (f"{event['tokens_per_s']:,.0f} tok/s" if "tokens_per_s" in event
+                    else f"{event.get('batches_per_s', 0):,.1f} batches/s")
+            status = f"loss {event['loss']:.3f}{ppl} lr {event['lr']:.3g} {rate}{alive_text}"
             self.progress.update(self.tasks[key], completed=event["window"], status=status)
         elif event["event"] == "epoch":
             valid = f" valid ppl {event['valid_ppl']:.2f}" if "valid_ppl" in event else ""
             alive = event.get("alive")
             alive_text = " alive " + ", ".join(f"{k} {v}" for k, v in alive.items()) if alive else ""
-            self.console.print(f"{self.stage} epoch {event['epoch']}: train loss {event['train_loss']:.3f}"
+            loss = event["train_loss"]
+            self.console.print(f"{self.stage} epoch {event['epoch']}: train loss {loss:.4g}"
                                f"{valid}{alive_text} ({event['seconds']:.0f} s)")
 
 

@@ -64,5 +64,14 @@ def select_kept(
     return {name: mask.nonzero().squeeze(1) for name, mask in alive.items()}
 
 
+def kept_widths(norms: Mapping[str, Tensor], group_sets: tuple[GroupSet, ...], threshold: float) -> dict[str, int]:
+    """Units per set a shrink at ``threshold`` would keep (the width rules applied); a set whose every unit is
+    dead, which shrink refuses, counts 0. For progress and results during training."""
+    try:
+        return kept_counts(select_kept(norms, group_sets, threshold))
+    except ShrinkError:
+        return {gs.name: int((norms[gs.name] > threshold).sum()) for gs in group_sets}
+
+
 def kept_counts(kept: Mapping[str, Tensor]) -> dict[str, int]:
     return {name: int(indices.numel()) for name, indices in kept.items()}

@@ -1,8 +1,10 @@
-"""One plain training loop in the shape of word_language_model's ``train()``; objective and hooks plug in.
+"""One plain training loop in the shape of word_language_model's ``train()``; task, objective and hooks plug in.
 
-Truncated BPTT with the hidden state carried and detached between windows, gradient
-clipping, SGD or Adam, per-epoch lr decay. What is minimised is an objective
-(:mod:`.objectives`); ISS, reporting and saving are hooks (:mod:`.hooks`).
+A task (:mod:`.tasks`) gives the batches and their loss — truncated-BPTT windows of a language model with the
+hidden state carried, or a user model's unlabelled batches against a frozen teacher — and the loop does the rest
+for both: gradient clipping, SGD or Adam, per-epoch lr decay, the NaN guard, save points, resume and stop signals.
+What a language model minimises is an objective (:mod:`.objectives`); ISS, reporting and saving are hooks
+(:mod:`.hooks`).
 Distributed data parallel runs on PyTorch's own engine: under ``torchrun`` every rank takes
 its share of the batch columns and DDP averages the gradients, so the update equals the
 single-process one.
@@ -14,19 +16,17 @@ import math
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ..architectures.stack_module import detach_hidden
-from ..data import bptt_windows, window_count
 from ..errors import Diverged, Interrupted
-from ..measure.perplexity import perplexity
 from ..recipe import Schedule
 from .distributed import Distributed
 from .hooks import Event, Hook
 from .objectives import LanguageModelLoss, Objective
+from .tasks import LanguageModelTask, Task
 
 
 @dataclass
@@ -75,12 +75,6 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
-def _windows(data: Tensor, bptt: int, skip: int) -> Iterator[tuple[int, Tensor, Tensor]]:
-    for index, (inputs, targets) in enumerate(bptt_windows(data, bptt)):
-        if index >= skip:
-            yield index, inputs, targets
-
-
 def fit(
     model: nn.Module,
     train: Tensor,
@@ -93,16 +87,31 @@ def fit(
     state: TrainState | None = None,
     eval_bptt: int = 35,
 ) -> TrainState:
-    """Train ``model`` on ``train`` (``[steps, batch]`` ids) to minimise ``objective`` (next-token
-    cross-entropy by default); returns the final TrainState.
+    """Train a language model on ``train`` (``[steps, batch]`` ids) to minimise ``objective`` (next-token
+    cross-entropy by default); returns the final TrainState. (:func:`fit_task` for any other task.)"""
+    dist = dist or Distributed.single()
+    task = LanguageModelTask(dist.shard_columns(train), valid, schedule.bptt, objective or LanguageModelLoss(),
+                             eval_bptt)
+    return fit_task(model, task, schedule, hooks=hooks, dist=dist, state=state)
+
+
+def fit_task(
+    model: nn.Module,
+    task: Task,
+    schedule: Schedule,
+    *,
+    hooks: Sequence[Hook] = (),
+    dist: Distributed | None = None,
+    state: TrainState | None = None,
+) -> TrainState:
+    """Train ``model`` on ``task``'s batches with ``schedule``; returns the final TrainState.
 
     Hooks see every step, event and save point (every ``schedule.save_every`` steps, each epoch end,
-    and SIGINT/SIGTERM, after which :class:`Interrupted` is raised).
-    """
+    and SIGINT/SIGTERM, after which :class:`Interrupted` is raised)."""
     dist = dist or Distributed.single()
     inner = model.to(dist.device)
     loop = Loop(inner, dist.wrap(inner), _optimizer(inner, schedule), schedule, dist,
-                state or TrainState(lr=schedule.lr), objective or LanguageModelLoss(), tuple(hooks), eval_bptt)
+                state or TrainState(lr=schedule.lr), task, tuple(hooks))
     if loop.state.optimizer:
         loop.optimizer.load_state_dict(loop.state.optimizer)
     if loop.state.rng is not None:
@@ -112,7 +121,7 @@ def fit(
     loop.params = dict(inner.named_parameters())
     for hook in loop.hooks:
         hook.start(loop)
-    loop.run(dist.shard_columns(train), valid)
+    loop.run()
     return loop.state
 
 
@@ -126,25 +135,24 @@ class Loop:
     schedule: Schedule
     dist: Distributed
     state: TrainState
-    objective: Objective
+    task: Task
     hooks: tuple[Hook, ...]
-    eval_bptt: int
     params: dict[str, Tensor] = field(default_factory=dict)  # by name, for hooks (built once, not per step)
 
-    def run(self, columns: Tensor, valid: Tensor | None) -> None:
+    def run(self) -> None:
         schedule, state = self.schedule, self.state
-        total = window_count(columns, schedule.bptt)
         with _StopSignals() as stop:
             while state.epoch <= schedule.epochs:
                 self.runner.train()
-                self.objective.reset()
+                self.task.start_epoch(self)
+                total = self.task.count()
                 for group in self.optimizer.param_groups:
                     group["lr"] = state.lr
                 started, tokens, loss_sum, done = time.perf_counter(), 0, 0.0, 0
-                for index, inputs, targets in _windows(columns, schedule.bptt, state.window):
-                    loss = self.step(inputs, targets)
+                for index, batch in self.task.batches(state.window):
+                    loss, covered = self.step(batch)
                     state.step, state.window = state.step + 1, index + 1
-                    tokens, loss_sum, done = tokens + targets.numel() * self.dist.world_size, loss_sum + loss, done + 1
+                    tokens, loss_sum, done = tokens + covered * self.dist.world_size, loss_sum + loss, done + 1
                     if state.step % schedule.log_every == 0 or state.window == total:
                         self.log_step(loss_sum / done, tokens / max(time.perf_counter() - started, 1e-9), total)
                     if schedule.save_every and state.step % schedule.save_every == 0:
@@ -156,18 +164,14 @@ class Loop:
                                           "Run the same command with --resume to continue.")
                     if schedule.max_steps and state.step >= schedule.max_steps:
                         break
-                self.end_epoch(valid, loss_sum / max(done, 1), time.perf_counter() - started)
+                self.end_epoch(loss_sum / max(done, 1), time.perf_counter() - started)
                 if schedule.max_steps and state.step >= schedule.max_steps:
                     break
 
-    def step(self, inputs: Tensor, targets: Tensor) -> float:
-        """One window: forward, the objective, backward, hooks around clip and optimizer step; the loss."""
-        device = self.dist.device
-        inputs, targets = inputs.to(device), targets.to(device)
-        hidden = detach_hidden(self.state.hidden) if self.state.hidden is not None else None
+    def step(self, batch: Any) -> tuple[float, int]:
+        """One batch: forward and loss (the task's), backward, hooks around clip and optimizer step."""
         self.optimizer.zero_grad(set_to_none=True)
-        outputs, self.state.hidden = self.runner(inputs, hidden)
-        loss = self.objective.loss(inputs, outputs, targets)
+        loss, covered = self.task.loss(self, batch)
         loss.backward()
         for hook in self.hooks:
             hook.before_clip(self)
@@ -183,7 +187,7 @@ class Loop:
                 "checkpoint is kept.",
                 "Lower the learning rate (finetune.lr), the ISS strength (iss.lambda) or set finetune.clip.",
             )
-        return value
+        return value, covered
 
     def emit(self, event: Event) -> None:
         for hook in self.hooks:
@@ -191,22 +195,22 @@ class Loop:
         for hook in self.hooks:
             hook.on_event(event)
 
-    def log_step(self, loss: float, tokens_per_s: float, total: int) -> None:
+    def log_step(self, loss: float, tokens_per_s: float, total: int | None) -> None:
         state = self.state
         self.emit({"event": "step", "epoch": state.epoch, "step": state.step, "window": state.window,
-                   "windows": total, "loss": loss, "ppl": math.exp(min(loss, 700)), "lr": state.lr,
-                   "tokens_per_s": tokens_per_s})
+                   "windows": total, "loss": loss, **self.task.step_fields(loss), "lr": state.lr,
+                   f"{self.task.unit}_per_s": tokens_per_s})
 
-    def end_epoch(self, valid: Tensor | None, train_loss: float, seconds: float) -> None:
+    def end_epoch(self, train_loss: float, seconds: float) -> None:
         """Validation, the epoch event, the lr decay, and a checkpoint at the start of the next epoch."""
         state, schedule = self.state, self.schedule
         event: Event = {"event": "epoch", "epoch": state.epoch, "step": state.step, "lr": state.lr,
                         "train_loss": train_loss, "seconds": seconds}
-        if valid is not None:
-            result = perplexity(self.inner, valid, self.eval_bptt, device=self.dist.device)
-            event["valid_ppl"] = result.perplexity
-            improved = result.perplexity < state.best_valid
-            state.best_valid = min(state.best_valid, result.perplexity)
+        validation = self.task.validate(self)
+        event.update(validation)
+        if "valid_ppl" in validation:
+            improved = validation["valid_ppl"] < state.best_valid
+            state.best_valid = min(state.best_valid, validation["valid_ppl"])
             decay = not improved if schedule.decay_on_plateau else state.epoch >= schedule.decay_start
         else:
             decay = state.epoch >= schedule.decay_start and not schedule.decay_on_plateau

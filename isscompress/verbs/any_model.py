@@ -14,21 +14,21 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..anymodel import Plan, discover, load_groups, resize_to
-from ..anymodel.distill import finetune_label_free, output_gap
+from ..training.tasks import output_gap
 from ..anymodel.resize import shrink_module_to
 from ..core.groups import all_unit_norms
 from ..core.surgery import shrink_state_dict
 from ..core.thresholding import kept_counts, select_kept
-from ..errors import CheckpointError, IsscompressError, RecipeError
+from ..errors import CheckpointError, IsscompressError
 from ..io.files import check_output_path, read_checkpoint, sha256_file, write_checkpoint
 from ..io.metadata import Metadata
-from ..recipe import DistillSection, Recipe, load_recipe
+
 
 
 USER_MODEL = "user-model"  # the architecture kind a traced user model is recorded as
@@ -178,63 +178,6 @@ def shrink_user_model(checkpoint: str | Path, output: str | Path | None, thresho
     return UserShrink(opened.path, Path(output) if output else None, opened.widths(), after,
                       (count(opened.tensors), count(tensors)), opened.model is not None)
 
-
-
-@dataclass
-class UserFinetune:
-    output: Path | None
-    widths: dict[str, int]  # units alive per set after fine-tuning
-    losses: list[float]  # the label-free loss per epoch
-    model: nn.Module
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"output": str(self.output), "alive": self.widths, "loss_per_epoch": self.losses}
-
-
-def finetune_user_model(checkpoint: str | Path, arch: str, recipe: Recipe | str | Path, output: str | Path | None,
-                        groups: str | Path | None = None, force: bool = False,
-                        on_epoch: Callable[[int, float, dict], None] = lambda epoch, loss, alive: None,
-                        ) -> UserFinetune:
-    """ISS fine-tuning of a user's model without labels: the recipe's finetune schedule and iss section, the
-    original model as the teacher (``distill``: temperature, loss), the factory's unlabelled batches."""
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    if recipe.iss is None:
-        raise RecipeError("The recipe has no iss section, so fine-tuning would not remove anything.",
-                          "Add iss: {lambda: ..., method: proximal}.")
-    distill = recipe.distill or DistillSection(alpha=1.0)
-    if distill.alpha != 1.0:
-        raise RecipeError(f"distill.alpha is {distill.alpha}: a user model is fine-tuned label-free (alpha 1).",
-                          "Set distill.alpha to 1, or fine-tune with isscompress.GroupLasso in your own loop.")
-    opened = open_user_model(checkpoint, arch, groups)
-    if opened.batches is None:
-        raise ArchError(f"--arch {arch}: fine-tuning needs unlabelled inputs.",
-                        "Return (model, example_inputs, batches) from the factory: batches is a list of input "
-                        "tuples, or a function returning an iterable of them.")
-    if output is not None:
-        output = check_output_path(output, force=force, inputs=(opened.path,))
-    names = {gs.name for gs in opened.plan.group_sets}
-    unknown = sorted((set(recipe.iss.target_widths) | set(recipe.iss.layer_multipliers)) - names)
-    if unknown:
-        raise RecipeError(f"iss: no group set named {', '.join(unknown)}.", f"The sets are: {', '.join(sorted(names))}.")
-    schedule = recipe.finetune
-    torch.manual_seed(schedule.seed)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if schedule.device == "auto" else schedule.device
-    losses: list[float] = []
-
-    def epoch_done(epoch: int, loss: float, lasso) -> None:
-        losses.append(loss)
-        on_epoch(epoch, loss, lasso.widths())
-
-    lasso = finetune_label_free(
-        opened.model, opened.batches, opened.plan, lam=recipe.iss.lambda_, method=recipe.iss.method,
-        targets=dict(recipe.iss.target_widths) or None, reweight=recipe.iss.reweight, epochs=schedule.epochs,
-        lr=schedule.lr, optimizer=schedule.optimizer, clip=schedule.clip, temperature=distill.temperature,
-        loss=distill.loss, device=device, on_epoch=epoch_done)
-    opened.model.cpu()
-    if output is not None:
-        metadata = replace(opened.derived("finetune"), recipe=recipe.to_yaml())
-        write_checkpoint(output, {k: v.detach() for k, v in opened.model.state_dict().items()}, metadata)
-    return UserFinetune(Path(output) if output else None, lasso.widths(), losses, opened.model)
 
 
 @dataclass

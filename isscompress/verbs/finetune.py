@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import Tensor, nn
 
 from ..architectures.stack import ModelSpec
 from ..architectures.stack_module import RecurrentModel
@@ -56,13 +57,20 @@ def side_files(output: Path) -> tuple[Path, Path]:
     return output.with_name(output.name + ".train-state.pt"), output.with_name(output.name + ".log.jsonl")
 
 
-def _schedule(recipe: Recipe, stage: str) -> Schedule:
+def check_training_outputs(output: Path, force: bool, inputs: tuple[Path, ...]) -> None:
+    """Every file a training run writes (the checkpoint, its resume state, its log) is an output: never an
+    input, and replaced only with ``force``."""
+    for path in (output, *side_files(output)):
+        check_output_path(path, force=force, inputs=inputs)
+
+
+def stage_schedule(recipe: Recipe, stage: str) -> Schedule:
     if stage == "recover":
         return recipe.recover or recipe.finetune
     return recipe.finetune
 
 
-def _resume_state(state_file: Path, recipe: Recipe) -> tuple[dict, TrainState]:
+def resume_state(state_file: Path, recipe: Recipe) -> tuple[dict, TrainState]:
     """Weights and training state from the last save (one file, written atomically)."""
     if not state_file.is_file():
         raise CheckpointError(f"Nothing to resume: {state_file} is missing.",
@@ -78,12 +86,15 @@ def _resume_state(state_file: Path, recipe: Recipe) -> tuple[dict, TrainState]:
     return weights, TrainState(**saved)
 
 
-class _Files(Hook):
+class TrainingFiles(Hook):
     """The file edge of a training run: the checkpoint and its resume state at every save point, and
-    the JSON-lines log of every event (main process only)."""
+    the JSON-lines log of every event (main process only). ``weights`` gives what a model's file holds
+    (a language-model stack's canonical layout, a user model's own state dict)."""
 
-    def __init__(self, output: Path, metadata: Metadata, recipe: Recipe, stage: str, dist: Distributed) -> None:
+    def __init__(self, output: Path, metadata: Metadata, recipe: Recipe, stage: str, dist: Distributed,
+                 weights: Callable[[nn.Module], dict[str, Tensor]] = lambda model: model.canonical_state()) -> None:
         self.output, self.metadata, self.recipe, self.stage, self.dist = output, metadata, recipe, stage, dist
+        self.weights = weights
         self.state_file, self.log_file = side_files(output)
 
     def on_event(self, event: Event) -> None:
@@ -93,7 +104,7 @@ class _Files(Hook):
     def on_checkpoint(self, loop) -> None:
         # The state file alone is enough to resume (weights included), so a kill between the two
         # writes never pairs weights with the wrong position.
-        weights = loop.inner.canonical_state()
+        weights = {k: v.detach() for k, v in self.weights(loop.inner).items()}
         resume_data = {**loop.state.to_dict(), "model": weights, "recipe": self.recipe.to_yaml()}
         atomic_write(self.state_file, lambda tmp: torch.save(resume_data, tmp))
         write_checkpoint(self.output, weights, self.metadata)
@@ -149,13 +160,12 @@ def finetune(
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     output = Path(output) if output is not None else None
     if output is not None and not resume:
-        for path in (output, *side_files(output)):  # every file this run writes is an output: never an input
-            check_output_path(path, force=force, inputs=source_files(source))
+        check_training_outputs(output, force, source_files(source))
     checkpoint = as_checkpoint(source, recipe.model.family)
     if stage == "finetune":  # the ISS section applies to this stage only (recovery runs on the shrunk model)
         check_layer_names(recipe, {gs.name: gs.size for gs in checkpoint.group_sets}, "")
     vocabulary, _ = resolve_vocabulary(checkpoint, recipe.data)
-    schedule = _schedule(recipe, stage)
+    schedule = stage_schedule(recipe, stage)
     train_data, valid = training_batches(recipe, vocabulary, schedule)
     metadata = replace(checkpoint.metadata.derived(stage, checkpoint.name, checkpoint.sha256, checkpoint.family),
                        architecture=checkpoint.spec.kind, spec=checkpoint.spec.to_dict(), recipe=recipe.to_yaml(),
@@ -164,7 +174,7 @@ def finetune(
     if resume:
         if output is None:
             raise CheckpointError("Resuming needs the output file of the run to resume.", "Pass the output path.")
-        weights, state = _resume_state(side_files(output)[0], recipe)
+        weights, state = resume_state(side_files(output)[0], recipe)
     elif output is not None:
         side_files(output)[1].unlink(missing_ok=True)
     model = checkpoint.spec.build({k: v.float().clone() for k, v in weights.items()}, dropout=schedule.dropout,
@@ -172,7 +182,7 @@ def finetune(
     dist = Distributed.from_environment(schedule.device)
     result = FinetuneResult(checkpoint, stage)
     hooks: list[Hook] = [_lasso(checkpoint, recipe)] if stage == "finetune" and recipe.iss is not None else []
-    hooks += [_Files(output, metadata, recipe, stage, dist)] if output is not None else []
+    hooks += [TrainingFiles(output, metadata, recipe, stage, dist)] if output is not None else []
     hooks.append(Report(lambda event: (result.events.append(event), on_event(event))))
     objective = _objective(recipe, stage, checkpoint, dist.device, teacher)
     try:
