@@ -66,8 +66,7 @@ def test_a_cell_kind_added_to_the_table_shrinks_exactly(mgu, tied) -> None:
     small = result.checkpoint
     assert small.spec.widths == [4, 2] and small.spec.cell == "MGU"
     assert small.state["layers.0.w_rec_l0"].shape == (8, 4) and small.state["layers.1.w_in_l0"].shape == (4, 4)
-    assert result.max_abs_diff <= result.tolerance
-    inputs = spec.probe_inputs(steps=9)
+    inputs = spec.probe_inputs(steps=9)  # checked here, not by the verb's own report of its check
     with torch.no_grad():
         torch.testing.assert_close(small.model()(inputs)[0], spec.build(masked)(inputs)[0], rtol=0, atol=1e-12)
     embedding = 11 * layers[0].input_size

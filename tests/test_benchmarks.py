@@ -37,27 +37,38 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 SHARED = Path(__file__).parent.parent.parent / "shared" / "data"
 
 
-def run_script(path: Path, *args: str, timeout: int = 300) -> str:
+def run_script(path: Path, *args: str) -> str:
+    """Run an example as a user would; no wall-clock limit (a loaded machine is slow, not broken)."""
     import subprocess
 
-    done = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return done.stdout
 
 
 def test_speed_benchmark_runs_every_path_on_a_tiny_model() -> None:
     out = run_script(EXAMPLES / "benchmarks" / "speed.py", "--sizes", "32:16,8", "--repeats", "1")
-    rows = [line for line in out.splitlines() if line.startswith("| 2x32")]
-    assert {row.split("|")[2].strip() for row in rows} >= {"eager-native", "eager-onednn", "torchscript", "int8"}
-    assert all(float(row.split("|")[6].strip().rstrip("x")) > 0 for row in rows)
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines() if line.startswith("| 2x32")]
+    assert {row[1] for row in rows} >= {"eager-native", "eager-onednn", "torchscript", "int8"}
+    # multiply-adds per token, counted here: 2 LSTM layers (4 gates x (input + recurrent)) and a 10,000-word decoder
+    dense = 4 * 32 * (32 + 32) * 2 + 10_000 * 32
+    shrunk = 4 * 16 * (32 + 16) + 4 * 8 * (16 + 8) + 10_000 * 8
+    for model, path, workload, before, after, speedup, macs, per_mac in rows:
+        assert float(macs) == round(dense / shrunk, 2), (path, workload)
+        ratio = float(after.replace(",", "")) / float(before.replace(",", ""))
+        assert abs(float(speedup.rstrip("x")) - ratio) <= 0.01 + 0.002 * ratio, (path, workload)
+        assert abs(float(per_mac) - float(speedup.rstrip("x")) / float(macs)) <= 0.006, (path, workload)
 
 
 def test_shrink_benchmark_runs_on_a_small_checkpoint() -> None:
     out = run_script(EXAMPLES / "benchmarks" / "shrink_2x1500.py", "--repeats", "1", "--hidden", "48", "--vocab", "200",
                      "--keep", "20", "12")
     assert "widths 48,48 -> 20,12" in out
-    ratios = [line for line in out.splitlines() if "shrink / copy" in line]
-    assert len(ratios) == 2 and all(float(line.split("median")[1].split()[0]) > 0 for line in ratios)
+    ratios = [line for line in out.splitlines() if "/ copy" in line]
+    assert len(ratios) == 3, out
+    for line in ratios:  # one paired sample: its min, median and max are that sample
+        low, middle, high = (float(line.split(word)[1].split()[0]) for word in ("min", "median", "max"))
+        assert low == middle == high, line
 
 
 def test_squad_example_quick(tmp_path) -> None:
@@ -89,7 +100,7 @@ def test_ptb_budget_benchmark_meets_the_budget_and_one_shot_takes_the_widths_iss
     if not (SHARED / "ptb" / "ptb.train.txt").exists() or not (SHARED.parent / "models" / "ptb-small-lstm").exists():
         pytest.skip("needs ../shared/data/ptb and ../shared/models/ptb-small-lstm")
     out = run_script(EXAMPLES / "benchmarks" / "ptb_budget.py", "--quick", "--train-tokens", "5000", "--lam", "2",
-                     "--epochs", "1", "1", "--budgets", "0.5", "--methods", "iss", "one-shot", "--output", str(tmp_path), timeout=900)
+                     "--epochs", "1", "1", "--budgets", "0.5", "--methods", "iss", "one-shot", "--output", str(tmp_path))
     rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in out.splitlines() if "@ 0.5 |" in line}
     assert set(rows) == {"iss @ 0.5", "one-shot @ 0.5"}
     assert rows["iss @ 0.5"] == rows["one-shot @ 0.5"]  # same widths, same MAC ratio
@@ -102,7 +113,7 @@ def test_ptb_budget_benchmark_quick(tmp_path) -> None:
     if not (SHARED / "ptb" / "ptb.train.txt").exists() or not (SHARED.parent / "models" / "ptb-small-lstm").exists():
         pytest.skip("needs ../shared/data/ptb and ../shared/models/ptb-small-lstm")
     out = run_script(EXAMPLES / "benchmarks" / "ptb_budget.py", "--quick", "--lam", "0.5", "--budgets", "0.5", "0.3333",
-                     "--output", str(tmp_path), timeout=1800)
+                     "--output", str(tmp_path))
     assert "| dense-control |" in out
     for method in ("iss", "iss+distill", "one-shot", "one-shot+distill"):
         for budget in ("0.5", "0.3333"):

@@ -66,7 +66,7 @@ def test_signal_then_resume_reaches_the_uninterrupted_weights(tmp_path, setup, s
     process = _start(model, recipe, out)
     _wait_for_saves(out, process, random.Random(sig).randint(2, 8))
     process.send_signal(sig)
-    process.wait(timeout=60)
+    process.wait()
     if sig == signal.SIGKILL:
         assert process.returncode == -signal.SIGKILL
     else:
@@ -74,7 +74,7 @@ def test_signal_then_resume_reaches_the_uninterrupted_weights(tmp_path, setup, s
         assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")], "no temporary file remains"
     assert isscompress.load(out).spec.widths == [12, 10]  # the last complete checkpoint loads
     resumed = _start(model, recipe, out, "--resume")
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert resumed.wait() == 0, resumed.stderr.read()
     a, b = isscompress.load_checkpoint(straight).state, isscompress.load_checkpoint(out).state
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -86,7 +86,7 @@ def test_diverging_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint
     bad.write_text(recipe.read_text().replace("lr: 2.0", "lr: 1.0e+30").replace("finetune:\n", "finetune:\n  clip: null\n"))
     out = tmp_path / "out.safetensors"
     process = _start(model, bad, out)
-    assert process.wait(timeout=120) == 1
+    assert process.wait() == 1
     stderr = " ".join(process.stderr.read().split())
     assert "NaN or Inf" in stderr and "finetune.lr" in stderr and "Traceback" not in stderr
     if out.exists():  # whatever was saved before the divergence is finite and loads
@@ -101,7 +101,7 @@ def test_full_disk_leaves_the_previous_output_intact(tmp_path, setup) -> None:
             "resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000)); "
             "from isscompress.cli import app; sys.argv = ['isscompress'] + sys.argv[1:]; app()")
     done = subprocess.run([sys.executable, "-c", code, "shrink", str(model), "-o", str(out), "--force"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True)
     assert done.returncode == 1, done.stderr
     assert "Could not write" in done.stderr and "Traceback" not in done.stderr
     assert out.read_bytes() == b"previous"

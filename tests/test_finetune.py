@@ -38,7 +38,8 @@ def test_whole_recipe_on_ptb_text_shrinks_and_reports(tmp_path, small_lm, method
     if targets:  # the recovery stage runs on the shrunk model; the targets held through the ISS stage
         assert widths == targets  # the proximal step never removes units past a target
     assert report["mac_ratio"] > 1
-    assert 1 < report["perplexity"]["after"]["perplexity"] < 1e5
+    before, after = (report["perplexity"][k]["perplexity"] for k in ("before", "after"))
+    assert after < before, (before, after)  # small_lm is untrained: fine-tuning and recovery must teach it something
     recovered = isscompress.load(out / "recovered.safetensors")
     assert recovered.spec.widths == widths
     log = [json.loads(line) for line in side_files(out / "finetuned.safetensors")[1].read_text().splitlines()]
@@ -125,7 +126,7 @@ def test_ddp_with_two_processes_matches_one_process(tmp_path, small_lm) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "isscompress", "finetune", str(small_lm), "-r", str(recipe), "-o", str(ddp)],
-        capture_output=True, text=True, env=env, timeout=300)
+        capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = isscompress.load_checkpoint(single).state, isscompress.load_checkpoint(ddp).state
     for key in a:

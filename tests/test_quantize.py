@@ -27,7 +27,11 @@ def test_int8_export_is_smaller_and_keeps_the_perplexity(tmp_path, small_lm):
     tokens = torch.randint(0, isscompress.load_checkpoint(small_lm).spec.vocab_size, (6, 2))
     states = [torch.zeros(1, 2, w) for w in (24, 24, 20, 20)]
     logits, *_ = loaded(tokens, *states)
-    assert logits.shape[:2] == (6, 2) and torch.isfinite(logits).all()
+    with torch.no_grad():  # the float32 model on the same tokens: int8 moves the logits a little, not the ranking
+        reference, _ = isscompress.load(small_lm).eval()(tokens)
+    assert logits.shape == reference.shape
+    assert float((logits - reference).abs().max()) < 0.1 * float(reference.std())
+    assert float((logits.argmax(-1) == reference.argmax(-1)).float().mean()) >= 0.75
 
 
 def test_int8_that_costs_too_much_perplexity_is_refused_and_not_written(tmp_path, small_lm):
@@ -82,7 +86,7 @@ def test_report_times_the_runtime_asked_for(small_lm, path):
         pytest.importorskip("onnxruntime")
     small = isscompress.shrink(small_lm, threshold=0.6).checkpoint
     result = isscompress.report(small_lm, small, repeats=1, speed_path=path)
-    assert {s.path for s in result.speed} == {path} and all(s.speedup > 0 for s in result.speed)
+    assert {s.path for s in result.speed} == {path}
     assert f"({path})" in isscompress.report_markdown(result)
     with pytest.raises(IsscompressError, match="Unknown speed path"):
         isscompress.report(small_lm, small, repeats=1, speed_path="tensorrt")
