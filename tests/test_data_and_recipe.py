@@ -91,7 +91,7 @@ def test_every_example_recipe_is_valid(path) -> None:
 
 
 def test_recipe_reference_in_docs_matches_the_schema() -> None:
-    from isscompress.recipe import reference_markdown
+    from isscompress.recipe_reference import reference_markdown
 
     docs = Path(__file__).parent.parent / "docs" / "recipe.md"
-    assert docs.read_text() == reference_markdown(), "regenerate: python -m isscompress.recipe > docs/recipe.md"
+    assert docs.read_text() == reference_markdown(), "regenerate: python -m isscompress.recipe_reference > docs/recipe.md"

@@ -1,0 +1,136 @@
+"""The labels the any-model tracer keeps beside a model's values, and what one run of it finds.
+
+A label tensor has the shape of the value it follows: element ``[...]`` is the id of the recurrent unit whose
+output that element is, ``UNLABELED`` for values that are not a unit's output, or ``ZERO`` for values that are
+exactly zero whatever the units. Units are numbered in :class:`UnitRange`\ s (one per layer, direction and kind
+of a recurrent module); a :class:`Flow` collects the ranges, the weight positions that read each unit and the
+couplings. The operation families below say how labels move through each torch function (:mod:`.tracer`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import IsscompressError
+
+UNLABELED = -1
+ZERO = -2
+
+Position = tuple[str, int, int]  # (state-dict key, axis, index)
+
+
+class TraceError(IsscompressError):
+    """The model does something to a hidden feature that ISS cannot follow exactly."""
+
+
+HINT = ("Declare the groups by hand in a YAML groups file (isscompress.Plan.save writes one to start from) "
+        "or change the model so that hidden features reach weights through the supported operations "
+        "(docs/any-model.md).")
+
+# Operations applied to the label tensor exactly as to the value: they move, copy or select elements.
+STRUCTURAL = frozenset("""
+__getitem__ view reshape flatten unflatten squeeze unsqueeze transpose swapaxes swapdims permute t contiguous
+clone detach cat concat concatenate stack hstack split split_with_sizes chunk tensor_split narrow select
+index_select expand expand_as repeat flip movedim moveaxis unbind roll view_as reshape_as
+_pack_padded_sequence _pad_packed_sequence pad
+""".split())
+# Elementwise and zero in, zero out: the labels pass through unchanged.
+ZERO_PRESERVING = frozenset("""
+relu relu_ tanh tanh_ dropout dropout_ alpha_dropout feature_alpha_dropout dropout1d dropout2d gelu elu elu_
+leaky_relu leaky_relu_ selu silu mish hardtanh hardtanh_ relu6 softsign tanhshrink neg __neg__ abs sign square
+sqrt to type float double half bfloat16 cpu cuda requires_grad_ __pos__
+""".split())
+PRODUCTS = frozenset("mul __mul__ __rmul__ mul_ __imul__ div __truediv__ true_divide div_ __itruediv__".split())
+SUMS = frozenset("add __add__ __radd__ add_ __iadd__ sub __sub__ __rsub__ sub_ __isub__ maximum minimum".split())
+REDUCTIONS = frozenset("sum mean max min amax amin nansum nanmean".split())
+MATMULS = frozenset("matmul __matmul__ __rmatmul__ mm bmm".split())
+ZEROS = frozenset("zeros zeros_like new_zeros".split())
+POOLING = frozenset("max_pool1d avg_pool1d adaptive_max_pool1d adaptive_avg_pool1d lp_pool1d".split())
+FRESH = frozenset("ones_like empty_like full_like rand_like randn_like randint_like new_ones new_full new_empty "
+                  "new_tensor".split())  # new values shaped like their input: not hidden features
+METADATA = frozenset("""
+size dim numel __len__ is_contiguous is_floating_point element_size stride __get__ __format__ __bool__ item
+tolist __index__ __repr__ __hash__ data_ptr get_device _is_view nelement ndimension
+""".split())
+RECURRENT = (nn.LSTM, nn.GRU, nn.RNN)
+
+
+@dataclass(frozen=True)
+class UnitRange:
+    """The units of one direction of one layer of a recurrent module: global ids ``first .. first+size-1``.
+
+    ``kind`` is ``hidden`` (the cells) or ``proj`` (an LSTM's projected outputs, ``proj_size``)."""
+
+    module: str
+    layer: int
+    direction: int
+    kind: str
+    size: int
+    first: int
+
+    @property
+    def name(self) -> str:
+        where = f"{self.module}.l{self.layer}" if self.module else f"l{self.layer}"
+        return where + (".reverse" if self.direction else "") + (".proj" if self.kind == "proj" else "")
+
+    def contains(self, unit: int) -> bool:
+        return self.first <= unit < self.first + self.size
+
+
+@dataclass
+class Flow:
+    """What one run found: the unit ranges of every recurrent module it called, the weight positions that
+    read each unit (beyond the module's own), the couplings, and the labels of the model's outputs."""
+
+    ranges: list[UnitRange] = field(default_factory=list)
+    readers: dict[int, set[Position]] = field(default_factory=dict)
+    parent: dict[int, int] = field(default_factory=dict)  # union-find over unit ids
+    consumers: dict[str, set[str]] = field(default_factory=dict)  # range name -> modules/weights reading it
+    output_labels: Any = None
+    modules: dict[str, nn.Module] = field(default_factory=dict)  # recurrent module path -> module
+
+    def find(self, unit: int) -> int:
+        root = unit
+        while self.parent.get(root, root) != root:
+            root = self.parent[root]
+        while self.parent.get(unit, unit) != root:  # path compression
+            self.parent[unit], unit = root, self.parent[unit]
+        return root
+
+    def couple(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def range_of(self, unit: int) -> UnitRange:
+        for r in self.ranges:
+            if r.contains(unit):
+                return r
+        raise KeyError(unit)
+
+
+def recurrent_shape(module: nn.Module) -> tuple[int, int, int, int, int]:
+    """(layers, directions, hidden, proj, gates) of an nn.LSTM / nn.GRU / nn.RNN."""
+    hidden = module.hidden_size
+    proj = getattr(module, "proj_size", 0) or 0
+    gates = module.weight_ih_l0.shape[0] // hidden
+    return module.num_layers, 2 if module.bidirectional else 1, hidden, proj, gates
+
+
+def uniform_along(labels: Tensor, axis: int) -> Tensor | None:
+    """``labels`` reduced over ``axis`` when every line along it holds one label (exact zeros aside)."""
+    known = labels != ZERO
+    big = torch.iinfo(torch.long).max
+    low = torch.where(known, labels, big).amin(axis)
+    high = torch.where(known, labels, -big).amax(axis)
+    if bool((known.any(axis) & (low != high)).any()):
+        return None
+    return torch.where(known.any(axis), low, ZERO)
+
+
+def fill(like: Tensor, value: int) -> Tensor:
+    return torch.full(like.shape, value, dtype=torch.long)

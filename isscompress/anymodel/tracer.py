@@ -1,0 +1,353 @@
+"""The tracer: a ``TorchFunctionMode`` that runs a user's model and moves the label tensors beside the values
+(see :mod:`.labels`) through every torch function — shape operations applied to the labels as to the values,
+zero-preserving elementwise operations passing them, sums and products coupling units, weights that read units
+becoming members of their groups, and anything else on a hidden feature refused by name. Recurrent modules
+themselves are handled in :mod:`.flow`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from .labels import (
+    FRESH,
+    HINT,
+    MATMULS,
+    METADATA,
+    POOLING,
+    PRODUCTS,
+    REDUCTIONS,
+    STRUCTURAL,
+    SUMS,
+    UNLABELED,
+    ZERO,
+    ZERO_PRESERVING,
+    ZEROS,
+    Flow,
+    Position,
+    TraceError,
+    fill,
+    uniform_along,
+)
+
+
+class Tracer(TorchFunctionMode):
+    """Runs the model and keeps the label tensors beside the values (see the module docstring)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.flow = Flow()
+        self.labels: dict[int, tuple[Tensor, Tensor]] = {}  # id(value) -> (value kept alive, labels)
+        self.names = {id(m): name for name, m in model.named_modules(remove_duplicate=False)}
+        self.param_names: dict[int, list[str]] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            self.param_names.setdefault(id(p), []).append(name)
+        self.stack: list[str] = []
+        self.inside_recurrent = 0
+        self.busy = False
+        self.next_unit = 0
+
+    # ----- bookkeeping -----------------------------------------------------------------------
+    def label_of(self, value: Any) -> Tensor | None:
+        if isinstance(value, PackedSequence):
+            value = value.data
+        entry = self.labels.get(id(value)) if isinstance(value, Tensor) else None
+        return entry[1] if entry is not None and entry[0] is value else None
+
+    def set_label(self, value: Tensor, labels: Tensor) -> None:
+        if isinstance(value, Tensor) and value.is_floating_point() and labels.shape == value.shape:
+            if bool((labels != UNLABELED).any()):
+                self.labels[id(value)] = (value, labels)
+            else:
+                self.labels.pop(id(value), None)
+
+    def couple(self, a: int, b: int, op: str = "an operation") -> None:
+        """Units ``a`` and ``b`` must be removed together; two units of one layer never can be."""
+        if a != b and self.flow.range_of(a) == self.flow.range_of(b):
+            r = self.flow.range_of(a)
+            self.refuse(f"{op} combines the features of units {a - r.first} and {b - r.first} of `{r.name}` (a sum, "
+                        "a product, or one weight reading both after a reshape mixed the feature axis), so they "
+                        "cannot be removed one by one")
+        self.flow.couple(a, b)
+
+    def where(self) -> str:
+        return f"module `{self.stack[-1]}`" if self.stack and self.stack[-1] else "the model's forward"
+
+    def refuse(self, what: str) -> None:
+        raise TraceError(f"Cannot follow the hidden units exactly: in {self.where()}, {what}.", HINT)
+
+    def unit_name(self, unit: int) -> str:
+        r = self.flow.range_of(unit)
+        return f"`{r.name}`"
+
+    # ----- the mode --------------------------------------------------------------------------
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.busy or self.inside_recurrent:
+            return out
+        self.busy = True
+        try:
+            self.propagate(func, args, kwargs, out)
+        finally:
+            self.busy = False
+        return out
+
+    def propagate(self, func: Callable, args: tuple, kwargs: dict, out: Any) -> None:
+        name = getattr(func, "__name__", str(func))
+        if name in ZEROS:
+            for value in tree_flatten(out)[0]:
+                if isinstance(value, Tensor) and value.is_floating_point():
+                    self.labels[id(value)] = (value, fill(value, ZERO))
+            return
+        leaves = tree_flatten((args, kwargs))[0]
+        labeled = [v for v in leaves if isinstance(v, Tensor) and self.label_of(v) is not None]
+        if not labeled:
+            return
+        if name == "__get__":
+            attr = getattr(getattr(func, "__self__", None), "__name__", "")
+            if attr in ("data", "T", "mT") and isinstance(out, Tensor):
+                self.set_label(out, getattr(self.label_of(args[0]), attr))
+            return
+        if name in METADATA or name in FRESH:
+            return
+        if name in STRUCTURAL:
+            return self.structural(func, name, args, kwargs, out)
+        if name in ZERO_PRESERVING:
+            if isinstance(out, Tensor):
+                self.set_label(out, self.label_of(args[0]))
+            return
+        if name in PRODUCTS or name in SUMS:
+            return self.elementwise(name, args, out)
+        if name in REDUCTIONS:
+            return self.reduction(name, args, kwargs, out)
+        if name in MATMULS:
+            return self.matmul(name, args, out)
+        if name == "linear":
+            return self.read_by_weight(args[0], kwargs.get("weight", args[1] if len(args) > 1 else None), 1, -1,
+                                       "linear")
+        if name == "conv1d":
+            groups = kwargs.get("groups", args[6] if len(args) > 6 else 1)
+            if groups != 1:
+                self.refuse("a grouped conv1d reads hidden features")
+            return self.read_by_weight(args[0], kwargs.get("weight", args[1]), 1, 1, "conv1d")
+        if name in POOLING:
+            return self.pool(name, args, out)
+        if name == "masked_fill" and float(args[2] if len(args) > 2 else kwargs.get("value", 0)) == 0.0:
+            return self.set_label(out, self.label_of(args[0]))
+        if not any(bool((self.label_of(v) >= 0).any()) for v in labeled):
+            return  # only exact zeros (padding, zeros()) went in: nothing of a unit to follow
+        self.refuse(f"`{name}` is applied to the hidden features of "
+                    f"{self.unit_name(int(self.label_of(labeled[0]).clamp_min(0).max()))} "
+                    "(isscompress only follows operations that keep a removed unit's features exactly zero "
+                    "and in their own positions)")
+
+    # ----- rules -----------------------------------------------------------------------------
+    def structural(self, func: Callable, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+        def substitute(value: Any) -> Any:
+            if isinstance(value, PackedSequence):
+                return value._replace(data=substitute(value.data))
+            if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
+                return type(value)(substitute(v) for v in value)
+            if isinstance(value, Tensor) and value.is_floating_point():
+                labels = self.label_of(value)
+                return labels if labels is not None else fill(value, UNLABELED)
+            return value
+
+        label_args = [substitute(a) for a in args]
+        label_kwargs = {k: substitute(v) for k, v in kwargs.items()}
+        if name == "_pad_packed_sequence":
+            label_args[3] = ZERO  # padding positions are exactly zero... if padding_value is
+            if float(args[3]) != 0.0:
+                self.refuse(f"pad_packed_sequence pads hidden features with {args[3]} instead of 0")
+        if name == "pad":
+            mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
+            value = kwargs.get("value", args[3] if len(args) > 3 else None)
+            if mode != "constant" or (value or 0.0) != 0.0:
+                self.refuse(f"`pad` (mode {mode!r}, value {value}) pads hidden features with non-zeros")
+            label_kwargs.pop("value", None)
+            label_args = label_args[:2] + ["constant", ZERO]
+        label_out = func(*label_args, **label_kwargs)
+        for value, labels in zip(tree_flatten(out)[0], tree_flatten(label_out)[0]):
+            if isinstance(value, Tensor) and isinstance(labels, Tensor):
+                self.set_label(value, labels)
+
+    def operand_labels(self, value: Any) -> Tensor | None:
+        """Labels of an operand; a Python number is unlabeled (None)."""
+        if isinstance(value, Tensor):
+            labels = self.label_of(value)
+            return labels if labels is not None else fill(value, UNLABELED)
+        return None
+
+    def elementwise(self, name: str, args: tuple, out: Any) -> None:
+        a, b = args[0], args[1] if len(args) > 1 else None
+        if name.startswith("__r"):
+            a, b = b, a
+        la, lb = self.operand_labels(a), self.operand_labels(b)
+        product = name in PRODUCTS
+        if product and name not in ("mul", "__mul__", "__rmul__", "mul_", "__imul__") and \
+                lb is not None and bool((lb >= 0).any()):
+            self.refuse(f"`{name}` divides by hidden features of {self.unit_name(int(lb.max()))}")
+        if la is None or lb is None:  # a Python number
+            labels, number = (la, b) if la is not None else (lb, a)
+            if not product and number != 0:
+                self.refuse(f"`{name}` adds the constant {number} to hidden features of "
+                            f"{self.unit_name(int(labels.max()))}")
+            return self.set_label(out, labels)
+        for weight, other in ((a, lb), (b, la)):
+            if isinstance(weight, nn.Parameter) and self.label_of(weight) is None:
+                self.hold_by_weight(weight, other, name)
+                return self.set_label(out, other.expand(out.shape).contiguous())
+        la, lb = torch.broadcast_tensors(la, lb)
+        both = (la >= 0) & (lb >= 0)
+        for x, y in torch.stack([la[both], lb[both]], 1).unique(dim=0).tolist() if bool(both.any()) else []:
+            self.couple(x, y)
+        if not product:
+            mixed = ((la >= 0) & (lb == UNLABELED)) | ((lb >= 0) & (la == UNLABELED))
+            if bool(mixed.any()):
+                unit = int(torch.where(la >= 0, la, lb)[mixed][0])
+                self.refuse(f"`{name}` combines hidden features of {self.unit_name(unit)} with values that are not "
+                            "hidden features (a removed unit's position would not be zero)")
+        if product:
+            labels = torch.where(la >= 0, la, torch.where(lb >= 0, lb, torch.where(
+                (la == ZERO) | (lb == ZERO), ZERO, UNLABELED)))
+        else:
+            labels = torch.where(la >= 0, la, torch.where(lb >= 0, lb, torch.where(
+                (la == ZERO) & (lb == ZERO), ZERO, UNLABELED)))
+        if isinstance(out, Tensor):
+            self.set_label(out, labels.expand(out.shape) if labels.shape != out.shape else labels)
+
+    def reduce_rows(self, rows: Tensor, what: str) -> Tensor:
+        """One label per row of ``rows`` (…, r): the units met along a reduced axis are coupled.
+
+        A row of units (and exact zeros) becomes its unit; a row that mixes units with other values is
+        refused (a removed unit would leave a non-zero result); a row of other values stays unlabeled."""
+        flat = rows.reshape(-1, rows.shape[-1])
+        is_unit = flat >= 0
+        big = torch.iinfo(torch.long).max
+        low = torch.where(is_unit, flat, big).min(1).values
+        high = torch.where(is_unit, flat, -1).max(1).values
+        has_unit = high >= 0
+        mixed = has_unit & (flat == UNLABELED).any(1)
+        if bool(mixed.any()):
+            self.refuse(f"{what} mixes hidden features of {self.unit_name(int(low[mixed][0]))} with other values")
+        for row in (has_unit & (low != high)).nonzero().squeeze(1).tolist():
+            for other in flat[row][is_unit[row]].unique().tolist():
+                self.couple(int(low[row]), other, what)
+        all_zero = (flat == ZERO).all(1)
+        result = torch.where(has_unit, low, torch.where(all_zero, ZERO, UNLABELED))
+        return result.reshape(rows.shape[:-1])
+
+    def reduction(self, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+        x = args[0]
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        if isinstance(dim, Tensor):  # torch.max(a, b): elementwise
+            return self.elementwise("maximum" if name == "max" else "minimum", args, out)
+        labels = self.label_of(x)
+        if dim is None:
+            self.refuse(f"`{name}` reduces over all elements of hidden features")
+        dims = [d % x.dim() for d in (dim if isinstance(dim, (list, tuple)) else [dim])]
+        keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 and isinstance(args[2], bool) else False)
+        rest = [d for d in range(x.dim()) if d not in dims]
+        moved = labels.permute(*rest, *dims)
+        rows = moved.reshape(*moved.shape[: len(rest)], -1)
+        reduced = self.reduce_rows(rows, f"`{name}` over dims {dims}")
+        if keepdim:
+            for d in dims:
+                reduced = reduced.unsqueeze(d)
+        values = out[0] if isinstance(out, tuple) else out
+        self.set_label(values, reduced)
+
+    def matmul(self, name: str, args: tuple, out: Any) -> None:
+        """``a @ b``: units on the free axes carry over (``softmax(S) @ u``); units on the contracted axis
+        must meet the same units on the other side (``h @ u.T`` couples them) or a weight (``h @ W``)."""
+        a, b = (args[1], args[0]) if name == "__rmatmul__" else (args[0], args[1])
+        if isinstance(b, nn.Parameter) and self.label_of(b) is None:  # h @ W, or h @ w (attention scores)
+            return self.read_by_weight(a, b, 0, -1, name)
+        if a.dim() < 2 or b.dim() < 2:
+            self.refuse(f"`{name}` with a vector operand that is not a parameter reads hidden features")
+        la, lb = self.operand_labels(a), self.operand_labels(b)
+        row_a, contracted_a = self.matmul_side(la, name, free_axis=-2)
+        col_b, contracted_b = self.matmul_side(lb, name, free_axis=-1)
+        if contracted_a is not None or contracted_b is not None:
+            if contracted_a is None or contracted_b is None:
+                self.refuse(f"`{name}` contracts hidden features with values that are neither hidden features of "
+                            "the same units nor a weight")
+            for x, y in zip(contracted_a.tolist(), contracted_b.tolist()):
+                if x >= 0 and y >= 0:
+                    self.couple(x, y)
+                elif (x >= 0 and y == UNLABELED) or (y >= 0 and x == UNLABELED):
+                    self.refuse(f"`{name}` contracts hidden features with values that are not hidden features")
+            return  # every feature is summed into the result: it is not a hidden feature any more
+        row, col = row_a.unsqueeze(-1), col_b.unsqueeze(-2)
+        if bool(((row >= 0) & (col >= 0)).any()):
+            self.refuse(f"`{name}` multiplies hidden features by hidden features on free axes")
+        labels = torch.where(row >= 0, row, torch.where(col >= 0, col, UNLABELED))
+        self.set_label(out, labels.expand(out.shape).contiguous())
+
+    def pool(self, name: str, args: tuple, out: Any) -> None:
+        """Pooling over time of ``(batch, features, time)``: zero stays zero, so the features keep their units as
+        long as each feature is one unit along the pooled axis."""
+        labels = self.label_of(args[0])
+        per_channel = uniform_along(labels, -1)
+        if per_channel is None:
+            self.refuse(f"`{name}` pools over an axis along which the hidden features change units")
+        value = out[0] if isinstance(out, tuple) else out
+        self.set_label(value, per_channel.unsqueeze(-1).expand(value.shape).contiguous())
+
+    def matmul_side(self, labels: Tensor, name: str, free_axis: int) -> tuple[Tensor, Tensor | None]:
+        """One operand of a matmul: (labels of its free axis), and the labels of its contracted axis when
+        its units lie along that one (None when they do not)."""
+        contract_axis = -1 if free_axis == -2 else -2
+        along = uniform_along(labels, contract_axis)
+        if along is not None:
+            return along, None
+        per_position = labels.movedim(contract_axis, 0).reshape(labels.shape[contract_axis], -1)
+        return torch.full(labels.narrow(contract_axis, 0, 1).squeeze(contract_axis).shape, UNLABELED), \
+            self.reduce_rows(per_position, name)
+
+    def read_by_weight(self, x: Any, weight: Any, weight_axis: int, x_axis: int, op: str) -> None:
+        """``weight``'s slices along ``weight_axis`` read ``x``'s features along ``x_axis``: make them members."""
+        labels = self.label_of(x)
+        if labels is None:
+            return
+        if not isinstance(weight, nn.Parameter) or id(weight) not in self.param_names:
+            self.refuse(f"`{op}` reads hidden features with a weight that is not a parameter of the model")
+        names = self.param_names[id(weight)]
+        if len(names) > 1:
+            self.refuse(f"`{op}` reads hidden features with a weight shared by {', '.join(names)} "
+                        "(tied weights are supported by the language-model path, not by the any-model API)")
+        columns = self.reduce_rows(labels.movedim(x_axis, -1).reshape(-1, labels.shape[x_axis]).t(),
+                                   f"`{op}` with `{names[0]}`")
+        reader = self.stack[-1] if self.stack and self.stack[-1] else names[0]
+        for index, unit in enumerate(columns.tolist()):
+            if unit >= 0:
+                self.add_reader(unit, (names[0], weight_axis, index), reader)
+
+    def hold_by_weight(self, weight: nn.Parameter, labels: Tensor, op: str) -> None:
+        """An elementwise ``h * w`` or ``h + b`` with a parameter: each element of the parameter meets one unit
+        and joins its group (so it is zero, or removed, with the unit)."""
+        names = self.param_names.get(id(weight), [])
+        if len(names) != 1:
+            self.refuse(f"`{op}` combines hidden features with a tensor that is not one parameter of the model")
+        axes = [axis for axis, size in enumerate(weight.shape) if size > 1]
+        if len(axes) > 1:
+            self.refuse(f"`{op}` combines hidden features with `{names[0]}`, a parameter of more than one axis")
+        index = torch.arange(weight.numel()).reshape(weight.shape)
+        index, labels = torch.broadcast_tensors(index, labels)
+        order = index.flatten().argsort(stable=True)
+        per_element = labels.flatten()[order].reshape(weight.numel(), -1)
+        for position, unit in enumerate(self.reduce_rows(per_element, f"`{op}` with `{names[0]}`").tolist()):
+            if unit >= 0:
+                self.add_reader(unit, (names[0], axes[0] if axes else 0, position), names[0])
+
+    def add_reader(self, unit: int, position: Position, reader: str) -> None:
+        self.flow.readers.setdefault(unit, set()).add(position)
+        self.flow.consumers.setdefault(self.flow.range_of(unit).name, set()).add(reader)
