@@ -3,36 +3,62 @@
 The verbs a user calls from Python. Each takes a checkpoint in memory or a file path, returns data
 (the new checkpoint in memory among it), and writes a file only when given an output path; each
 command of the CLI is a few lines over one of them.
+
+Names are imported on first use (PEP 562), so ``isscompress --help`` and a mistyped command answer without
+importing torch. ``__all__`` is the public API: the verbs, the load/save pairs, the types the verbs take and
+return, the any-model four and the training loop's pieces; other names (``mask_state_dict``, ``build_model``,
+``measure_speed``, ...) stay reachable here for compatibility and live in their modules.
 """
 
-from .anymodel import GroupLasso, Plan, discover, load_groups, resize_to, shrink_module
-from .architectures import Architecture, LayerSpec, ModelSpec
-from .architectures.stack_module import RecurrentModel, build_model
-from .core.cells import CELLS, CellKind
-from .core.groups import GroupSet, Member, all_unit_norms, unit_norms
-from .core.surgery import mask_state_dict, shrink_state_dict
-from .core.thresholding import select_kept
-from .io.loading import Checkpoint, load, load_checkpoint, save_checkpoint
-from .io.metadata import Metadata
-from .measure.speed import measure_speed
-from .recipe import IssSection, Recipe, Schedule, load_recipe
-from .training.hooks import GroupLassoHook, Hook
-from .training.loop import fit
-from .training.objectives import Distillation, LanguageModelLoss, Objective, distillation_divergence
-from .verbs.evaluate import evaluate
-from .verbs.export import export
-from .verbs.finetune import finetune, train
-from .verbs.inspect import inspect
-from .verbs.report import report, report_markdown
-from .verbs.run import run
-from .verbs.shrink import shrink
+from __future__ import annotations
 
-__all__ = [
-    "Architecture", "CELLS", "Distillation", "distillation_divergence", "GroupLasso", "Plan", "discover", "load_groups", "resize_to", "shrink_module", "CellKind", "Checkpoint", "GroupLassoHook", "GroupSet", "Hook", "IssSection",
-    "LanguageModelLoss", "LayerSpec", "Member", "Metadata", "ModelSpec", "Objective", "Recipe", "RecurrentModel",
-    "Schedule", "fit", "all_unit_norms", "build_model", "evaluate", "export", "finetune", "inspect", "load",
-    "load_checkpoint", "load_recipe", "mask_state_dict", "measure_speed", "report", "report_markdown", "run",
-    "save_checkpoint",
-    "select_kept", "shrink", "shrink_state_dict", "train", "unit_norms",
-]
+import importlib
+from typing import Any
+
+# name -> module that defines it
+_PUBLIC = {
+    # verbs
+    "inspect": "verbs.inspect", "finetune": "verbs.finetune", "train": "verbs.finetune", "shrink": "verbs.shrink",
+    "evaluate": "verbs.evaluate", "report": "verbs.report", "report_markdown": "verbs.report", "export": "verbs.export",
+    "run": "verbs.run",
+    # load / save, and the types verbs take and return
+    "load": "io.loading", "load_checkpoint": "io.loading", "save_checkpoint": "io.loading", "Checkpoint": "io.loading",
+    "Metadata": "io.metadata", "load_recipe": "recipe", "Recipe": "recipe", "Schedule": "recipe",
+    "IssSection": "recipe", "Architecture": "architectures", "ModelSpec": "architectures",
+    "LayerSpec": "architectures", "GroupSet": "core.groups", "Member": "core.groups", "CELLS": "core.cells",
+    "CellKind": "core.cells",
+    # any model
+    "discover": "anymodel", "GroupLasso": "anymodel", "shrink_module": "anymodel", "resize_to": "anymodel",
+    "Plan": "anymodel", "load_groups": "anymodel",
+    # the training loop
+    "fit": "training.loop", "Hook": "training.hooks", "GroupLassoHook": "training.hooks",
+    "Objective": "training.objectives", "LanguageModelLoss": "training.objectives",
+    "Distillation": "training.objectives",
+}
+_INTERNAL = {  # reachable for compatibility; documented in their modules
+    "RecurrentModel": "architectures.stack_module", "build_model": "architectures.stack_module",
+    "all_unit_norms": "core.groups", "unit_norms": "core.groups", "mask_state_dict": "core.surgery",
+    "shrink_state_dict": "core.surgery", "select_kept": "core.thresholding", "measure_speed": "measure.speed",
+    "distillation_divergence": "training.objectives",
+}
+__all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"
+
+
+_SUBPACKAGES = {"anymodel", "architectures", "cli", "core", "data", "deploy", "errors", "io", "layers", "measure",
+                "recipe", "training", "verbs", "yaml_lines"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f".{name}", __name__)
+    module = _PUBLIC.get(name) or _INTERNAL.get(name)
+    if module is None:
+        raise AttributeError(f"module 'isscompress' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC, *_INTERNAL})

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 import isscompress
 from isscompress.cli import app
 from isscompress.errors import CheckpointError
+from isscompress.io.files import read_checkpoint
 
 h5py = pytest.importorskip("h5py")
 FIXTURES = Path(__file__).parent / "fixtures" / "keras"
@@ -184,7 +185,7 @@ def test_pickled_arrays_of_every_protocol_read_exactly(tmp_path):
     for protocol in (2, 4, 5):
         path = tmp_path / f"p{protocol}.pkl"
         path.write_bytes(pickle.dumps(state, protocol=protocol))
-        loaded = isscompress.io.files.read_checkpoint(path).tensors
+        loaded = read_checkpoint(path).tensors
         assert all(np.array_equal(loaded[k].numpy(), v) for k, v in state.items())
 
 

@@ -6,9 +6,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..measure.summary import ModelSummary, NormStats
-from ..verbs.inspect import Inspection
-from ..verbs.shrink import ShrinkResult
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # types only: the CLI answers --help and usage errors without importing torch
+    from ..measure.summary import ModelSummary, NormStats
+    from ..verbs.inspect import Inspection
+    from ..verbs.shrink import ShrinkResult
 
 BARS = " ▁▂▃▄▅▆▇█"
 PARTS = ("embedding", "recurrent", "decoder")
