@@ -332,3 +332,27 @@ def test_a_log_line_is_written_whole_or_not_at_all(tmp_path) -> None:
     assert log.read_text() == '{"step": 1}\n'
     with pytest.raises(CheckpointError, match="Could not write the log /dev/full"):
         append_line(Path("/dev/full"), '{"step": 2}')  # a full disk, as Linux provides one
+
+
+@pytest.mark.parametrize("args, env, expected", [([], {}, 1), (["--threads", "2"], {}, 2),
+                                                 ([], {"ISSCOMPRESS_THREADS": "2"}, 2),
+                                                 (["--threads", "1"], {"ISSCOMPRESS_THREADS": "2"}, 1)])
+def test_threads_come_from_the_option_then_the_environment_then_the_machine(world, monkeypatch, args, env,
+                                                                          expected) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # a small machine: one thread unless told otherwise
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    before = torch.get_num_threads()
+    try:
+        result = runner.invoke(app, ["report", str(world["model"]), "--no-speed", "--json", *args])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["environment"]["threads"] == expected
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_bad_thread_counts_are_refused(world, monkeypatch, clean_failure) -> None:
+    assert runner.invoke(app, ["inspect", str(world["model"]), "--threads", "0"]).exit_code == 2  # Typer: usage
+    monkeypatch.setenv("ISSCOMPRESS_THREADS", "many")
+    clean_failure(runner.invoke(app, ["inspect", str(world["model"])]), "ISSCOMPRESS_THREADS='many'",
+                  "positive whole number")

@@ -33,6 +33,9 @@ FamilyOption = typer.Option(None, "--family", help="Model family, when auto-dete
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout instead of tables.")
 ArchOption = typer.Option(None, "--arch", help="Your own model: FILE.py:FACTORY, where FACTORY() returns "
                           "(model, example_inputs) and the checkpoint holds its state_dict (docs/any-model.md).")
+ThreadsOption = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: 1 on machines of up to "
+                             "4 CPUs, where more threads collapse under other load; else torch's default). "
+                             "Also ISSCOMPRESS_THREADS.")
 GroupsOption = typer.Option(None, "--groups", help="Your model's ISS groups as a YAML groups file (docs/any-model.md).")
 
 
@@ -45,9 +48,14 @@ def _stderr() -> Console:
 
 
 @contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn library errors into one paragraph on stderr and exit code 1; Ctrl-C into 130; a bug into 3."""
+def _user_errors(threads: int | None = None, compute: bool = False) -> Iterator[None]:
+    """Turn library errors into one paragraph on stderr and exit code 1; Ctrl-C into 130; a bug into 3.
+    ``compute``: first set torch's threads (``--threads``, ISSCOMPRESS_THREADS, or the small-machine default)."""
     try:
+        if compute:
+            from ..threads import apply_threads
+
+            apply_threads(threads)
         yield
     except IsscompressError as err:
         _stderr().print(Text.assemble(("error: ", "bold red"), str(err)), soft_wrap=True)
@@ -79,6 +87,7 @@ def inspect(
     save_groups: Optional[Path] = typer.Option(None, "--save-groups", help="With --arch: write the groups found."),
     as_json: bool = JsonOption,
     force: bool = typer.Option(False, "--force", help="Replace an existing --save-groups file."),
+    threads: Optional[int] = ThreadsOption,
 ) -> None:
     """Show a checkpoint's layers, costs and ISS group norms."""
     from ..verbs.inspect import inspect as inspect_checkpoint
@@ -86,13 +95,13 @@ def inspect(
     if arch or groups:
         from ..verbs.any_model import open_user_model
 
-        with _user_errors():
+        with _user_errors(threads, compute=True):
             opened = open_user_model(checkpoint, arch, groups)
             if save_groups:
                 opened.plan.save(save_groups, force=force, inputs=(checkpoint, *([groups] if groups else [])))
         _render.render_user_model(opened, _stdout(), as_json)
         return
-    with _user_errors():
+    with _user_errors(threads, compute=True):
         result = inspect_checkpoint(checkpoint, family)
     if as_json:
         _print_json(result.to_dict())
@@ -110,6 +119,7 @@ def shrink(
     groups: Optional[Path] = GroupsOption,
     force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
     as_json: bool = JsonOption,
+    threads: Optional[int] = ThreadsOption,
 ) -> None:
     """Remove dead ISS groups and write a physically smaller, dense checkpoint."""
     from ..verbs.shrink import shrink as shrink_checkpoint
@@ -117,11 +127,11 @@ def shrink(
     if arch or groups:
         from ..verbs.any_model import shrink_user_model
 
-        with _user_errors():
+        with _user_errors(threads, compute=True):
             done = shrink_user_model(checkpoint, output, threshold, arch, groups, force)
         _render.render_user_shrink(done, _stdout(), as_json)
         return
-    with _user_errors():
+    with _user_errors(threads, compute=True):
         result = shrink_checkpoint(checkpoint, output, threshold, family=family, force=force)
     if as_json:
         _print_json(result.to_dict())
@@ -143,12 +153,13 @@ def finetune(
     force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
     arch: Optional[str] = ArchOption,
     groups: Optional[Path] = GroupsOption,
+    threads: Optional[int] = ThreadsOption,
 ) -> None:
     """Fine-tune with ISS group Lasso (or recover without it) from a recipe."""
     from ..verbs.finetune import STAGES
     from ..verbs.finetune import finetune as run_finetune
 
-    with _user_errors():
+    with _user_errors(threads, compute=True):
         if stage not in STAGES:
             raise IsscompressError(f"Unknown stage '{stage}'.", f"Use one of: {', '.join(STAGES)}.")
         with _render.TrainingProgress(_stderr()) as progress:
@@ -171,11 +182,12 @@ def run_all(
     output: Path = typer.Option(..., "--output", "-o", help="Folder for every output of the run."),
     force: bool = typer.Option(False, "--force", help="Overwrite outputs in the folder."),
     repeats: int = typer.Option(5, help="Speed measurement repetitions."),
+    threads: Optional[int] = ThreadsOption,
 ) -> None:
     """The whole recipe: fine-tune with ISS, shrink, recover, report."""
     from ..verbs.run import run as run_recipe
 
-    with _user_errors():
+    with _user_errors(threads, compute=True):
         with _render.TrainingProgress(_stderr()) as progress:
             result = run_recipe(checkpoint, recipe, output, force=force, speed_repeats=repeats,
                                 on_event=progress, on_stage=progress.set_stage)
@@ -194,6 +206,7 @@ def evaluate(
                                                     "reports bits per character."),
     family: Optional[str] = FamilyOption,
     as_json: bool = JsonOption,
+    threads: Optional[int] = ThreadsOption,
 ) -> None:
     """Perplexity of a checkpoint on a text file (word_language_model's measurement), or bits per character."""
     from rich.progress import Progress
@@ -201,7 +214,7 @@ def evaluate(
     from ..recipe import load_recipe
     from ..verbs.evaluate import evaluate as evaluate_checkpoint
 
-    with _user_errors():
+    with _user_errors(threads, compute=True):
         loaded = load_recipe(recipe) if recipe else None
         with Progress(console=_stderr(), transient=True) as bar:
             task = bar.add_task("evaluating", total=None)
@@ -232,6 +245,7 @@ def report(
     speed_path: str = typer.Option("auto", "--speed-path", help="Runtime to time: eager, torchscript, onnxruntime, "
                                    "or auto (the fastest measured: ONNX Runtime when installed and the model fits "
                                    "ONNX, else eager)."),
+    threads: Optional[int] = ThreadsOption,
 ) -> None:
     """What compression bought: widths, parameters, multiply-adds, size, perplexity and measured speed."""
     from ..verbs.report import report as build_report
@@ -240,7 +254,7 @@ def report(
     if arch:
         from ..verbs.any_model import report_user_models
 
-        with _user_errors():
+        with _user_errors(threads, compute=True):
             if shrunk is None:
                 raise IsscompressError("report --arch compares two checkpoints of your model.",
                                        "Give the original and the shrunk checkpoint.")
@@ -250,7 +264,7 @@ def report(
         else:
             _render.render_user_report(done, _stdout())
         return
-    with _user_errors():
+    with _user_errors(threads, compute=True):
         result = build_report(original, shrunk, data=data, vocab=vocab, speed=not no_speed, repeats=repeats,
                               family=family, int8=int8, speed_path=speed_path)
         if plot is not None:
@@ -276,12 +290,13 @@ def train(
     depth: int = typer.Option(1, "--depth", help="Recurrence depth (micro-layers per step) of an RHN."),
     tied: bool = typer.Option(False, "--tied", help="Tie the decoder to the embedding (embedding = last width)."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
+    threads: Optional[int] = ThreadsOption,
 ) -> None:
     """Train a new language model from scratch (a baseline, or the direct design of given widths)."""
     from ..architectures.stack import ModelSpec
     from ..verbs.finetune import train as train_new
 
-    with _user_errors():
+    with _user_errors(threads, compute=True):
         spec = ModelSpec.language_model(cell, widths, embedding, tied=tied, depth=depth)
         with _render.TrainingProgress(_stderr()) as progress:
             progress.set_stage("train")
@@ -301,11 +316,12 @@ def export(
                                         "and int8 must agree on."),
     max_increase: float = typer.Option(1.0, "--max-increase", help="With --quantize and --data: the largest "
                                        "perplexity increase allowed, in percent."),
+    threads: Optional[int] = ThreadsOption,
 ) -> None:
     """Export a model that runs without isscompress; checked against PyTorch before writing."""
     from ..verbs.export import export as export_model
 
-    with _user_errors():
+    with _user_errors(threads, compute=True):
         result = export_model(checkpoint, output, fmt, force=force, quantize=quantize, data=data,
                               max_increase=max_increase)
     _stdout().print(f"wrote {result.output} ({result.format}{', ' + result.quantize if result.quantize else ''}); "
