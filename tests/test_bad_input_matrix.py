@@ -292,6 +292,14 @@ def test_threshold_that_removes_every_unit(world, clean_failure) -> None:
     clean_failure(result, "every unit of layer 0", "threshold below", folder=world["out"], empty=True)
 
 
+@pytest.mark.parametrize("command", ["shrink", "finetune"])
+def test_a_checkpoint_output_named_as_another_format_is_refused(world, command, clean_failure) -> None:
+    args = {"shrink": ["shrink", world["model"]], "finetune": ["finetune", world["model"], "-r", world["recipe"]]}
+    result = runner.invoke(app, [str(a) for a in args[command]] + ["-o", str(world["out"] / "small.pt")])
+    clean_failure(result, "small.pt would hold .safetensors data under a '.pt' name", "Name it small.safetensors",
+                  folder=world["out"], empty=True)
+
+
 def test_finetune_side_files_are_outputs_too(world, clean_failure) -> None:
     out = world["out"] / "tuned.safetensors"
     log = out.with_name(out.name + ".log.jsonl")

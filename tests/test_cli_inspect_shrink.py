@@ -199,3 +199,27 @@ def test_real_ptb_model_inspects_and_shrinks(tmp_path) -> None:
         expected, _ = reference(tokens)
         actual, _ = isscompress.load(out).eval()(tokens)
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_removing_units_that_are_not_zero_is_said_with_the_distance_from_the_original(tmp_path, small_lm) -> None:
+    out = tmp_path / "small.safetensors"
+    result = run("shrink", small_lm, "-o", out, "-t", "0.5")
+    assert result.exit_code == 0, result.output
+    shown = " ".join(result.stdout.split())
+    assert "warning: the removed units were not zero" in shown and "differ from the original's by up to" in shown
+    report = json.loads(run("shrink", small_lm, "-o", out, "-t", "0.5", "--force", "--json").stdout)
+    assert report["largest_removed_norm"] > 0.15 and report["original_max_abs_diff"] > 10 * report["tolerance"]
+    # the same units, zeroed first (what ISS fine-tuning leaves): the shrunk model is the original
+    checkpoint = isscompress.load_checkpoint(out)
+    kept = {name: torch.tensor(indices) for name, indices in checkpoint.metadata.kept.items()}
+    source = isscompress.load_checkpoint(small_lm)
+    zeroed = tmp_path / "zeroed.safetensors"
+    isscompress.save_checkpoint(isscompress.Checkpoint(source.spec, mask_state_dict(source.state, source.group_sets,
+                                                                                     kept), "isscompress",
+                                                       metadata=source.metadata), zeroed)
+    result = run("shrink", zeroed, "-o", tmp_path / "exact.safetensors", "-t", "0")
+    assert result.exit_code == 0 and "warning" not in result.stdout
+    report = json.loads(run("shrink", zeroed, "-o", tmp_path / "exact.safetensors", "-t", "0", "--force",
+                            "--json").stdout)
+    assert report["largest_removed_norm"] == 0 and report["original_max_abs_diff"] == report["max_abs_diff"]
+    assert report["widths_after"] == checkpoint.metadata.widths_after

@@ -131,3 +131,35 @@ def test_ddp_with_two_processes_matches_one_process(tmp_path, small_lm) -> None:
     a, b = isscompress.load_checkpoint(single).state, isscompress.load_checkpoint(ddp).state
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("stop_in", ["finetune", "recover"])
+def test_run_resumes_after_sigint_to_the_uninterrupted_result_and_the_hint_is_a_command_that_works(
+        tmp_path, small_lm, stop_in) -> None:
+    recipe = _recipe(tmp_path, lam=0.01, extra="  log_every: 5")  # the recover section's, so step 10 is logged
+    base = ["run", str(small_lm), "-r", str(recipe), "--repeats", "1", "--threads", "1"]  # one thread: same floats
+    assert runner.invoke(app, base + ["-o", str(tmp_path / "straight")]).exit_code == 0
+    stage = {"now": ""}
+
+    def interrupt(event):
+        if stage["now"] == stop_in and event["event"] == "step" and event["step"] == 10:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    folder = tmp_path / "interrupted"
+    args = base + ["-o", str(folder)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.raises(isscompress.errors.Interrupted) as caught:
+            isscompress.run(small_lm, recipe, folder, speed_repeats=1, on_event=interrupt,
+                            on_stage=lambda name: stage.__setitem__("now", name))
+    finally:
+        torch.set_num_threads(threads)
+    assert "Run the same command with --resume" in str(caught.value)
+    refused = runner.invoke(app, args)  # the same command without --resume says what to do
+    assert refused.exit_code == 1 and "--resume" in refused.stderr
+    result = runner.invoke(app, args + ["--resume"])  # the hint, as a command
+    assert result.exit_code == 0, result.output
+    a = isscompress.load_checkpoint(tmp_path / "straight" / "recovered.safetensors").state
+    b = isscompress.load_checkpoint(folder / "recovered.safetensors").state
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -85,7 +85,7 @@ def main() -> None:
         run(MEASURE, "shrink", str(source), str(Path(folder) / "warm.safetensors"))  # warm the page cache
         for _ in range(args.repeats):
             for mode in modes:
-                target = Path(folder) / f"out_{mode}"
+                target = Path(folder) / f"out_{mode}.safetensors"
                 if mode.endswith("-new"):
                     target.unlink(missing_ok=True)  # untimed: the timed write makes a new file
                 elif not target.exists():

@@ -181,6 +181,7 @@ def run_all(
     recipe: Path = RecipeOption,
     output: Path = typer.Option(..., "--output", "-o", help="Folder for every output of the run."),
     force: bool = typer.Option(False, "--force", help="Overwrite outputs in the folder."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in the folder."),
     repeats: int = typer.Option(5, help="Speed measurement repetitions."),
     threads: Optional[int] = ThreadsOption,
 ) -> None:
@@ -189,7 +190,7 @@ def run_all(
 
     with _user_errors(threads, compute=True):
         with _render.TrainingProgress(_stderr()) as progress:
-            result = run_recipe(checkpoint, recipe, output, force=force, speed_repeats=repeats,
+            result = run_recipe(checkpoint, recipe, output, force=force, resume=resume, speed_repeats=repeats,
                                 on_event=progress, on_stage=progress.set_stage)
     _render.render_shrink(result.shrink, _stderr())
     _render.render_report(result.report, _stdout())

@@ -125,6 +125,12 @@ def render_shrink(result: ShrinkResult, console: Console) -> None:
     console.print(table)
     console.print(f"Checked: shrunk and masked models agree to {result.max_abs_diff:.2g} "
                   f"(tolerance {result.tolerance:.2g}) on a probe batch.")
+    if result.changes_the_function:
+        console.print(f"[bold yellow]warning:[/] the removed units were not zero (largest removed group norm "
+                      f"{result.largest_removed_norm:.3g}), so the shrunk model is the masked model, not the original: "
+                      f"on the probe its outputs differ from the original's by up to {result.original_max_abs_diff:.3g} "
+                      f"(outputs up to {result.output_scale:.3g}). Fine-tune with ISS first (isscompress finetune) so "
+                      "that the units reach zero, or measure the loss (isscompress eval / report).")
 
 
 class TrainingProgress:

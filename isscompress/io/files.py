@@ -204,9 +204,16 @@ def read_checkpoint(path: str | os.PathLike) -> RawCheckpoint:
     return RawCheckpoint(path, tensors, metadata, attributes, ignored)
 
 
-def check_output_path(output: str | os.PathLike, *, force: bool, inputs: tuple[Path, ...] = ()) -> Path:
-    """Refuse to overwrite an input or (without ``force``) an existing file; the folder must exist."""
+def check_output_path(output: str | os.PathLike, *, force: bool, inputs: tuple[Path, ...] = (),
+                      suffixes: tuple[str, ...] = ()) -> Path:
+    """Refuse to overwrite an input or (without ``force``) an existing file; the folder must exist. With
+    ``suffixes``, the name must end in one of them: the name of a file says what it is to every other tool."""
     output = Path(output)
+    if suffixes and output.suffix.lower() not in suffixes:
+        corrected = output.with_suffix(suffixes[0]) if output.suffix else output.with_name(output.name + suffixes[0])
+        raise CheckpointError(f"The output {output} would hold {suffixes[0]} data under a '{output.suffix}' name, which "
+                              "other tools would read as another format (torch.load fails on safetensors bytes).",
+                              f"Name it {corrected.name}.")
     if any(output.resolve() == Path(source).resolve() for source in inputs):
         raise CheckpointError(f"The output {output} is the input file.", "Write to a new file.")
     if output.exists() and not force:
@@ -253,6 +260,14 @@ def append_line(path: Path, line: str) -> None:
                 pass
             raise CheckpointError(f"Could not write the log {path}: {err.strerror or err}.",
                                   "Free disk space; the log holds every complete line up to this one.") from None
+
+
+CHECKPOINT_SUFFIXES = (".safetensors",)  # what write_checkpoint writes
+
+
+def check_checkpoint_output(output: str | os.PathLike, *, force: bool, inputs: tuple[Path, ...] = ()) -> Path:
+    """:func:`check_output_path` for a checkpoint isscompress writes (safetensors)."""
+    return check_output_path(output, force=force, inputs=inputs, suffixes=CHECKPOINT_SUFFIXES)
 
 
 def write_checkpoint(output: Path, tensors: Mapping[str, Tensor], metadata: Metadata) -> None:

@@ -26,7 +26,7 @@ from ..core.groups import all_unit_norms
 from ..core.surgery import shrink_state_dict
 from ..core.thresholding import kept_counts, select_kept
 from ..errors import CheckpointError, IsscompressError
-from ..io.files import check_output_path, read_checkpoint, sha256_file, write_checkpoint
+from ..io.files import check_checkpoint_output, read_checkpoint, sha256_file, write_checkpoint
 from ..io.metadata import Metadata
 
 
@@ -161,7 +161,7 @@ def shrink_user_model(checkpoint: str | Path, output: str | Path | None, thresho
     With only ``groups`` the surgery is the declared groups' and cannot be run to check it (``verified`` False)."""
     opened = open_user_model(checkpoint, arch, groups)
     if output is not None:
-        output = check_output_path(output, force=force, inputs=(opened.path,))
+        output = check_checkpoint_output(output, force=force, inputs=(opened.path,))
     sets = opened.plan.group_sets
     kept = select_kept(all_unit_norms(opened.tensors, sets), sets, threshold)
     if opened.model is not None:

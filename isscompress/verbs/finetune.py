@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from ..architectures.stack import ModelSpec
 from ..architectures.stack_module import RecurrentModel
 from ..data import Vocabulary, build_vocabulary, read_vocabulary
-from ..errors import CheckpointError, RecipeError
-from ..io.files import append_line, atomic_write, check_output_path, write_checkpoint
+from ..errors import CheckpointError, Interrupted, RecipeError
+from ..io.files import append_line, atomic_write, check_checkpoint_output, check_output_path, write_checkpoint
 from ..io.loading import Checkpoint, as_checkpoint, source_files
 from ..io.metadata import Metadata
 from ..recipe import Recipe, Schedule, check_layer_names, load_recipe
@@ -60,7 +60,8 @@ def side_files(output: Path) -> tuple[Path, Path]:
 def check_training_outputs(output: Path, force: bool, inputs: tuple[Path, ...]) -> None:
     """Every file a training run writes (the checkpoint, its resume state, its log) is an output: never an
     input, and replaced only with ``force``."""
-    for path in (output, *side_files(output)):
+    check_checkpoint_output(output, force=force, inputs=inputs)
+    for path in side_files(output):
         check_output_path(path, force=force, inputs=inputs)
 
 
@@ -223,7 +224,7 @@ def train(
     """Train a new language model of ``spec`` from scratch with the recipe's ``finetune`` schedule
     (no ISS): a baseline to compress, or the "direct design" of given widths to compare ISS with."""
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    output = check_output_path(output, force=force) if output is not None else None
+    output = check_checkpoint_output(output, force=force) if output is not None else None
     vocabulary = _vocabulary(recipe)
     spec = replace(spec, vocab_size=len(vocabulary))
     torch.manual_seed(recipe.finetune.seed)
@@ -237,7 +238,13 @@ def train(
     hooks: list[Hook] = [Report(lambda event: (result.events.append(event), on_event(event)))]
     if output is not None:
         hooks.append(Save(lambda trained, state: write_checkpoint(output, trained.canonical_state(), metadata)))
-    fit(model, train_data, valid, schedule, hooks=hooks, dist=Distributed.from_environment(schedule.device),
-        eval_bptt=recipe.evaluate.bptt)
+    try:
+        fit(model, train_data, valid, schedule, hooks=hooks, dist=Distributed.from_environment(schedule.device),
+            eval_bptt=recipe.evaluate.bptt)
+    except Interrupted as err:  # train keeps no resume state: the loop's "--resume" hint is not for it
+        saved = f"the model trained so far is in {output}" if output is not None else "nothing was written"
+        raise Interrupted(f"{err.message.split(';')[0]}; {saved}.",
+                          "train cannot resume: run it again, or fine-tune what was saved with isscompress finetune "
+                          f"{output or 'OUT'} -r RECIPE --stage recover -o NEW.safetensors.") from None
     result.checkpoint = _trained(model, spec, "isscompress", metadata, output)
     return result

@@ -10,14 +10,15 @@ from typing import Callable
 
 from ..errors import CheckpointError, Interrupted
 from ..io.files import atomic_write
-from ..io.loading import as_checkpoint
+from ..io.loading import Checkpoint, as_checkpoint
 from ..recipe import Recipe, load_recipe
 from ..training.hooks import Event
-from .finetune import finetune
+from .finetune import finetune, side_files
 from .report import Report, report, report_markdown
 from .shrink import ShrinkResult, shrink
 
 OUTPUTS = ("finetuned.safetensors", "shrunk.safetensors", "recovered.safetensors", "report.json", "report.md")
+RUN_STATE = "run-state.json"  # the stages that finished, so that --resume knows where to continue
 
 
 @dataclass
@@ -34,25 +35,29 @@ def run(
     folder: str | os.PathLike,
     *,
     force: bool = False,
+    resume: bool = False,
     speed_repeats: int = 5,
     on_event: Callable[[Event], None] = lambda event: None,
     on_stage: Callable[[str], None] = lambda stage: None,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> RunResult:
     """Fine-tune ``source`` with ISS, shrink, recover (when the recipe has ``recover``), and report
-    against ``source``; every file goes into ``folder``."""
+    against ``source``; every file goes into ``folder``. ``resume`` continues an interrupted run in ``folder``:
+    finished training stages are read back, an interrupted one continues from its saved state."""
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise CheckpointError(f"The output {folder} is a file; run writes a folder of results.",
                               "Give a folder path (new or existing), e.g. -o runs/first.")
     existing = [name for name in OUTPUTS if (folder / name).exists()]
-    if existing and not force:
+    if existing and not force and not resume:
         raise CheckpointError(f"{folder} already holds {', '.join(existing)}.",
-                              "Choose another folder, or pass --force to overwrite.")
+                              "Continue an interrupted run with --resume, choose another folder, or pass --force to "
+                              "start again.")
+    ledger = RunLedger.read(folder, recipe) if resume else None
     created = _FolderLedger(folder)
     try:
-        return _run(source, recipe, folder, speed_repeats, on_event, on_stage, on_progress)
+        return _run(source, recipe, folder, ledger, speed_repeats, on_event, on_stage, on_progress)
     except Interrupted:
         raise  # what was saved is the point of an interruption
     except BaseException:
@@ -80,19 +85,74 @@ class _FolderLedger:
             self.folder.rmdir()
 
 
-def _run(source, recipe: Recipe, folder: Path, speed_repeats: int, on_event, on_stage, on_progress) -> RunResult:
+@dataclass
+class RunLedger:
+    """``run-state.json``: which training stages of a run finished, for the recipe and source it ran with."""
+
+    folder: Path
+    recipe: str
+    source_sha256: str | None
+    done: list[str]
+    resuming: bool = False  # read back from an interrupted run (its interrupted stage continues from its state)
+
+    @classmethod
+    def read(cls, folder: Path, recipe: Recipe) -> "RunLedger":
+        path = folder / RUN_STATE
+        if not path.is_file():
+            raise CheckpointError(f"Nothing to resume in {folder}: it has no {RUN_STATE} (the run did not start, or "
+                                  "was made by another version).", "Run without --resume (with --force to start again).")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            ledger = cls(folder, str(data["recipe"]), data.get("source_sha256"), list(data["done"]), resuming=True)
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{path} is damaged ({type(err).__name__}).", "Start again with --force.") from None
+        if ledger.recipe != recipe.to_yaml():
+            raise CheckpointError(f"The run in {folder} was made with a different recipe.",
+                                  "Resume with the same recipe, or start again with --force.")
+        return ledger
+
+    def check_source(self, checkpoint: Checkpoint) -> None:
+        if self.source_sha256 is not None and checkpoint.sha256 != self.source_sha256:
+            raise CheckpointError(f"The run in {self.folder} was made from another source checkpoint (sha256 "
+                                  f"{self.source_sha256[:12]}…).", "Resume with the same checkpoint, or start again "
+                                  "with --force.")
+
+    def finished(self, stage: str | None = None) -> None:
+        """Record ``stage`` as finished (None: only write the record, at the start of a run)."""
+        self.done += [stage] if stage else []
+        text = json.dumps({"recipe": self.recipe, "source_sha256": self.source_sha256, "done": self.done}, indent=1)
+        atomic_write(self.folder / RUN_STATE, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def _stage(ledger: RunLedger, stage: str, output: Path, train: Callable[[bool], Checkpoint]) -> Checkpoint:
+    """A training stage: read back when it finished, continued when it was interrupted after a save, else run."""
+    if stage in ledger.done:
+        return as_checkpoint(output)
+    current = train(ledger.resuming and side_files(output)[0].is_file())
+    ledger.finished(stage)
+    return current
+
+
+def _run(source, recipe: Recipe, folder: Path, resumed: RunLedger | None, speed_repeats: int, on_event, on_stage,
+         on_progress) -> RunResult:
     finetuned, shrunk, recovered = (folder / name for name in OUTPUTS[:3])
     original = as_checkpoint(source, recipe.model.family)  # read, recognised and hashed once
+    if resumed is not None:
+        resumed.check_source(original)
+    ledger = resumed or RunLedger(folder, recipe.to_yaml(), original.sha256, [])
+    ledger.finished()
     on_stage("finetune")
-    current = finetune(original, recipe, finetuned, stage="finetune", force=True, on_event=on_event).checkpoint
+    current = _stage(ledger, "finetune", finetuned, lambda resume: finetune(
+        original, recipe, finetuned, stage="finetune", force=True, resume=resume, on_event=on_event).checkpoint)
     on_stage("shrink")
-    shrunk_result = shrink(current, shrunk, recipe.shrink.threshold, force=True)
+    shrunk_result = shrink(current, shrunk, recipe.shrink.threshold, force=True)  # cheap and exact: always redone
     current = shrunk_result.checkpoint
     if recipe.recover is not None:
         on_stage("recover")
         teacher = original if recipe.distill is not None and recipe.distill.teacher == "source" else None
-        current = finetune(current, recipe, recovered, stage="recover", force=True, on_event=on_event,
-                           teacher=teacher).checkpoint
+        current = _stage(ledger, "recover", recovered, lambda resume: finetune(
+            current, recipe, recovered, stage="recover", force=True, resume=resume, on_event=on_event,
+            teacher=teacher).checkpoint)
     on_stage("report")
     data = recipe.data.test or recipe.data.valid
     result = report(original, current, data=data, vocab_source=recipe.data, evaluate=recipe.evaluate,

@@ -21,7 +21,7 @@ from ..core.groups import all_unit_norms
 from ..core.surgery import mask_state_dict, shrink_state_dict
 from ..core.thresholding import kept_counts, select_kept
 from ..errors import ShrinkError
-from ..io.files import check_output_path, sha256_file
+from ..io.files import check_checkpoint_output, sha256_file
 from ..io.loading import Checkpoint, as_checkpoint, save_checkpoint, source_files
 from ..measure.kernels import rnn_kernel
 from ..measure.summary import ModelSummary, summarize_checkpoint
@@ -40,8 +40,16 @@ class ShrinkResult:
     after: ModelSummary
     widths_before: dict[str, int]
     widths_after: dict[str, int]
-    max_abs_diff: float
+    max_abs_diff: float  # shrunk against the masked model (removed units zeroed): the surgery's exactness
     tolerance: float
+    largest_removed_norm: float = 0.0  # 0: every removed unit was already zero, so masked == original
+    original_max_abs_diff: float = 0.0  # shrunk against the original model, on the same probe
+    output_scale: float = 0.0  # the largest |output| of the original on the probe, to judge the difference by
+
+    @property
+    def changes_the_function(self) -> bool:
+        """Whether units that were not zero were removed (the shrunk model is not the original)."""
+        return self.largest_removed_norm > 0
 
     def to_dict(self) -> dict:
         return {
@@ -49,6 +57,8 @@ class ShrinkResult:
             "before": self.before.to_dict(), "after": self.after.to_dict(),
             "widths_before": self.widths_before, "widths_after": self.widths_after,
             "max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance,
+            "largest_removed_norm": self.largest_removed_norm, "original_max_abs_diff": self.original_max_abs_diff,
+            "output_scale": self.output_scale,
         }
 
 
@@ -74,8 +84,11 @@ def verify_shrink(
     *,
     in_place: bool = False,
     norms: Mapping[str, Tensor] | None = None,
-) -> tuple[float, float]:
-    """Max |shrunk - masked| on a probe batch, and the tolerance; raises ShrinkError above it.
+    against_original: bool = False,
+) -> tuple[float, float, float, float]:
+    """Max |shrunk - masked| on a probe batch, and the tolerance; raises ShrinkError above it. Also
+    max |shrunk - original| (with ``against_original``; else the same as against the masked model, which is then
+    the original) and the original's largest |output|, to judge it by.
 
     With ``in_place`` the caller's ``state`` is masked in place (memory stays near one model). With the
     units' ``norms``, dropped units whose groups are already exactly zero (what ISS's proximal step leaves)
@@ -88,14 +101,18 @@ def verify_shrink(
     small = {k: v.to(dtype) for k, v in small_state.items()}
     got = _outputs(small_spec, small, inputs)
     converted = {k: v.to(dtype) for k, v in state.items()}
+    columns = spec.kept_outputs(kept)
+    original = _outputs(spec, converted, inputs) if against_original else None  # before any masking in place
     to_zero = kept if norms is None else {  # "kept" for masking: the kept units and the already-zero ones
         name: torch.cat([indices.cpu(), (norms[name] == 0).nonzero().squeeze(1)]).unique() for name, indices in kept.items()}
     masked = mask_state_dict(converted, spec.group_sets(), to_zero, in_place=in_place)
     expected = _outputs(spec, masked, inputs)
-    columns = spec.kept_outputs(kept)
     if columns is not None:
         expected = expected[..., columns]
+        original = original[..., columns] if original is not None else None
     diff = float((got - expected).abs().max())
+    reference = original if original is not None else expected
+    gap, scale = float((got - reference).abs().max()), float(reference.abs().max())
     tolerance = TOLERANCE[dtype] * (1.0 + float(expected.abs().max()))
     if not diff <= tolerance:
         raise ShrinkError(
@@ -103,7 +120,7 @@ def verify_shrink(
             "nothing was written.",
             "This is a bug in isscompress; please report it with the checkpoint's layout.",
         )
-    return diff, tolerance
+    return diff, tolerance, gap, scale
 
 
 @contextmanager
@@ -143,8 +160,9 @@ def shrink_checkpoint(
     small_spec = checkpoint.spec.with_kept(widths_after)
     small_state = shrink_state_dict(checkpoint.state, sets, kept)
     before = summarize_checkpoint(checkpoint)
-    diff, tolerance = verify_shrink(checkpoint.spec, checkpoint.state, small_spec, small_state, kept,
-                                    in_place=in_place, norms=norms)
+    removed = _largest_removed(norms, kept)
+    diff, tolerance, gap, scale = verify_shrink(checkpoint.spec, checkpoint.state, small_spec, small_state, kept,
+                                                in_place=in_place, norms=norms, against_original=removed > 0)
     sha256 = (source_sha256 or (lambda: checkpoint.sha256))()
     metadata = replace(
         checkpoint.metadata.derived("shrink", checkpoint.name, sha256, checkpoint.family),
@@ -153,7 +171,18 @@ def shrink_checkpoint(
         threshold=threshold, max_abs_diff=diff, vocabulary=vocabulary_of(checkpoint))
     small = Checkpoint(small_spec, small_state, checkpoint.family, "isscompress", metadata)
     return ShrinkResult(small, checkpoint.path, None, threshold, before, summarize_checkpoint(small),
-                        widths_before, widths_after, diff, tolerance)
+                        widths_before, widths_after, diff, tolerance, removed, gap, scale)
+
+
+def _largest_removed(norms: Mapping[str, Tensor], kept: Mapping[str, Tensor]) -> float:
+    """The largest group norm among the units a shrink removes (0: they were all exactly zero)."""
+    largest = 0.0
+    for name, norm in norms.items():
+        removed = torch.ones_like(norm, dtype=torch.bool)
+        removed[kept[name].to(norm.device)] = False
+        if bool(removed.any()):
+            largest = max(largest, float(norm[removed].max()))
+    return largest
 
 
 def shrink(
@@ -168,7 +197,7 @@ def shrink(
     _check_threshold(threshold)
     in_memory = isinstance(source, Checkpoint)
     if output is not None:
-        output = check_output_path(output, force=force, inputs=source_files(source))
+        output = check_checkpoint_output(output, force=force, inputs=source_files(source))
     # Hashing releases the GIL: it reads the file beside loading and surgery, on a core of its own.
     with ThreadPoolExecutor(1) as pool, _one_core_spared():
         if in_memory:
