@@ -133,6 +133,9 @@ def test_label_free_finetune_then_shrink_then_report_from_the_command_line(tmp_p
         gap = torch.nn.functional.kl_div(student.reshape(-1, 4), teacher.reshape(-1, 4), log_target=True,
                                          reduction="batchmean")
     assert report["output_gap"] == pytest.approx(float(gap), rel=1e-4, abs=1e-7)
+    agreement = float((student.argmax(-1) == teacher.argmax(-1)).float().mean())
+    assert report["top1_agreement"] == pytest.approx(agreement)
+    assert bool(report["warnings"]) == (agreement < 0.99 or report["output_gap"] > 0.05)
     assert report["speedup"] == pytest.approx(report["forward_seconds"][0] / report["forward_seconds"][1])
 
     # a recipe that asks for labels, or a factory without batches, says what to do

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PTB, PTB_MODEL
+from conftest import EXCERPT, PTB, PTB_MODEL
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -170,3 +170,16 @@ def test_export_parity(tmp_path, fmt, name, clean_failure) -> None:
     assert len(got) == len(expected) == 1 + len(spec.layers) * len(spec.cell_kind.states)  # nothing unpaired
     for want, have in zip(expected, got):
         torch.testing.assert_close(torch.as_tensor(have), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not PTB_MODEL.exists(), reason="shared PTB model not present")
+def test_a_quality_loss_is_a_warning_not_only_a_number():
+    model, data = PTB_MODEL / "model.safetensors", PTB / "ptb.test.txt"
+    lossy = isscompress.shrink(model, threshold=20.0).checkpoint  # removes trained units: a real loss
+    result = isscompress.report(model, lossy, data=data, speed=False, max_tokens=5000)
+    rise = result.perplexity_delta / result.perplexity_before.perplexity
+    assert rise > 0.01 and len(result.warnings) == 1
+    assert f"perplexity rose by {rise:.1%}" in result.warnings[0] and result.to_dict()["warnings"] == result.warnings
+    assert "**Warning:** perplexity rose" in isscompress.report_markdown(result)
+    exact = isscompress.report(model, model, data=data, speed=False, max_tokens=5000)
+    assert exact.perplexity_delta == 0 and exact.warnings == []

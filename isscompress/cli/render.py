@@ -234,6 +234,8 @@ def render_report(report, console: Console) -> None:
             table.add_row(f"int8 (shrunk): tokens/s, {label}", f"{sample.before_tokens_per_s:,.0f}",
                           f"{sample.after_tokens_per_s:,.0f}", f"{sample.speedup:.2f}x", style="cyan")
     console.print(table)
+    for text in report.warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(text)}")
     if report.speed:
         console.print(f"Speed: before and after interleaved, medians of {len(report.speed[0].speedups)} runs, "
                       f"torch {report.environment['torch']}, {report.environment['threads']} thread(s); "
@@ -317,5 +319,8 @@ def render_user_report(done, console: Console) -> None:
     table.add_row(f"forward on the example inputs ({done.threads} threads)", f"{done.seconds[0] * 1e3:.2f} ms",
                   f"{done.seconds[1] * 1e3:.2f} ms", _ratio(*done.seconds))
     console.print(table)
+    agreement = f"; top-1 agreement {done.agreement:.1%}" if done.agreement is not None else ""
     console.print(f"output gap (KL of the shrunk model's outputs from the original's, example inputs): "
-                  f"{done.output_gap:.4g}")
+                  f"{done.output_gap:.4g}{agreement}")
+    for text in done.warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(text)}")

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..anymodel import Plan, discover, load_groups, resize_to
-from ..training.tasks import output_gap
+from ..training.tasks import floats, output_gap
 from ..anymodel.resize import shrink_module_to
 from ..core.groups import all_unit_norms
 from ..core.surgery import shrink_state_dict
@@ -190,13 +190,42 @@ class UserReport:
     seconds: tuple[float, float]  # median forward time on the example inputs
     output_gap: float  # KL (or MSE) of the shrunk model's outputs from the original's, on the example inputs
     threads: int
+    agreement: float | None = None  # share of output positions whose top-1 class is the original's
+
+    @property
+    def warnings(self) -> list[str]:
+        """A gap that changes predictions is said as a warning, not left as a bare number."""
+        found = []
+        if self.agreement is not None and self.agreement < AGREEMENT_WARNING:
+            found.append(f"the shrunk model's top-1 output differs from the original's at {1 - self.agreement:.1%} "
+                         "of the example positions: it is measurably a different model. Fine-tune longer or with a "
+                         "smaller lambda (or a target), and measure it on your task's metric.")
+        elif self.output_gap > GAP_WARNING:
+            found.append(f"the output gap {self.output_gap:.3g} is large (0 is identical; above {GAP_WARNING} outputs "
+                         "move noticeably). Measure the shrunk model on your task's metric before shipping it.")
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         return {"original": str(self.original), "shrunk": str(self.shrunk),
                 "widths": {k: list(v) for k, v in self.widths.items()}, "parameters": list(self.parameters),
                 "file_bytes": list(self.file_bytes), "forward_seconds": list(self.seconds),
                 "speedup": self.seconds[0] / max(self.seconds[1], 1e-12), "output_gap": self.output_gap,
-                "threads": self.threads}
+                "top1_agreement": self.agreement, "threads": self.threads, "warnings": self.warnings}
+
+
+AGREEMENT_WARNING = 0.99  # below this share of unchanged top-1 outputs, a report warns
+GAP_WARNING = 0.05  # KL in nats per position (or MSE) above which a report warns
+
+
+def top1_agreement(student: nn.Module, teacher: nn.Module, inputs: tuple) -> float | None:
+    """Share of positions whose largest output (over the last axis) is the same in both models; None when no output
+    is a score vector (a last axis of one)."""
+    same = total = 0
+    for a, b in zip(floats(student(*inputs)), floats(teacher(*inputs))):
+        if a.dim() and a.shape[-1] > 1 and a.shape == b.shape:
+            same += int((a.argmax(-1) == b.argmax(-1)).sum())
+            total += a[..., 0].numel()
+    return same / total if total else None
 
 
 def report_user_models(original: str | Path, shrunk: str | Path, arch: str, repeats: int = 7,
@@ -216,9 +245,11 @@ def report_user_models(original: str | Path, shrunk: str | Path, arch: str, repe
                 model(*inputs)
                 out.append(time.perf_counter() - began)
         gap = float(output_gap(small, big, inputs, 1.0, loss))
+        agreement = top1_agreement(small, big, inputs)
     widths_after = {name: size for name, size in second.widths().items()}
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     return UserReport(first.path, second.path,
                       {name: (size, widths_after.get(name, 0)) for name, size in first.widths().items()},
                       (count(big), count(small)), (first.path.stat().st_size, second.path.stat().st_size),
-                      (statistics.median(times[0]), statistics.median(times[1])), gap, torch.get_num_threads())
+                      (statistics.median(times[0]), statistics.median(times[1])), gap, torch.get_num_threads(),
+                      agreement)

@@ -21,6 +21,8 @@ from ..recipe import DataSection, EvaluateSection
 from .preparation import resolve_vocabulary, token_batches
 
 
+QUALITY_WARNING = 0.01  # a perplexity rise beyond 1% of the original's is flagged, not only printed
+
 @dataclass(frozen=True)
 class LayerChange:
     layer: int
@@ -56,6 +58,18 @@ class Report:
         return None
 
     @property
+    def warnings(self) -> list[str]:
+        """What a reader should not miss: a quality loss beyond ``QUALITY_WARNING`` of the original's perplexity."""
+        found = []
+        delta = self.perplexity_delta
+        if delta is not None and delta > QUALITY_WARNING * self.perplexity_before.perplexity:
+            found.append(f"perplexity rose by {delta / self.perplexity_before.perplexity:.1%} "
+                         f"({self.perplexity_before.perplexity:.2f} -> {self.perplexity_after.perplexity:.2f}): the "
+                         "shrunk model is measurably worse. Recover longer (recover.epochs), give ISS a target it can "
+                         "reach (iss.target, iss.target_widths), or remove fewer units.")
+        return found
+
+    @property
     def mac_ratio(self) -> float | None:
         return self.original.total_macs / self.shrunk.total_macs if self.shrunk else None
 
@@ -75,7 +89,7 @@ class Report:
             "speed": [s.to_dict() for s in self.speed],
             "int8": self.int8.to_dict() if self.int8 is not None else None,
             "group_norms": [n.to_dict() for n in self.norms],
-            "provenance": self.provenance, "environment": self.environment,
+            "provenance": self.provenance, "environment": self.environment, "warnings": self.warnings,
         }
 
 
@@ -243,6 +257,7 @@ def report_markdown(report: Report) -> str:
             rows.append(f"| int8 (shrunk): tokens/s, {sample.workload} | {sample.before_tokens_per_s:,.0f} | "
                         f"{sample.after_tokens_per_s:,.0f} | {sample.speedup:.2f}x |")
     env = report.environment
+    rows += ["", *(f"**Warning:** {text}" for text in report.warnings)] if report.warnings else []
     rows.append("")
     rows.append(f"Measured with torch {env.get('torch')} on {env.get('threads')} CPU thread(s), "
                 "before and after interleaved in one process (medians).")
