@@ -59,6 +59,29 @@ def test_eval_matches_the_perplexity_in_the_models_readme() -> None:
     assert json.loads(result.stdout)["perplexity"] == pytest.approx(96.86, abs=0.1)
 
 
+@pytest.mark.skipif(not PTB_MODEL.exists(), reason="shared PTB model not present")
+def test_a_pytorch_examples_state_dict_rebuilds_its_vocabulary_from_its_corpus(tmp_path) -> None:
+    """No vocabulary beside a main.py checkpoint: --data FOLDER/test.txt stands for the corpus, rebuilt in
+    pytorch/examples' order (train, valid, test) — the shared model's README perplexity, for eval and report."""
+    from safetensors.torch import load_file
+
+    model = tmp_path / "model.pt"
+    torch.save(load_file(PTB_MODEL / "model.safetensors"), model)  # what main.py's users save: a state dict
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "valid", "test"):
+        (data / f"{split}.txt").symlink_to(PTB / f"ptb.{split}.txt")
+    rebuilt = "rebuilt from train.txt, valid.txt, test.txt"
+    result = run("eval", model, "--data", data / "test.txt", "--vocab", "corpus", "--json")
+    assert result.exit_code == 0, result.output
+    done = json.loads(result.stdout)
+    assert done["perplexity"] == pytest.approx(96.86, abs=0.1) and done["vocabulary"] == rebuilt
+    assert isscompress.evaluate(model, data / "test.txt", max_tokens=2000).vocabulary == rebuilt  # --vocab auto
+    small = isscompress.shrink(model, threshold=19).checkpoint
+    report = isscompress.report(model, small, data=data / "test.txt", speed=False, max_tokens=2000)
+    assert report.vocabulary == rebuilt and report.to_dict()["perplexity"]["vocabulary"] == rebuilt
+
+
 def test_report_table_json_markdown_and_plots(tmp_path, pair) -> None:
     sparse, small, text = pair
     table = run("report", sparse, small, "--data", text, "--repeats", "2", "--speed-path", "eager")

@@ -27,9 +27,10 @@ class TraceError(IsscompressError):
     """The model does something to a hidden feature that ISS cannot follow exactly."""
 
 
-HINT = ("Declare the groups by hand in a YAML groups file (isscompress.Plan.save writes one to start from) "
-        "or change the model so that hidden features reach weights through the supported operations "
-        "(docs/any-model.md).")
+HINT = ("Write the model's groups by hand in a YAML groups file (the format is in docs/any-model.md; "
+        "`isscompress inspect MODEL --arch FILE.py:FACTORY --save-groups groups.yaml` writes one for a model it can "
+        "follow, such as yours with the refused operation taken out, to start from) and pass it with --groups; or "
+        "change the model so that hidden features reach weights through the supported operations.")
 
 # Operations applied to the label tensor exactly as to the value: they move, copy or select elements.
 STRUCTURAL = frozenset("""

@@ -191,8 +191,9 @@ def render_perplexity(name: str, result, console: Console) -> None:
         console.print(f"{escape(name)}: [bold]{result.bits_per_token:.3f}[/] bits per character (perplexity "
                       f"{result.perplexity:.2f}, {result.tokens:,} characters, {result.tokens_per_second:,.0f}/s)")
         return
+    vocabulary = f"; vocabulary {escape(result.vocabulary)}" if result.vocabulary else ""
     console.print(f"{escape(name)}: perplexity [bold]{result.perplexity:.2f}[/] (loss {result.loss:.4f}, "
-                  f"{result.tokens:,} tokens, {result.tokens_per_second:,.0f} tokens/s)")
+                  f"{result.tokens:,} tokens, {result.tokens_per_second:,.0f} tokens/s{vocabulary})")
 
 
 def render_report(report, console: Console) -> None:
@@ -244,7 +245,8 @@ def render_report(report, console: Console) -> None:
                           "re-lays-out weights on every call); the 20x35 batch runs on oneDNN."
                           if report.speed[0].path == "eager" else f"Runtime: {report.speed[0].path}."))
     if report.data:
-        console.print(f"Perplexity on {escape(report.data)}.")
+        vocabulary = f" Vocabulary: {escape(report.vocabulary)}." if report.vocabulary else ""
+        console.print(f"Perplexity on {escape(report.data)}.{vocabulary}")
     if a is None:
         console.print(norms_table(report.norms))
     prov = report.provenance

@@ -22,6 +22,7 @@ class Perplexity:
     tokens: int
     seconds: float
     level: str = "word"  # what a token is: "word" or "char"
+    vocabulary: str | None = None  # where the vocabulary came from (stored, a file, or rebuilt from which texts)
 
     @property
     def bits_per_token(self) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +35,7 @@ def evaluate(
     level = level or (recipe.data.level if recipe else checkpoint.metadata.level) or "word"
     section = recipe.data if recipe else DataSection(test=Path(data), vocab=vocab, level=level)
     settings = settings or (recipe.evaluate if recipe else EvaluateSection())
-    vocabulary, _ = resolve_vocabulary(checkpoint, section)
+    vocabulary, origin = resolve_vocabulary(checkpoint, section)
     batches = token_batches(Path(data), vocabulary, settings.batch_size, max_tokens, level=level)
-    return perplexity(checkpoint.model(), batches, settings.bptt, on_window=on_window, level=level)
+    result = perplexity(checkpoint.model(), batches, settings.bptt, on_window=on_window, level=level)
+    return replace(result, vocabulary=origin)

@@ -43,13 +43,31 @@ def vocabulary_of(checkpoint: Checkpoint) -> tuple[str, ...] | None:
     return carried[0].words if carried and len(carried[0]) == checkpoint.spec.vocab_size else None
 
 
+SPLITS = ("train", "valid", "test")  # pytorch/examples' Corpus reads them in this order to number the words
+
+
+def corpus_files(paths: list[Path]) -> list[Path]:
+    """The files a word_language_model vocabulary is built from. A recipe names train, valid and test; a single
+    file named for one split (``test.txt``, ``ptb.test.txt``) stands for its corpus: its existing sibling splits, in
+    pytorch/examples' order (train, valid, test), so that words are numbered as the model was trained."""
+    if len(paths) != 1:
+        return paths
+    path = paths[0]
+    for split in SPLITS:
+        if split in path.name:
+            siblings = [path.with_name(path.name.replace(split, other)) for other in SPLITS]
+            found = [p for p in siblings if p.is_file()]
+            return found if path in found else paths
+    return paths
+
+
 def resolve_vocabulary(checkpoint: Checkpoint, data: DataSection) -> tuple[Vocabulary, str]:
     """The vocabulary by the recipe's rule, checked against the model's embedding; and where it came from."""
     rule = data.vocab
     if rule == "auto" and (carried := _carried(checkpoint)) is not None:
         vocabulary, origin = carried
     elif rule in ("auto", "corpus"):
-        paths = [p for p in (data.train, data.valid, data.test) if p is not None]
+        paths = corpus_files([p for p in (data.train, data.valid, data.test) if p is not None])
         if not paths:
             raise DataError("No vocabulary is stored with the checkpoint and no text is given to rebuild it from.",
                             "Give data.vocab (a file, one word per line) or the data paths.")

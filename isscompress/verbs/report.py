@@ -46,6 +46,7 @@ class Report:
     perplexity_before: Perplexity | None = None
     perplexity_after: Perplexity | None = None
     data: str | None = None
+    vocabulary: str | None = None  # where the vocabulary of the perplexities came from
     speed: list[SpeedSample] = field(default_factory=list)
     int8: "Int8Column | None" = None  # the shrunk model after int8 quantisation, against the original
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -84,7 +85,7 @@ class Report:
             "mac_ratio": self.mac_ratio,
             "file_size_ratio": (self.original.file_bytes / self.shrunk.file_bytes)
             if self.shrunk and self.original.file_bytes and self.shrunk.file_bytes else None,
-            "perplexity": {"data": self.data, "before": maybe(self.perplexity_before),
+            "perplexity": {"data": self.data, "vocabulary": self.vocabulary, "before": maybe(self.perplexity_before),
                            "after": maybe(self.perplexity_after), "delta": self.perplexity_delta},
             "speed": [s.to_dict() for s in self.speed],
             "int8": self.int8.to_dict() if self.int8 is not None else None,
@@ -154,9 +155,9 @@ def _perplexities(report: Report, original: Checkpoint, shrunk: Checkpoint | Non
     if not original.spec.is_language_model:
         raise DataError("Perplexity needs a language model; this is a bare recurrent stack.",
                         "Leave out --data for a bare stack.")
-    vocabulary, _ = resolve_vocabulary(original, section)
+    vocabulary, origin = resolve_vocabulary(original, section)
     batches = token_batches(data, vocabulary, evaluate.batch_size, max_tokens, section.level)
-    report.data = str(data)
+    report.data, report.vocabulary = str(data), origin
 
     def progress(label: str) -> Callable[[int, int], None] | None:
         return (lambda done, total: on_progress(label, done, total)) if on_progress else None
