@@ -319,3 +319,16 @@ def test_every_recipe_field_applies_to_a_user_model_or_is_refused(tmp_path, clea
         result = runner.invoke(app, ["finetune", str(source), "--arch", arch, "-r", str(recipe), "-o",
                                      str(out / "x.safetensors")])
         clean_failure(result, words, folder=out, empty=True)
+
+
+def test_a_lambda_too_weak_for_the_run_is_warned_before_training_with_its_scale(tmp_path):
+    source, arch, recipe = _user_setup(tmp_path, LABEL_FREE.replace("lambda: 3.0", "lambda: 0.0001"))
+    result = runner.invoke(app, ["finetune", str(source), "--arch", arch, "-r", str(recipe), "-o",
+                                 str(tmp_path / "tuned.safetensors")])
+    assert result.exit_code == 0, result.output
+    shown = " ".join(result.stderr.split())
+    assert "warning: iss.lambda 0.0001 can shrink a group's norm by at most" in shown and "Try lambda around" in shown
+    model, inputs = GRUTagger(), (tokens(5, 3),)
+    reg = isscompress.GroupLasso(model, isscompress.discover(model, inputs), lam=1.0)
+    median = float(torch.cat(list(reg.norms().values())).median())
+    assert reg.suggest_lambda(lr=0.01, steps=24) == pytest.approx(3 * median / (0.01 * 24))

@@ -115,3 +115,14 @@ def test_reweighted_lambdas_favour_strong_groups_and_feed_the_proximal_step() ->
     proximal_step(state, sets, weighted, 1.0, norms)
     for key in state:
         torch.testing.assert_close(state[key], expected_state[key], rtol=1e-12, atol=1e-14, msg=key)
+
+
+def test_lambda_far_from_its_scale_is_a_warning_with_a_suggestion() -> None:
+    from isscompress.training.hooks import lambda_scale_warning
+
+    norms = {"layer0": torch.tensor([2.0, 3.0, 4.0, 0.0])}  # median of the alive units: 3
+    weak = lambda_scale_warning(norms, lam=1e-2, lr=1e-3, steps=1000)  # moves a norm by 0.01 in the run
+    assert "can shrink a group's norm by at most 0.01" in weak and "Try lambda around 9" in weak
+    assert lambda_scale_warning(norms, lam=3.0, lr=1e-3, steps=1000) is None  # 3 in the run: in range
+    strong = lambda_scale_warning(norms, lam=5000.0, lr=1e-3, steps=1000)  # 5 per step
+    assert "most units die in the first steps" in strong

@@ -87,6 +87,14 @@ class GroupLasso:
         rules shrink applies (both directions of one module keep one width; a projection stays narrower)."""
         return kept_widths(self.norms(), self.hook.sets, threshold)
 
+    def suggest_lambda(self, lr: float, steps: int) -> float:
+        """A starting lambda for ``steps`` proximal steps at ``lr`` (the step size the optimizer's lr is, with Adam
+        too): each step shrinks a group's norm by ``lr * lambda`` before the loss pulls back, so 3 x the median
+        alive group norm / (lr x steps) lets group Lasso remove units against the loss within the run. Start there,
+        then halve or double it; or give targets and let them stop the shrinking."""
+        alive = torch.cat([n[n > 0] for n in self.norms().values()])
+        return 3 * float(alive.median()) / (lr * steps) if alive.numel() else 0.0
+
     def penalty(self) -> float:
         """The group-Lasso term ``sum lambda_g ||w_g||`` at the current weights."""
         return penalty(group_norms(self.params, self.hook.sets), self.hook.lambdas)

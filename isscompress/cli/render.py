@@ -165,6 +165,9 @@ class TrainingProgress:
             self.console.print(f"[bold]{stage}[/] ...")
 
     def __call__(self, event: dict) -> None:
+        if event["event"] == "warning":
+            self.console.print(f"[bold yellow]warning:[/] {escape(event['text'])}")
+            return
         key = (self.stage, event["epoch"])
         if event["event"] == "step":
             if key not in self.tasks:

@@ -74,6 +74,28 @@ class Save(Hook):
         self.save(loop.inner, loop.state)
 
 
+def lambda_scale_warning(norms: dict[str, Tensor], lam: float, lr: float, steps: int) -> str | None:
+    """Whether ``lam`` can do anything in ``steps`` proximal steps at ``lr``: each step shrinks a group's norm by
+    ``lr * lam`` (before the loss pulls back), so ``lr * lam * steps`` against the median group norm is the scale
+    of lambda. None when it is in a sensible range; else what to try (the loss's gradients fight the shrinkage,
+    so a run needs a few times the median norm in all)."""
+    alive = torch.cat([n[n > 0] for n in norms.values()]) if norms else torch.zeros(0)
+    if not alive.numel():
+        return None
+    median = float(alive.median())
+    travel = lr * lam * steps
+    suggested = 3 * median / (lr * steps)
+    if travel < 0.5 * median:
+        return (f"iss.lambda {lam:g} can shrink a group's norm by at most {travel:.3g} in this run ({steps} steps at lr "
+                f"{lr:g}), against a median group norm of {median:.3g}: it will remove few or no units. Try lambda "
+                f"around {suggested:.3g} (3 x median / (lr x steps)), or give a budget (iss.target) or target widths.")
+    if lr * lam > median:
+        return (f"iss.lambda {lam:g} shrinks a group's norm by {lr * lam:.3g} in one step at lr {lr:g}, more than the "
+                f"median group norm {median:.3g}: most units die in the first steps. Try lambda around "
+                f"{suggested:.3g} (3 x median / (lr x steps)).")
+    return None
+
+
 class GroupLassoHook(Hook):
     """ISS group Lasso on the given group sets: the sub-gradient before clipping (as if the penalty were
     in the loss), or a proximal step after the optimizer step; per-set lambdas, reweighting, targets."""
@@ -94,8 +116,16 @@ class GroupLassoHook(Hook):
     def start(self, loop: "Loop") -> None:
         self.params = loop.params
         self.step = getattr(getattr(loop, "state", None), "step", 0)  # a resumed run continues the ramp
+        norms = group_norms(self.params, self.sets)
         # Groups already exactly zero count as dead from the start (the same on a fresh and a resumed run).
-        self.dead = {name: norm == 0 for name, norm in group_norms(self.params, self.sets).items()}
+        self.dead = {name: norm == 0 for name, norm in norms.items()}
+        schedule, task = getattr(loop, "schedule", None), getattr(loop, "task", None)
+        count = task.count() if task is not None else None
+        if schedule is not None and count and self.iss.method == "proximal" and self.step == 0:
+            steps = min(schedule.max_steps or 10**12, schedule.epochs * count)
+            text = lambda_scale_warning(norms, self.iss.lambda_, loop.state.lr, steps)
+            if text is not None:
+                loop.emit({"event": "warning", "text": text})
 
     def before_clip(self, loop: "Loop") -> None:
         """subgradient: one norm pass, then the sub-gradient into .grad (so clipping sees it)."""
