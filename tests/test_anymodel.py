@@ -188,6 +188,16 @@ def test_what_cannot_be_followed_is_refused_by_name(how, words):
     assert "YAML groups file" in message
 
 
+def test_the_refusal_hint_is_a_path_that_works(tmp_path):
+    """The hint: groups saved from the model with the refused operation taken out, given to the refused model."""
+    groups = tmp_path / "groups.yaml"
+    isscompress.discover(Refused("plain"), (tokens(2, 5),)).save(groups)  # the same model without the LayerNorm
+    refused = Refused("layer_norm")
+    plan = isscompress.load_groups(groups, refused.state_dict())
+    assert [gs.name for gs in plan.group_sets] == ["lstm.l0"]
+    assert {m.key for m in plan.group_sets[0].members} >= {"lstm.weight_ih_l0", "head.weight"}
+
+
 def test_cells_and_tied_weights_are_refused():
     class Stepped(Refused):
         def forward(self, x):

@@ -364,3 +364,33 @@ def test_bad_thread_counts_are_refused(world, monkeypatch, clean_failure) -> Non
     monkeypatch.setenv("ISSCOMPRESS_THREADS", "many")
     clean_failure(runner.invoke(app, ["inspect", str(world["model"])]), "ISSCOMPRESS_THREADS='many'",
                   "positive whole number")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where there is none")
+@pytest.mark.parametrize("command", ["finetune", "run", "train", "finetune --arch"])
+def test_a_cuda_recipe_without_cuda_is_a_clear_error_on_every_path(world, command, clean_failure) -> None:
+    recipe = world["recipe"]
+    recipe.write_text(recipe.read_text().replace("finetune:\n", "finetune:\n  device: cuda\n"))
+    out = world["out"] / "x.safetensors"
+    args = {"finetune": ["finetune", world["model"], "-r", recipe, "-o", out],
+            "run": ["run", world["model"], "-r", recipe, "-o", world["out"] / "run"],
+            "train": ["train", "-r", recipe, "-o", out, "-w", "4", "-e", "4"]}.get(command)
+    if args is None:  # a user's model through --arch, with the factory of the any-model tests
+        import test_anymodel_cli as user
+
+        source, arch, _ = user._user_setup(world["dir"], "")
+        recipe.write_text("finetune: {device: cuda}\niss: {lambda: 1.0}\n")
+        args = ["finetune", source, "--arch", arch, "-r", recipe, "-o", out]
+    clean_failure(runner.invoke(app, [str(a) for a in args]), "Device 'cuda' was requested but CUDA is not available",
+                  folder=world["out"], empty=True)
+
+
+def test_help_and_usage_errors_answer_without_importing_torch() -> None:
+    import subprocess
+    import sys
+
+    probe = "import sys, isscompress.cli; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+    usage = subprocess.run([sys.executable, "-m", "isscompress", "shrink"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "Missing argument" in usage.stderr
