@@ -332,3 +332,15 @@ def test_a_lambda_too_weak_for_the_run_is_warned_before_training_with_its_scale(
     reg = isscompress.GroupLasso(model, isscompress.discover(model, inputs), lam=1.0)
     median = float(torch.cat(list(reg.norms().values())).median())
     assert reg.suggest_lambda(lr=0.01, steps=24) == pytest.approx(3 * median / (0.01 * 24))
+
+
+def test_label_free_recovery_stage_runs_the_recover_schedule_without_iss(tmp_path):
+    from isscompress.verbs.finetune_user import finetune_user_model
+
+    source, arch, recipe = _user_setup(tmp_path, LABEL_FREE + "recover: {epochs: 2, lr: 0.001, optimizer: adam}\n")
+    epochs = []
+    done = finetune_user_model(source, arch, recipe, tmp_path / "r.safetensors", stage="recover",
+                               on_event=lambda e: e["event"] == "epoch" and epochs.append(e))
+    assert [e["lr"] for e in epochs] == [0.001, 0.001]  # the recover schedule, not finetune's 3 epochs at 0.01
+    assert all("alive" not in e for e in epochs)  # no group Lasso hook in a recovery
+    assert done.widths == {name: 6 for name in ("gru.l0", "gru.l0.reverse", "gru.l1", "gru.l1.reverse")}
