@@ -8,6 +8,7 @@ checked against zeroes exactly the units that are not kept.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Mapping
 
 import torch
@@ -38,30 +39,37 @@ def _top_up(norms: Tensor, alive: Tensor, count: int) -> Tensor:
     return alive
 
 
+def legal_widths(counts: Mapping[str, int], group_sets: tuple[GroupSet, ...]) -> dict[str, int]:
+    """The widths a shrink builds from ``counts[set]`` wanted units: every set of one ``same_width_as`` key at the
+    widest of them, and a set's ``narrower_than`` sets at least one wider than it. The one place the width rules
+    are resolved: thresholding, the budget's cost and the regulariser's widths all ask here."""
+    widest: dict[str, int] = {}
+    for gs in group_sets:
+        widest[gs.width_key] = max(widest.get(gs.width_key, 0), counts[gs.name])
+    for gs in group_sets:
+        if gs.narrower_than:
+            widest[gs.narrower_than] = max(widest[gs.narrower_than], widest[gs.width_key] + 1)
+    return {gs.name: widest[gs.width_key] for gs in group_sets}
+
+
 def select_kept(
     norms: Mapping[str, Tensor], group_sets: tuple[GroupSet, ...], threshold: float
 ) -> dict[str, Tensor]:
     """Sorted indices of the units to keep in each group set (norm > threshold, made legal by the
-    width rules each set declares)."""
+    width rules each set declares, the strongest dead units topped up)."""
     alive = {gs.name: norms[gs.name] > threshold for gs in group_sets}
-    tied: dict[str, list[GroupSet]] = {}
-    for gs in group_sets:
-        tied.setdefault(gs.width_key, []).append(gs)
-
-    for sets in tied.values():
-        counts = [int(alive[gs.name].sum()) for gs in sets]
-        if max(counts) == 0:
-            _refuse_empty(sets[0].label or sets[0].name, [norms[gs.name] for gs in sets], threshold)
-        for gs in sets:  # one width for every set of the key
-            alive[gs.name] = _top_up(norms[gs.name], alive[gs.name], max(counts))
-
-    for gs in group_sets:
-        if gs.narrower_than:
-            narrow = int(alive[gs.name].sum())
-            for wider in tied[gs.narrower_than]:
-                alive[wider.name] = _top_up(norms[wider.name], alive[wider.name], narrow + 1)
-
-    return {name: mask.nonzero().squeeze(1) for name, mask in alive.items()}
+    counts = {name: int(mask.sum()) for name, mask in alive.items()}
+    for gs in group_sets:  # every set of a width key dead: the layer would have no units at all
+        tied = [other for other in group_sets if other.width_key == gs.width_key]
+        if not any(counts[other.name] for other in tied):
+            _refuse_empty(gs.label or gs.name, [norms[other.name] for other in tied], threshold)
+    # one width per key first, then the narrower rule: each top-up takes the strongest dead units, and doing it in
+    # this order keeps the choice among equal (zero) norms what it has always been (byte-identical shrinks)
+    tied_widths = legal_widths(counts, tuple(replace(gs, narrower_than="") for gs in group_sets))
+    alive = {gs.name: _top_up(norms[gs.name], alive[gs.name], tied_widths[gs.name]) for gs in group_sets}
+    widths = legal_widths(tied_widths, group_sets)
+    return {gs.name: _top_up(norms[gs.name], alive[gs.name], widths[gs.name]).nonzero().squeeze(1)
+            for gs in group_sets}
 
 
 def kept_widths(norms: Mapping[str, Tensor], group_sets: tuple[GroupSet, ...], threshold: float) -> dict[str, int]:

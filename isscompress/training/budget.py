@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 from ..core.architecture import Architecture
+from ..core.thresholding import legal_widths
 from ..recipe import BudgetSection
 
 Cost = Callable[[Mapping[str, int]], float]
@@ -33,12 +34,7 @@ def budget_cost(spec: Architecture, budget: BudgetSection) -> tuple[Cost, float,
     limit = value * full if value <= 1 else value
 
     def cost(alive: Mapping[str, int]) -> float:
-        widest: dict[str, int] = {}
-        for gs in sets:
-            widest[gs.width_key] = max(widest.get(gs.width_key, 1), alive.get(gs.name, gs.size))
-        for gs in sets:  # a projection stays narrower than its cells
-            if gs.narrower_than:
-                widest[gs.narrower_than] = max(widest[gs.narrower_than], widest[gs.width_key] + 1)
-        return measure(spec.with_kept({gs.name: widest[gs.width_key] for gs in sets}))
+        wanted = {gs.name: max(1, alive.get(gs.name, gs.size)) for gs in sets}
+        return measure(spec.with_kept(legal_widths(wanted, sets)))
 
     return cost, limit, what
