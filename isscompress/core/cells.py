@@ -69,6 +69,8 @@ class CellKind:
     # settings a file may declare whose values must be these for this cell (beside io.equations' common table):
     # the activation of a relu RNN, the reset-gate placement of a GRU
     settings: tuple[tuple[str, str], ...] = ()
+    int8: bool = False  # torch's dynamic int8 quantisation has a module for it (nn.LSTM, nn.GRU)
+    onnx: bool = False  # ONNX has an operator for it (LSTM, GRU, RNN), so ONNX Runtime can run it
 
     @property
     def projection(self) -> bool:
@@ -141,14 +143,15 @@ CELLS: dict[str, CellKind] = {
     for cell in (
         CellKind("LSTM", 4, ("h", "c"), _lstm, (*RNN_PARAMS, PROJECTION), equations=(
             "PyTorch's nn.LSTM: gates i, f, o sigmoid, cell input g tanh, h = o * tanh(c); no peepholes, no "
-            "layer norm, forget bias inside the weights")),
+            "layer norm, forget bias inside the weights"), int8=True, onnx=True),
         CellKind("GRU", 3, ("h",), _gru, equations=(
             "PyTorch's nn.GRU: gates r, z sigmoid, n = tanh(W x + b + r * (U h + b)) (reset after the recurrent "
             "product), h = (1 - z) * n + z * h"),
-                 settings=(("reset_after", "on"), ("linear_before_reset", "on"))),
-        CellKind("RNN_TANH", 1, ("h",), _rnn("tanh"), equations="PyTorch's nn.RNN: h = tanh(W x + b + U h + b)"),
+                 settings=(("reset_after", "on"), ("linear_before_reset", "on")), int8=True, onnx=True),
+        CellKind("RNN_TANH", 1, ("h",), _rnn("tanh"), equations="PyTorch's nn.RNN: h = tanh(W x + b + U h + b)",
+                 onnx=True),
         CellKind("RNN_RELU", 1, ("h",), _rnn("relu"), equations="PyTorch's nn.RNN: h = relu(W x + b + U h + b)",
-                 settings=(("activation", "relu"),)),
+                 settings=(("activation", "relu"),), onnx=True),
         CellKind("RHN", 2, ("h",), _rhn, RHN_PARAMS, bidirectional=False, equations=(
             "recurrent highway network: per micro-layer [h; t] = R s + b (+ W x first), "
             "s = tanh(h) * sigmoid(t) + s * (1 - sigmoid(t))")),

@@ -16,16 +16,15 @@ import torch
 from torch import nn
 
 from ..architectures.stack_module import RecurrentModel
+from ..core.cells import CELLS
 from ..errors import IsscompressError
-
-QUANTIZABLE_CELLS = ("LSTM", "GRU")
-
 
 def quantize_int8(model: RecurrentModel) -> nn.Module:
     """A quantised copy of ``model`` (eval mode, CPU): int8 LSTM/GRU and Linear layers, int8 embedding rows."""
     spec = model.spec
-    if spec.cell not in QUANTIZABLE_CELLS:
-        raise IsscompressError(f"int8 quantisation covers LSTM and GRU layers; this model's cells are {spec.cell}.",
+    if not spec.cell_kind.int8:
+        covered = ", ".join(name for name, cell in CELLS.items() if cell.int8)
+        raise IsscompressError(f"int8 quantisation covers {covered} layers; this model's cells are {spec.cell}.",
                                "Export it in float32 (without --quantize).")
     if any(layer.proj_size for layer in spec.layers):
         raise IsscompressError("int8 quantisation does not cover LSTMs with projections (proj_size).",

@@ -121,7 +121,6 @@ def default_path(model: RecurrentModel) -> str:
     for 2x200 to 2x1500 LSTMs on CPU, when it is installed and ONNX can express the model (PyTorch's own cells,
     no projection); PyTorch eager otherwise."""
     spec = model.spec
-    onnx_cells = spec.cell in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
-    if _missing_onnx() or not onnx_cells or any(layer.proj_size for layer in spec.layers):
+    if _missing_onnx() or not spec.cell_kind.onnx or any(layer.proj_size for layer in spec.layers):
         return "eager"
     return "onnxruntime"

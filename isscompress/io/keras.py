@@ -25,13 +25,13 @@ import numpy
 import torch
 from torch import Tensor
 
+from ..core.cells import CELLS
 from ..errors import CheckpointError
 from .equations import check_settings
 from .keras_files import KerasLayer, read_h5_layers, read_keras_zip_layers
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 RECURRENT = {"LSTM": "LSTM", "CuDNNLSTM": "LSTM", "GRU": "GRU", "CuDNNGRU": "GRU"}
-GATES = {"LSTM": 4, "GRU": 3}
 CUDNN_EQUATIONS = {"activation": "tanh", "recurrent_activation": "sigmoid", "reset_after": True}
 PASSIVE = {"InputLayer", "Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout",
            "ActivityRegularization"}  # the identity at inference
@@ -133,7 +133,7 @@ def _from_cudnn(weights: list[numpy.ndarray], gates: int) -> list[numpy.ndarray]
 
 def _check_shapes(path: Path, name: str, kind: str, cell: dict, weights: list[numpy.ndarray], inputs: int) -> None:
     """The weights a layer of this class, units and input width has: a 3u-wide 'LSTM' is not read as a GRU."""
-    gates, units = GATES[cell["cell"]], cell["units"]
+    gates, units = CELLS[cell["cell"]].gates, cell["units"]
     width = gates * units
     bias = (2 * width,) if cell["cudnn"] else (2, width) if cell["cell"] == "GRU" else (width,)
     expected = [(inputs, width), (units, width)] + ([bias] if cell["use_bias"] else [])
@@ -144,7 +144,7 @@ def _check_shapes(path: Path, name: str, kind: str, cell: dict, weights: list[nu
 
 
 def _cell_tensors(cell: dict, weights: list[numpy.ndarray], suffix: str) -> dict[str, Tensor]:
-    gates, units = GATES[cell["cell"]], cell["units"]
+    gates, units = CELLS[cell["cell"]].gates, cell["units"]
     if cell["cudnn"]:
         weights = _from_cudnn(weights, gates)
     kernel, recurrent = _t(weights[0]).t().contiguous(), _t(weights[1]).t().contiguous()
