@@ -12,11 +12,30 @@ import pytest
 BENCHMARK = Path(__file__).parent.parent / "examples" / "benchmarks" / "ptb.py"
 
 
-def test_ptb_benchmark_quick(tmp_path) -> None:
+def _ptb_benchmark():
     spec = importlib.util.spec_from_file_location("ptb_benchmark", BENCHMARK)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
+    return module
+
+
+def test_ptb_benchmark_quick_iss_against_direct_design(tmp_path) -> None:
+    """The wiring of the benchmark in seconds: ISS, and a model of ISS's widths trained directly; saved points reused."""
+    module = _ptb_benchmark()
+    args = ["--quick", "--methods", "iss-proximal", "direct", "--output", str(tmp_path / "runs"), "--docs",
+            str(tmp_path / "docs")]
+    bench = module.main(args)
+    iss, direct = (next(p for p in bench.points if p.method == m) for m in ("iss-proximal", "direct"))
+    assert iss.mac_ratio > 1 and direct.widths == iss.widths  # the direct design has exactly the widths ISS found
+    assert (tmp_path / "docs" / "results.md").read_text().count("ptb-benchmark:start") == 1
+    again = module.main(args)
+    assert [p.test_ppl for p in again.points] == [p.test_ppl for p in bench.points]  # saved points are reused
+
+
+@pytest.mark.slow
+def test_ptb_benchmark_quick(tmp_path) -> None:
+    module = _ptb_benchmark()
     bench = module.main(["--quick", "--output", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs")])
     methods = {p.method for p in bench.points}
     assert methods == {"iss-proximal", "iss-subgradient", "direct", "one-shot", "torch-ao-saliency", "unstructured-l1"}
