@@ -367,3 +367,27 @@ def test_a_3d_kernel_is_refused_by_shape(tmp_path):
         del group["kernel:0"]
         group["kernel:0"] = kernel.reshape(2, 4, 24)
     _refused(path, "'lstm' (LSTM) has weights of shapes [(2, 4, 24), (6, 24), (24,)]")
+
+
+def _claim_zip_version(path: Path, version: int = 64) -> Path:
+    """Every central directory entry says it needs a zip version Python's zipfile refuses to read."""
+    data = bytearray(path.read_bytes())
+    position = 0
+    while (position := data.find(b"PK\x01\x02", position)) >= 0:
+        data[position + 6:position + 8] = struct.pack("<H", version)
+        position += 4
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: (torch.save(make_rnn_model(ntoken=11, ninp=3, nhid=3, nlayers=1).state_dict(), d / "m.pt"), d / "m.pt")[1],
+    lambda d: _npz_with(d, "v", np.zeros(11, dtype="<f4")),
+    lambda d: Path(shutil.copy(FIXTURES / "k3_lstm_lm.keras", d / "v.keras")),
+], ids=["torch zip", "npz", "keras zip"])
+def test_a_zip_claiming_an_unknown_version_is_read_or_refused_never_a_crash(tmp_path, make):
+    path = _claim_zip_version(make(tmp_path))
+    try:
+        isscompress.load_checkpoint(path)  # torch's own reader ignores the version field
+    except CheckpointError as err:
+        assert str(err).strip()

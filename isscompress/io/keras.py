@@ -16,8 +16,6 @@ what the declared class and units make, or a layer off the one chain, is refused
 
 from __future__ import annotations
 
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from ..core.cells import CELLS
 from ..errors import CheckpointError
 from .equations import check_settings
 from .keras_files import KerasLayer, read_h5_layers, read_keras_zip_layers
+from .limits import ZIP_ERRORS
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 RECURRENT = {"LSTM": "LSTM", "CuDNNLSTM": "LSTM", "GRU": "GRU", "CuDNNGRU": "GRU"}
@@ -278,8 +277,7 @@ def read_keras_file(path: Path, kind: str) -> tuple[dict[str, Tensor], dict[str,
         tensors = convert_layers(path, layers)
     except CheckpointError:
         raise
-    except (OSError, KeyError, ValueError, IndexError, TypeError, AttributeError, RuntimeError, EOFError,
-            zipfile.BadZipFile, zlib.error) as err:
+    except (*ZIP_ERRORS, KeyError, IndexError, TypeError, AttributeError, RuntimeError) as err:
         raise CheckpointError(f"{path} looks like a Keras model but could not be read ({type(err).__name__}: "
                               f"{str(err)[:200]}).", "It may be damaged, or from a Keras version isscompress does not "
                               "know; save it again with model.save().") from None

@@ -10,11 +10,16 @@ files; ``ISSCOMPRESS_MAX_READ_MB`` raises it for the rare honest giant (a mostly
 from __future__ import annotations
 
 import os
+import struct
+import zipfile
+import zlib
 from pathlib import Path
 from typing import IO
 
 from ..errors import CheckpointError
 
+# What Python's zipfile raises on a damaged or crafted archive (a version it does not know is NotImplementedError)
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, NotImplementedError, struct.error)
 RATIO = 32  # bytes produced per byte of file
 FLOOR = 256 * 2**20  # what any file may produce, however small
 ENVIRONMENT = "ISSCOMPRESS_MAX_READ_MB"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import pickle
 import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from torch import Tensor
 
 from ..errors import CheckpointError
 from .keras import is_keras_zip
-from .limits import ReadBudget
+from .limits import ZIP_ERRORS, ReadBudget
 
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # what torch.save's pre-zip format pickles first
 
@@ -30,7 +29,7 @@ def zip_kind(path: Path) -> str:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
+    except ZIP_ERRORS:
         return "torch-zip"  # torch.load says what is wrong with it
     if is_keras_zip(names):
         return "keras-zip"
@@ -48,7 +47,7 @@ def check_zip_sizes(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError):
+    except ZIP_ERRORS:
         return  # not a readable zip: torch.load says what is wrong with it
     for info in infos:
         budget.take(info.file_size, f"member {info.filename}")
@@ -100,7 +99,7 @@ def read_npz(path: Path) -> dict[str, Tensor]:
                                                       f"array '{name}'", path)
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, TypeError) as err:
+    except (*ZIP_ERRORS, TypeError) as err:
         raise CheckpointError(f"{path} is a damaged NumPy .npz file ({type(err).__name__}: {str(err)[:160]}).",
                               "It may be truncated or damaged; save it again with numpy.savez.") from None
     return tensors
