@@ -33,7 +33,7 @@ def recipe(name: str, folder: Path, quick: bool) -> Path:
         return path
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     data["data"]["split"] = str((HERE / data["data"]["split"]).resolve())
-    data["data"].update({"max_train_tokens": 60_000, "max_eval_tokens": 10_000})
+    data["data"].update({"max_train_tokens": 20_000, "max_eval_tokens": 4_000})
     for stage in ("finetune", "recover"):
         if stage in data:
             data[stage]["epochs"] = 1
