@@ -76,7 +76,8 @@ def test_speed_benchmark_runs_every_path_on_a_tiny_model() -> None:
         assert float(macs) == round(dense / shrunk, 2), (path, workload)
         ratio = float(after.replace(",", "")) / float(before.replace(",", ""))
         assert abs(float(speedup.rstrip("x")) - ratio) <= 0.01 + 0.002 * ratio, (path, workload)
-        assert abs(float(per_mac) - float(speedup.rstrip("x")) / float(macs)) <= 0.006, (path, workload)
+        s, m = float(speedup.rstrip("x")), float(macs)  # each printed to 2 decimals: off by up to 0.005
+        assert abs(float(per_mac) - s / m) <= 0.005 + 0.005 / m + 0.005 * s / m**2 + 1e-9, (path, workload)
 
 
 def test_shrink_benchmark_runs_on_a_small_checkpoint() -> None:
