@@ -368,3 +368,47 @@ def test_group_lasso_arguments_are_refused_in_their_own_names(arguments, words):
     model, inputs = ZOO["gru_tagger"]
     with pytest.raises(ValueError, match=words):
         isscompress.GroupLasso(model, isscompress.discover(model, inputs), **arguments)
+
+
+class PaddedBidirectional(nn.Module):
+    """Returns the padded bidirectional sequence itself (pad_packed_sequence adds zeros for every unit's column)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.lstm, self.out = nn.Embedding(20, 5), nn.LSTM(5, 6, bidirectional=True), nn.Linear(12, 3)
+
+    def forward(self, x, lengths):
+        packed = nn.utils.rnn.pack_padded_sequence(self.emb(x), lengths, enforce_sorted=False)
+        padded, _ = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0])
+        return self.out(padded), padded
+
+
+class NewZeros(nn.Module):
+    """An initial state allocated with Tensor.new(...).zero_(), as older model code writes init_hidden."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.lstm, self.out = nn.Embedding(20, 5), nn.LSTM(5, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        e = self.emb(x)
+        h0 = e.new(1, x.shape[1], self.lstm.hidden_size).zero_()
+        return self.out(self.lstm(e, (h0, h0.clone()))[0])
+
+
+@pytest.mark.parametrize("model, inputs", [
+    (PaddedBidirectional, (tokens(7, 3), torch.tensor([7, 4, 2]))),
+    (NewZeros, (tokens(7, 3),)),
+], ids=["padded bidirectional output", "Tensor.new zero state"])
+def test_padded_outputs_and_new_allocations_shrink_exactly(model, inputs):
+    torch.manual_seed(0)
+    model = model()
+    plan = isscompress.discover(model, inputs)
+    masked = zero_random_groups(model, plan, 1, 0.5)
+    small = isscompress.shrink_module(masked, inputs, threshold=0.0)
+    assert small.lstm.hidden_size < 6
+    expected, actual = outputs64(masked, inputs), outputs64(small, inputs)
+    torch.testing.assert_close(actual[0], expected[0], rtol=1e-9, atol=1e-10)  # the logits: every position
+    if len(expected) > 1:  # the padded sequence: the kept units' columns, padding included
+        kept = [c for c in range(12) if bool(expected[1][..., c].abs().sum() > 0)]
+        torch.testing.assert_close(actual[1], expected[1][..., kept], rtol=1e-9, atol=1e-10)

@@ -49,9 +49,9 @@ PRODUCTS = frozenset("mul __mul__ __rmul__ mul_ __imul__ div __truediv__ true_di
 SUMS = frozenset("add __add__ __radd__ add_ __iadd__ sub __sub__ __rsub__ sub_ __isub__ maximum minimum".split())
 REDUCTIONS = frozenset("sum mean max min amax amin nansum nanmean".split())
 MATMULS = frozenset("matmul __matmul__ __rmatmul__ mm bmm".split())
-ZEROS = frozenset("zeros zeros_like new_zeros".split())
+ZEROS = frozenset("zeros zeros_like new_zeros zero_".split())  # exactly zero whatever went in
 POOLING = frozenset("max_pool1d avg_pool1d adaptive_max_pool1d adaptive_avg_pool1d lp_pool1d".split())
-FRESH = frozenset("ones_like empty_like full_like rand_like randn_like randint_like new_ones new_full new_empty "
+FRESH = frozenset("new ones_like empty_like full_like rand_like randn_like randint_like new_ones new_full new_empty "
                   "new_tensor".split())  # new values shaped like their input: not hidden features
 METADATA = frozenset("""
 size dim numel __len__ is_contiguous is_floating_point element_size stride __get__ __format__ __bool__ item

@@ -20,6 +20,7 @@ from ..core.groups import all_unit_norms
 from ..core.surgery import mask_state_dict, shrink_state_dict
 from ..core.thresholding import select_kept
 from ..errors import ShrinkError
+from .labels import ZERO
 from .plan import Plan, check_plan, discover
 
 
@@ -90,6 +91,19 @@ def _double(value: Any) -> Any:
     return tree_map(lambda v: v.double() if isinstance(v, Tensor) and v.is_floating_point() else v, value)
 
 
+def _padding_as_units(labels: Tensor) -> Tensor:
+    """A padded output's padding (exact zeros, labelled ZERO) belongs to the unit of its feature column (the last
+    axis), so a removed unit's column goes padding and all, as it does in the shrunk model's output."""
+    if labels.dim() == 0:
+        return labels
+    columns = labels.reshape(-1, labels.shape[-1])
+    known = columns >= 0
+    low = torch.where(known, columns, torch.iinfo(torch.long).max).amin(0)
+    high = torch.where(known, columns, -1).amax(0)
+    unit = torch.where(known.any(0) & (low == high), low, ZERO)  # one unit per column, else left as it is
+    return torch.where(labels == ZERO, unit.expand_as(labels), labels)
+
+
 def _kept_mask(labels: Tensor, plan: Plan, kept: Mapping[str, Tensor]) -> Tensor:
     keep = torch.ones(labels.shape, dtype=torch.bool)
     kept_sets = {name: set(indices.tolist()) for name, indices in kept.items()}
@@ -149,7 +163,7 @@ def verify(original: nn.Module, masked_state: Mapping[str, Tensor], shrunk: nn.M
         if not isinstance(e, Tensor):
             continue
         if lab is not None and lab.shape == e.shape:
-            e = e[_kept_mask(lab, plan, kept).to(e.device)]
+            e = e[_kept_mask(_padding_as_units(lab), plan, kept).to(e.device)]
             a = a.flatten()
         if e.shape != a.shape:
             raise ShrinkError(f"The shrunk model's output has shape {tuple(a.shape)} where {tuple(e.shape)} was "
