@@ -412,3 +412,34 @@ def test_padded_outputs_and_new_allocations_shrink_exactly(model, inputs):
     if len(expected) > 1:  # the padded sequence: the kept units' columns, padding included
         kept = [c for c in range(12) if bool(expected[1][..., c].abs().sum() > 0)]
         torch.testing.assert_close(actual[1], expected[1][..., kept], rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("carried", [False, True], ids=["init_hidden zeros", "a state carried from the last batch"])
+def test_a_state_passed_in_as_pytorch_examples_main_py_does_shrinks_with_its_layer(carried):
+    """main.py calls model(data, hidden) with hidden = init_hidden(bsz), then carries it across batches: the state
+    is the layer's own units, cut with them."""
+    import model as wlm
+
+    torch.manual_seed(0)
+    model = wlm.RNNModel("LSTM", 20, 6, 8, 2).eval()
+    data = tokens(5, 3)
+    hidden = (torch.zeros(2, 3, 8), torch.zeros(2, 3, 8))
+    if carried:
+        with torch.no_grad():
+            hidden = model(data, hidden)[1]
+    plan = isscompress.discover(model, (data, hidden))
+    assert sorted(plan.input_labels) == [1, 2]  # h0 and c0, the leaves after the tokens
+    masked, dead = copy.deepcopy(model), (1, 4, 6)  # the same units of both layers: one kept list for every row
+    with torch.no_grad():
+        for group_set in plan.group_sets:
+            for member in group_set.members:
+                for start in member.starts:
+                    for unit in dead:
+                        dict(masked.named_parameters())[member.key].select(member.axis, start + unit).zero_()
+    small = isscompress.shrink_module(masked, (data, hidden), threshold=0.0)
+    kept = [u for u in range(8) if u not in dead]
+    assert small.rnn.hidden_size == len(kept)
+    with torch.no_grad():  # checked here: the state cut by hand
+        expected, _ = masked.double()(data, tuple(h.double() * torch.tensor([u in kept for u in range(8)]) for h in hidden))
+        actual, _ = small.double()(data, tuple(h.double()[..., kept] for h in hidden))
+    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-10)

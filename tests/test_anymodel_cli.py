@@ -344,3 +344,41 @@ def test_label_free_recovery_stage_runs_the_recover_schedule_without_iss(tmp_pat
     assert [e["lr"] for e in epochs] == [0.001, 0.001]  # the recover schedule, not finetune's 3 epochs at 0.01
     assert all("alive" not in e for e in epochs)  # no group Lasso hook in a recovery
     assert done.widths == {name: 6 for name in ("gru.l0", "gru.l0.reverse", "gru.l1", "gru.l1.reverse")}
+
+
+MAIN_PY_ARCH = '''
+import torch
+from anymodel_zoo import tokens
+import model as wlm  # pytorch/examples word_language_model's RNNModel (the tests' stand-in)
+
+def make():
+    torch.manual_seed(0)
+    model = wlm.RNNModel("LSTM", 20, 6, 8, 2)
+    return model, (tokens(5, 3), (torch.zeros(2, 3, 8), torch.zeros(2, 3, 8)))  # main.py: model(data, init_hidden)
+'''
+
+
+def test_a_model_called_as_pytorch_examples_main_py_calls_it_shrinks_and_reports_from_the_command_line(tmp_path):
+    import model as wlm
+
+    (tmp_path / "mainpy.py").write_text(MAIN_PY_ARCH)
+    arch = f"{tmp_path / 'mainpy.py'}:make"
+    torch.manual_seed(0)
+    model = wlm.RNNModel("LSTM", 20, 6, 8, 2)
+    with torch.no_grad():  # units 1, 4 and 6 of both layers zeroed, as ISS fine-tuning leaves them
+        for layer in (0, 1):
+            for unit in (1, 4, 6):
+                for name in (f"weight_ih_l{layer}", f"weight_hh_l{layer}", f"bias_ih_l{layer}", f"bias_hh_l{layer}"):
+                    getattr(model.rnn, name)[[unit, 8 + unit, 16 + unit, 24 + unit]] = 0
+                getattr(model.rnn, f"weight_hh_l{layer}")[:, unit] = 0
+                (model.rnn.weight_ih_l1 if layer == 0 else model.decoder.weight)[:, unit] = 0
+    source, small = tmp_path / "model.safetensors", tmp_path / "small.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, source)
+    result = runner.invoke(app, ["shrink", str(source), "--arch", arch, "-o", str(small)])
+    assert result.exit_code == 0, result.output
+    assert load_file(small)["rnn.weight_hh_l0"].shape == (20, 5)
+    report = runner.invoke(app, ["report", str(source), str(small), "--arch", arch, "--json", "--repeats", "1"])
+    assert report.exit_code == 0, report.output
+    done = json.loads(report.stdout)
+    assert done["widths"]["rnn.l0"] == [8, 5] and done["output_gap"] < 1e-9 and done["top1_agreement"] == 1.0
+    assert runner.invoke(app, ["inspect", str(small), "--arch", arch]).exit_code == 0

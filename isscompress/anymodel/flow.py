@@ -71,9 +71,13 @@ class _Tracer(Tracer):
 
     def initial_state(self, state: Tensor, ranges: list[UnitRange], directions: int) -> None:
         labels = self.label_of(state)
+        if labels is None and id(state) in self.input_leaves:  # handed in by the caller: the layer's own state
+            labels = _state_labels(ranges, directions, state)
+            self.flow.input_labels[self.input_leaves[id(state)]] = labels
         if labels is None:
-            self.refuse("the initial state of a recurrent layer is neither zeros made in forward nor another "
-                        "recurrent layer's state (a removed unit would not start at zero)")
+            self.refuse("the initial state of a recurrent layer is neither zeros made in forward, another recurrent "
+                        "layer's state, nor a state passed in as one of the inputs (a learned state: a removed unit "
+                        "would not start at zero)")
         for r in ranges:
             rows = labels[r.layer * directions + r.direction].reshape(-1, r.size).t()
             for f, unit in enumerate(self.reduce_rows(rows, "an initial state").tolist()):
@@ -122,6 +126,15 @@ class _Tracer(Tracer):
             self.stack.pop()
 
 
+def _state_labels(ranges: list[UnitRange], directions: int, state: Tensor) -> Tensor:
+    """Labels of a ``(layers * directions, ..., width)`` state tensor: row ``l * directions + d`` holds the units of
+    layer ``l``, direction ``d`` (PyTorch's h_n order)."""
+    rows = sorted(ranges, key=lambda r: (r.layer, r.direction))
+    per_row = torch.stack([torch.arange(r.first, r.first + r.size) for r in rows])
+    shape = (per_row.shape[0],) + (1,) * (state.dim() - 2) + (per_row.shape[1],)
+    return per_row.reshape(shape).expand(state.shape).contiguous()
+
+
 def _hooks(tracer: _Tracer, model: nn.Module) -> Iterator[Any]:
     yield nn.modules.module.register_module_forward_pre_hook(tracer.enter)
     yield nn.modules.module.register_module_forward_hook(tracer.leave)
@@ -142,6 +155,8 @@ def follow(model: nn.Module, example_inputs: tuple) -> Flow:
         model = copy.deepcopy(model).cpu()
         example_inputs = tree_map(lambda v: v.cpu() if isinstance(v, Tensor) else v, example_inputs)
     tracer = _Tracer(model)
+    tracer.input_leaves = {id(leaf): index for index, leaf in enumerate(tree_flatten(example_inputs)[0])
+                           if isinstance(leaf, Tensor) and leaf.is_floating_point()}
     handles = []
     was_training = model.training
     model.eval()

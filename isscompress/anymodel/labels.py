@@ -93,6 +93,9 @@ class Flow:
     consumers: dict[str, set[str]] = field(default_factory=dict)  # range name -> modules/weights reading it
     output_labels: Any = None
     modules: dict[str, nn.Module] = field(default_factory=dict)  # recurrent module path -> module
+    # example-input leaf index -> labels: a state the caller hands in (pytorch/examples' init_hidden) is the layer's
+    # own units, shrunk with them
+    input_labels: dict[int, Tensor] = field(default_factory=dict)
 
     def find(self, unit: int) -> int:
         root = unit

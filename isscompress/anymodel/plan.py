@@ -30,6 +30,7 @@ class Plan:
     consumers: dict[str, set[str]] = field(default_factory=dict)
     output_labels: Any = None
     unit_sets: dict[int, tuple[str, int]] = field(default_factory=dict)  # unit id -> (set name, index in set)
+    input_labels: dict[int, Tensor] = field(default_factory=dict)  # example-input leaf -> its units (passed states)
 
     def __str__(self) -> str:
         return self.describe()
@@ -169,7 +170,7 @@ def build_plan(flow: Flow) -> Plan:
             for unit in classes[root]:
                 unit_sets[unit] = (name, index)
     _check_uniform(flow, sets, unit_sets)
-    return Plan(tuple(sets), list(flow.ranges), flow.consumers, flow.output_labels, unit_sets)
+    return Plan(tuple(sets), list(flow.ranges), flow.consumers, flow.output_labels, unit_sets, flow.input_labels)
 
 
 def _width_key(r: UnitRange, kind: str | None = None) -> str:

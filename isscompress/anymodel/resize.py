@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from ..core.groups import all_unit_norms
 from ..core.surgery import mask_state_dict, shrink_state_dict
@@ -138,6 +138,26 @@ def _runs_alike(model: nn.Module, inputs: tuple) -> list:
     return runs[0]
 
 
+def inputs_for(plan: Plan, inputs: tuple, kept: Mapping[str, Tensor]) -> tuple[tuple, tuple]:
+    """(the masked model's inputs, the shrunk model's inputs). A state the caller passes in (``plan.input_labels``)
+    holds the layer's own units: the removed ones read zero for the masked model (as a state carried from it would)
+    and are dropped for the shrunk model, whose layer is narrower."""
+    if not plan.input_labels:
+        return inputs, inputs
+    leaves, spec = tree_flatten(inputs)
+    masked, small = list(leaves), list(leaves)
+    for index, labels in plan.input_labels.items():
+        value = leaves[index]
+        keep = _kept_mask(labels, plan, kept).to(value.device)
+        counts = keep.reshape(-1, keep.shape[-1]).sum(1)
+        if not bool((counts == counts[0]).all()):
+            raise ShrinkError(f"Input {index}, a state passed to a recurrent layer, would keep different numbers of "
+                              "units in its rows.", "Report it with the model's code.")
+        masked[index] = value * keep
+        small[index] = value[keep].reshape(*value.shape[:-1], int(counts[0]))
+    return tree_unflatten(masked, spec), tree_unflatten(small, spec)
+
+
 def verify(original: nn.Module, masked_state: Mapping[str, Tensor], shrunk: nn.Module, example_inputs: tuple,
            plan: Plan, kept: Mapping[str, Tensor]) -> float:
     """Largest difference between the masked original and the shrunk module on the inputs, in float64.
@@ -146,11 +166,11 @@ def verify(original: nn.Module, masked_state: Mapping[str, Tensor], shrunk: nn.M
     masked = copy.deepcopy(original).double().eval()
     masked.load_state_dict({k: _double(v) for k, v in masked_state.items()})
     small = copy.deepcopy(shrunk).double().eval()
-    inputs = _double(example_inputs)
+    masked_inputs, small_inputs = inputs_for(plan, _double(example_inputs), kept)
     with torch.no_grad():
-        expected = _runs_alike(masked, inputs)
+        expected = _runs_alike(masked, masked_inputs)
         try:
-            actual = tree_flatten(small(*inputs))[0]
+            actual = tree_flatten(small(*small_inputs))[0]
         except Exception as err:
             raise ShrinkError(f"The shrunk model fails on the example inputs ({type(err).__name__}: {err}); its forward "
                               "probably uses sizes stored outside its layers (e.g. self.hidden_size).",

@@ -53,6 +53,7 @@ class Tracer(TorchFunctionMode):
         self.inside_recurrent = 0
         self.busy = False
         self.next_unit = 0
+        self.input_leaves: dict[int, int] = {}  # id of an example-input tensor -> its leaf index
 
     # ----- bookkeeping -----------------------------------------------------------------------
     def label_of(self, value: Any) -> Tensor | None:

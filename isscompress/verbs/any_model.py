@@ -20,7 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from ..anymodel import Plan, discover, load_groups, resize_to
-from ..training.tasks import floats, output_gap
+from ..anymodel.resize import inputs_for
+from ..training.objectives import distillation_divergence
+from ..training.tasks import floats
 from ..anymodel.resize import shrink_module_to
 from ..core.groups import all_unit_norms
 from ..core.surgery import shrink_state_dict
@@ -92,6 +94,17 @@ def _fit(model: nn.Module, tensors: dict[str, Tensor], checkpoint: Path) -> nn.M
     return resize_to(model, {k: v.to(own[k].dtype) for k, v in tensors.items()})
 
 
+def _inputs_for_shrunk(model: nn.Module, inputs: tuple, metadata: Metadata) -> tuple:
+    """The factory's example inputs fit the original model; for a checkpoint that a shrink made (it records the
+    kept units), a state the inputs pass in is cut to the kept units, as the shrink's own check fed it."""
+    if not metadata.kept:
+        return inputs
+    plan = discover(model, inputs)  # the factory's model: the original's sizes, which the inputs fit
+    if not plan.input_labels or not set(metadata.kept) <= {gs.name for gs in plan.group_sets}:
+        return inputs
+    return inputs_for(plan, inputs, {name: torch.tensor(kept) for name, kept in metadata.kept.items()})[1]
+
+
 @dataclass
 class UserModel:
     """A checkpoint of a user's model, opened: the model with its weights (None with only --groups)."""
@@ -132,6 +145,7 @@ def open_user_model(checkpoint: str | Path, arch: str | None = None, groups: str
     model = inputs = batches = None
     if arch is not None:
         model, inputs, batches = load_factory(arch)
+        inputs = _inputs_for_shrunk(model, inputs, metadata)
         model = _fit(model, tensors, raw.path)
     if groups is not None:
         plan = load_groups(groups, tensors)
@@ -217,15 +231,19 @@ AGREEMENT_WARNING = 0.99  # below this share of unchanged top-1 outputs, a repor
 GAP_WARNING = 0.05  # KL in nats per position (or MSE) above which a report warns
 
 
-def top1_agreement(student: nn.Module, teacher: nn.Module, inputs: tuple) -> float | None:
-    """Share of positions whose largest output (over the last axis) is the same in both models; None when no output
-    is a score vector (a last axis of one)."""
-    same = total = 0
-    for a, b in zip(floats(student(*inputs)), floats(teacher(*inputs))):
-        if a.dim() and a.shape[-1] > 1 and a.shape == b.shape:
+def compare_outputs(student: list[Tensor], teacher: list[Tensor], loss: str = "kl") -> tuple[float, float | None]:
+    """(the distillation gap summed over outputs of equal shape, the share of positions whose top-1 output is the
+    teacher's — None when no output is a score vector). Outputs that carry hidden features are narrower in a shrunk
+    model and are left out: the model's answers are what is compared."""
+    gap, same, total = 0.0, 0, 0
+    for a, b in zip(student, teacher):
+        if a.shape != b.shape:
+            continue
+        gap += float(distillation_divergence(a, b, 1.0, loss))
+        if a.dim() and a.shape[-1] > 1:
             same += int((a.argmax(-1) == b.argmax(-1)).sum())
             total += a[..., 0].numel()
-    return same / total if total else None
+    return gap, (same / total if total else None)
 
 
 def report_user_models(original: str | Path, shrunk: str | Path, arch: str, repeats: int = 7,
@@ -233,19 +251,19 @@ def report_user_models(original: str | Path, shrunk: str | Path, arch: str, repe
     """Widths per set, parameters, file sizes, forward time on the example inputs (interleaved), and how far
     the shrunk model's outputs are from the original's."""
     first = open_user_model(original, arch)
-    second = open_user_model(shrunk, arch)
-    big, small, inputs = first.model.eval(), second.model.eval(), first.inputs
+    second = open_user_model(shrunk, arch)  # its inputs cut to its kept units where the inputs pass states in
+    runs = ((first.model.eval(), first.inputs), (second.model.eval(), second.inputs))
+    big, small = runs[0][0], runs[1][0]
     times: tuple[list[float], list[float]] = ([], [])
     with torch.no_grad():
-        for model in (big, small):
+        for model, inputs in runs:
             model(*inputs)  # warm-up
         for _ in range(repeats):
-            for model, out in ((big, times[0]), (small, times[1])):
+            for (model, inputs), out in zip(runs, times):
                 began = time.perf_counter()
                 model(*inputs)
                 out.append(time.perf_counter() - began)
-        gap = float(output_gap(small, big, inputs, 1.0, loss))
-        agreement = top1_agreement(small, big, inputs)
+        gap, agreement = compare_outputs(floats(small(*second.inputs)), floats(big(*first.inputs)), loss)
     widths_after = {name: size for name, size in second.widths().items()}
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     return UserReport(first.path, second.path,
