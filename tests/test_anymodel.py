@@ -198,16 +198,52 @@ def test_the_refusal_hint_is_a_path_that_works(tmp_path):
     assert {m.key for m in plan.group_sets[0].members} >= {"lstm.weight_ih_l0", "head.weight"}
 
 
-def test_cells_and_tied_weights_are_refused():
-    class Stepped(Refused):
-        def forward(self, x):
-            h = c = torch.zeros(x.shape[0], 8)
-            for t in range(x.shape[1]):
-                h, c = self.cell(self.emb(x[:, t]), (h, c))
-            return self.head(h)
+class SteppedDecoder(nn.Module):
+    """Cells stepped by forward's own loop, Tacotron-style: an LSTMCell whose output is fed back through a GRUCell
+    and a head, a relu RNNCell beside it, states made with torch.zeros (float32: the float64 check still runs)."""
 
-    with pytest.raises(TraceError, match="`cell` is an LSTMCell"):
-        isscompress.discover(Stepped("plain"), (tokens(2, 5),))
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.cell = nn.Embedding(20, 5), nn.LSTMCell(5 + 3, 6)
+        self.gru, self.rnn = nn.GRUCell(6, 4), nn.RNNCell(5, 3, nonlinearity="relu")
+        self.out = nn.Linear(4 + 3, 3)
+
+    def forward(self, x, g):  # g: a GRUCell state passed in by the caller
+        h = c = torch.zeros(x.shape[1], self.cell.hidden_size)
+        r = torch.zeros(x.shape[1], self.rnn.hidden_size)
+        y, outs = torch.zeros(x.shape[1], 3), []
+        for t in range(x.shape[0]):
+            h, c = self.cell(torch.cat([self.emb(x[t]), y], -1), (h, c))
+            g, r = self.gru(h, g), self.rnn(self.emb(x[t]), r)
+            y = self.out(torch.cat([g, r], -1))
+            outs.append(y)
+        return torch.stack(outs), g
+
+
+def test_cells_stepped_by_the_models_own_loop_shrink_exactly():
+    torch.manual_seed(0)
+    model, inputs = SteppedDecoder(), (tokens(6, 3), torch.randn(3, 4))
+    plan = isscompress.discover(model, inputs)
+    assert sorted(gs.name for gs in plan.group_sets) == ["cell.l0", "gru.l0", "rnn.l0"]
+    assert list(plan.input_labels) == [1]
+    masked = zero_random_groups(model, plan, 2, 0.5)
+    small = isscompress.shrink_module(masked, inputs, threshold=0.0)
+    assert (small.cell.hidden_size, small.gru.hidden_size, small.rnn.hidden_size) < (6, 4, 3)
+    assert type(small.rnn) is nn.RNNCell and small.rnn.nonlinearity == "relu"
+    kept = [u for u in range(4) if float(masked.gru.weight_hh[:, u].abs().sum()) > 0]
+    assert len(kept) == small.gru.hidden_size
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # the model's own torch.zeros, in float64 like its weights
+    try:
+        with torch.no_grad():  # the logits at every step, against the masked model, checked here
+            expected = masked.double()(inputs[0], inputs[1].double())[0]
+            actual = small.double()(inputs[0], inputs[1].double()[:, kept])[0]
+    finally:
+        torch.set_default_dtype(previous)
+    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-10)
+
+
+def test_tied_weights_are_refused():
 
     class Tied(nn.Module):
         def __init__(self):

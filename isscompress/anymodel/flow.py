@@ -22,7 +22,18 @@ from torch.nn.utils.rnn import PackedSequence
 from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import IsscompressError
-from .labels import HINT, RECURRENT, UNLABELED, Flow, Position, TraceError, UnitRange, recurrent_shape
+from .labels import (
+    HINT,
+    RECURRENT,
+    UNLABELED,
+    Flow,
+    Position,
+    TraceError,
+    UnitRange,
+    is_cell,
+    recurrent_shape,
+    weight_name,
+)
 from .tracer import Tracer
 
 __all__ = ["HINT", "Flow", "Position", "TraceError", "UnitRange", "follow", "recurrent_shape"]
@@ -57,12 +68,13 @@ class _Tracer(Tracer):
             labels = self.label_of(x)
             if labels is not None:
                 for direction in range(directions):
-                    key = f"weight_ih_l0{'_reverse' if direction else ''}"
+                    key = weight_name(module, "weight_ih", 0, direction)
                     self.read_by_weight(x, getattr(module, key), 1, -1, type(module).__name__)
             hx = args[1] if len(args) > 1 else kwargs.get("hx")
             if hx is None:
                 return
             states = hx if isinstance(hx, tuple) else (hx,)
+            self.cell_state = is_cell(module)
             for state, kind in zip(states, ("proj" if proj else "hidden", "hidden")):
                 self.initial_state(state, [r for r in ranges if r.kind == kind], directions)
         finally:
@@ -72,14 +84,15 @@ class _Tracer(Tracer):
     def initial_state(self, state: Tensor, ranges: list[UnitRange], directions: int) -> None:
         labels = self.label_of(state)
         if labels is None and id(state) in self.input_leaves:  # handed in by the caller: the layer's own state
-            labels = _state_labels(ranges, directions, state)
+            labels = _state_labels(ranges, directions, state, self.cell_state)
             self.flow.input_labels[self.input_leaves[id(state)]] = labels
         if labels is None:
             self.refuse("the initial state of a recurrent layer is neither zeros made in forward, another recurrent "
                         "layer's state, nor a state passed in as one of the inputs (a learned state: a removed unit "
                         "would not start at zero)")
         for r in ranges:
-            rows = labels[r.layer * directions + r.direction].reshape(-1, r.size).t()
+            own = labels if self.cell_state else labels[r.layer * directions + r.direction]
+            rows = own.reshape(-1, r.size).t()
             for f, unit in enumerate(self.reduce_rows(rows, "an initial state").tolist()):
                 if unit == UNLABELED:
                     self.refuse(f"the initial state of `{r.name}` holds values that are not zero and not a "
@@ -95,6 +108,11 @@ class _Tracer(Tracer):
             ranges = self.ranges_for(path, module)
             layers, directions, hidden, proj, _ = recurrent_shape(module)
             out_kind = "proj" if proj else "hidden"
+            if is_cell(module):  # h' (and c') of one step: the cell's units along the last axis
+                units = torch.cat([torch.arange(r.first, r.first + r.size) for r in ranges])
+                for value in output if isinstance(output, tuple) else (output,):
+                    self.set_label(value, units.expand(value.shape).contiguous())
+                return
             sequence, state = output
             last = [r for r in ranges if r.layer == layers - 1 and r.kind == out_kind]
             features = torch.cat([torch.arange(r.first, r.first + r.size) for r in last])
@@ -112,10 +130,6 @@ class _Tracer(Tracer):
         finally:
             self.busy = False
 
-    def refuse_cell(self, module: nn.Module, args: Any) -> None:
-        raise TraceError(f"Module `{self.names.get(id(module))}` is an {type(module).__name__} stepped by the model's "
-                         "own loop; isscompress follows nn.LSTM, nn.GRU and nn.RNN, not cells yet.", HINT)
-
     # ----- module names for messages ---------------------------------------------------------
     def enter(self, module: nn.Module, args: Any) -> None:
         if not isinstance(module, RECURRENT):
@@ -126,11 +140,13 @@ class _Tracer(Tracer):
             self.stack.pop()
 
 
-def _state_labels(ranges: list[UnitRange], directions: int, state: Tensor) -> Tensor:
+def _state_labels(ranges: list[UnitRange], directions: int, state: Tensor, cell: bool = False) -> Tensor:
     """Labels of a ``(layers * directions, ..., width)`` state tensor: row ``l * directions + d`` holds the units of
     layer ``l``, direction ``d`` (PyTorch's h_n order)."""
     rows = sorted(ranges, key=lambda r: (r.layer, r.direction))
     per_row = torch.stack([torch.arange(r.first, r.first + r.size) for r in rows])
+    if cell:  # a cell's state has no layer axis: (batch, width) or (width,)
+        return per_row[0].expand(state.shape).contiguous()
     shape = (per_row.shape[0],) + (1,) * (state.dim() - 2) + (per_row.shape[1],)
     return per_row.reshape(shape).expand(state.shape).contiguous()
 
@@ -142,8 +158,6 @@ def _hooks(tracer: _Tracer, model: nn.Module) -> Iterator[Any]:
         if isinstance(module, RECURRENT):
             yield module.register_forward_pre_hook(tracer.before_recurrent, with_kwargs=True)
             yield module.register_forward_hook(tracer.after_recurrent, with_kwargs=True)
-        elif isinstance(module, nn.RNNCellBase):
-            yield module.register_forward_pre_hook(tracer.refuse_cell)
 
 
 def follow(model: nn.Module, example_inputs: tuple) -> Flow:

@@ -57,7 +57,7 @@ METADATA = frozenset("""
 size dim numel __len__ is_contiguous is_floating_point element_size stride __get__ __format__ __bool__ item
 tolist __index__ __repr__ __hash__ data_ptr get_device _is_view nelement ndimension
 """.split())
-RECURRENT = (nn.LSTM, nn.GRU, nn.RNN)
+RECURRENT = (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)  # cells: stepped by the model's loop
 
 
 @dataclass(frozen=True)
@@ -117,11 +117,24 @@ class Flow:
         raise KeyError(unit)
 
 
+def is_cell(module: nn.Module) -> bool:
+    """An nn.LSTMCell / GRUCell / RNNCell: one layer, one direction, one step per call, its state without a layer
+    axis, its weights named without a layer suffix."""
+    return isinstance(module, nn.RNNCellBase)
+
+
+def weight_name(module: nn.Module, name: str, layer: int = 0, direction: int = 0) -> str:
+    """``weight_ih_l1_reverse`` for a layer of an nn.LSTM, plain ``weight_ih`` for a cell."""
+    return name if is_cell(module) else f"{name}_l{layer}{'_reverse' if direction else ''}"
+
+
 def recurrent_shape(module: nn.Module) -> tuple[int, int, int, int, int]:
-    """(layers, directions, hidden, proj, gates) of an nn.LSTM / nn.GRU / nn.RNN."""
+    """(layers, directions, hidden, proj, gates) of an nn.LSTM / nn.GRU / nn.RNN, or of a cell."""
     hidden = module.hidden_size
     proj = getattr(module, "proj_size", 0) or 0
-    gates = module.weight_ih_l0.shape[0] // hidden
+    gates = getattr(module, weight_name(module, "weight_ih")).shape[0] // hidden
+    if is_cell(module):
+        return 1, 1, hidden, 0, gates
     return module.num_layers, 2 if module.bidirectional else 1, hidden, proj, gates
 
 

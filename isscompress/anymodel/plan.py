@@ -20,6 +20,7 @@ from ..core.groups import GroupSet, Member
 from ..io.files import atomic_write, check_output_path
 from .groups_file import GROUPS_FORMAT, check_plan_members, parse_groups, read_groups_text
 from .flow import HINT, Flow, Position, TraceError, UnitRange, follow, recurrent_shape
+from .labels import weight_name
 
 @dataclass
 class Plan:
@@ -86,15 +87,16 @@ def own_positions(r: UnitRange, module_path: str, module: nn.Module, unit: int) 
     """The positions a recurrent layer's own weights hold for its unit ``unit`` (0-based in the range)."""
     layers, directions, hidden, proj, gates = recurrent_shape(module)
     prefix = f"{module_path}." if module_path else ""
-    sfx = f"_l{r.layer}{'_reverse' if r.direction else ''}"
+    own = {name: prefix + weight_name(module, name, r.layer, r.direction)
+           for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")}
     out = set()
     if r.kind == "hidden":
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            if hasattr(module, name + sfx):
-                out |= {(prefix + name + sfx, 0, g * hidden + unit) for g in range(gates)}
-        out.add((prefix + ("weight_hr" if proj else "weight_hh") + sfx, 1, unit))
+            if hasattr(module, own[name][len(prefix):]):
+                out |= {(own[name], 0, g * hidden + unit) for g in range(gates)}
+        out.add((own["weight_hr" if proj else "weight_hh"], 1, unit))
     else:
-        out |= {(prefix + "weight_hr" + sfx, 0, unit), (prefix + "weight_hh" + sfx, 1, unit)}
+        out |= {(own["weight_hr"], 0, unit), (own["weight_hh"], 1, unit)}
     if r.kind == ("proj" if proj else "hidden") and r.layer + 1 < layers:
         width = proj or hidden
         for direction in range(directions):

@@ -9,7 +9,8 @@ parameters replaced), and checks the result against the masked original in float
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +38,12 @@ def _rebuilt(module: nn.Module, state: Mapping[str, Tensor]) -> nn.Module | None
         if isinstance(module, nn.LSTM):
             kwargs["proj_size"] = proj
         if type(module) is nn.RNN:
+            kwargs["nonlinearity"] = module.nonlinearity
+        return type(module)(**kwargs)
+    if isinstance(module, nn.RNNCellBase):  # a cell stepped by the model's own loop
+        kwargs = dict(input_size=state["weight_ih"].shape[1], hidden_size=state["weight_hh"].shape[1],
+                      bias=module.bias, **factory)
+        if type(module) is nn.RNNCell:
             kwargs["nonlinearity"] = module.nonlinearity
         return type(module)(**kwargs)
     if type(module) is nn.Linear:
@@ -138,6 +145,16 @@ def _runs_alike(model: nn.Module, inputs: tuple) -> list:
     return runs[0]
 
 
+@contextmanager
+def _float64_default() -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def inputs_for(plan: Plan, inputs: tuple, kept: Mapping[str, Tensor]) -> tuple[tuple, tuple]:
     """(the masked model's inputs, the shrunk model's inputs). A state the caller passes in (``plan.input_labels``)
     holds the layer's own units: the removed ones read zero for the masked model (as a state carried from it would)
@@ -167,7 +184,7 @@ def verify(original: nn.Module, masked_state: Mapping[str, Tensor], shrunk: nn.M
     masked.load_state_dict({k: _double(v) for k, v in masked_state.items()})
     small = copy.deepcopy(shrunk).double().eval()
     masked_inputs, small_inputs = inputs_for(plan, _double(example_inputs), kept)
-    with torch.no_grad():
+    with torch.no_grad(), _float64_default():  # tensors forward makes (torch.zeros(...)) are float64 too
         expected = _runs_alike(masked, masked_inputs)
         try:
             actual = tree_flatten(small(*small_inputs))[0]

@@ -54,6 +54,7 @@ class Tracer(TorchFunctionMode):
         self.busy = False
         self.next_unit = 0
         self.input_leaves: dict[int, int] = {}  # id of an example-input tensor -> its leaf index
+        self.cell_state = False  # the state being read is a cell's (no layer axis)
 
     # ----- bookkeeping -----------------------------------------------------------------------
     def label_of(self, value: Any) -> Tensor | None:
