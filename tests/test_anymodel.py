@@ -222,11 +222,13 @@ class SteppedDecoder(nn.Module):
 
 def test_cells_stepped_by_the_models_own_loop_shrink_exactly():
     torch.manual_seed(0)
-    model, inputs = SteppedDecoder(), (tokens(6, 3), torch.randn(3, 4))
+    model, inputs = SteppedDecoder(), (tokens(6, 3), torch.zeros(3, 4))
     plan = isscompress.discover(model, inputs)
     assert sorted(gs.name for gs in plan.group_sets) == ["cell.l0", "gru.l0", "rnn.l0"]
     assert list(plan.input_labels) == [1]
     masked = zero_random_groups(model, plan, 2, 0.5)
+    with torch.no_grad():  # the decoder's state carried from its own last call (streaming): zero at removed units
+        inputs = (inputs[0], masked(*inputs)[1])
     small = isscompress.shrink_module(masked, inputs, threshold=0.0)
     assert (small.cell.hidden_size, small.gru.hidden_size, small.rnn.hidden_size) < (6, 4, 3)
     assert type(small.rnn) is nn.RNNCell and small.rnn.nonlinearity == "relu"
@@ -460,9 +462,6 @@ def test_a_state_passed_in_as_pytorch_examples_main_py_does_shrinks_with_its_lay
     model = wlm.RNNModel("LSTM", 20, 6, 8, 2).eval()
     data = tokens(5, 3)
     hidden = (torch.zeros(2, 3, 8), torch.zeros(2, 3, 8))
-    if carried:
-        with torch.no_grad():
-            hidden = model(data, hidden)[1]
     plan = isscompress.discover(model, (data, hidden))
     assert sorted(plan.input_labels) == [1, 2]  # h0 and c0, the leaves after the tokens
     masked, dead = copy.deepcopy(model), (1, 4, 6)  # the same units of both layers: one kept list for every row
@@ -472,10 +471,17 @@ def test_a_state_passed_in_as_pytorch_examples_main_py_does_shrinks_with_its_lay
                 for start in member.starts:
                     for unit in dead:
                         dict(masked.named_parameters())[member.key].select(member.axis, start + unit).zero_()
+    if carried:  # the fine-tuned model's own state from its last call: zero at every removed unit
+        with torch.no_grad():
+            hidden = masked(data, hidden)[1]
+        assert float(hidden[1][..., list(dead)].abs().max()) == 0 and float(hidden[1].abs().max()) > 0
+        foreign = tuple(h + 0.1 for h in hidden)  # not this model's state: refused, with the reason
+        with pytest.raises(isscompress.errors.ShrinkError, match="holds non-zero values for units being removed"):
+            isscompress.shrink_module(masked, (data, foreign), threshold=0.0)
     small = isscompress.shrink_module(masked, (data, hidden), threshold=0.0)
     kept = [u for u in range(8) if u not in dead]
     assert small.rnn.hidden_size == len(kept)
     with torch.no_grad():  # checked here: the state cut by hand
-        expected, _ = masked.double()(data, tuple(h.double() * torch.tensor([u in kept for u in range(8)]) for h in hidden))
+        expected, _ = masked.double()(data, tuple(h.double() for h in hidden))
         actual, _ = small.double()(data, tuple(h.double()[..., kept] for h in hidden))
     torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-10)

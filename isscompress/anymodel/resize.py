@@ -157,8 +157,10 @@ def _float64_default() -> Iterator[None]:
 
 def inputs_for(plan: Plan, inputs: tuple, kept: Mapping[str, Tensor]) -> tuple[tuple, tuple]:
     """(the masked model's inputs, the shrunk model's inputs). A state the caller passes in (``plan.input_labels``)
-    holds the layer's own units: the removed ones read zero for the masked model (as a state carried from it would)
-    and are dropped for the shrunk model, whose layer is narrower."""
+    holds the layer's own units: zeros (``init_hidden``), or the state the masked model itself carried from its
+    last call, which is zero at every removed unit; the shrunk model gets it cut to the kept units. A state that is
+    not zero at a removed unit is foreign — dropping those values would change what the model computes — and is
+    refused."""
     if not plan.input_labels:
         return inputs, inputs
     leaves, spec = tree_flatten(inputs)
@@ -170,7 +172,11 @@ def inputs_for(plan: Plan, inputs: tuple, kept: Mapping[str, Tensor]) -> tuple[t
         if not bool((counts == counts[0]).all()):
             raise ShrinkError(f"Input {index}, a state passed to a recurrent layer, would keep different numbers of "
                               "units in its rows.", "Report it with the model's code.")
-        masked[index] = value * keep
+        if bool((value[~keep] != 0).any()):
+            raise ShrinkError(f"Input {index} is the initial state of a recurrent layer and holds non-zero values for "
+                              "units being removed: it is not zeros nor a state this model carried after ISS (which is "
+                              "zero there), so removing those units would change what the model computes.",
+                              "Pass zeros (init_hidden), or the state the fine-tuned model itself returned.")
         small[index] = value[keep].reshape(*value.shape[:-1], int(counts[0]))
     return tree_unflatten(masked, spec), tree_unflatten(small, spec)
 
