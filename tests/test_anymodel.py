@@ -14,6 +14,7 @@ from torch.utils._pytree import tree_flatten
 import isscompress
 from anymodel_zoo import AttentionClassifier, tokens, zoo
 from isscompress.anymodel import GroupsFileError, TraceError
+from isscompress.anymodel.resize import with_aliases
 from isscompress.core.groups import all_unit_norms
 from isscompress.core.surgery import mask_state_dict
 from isscompress.core.thresholding import select_kept
@@ -37,7 +38,7 @@ def zero_random_groups(model: nn.Module, plan: isscompress.Plan, seed: int, keep
     state = mask_state_dict(model.state_dict(), plan.group_sets, wanted)
     kept = select_kept(all_unit_norms(state, plan.group_sets), plan.group_sets, 0.0)
     masked = copy.deepcopy(model)
-    masked.load_state_dict(mask_state_dict(state, plan.group_sets, kept))
+    masked.load_state_dict(with_aliases(mask_state_dict(state, plan.group_sets, kept), plan))  # tied names too
     return masked
 
 
@@ -245,21 +246,41 @@ def test_cells_stepped_by_the_models_own_loop_shrink_exactly():
     torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-10)
 
 
-def test_tied_weights_are_refused():
+def test_a_decoder_tied_to_its_embedding_shrinks_exactly_and_stays_tied():
+    """An embedding dimension is a tied decoder's column: it goes with the last layer's unit, and with it the first
+    layer's input column that reads that dimension (the language-model path's rule, found here by a second run)."""
+    import model as wlm
 
-    class Tied(nn.Module):
+    torch.manual_seed(0)
+    model = wlm.RNNModel("LSTM", 30, 8, 8, 2, tie_weights=True).eval()
+    data = tokens(6, 3)
+    plan = isscompress.discover(model, (data,))
+    assert plan.aliases == {"decoder.weight": "encoder.weight"}
+    last = next(gs for gs in plan.group_sets if gs.name == "rnn.l1")
+    assert {(m.key, m.axis) for m in last.members} >= {("encoder.weight", 1), ("rnn.weight_ih_l0", 1)}
+    masked = zero_random_groups(model, plan, 4, 0.5)
+    small = isscompress.shrink_module(masked, (data,), threshold=0.0)
+    assert small.decoder.weight is small.encoder.weight and small.encoder.embedding_dim == small.rnn.hidden_size < 8
+    for inputs in ((data,), (tokens(9, 3, seed=7),)):  # the example inputs and fresh ones, checked here
+        torch.testing.assert_close(outputs64(small, inputs)[0], outputs64(masked, inputs)[0], rtol=1e-9, atol=1e-10)
+    reg = isscompress.GroupLasso(model, plan, lam=50.0)  # one parameter, scaled once per step
+    reg.step(lr=1.0)
+    assert model.decoder.weight is model.encoder.weight and min(reg.widths().values()) < 8
+
+
+def test_tied_weights_read_by_rows_are_refused():
+    class Shared(nn.Module):
         def __init__(self):
             super().__init__()
-            self.emb = nn.Embedding(20, 8)
-            self.lstm = nn.LSTM(8, 8)
-            self.out = nn.Linear(8, 20)
-            self.out.weight = self.emb.weight
+            self.emb, self.lstm = nn.Embedding(20, 8), nn.LSTM(8, 8)
+            self.proj = nn.Parameter(torch.randn(8, 4))
+            self.again = self.proj  # one parameter under two names, read along its rows by h @ W
 
         def forward(self, x):
-            return self.out(self.lstm(self.emb(x))[0])
+            return self.lstm(self.emb(x))[0] @ self.again
 
-    with pytest.raises(TraceError, match="shared by"):
-        isscompress.discover(Tied(), (tokens(5, 2),))
+    with pytest.raises(TraceError, match="rows of a weight shared by proj, again"):
+        isscompress.discover(Shared(), (tokens(5, 2),))
 
 
 def test_wrong_example_inputs_say_so():

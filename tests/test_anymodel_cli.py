@@ -382,3 +382,25 @@ def test_a_model_called_as_pytorch_examples_main_py_calls_it_shrinks_and_reports
     done = json.loads(report.stdout)
     assert done["widths"]["rnn.l0"] == [8, 5] and done["output_gap"] < 1e-9 and done["top1_agreement"] == 1.0
     assert runner.invoke(app, ["inspect", str(small), "--arch", arch]).exit_code == 0
+
+
+def test_a_tied_model_shrinks_and_reports_from_the_command_line(tmp_path):
+    import model as wlm
+
+    (tmp_path / "tied.py").write_text(MAIN_PY_ARCH.replace('wlm.RNNModel("LSTM", 20, 6, 8, 2)',
+                                                           'wlm.RNNModel("LSTM", 20, 8, 8, 2, tie_weights=True)'))
+    arch = f"{tmp_path / 'tied.py'}:make"
+    torch.manual_seed(0)
+    model = wlm.RNNModel("LSTM", 20, 8, 8, 2, tie_weights=True)
+    plan = isscompress.discover(model, (tokens(5, 3), (torch.zeros(2, 3, 8), torch.zeros(2, 3, 8))))
+    kept = {gs.name: torch.tensor([0, 2, 3, 5, 7]) for gs in plan.group_sets}
+    state = isscompress.mask_state_dict(model.state_dict(), plan.group_sets, kept)
+    state["decoder.weight"] = state["encoder.weight"]  # one tensor under both names, as the model holds it
+    source, small = tmp_path / "tied.safetensors", tmp_path / "small.safetensors"
+    save_file({k: v.contiguous().clone() for k, v in state.items()}, source)
+    result = runner.invoke(app, ["shrink", str(source), "--arch", arch, "-o", str(small)])
+    assert result.exit_code == 0, result.output
+    shrunk = load_file(small)
+    assert shrunk["encoder.weight"].shape == shrunk["decoder.weight"].shape == (20, 5)
+    assert torch.equal(shrunk["encoder.weight"], shrunk["decoder.weight"])
+    assert runner.invoke(app, ["report", str(source), str(small), "--arch", arch, "--json"]).exit_code == 0

@@ -161,14 +161,24 @@ def _hooks(tracer: _Tracer, model: nn.Module) -> Iterator[Any]:
 
 
 def follow(model: nn.Module, example_inputs: tuple) -> Flow:
-    """Run ``model(*example_inputs)`` once (in eval mode, without gradients) and return what it found.
+    """Run ``model(*example_inputs)`` (in eval mode, without gradients) and return what it found. A weight shared by
+    an embedding and a reader of units (a tied decoder) takes a second run, in which the embedding's features carry
+    the units of its columns.
 
     The labels live on the CPU, so a model on an accelerator is followed as a CPU copy (names and shapes, which
     are all a plan keeps, are the same)."""
     if any(p.device.type != "cpu" for p in model.parameters()):
         model = copy.deepcopy(model).cpu()
         example_inputs = tree_map(lambda v: v.cpu() if isinstance(v, Tensor) else v, example_inputs)
+    flow = _follow_once(model, example_inputs, {})
+    if flow.tied_columns:
+        flow = _follow_once(model, example_inputs, flow.tied_columns)
+    return flow
+
+
+def _follow_once(model: nn.Module, example_inputs: tuple, tied_columns: dict[int, Tensor]) -> Flow:
     tracer = _Tracer(model)
+    tracer.tied_columns = tied_columns
     tracer.input_leaves = {id(leaf): index for index, leaf in enumerate(tree_flatten(example_inputs)[0])
                            if isinstance(leaf, Tensor) and leaf.is_floating_point()}
     handles = []

@@ -96,6 +96,10 @@ class Flow:
     # example-input leaf index -> labels: a state the caller hands in (pytorch/examples' init_hidden) is the layer's
     # own units, shrunk with them
     input_labels: dict[int, Tensor] = field(default_factory=dict)
+    # a weight shared under several names (a decoder tied to its embedding): member keys use the first name, and
+    # every other name is an alias the surgery gives the same slices; columns read by units, per shared weight
+    aliases: dict[str, str] = field(default_factory=dict)
+    tied_columns: dict[int, Tensor] = field(default_factory=dict)  # id(parameter) -> unit per column (-1: none)
 
     def find(self, unit: int) -> int:
         root = unit

@@ -32,6 +32,7 @@ class Plan:
     output_labels: Any = None
     unit_sets: dict[int, tuple[str, int]] = field(default_factory=dict)  # unit id -> (set name, index in set)
     input_labels: dict[int, Tensor] = field(default_factory=dict)  # example-input leaf -> its units (passed states)
+    aliases: dict[str, str] = field(default_factory=dict)  # another name of a shared weight -> its member name
 
     def __str__(self) -> str:
         return self.describe()
@@ -172,7 +173,8 @@ def build_plan(flow: Flow) -> Plan:
             for unit in classes[root]:
                 unit_sets[unit] = (name, index)
     _check_uniform(flow, sets, unit_sets)
-    return Plan(tuple(sets), list(flow.ranges), flow.consumers, flow.output_labels, unit_sets, flow.input_labels)
+    return Plan(tuple(sets), list(flow.ranges), flow.consumers, flow.output_labels, unit_sets, flow.input_labels,
+                flow.aliases)
 
 
 def _width_key(r: UnitRange, kind: str | None = None) -> str:

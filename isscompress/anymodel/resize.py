@@ -46,6 +46,11 @@ def _rebuilt(module: nn.Module, state: Mapping[str, Tensor]) -> nn.Module | None
         if type(module) is nn.RNNCell:
             kwargs["nonlinearity"] = module.nonlinearity
         return type(module)(**kwargs)
+    if type(module) is nn.Embedding:  # its dimensions are a tied decoder's columns
+        rows, dim = state["weight"].shape
+        return nn.Embedding(rows, dim, padding_idx=module.padding_idx, max_norm=module.max_norm,
+                            norm_type=module.norm_type, scale_grad_by_freq=module.scale_grad_by_freq,
+                            sparse=module.sparse, **factory)
     if type(module) is nn.Linear:
         out_features, in_features = state["weight"].shape
         return nn.Linear(in_features, out_features, bias="bias" in state, **factory)
@@ -86,12 +91,26 @@ def resize_to(model: nn.Module, state: Mapping[str, Tensor]) -> nn.Module:
             setattr(resized.get_submodule(parent_path) if parent_path else resized, child, new)
         else:
             resized = new
+    _tie_again(model, resized)
     try:
         resized.load_state_dict(state)
     except RuntimeError as err:
         raise ShrinkError(f"The resized model does not take the shrunk tensors: {err}".strip(),
                           "Report it with the model's code.") from err
     return resized
+
+
+def _tie_again(model: nn.Module, resized: nn.Module) -> None:
+    """Rebuilt modules hold parameters of their own: every name that shared one parameter in ``model`` (a decoder
+    tied to its embedding) shares the first name's parameter again."""
+    shared: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        shared.setdefault(id(parameter), []).append(name)
+    for names in (names for names in shared.values() if len(names) > 1):
+        first = resized.get_parameter(names[0])
+        for alias in names[1:]:
+            path, _, attribute = alias.rpartition(".")
+            setattr(resized.get_submodule(path) if path else resized, attribute, first)
 
 
 def _double(value: Any) -> Any:
@@ -153,6 +172,11 @@ def _float64_default() -> Iterator[None]:
         yield
     finally:
         torch.set_default_dtype(previous)
+
+
+def with_aliases(state: dict[str, Tensor], plan: Plan) -> dict[str, Tensor]:
+    """``state`` with every other name of a shared weight holding its member's tensor (the surgery cuts members)."""
+    return {**state, **{alias: state[name] for alias, name in plan.aliases.items() if name in state}}
 
 
 def inputs_for(plan: Plan, inputs: tuple, kept: Mapping[str, Tensor]) -> tuple[tuple, tuple]:
@@ -238,8 +262,8 @@ def shrink_module_to(model: nn.Module, inputs: tuple, plan: Plan, kept: Mapping[
     """:func:`shrink_module` keeping exactly ``kept[set]`` units (sorted indices), with the same float64 check
     (also on ``more_inputs``, other batches of the same kind; a batch of another shape reaches other code paths)."""
     state = {k: v.detach() for k, v in model.state_dict().items()}
-    shrunk = resize_to(model, shrink_state_dict(state, plan.group_sets, kept))
-    masked_state = mask_state_dict(state, plan.group_sets, kept)
+    shrunk = resize_to(model, with_aliases(shrink_state_dict(state, plan.group_sets, kept), plan))
+    masked_state = with_aliases(mask_state_dict(state, plan.group_sets, kept), plan)
     worst = max(verify(model, masked_state, shrunk, batch, plan, kept) for batch in (inputs, *more_inputs))
     scale = max(1.0, max((float(p.abs().max()) for p in state.values() if p.is_floating_point() and p.numel()),
                          default=1.0))

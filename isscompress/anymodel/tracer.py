@@ -55,6 +55,9 @@ class Tracer(TorchFunctionMode):
         self.next_unit = 0
         self.input_leaves: dict[int, int] = {}  # id of an example-input tensor -> its leaf index
         self.cell_state = False  # the state being read is a cell's (no layer axis)
+        # from a first run: the units that read each column of a tied weight, so that an embedding sharing it
+        # gives its output features those units' labels (an embedding dimension is a decoder column)
+        self.tied_columns: dict[int, Tensor] = {}
 
     # ----- bookkeeping -----------------------------------------------------------------------
     def label_of(self, value: Any) -> Tensor | None:
@@ -108,6 +111,13 @@ class Tracer(TorchFunctionMode):
             for value in tree_flatten(out)[0]:
                 if isinstance(value, Tensor) and value.is_floating_point():
                     self.labels[id(value)] = (value, fill(value, ZERO))
+            return
+        if name == "embedding" and self.tied_columns:  # an embedding tied to a weight that reads units
+            weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
+            columns = self.tied_columns.get(id(weight))
+            if columns is not None and isinstance(out, Tensor):
+                labels = torch.where(columns >= 0, columns, UNLABELED)
+                self.set_label(out, labels.expand(out.shape).contiguous())
             return
         leaves = tree_flatten((args, kwargs))[0]
         labeled = [v for v in leaves if isinstance(v, Tensor) and self.label_of(v) is not None]
@@ -323,11 +333,13 @@ class Tracer(TorchFunctionMode):
         if not isinstance(weight, nn.Parameter) or id(weight) not in self.param_names:
             self.refuse(f"`{op}` reads hidden features with a weight that is not a parameter of the model")
         names = self.param_names[id(weight)]
-        if len(names) > 1:
-            self.refuse(f"`{op}` reads hidden features with a weight shared by {', '.join(names)} "
-                        "(tied weights are supported by the language-model path, not by the any-model API)")
         columns = self.reduce_rows(labels.movedim(x_axis, -1).reshape(-1, labels.shape[x_axis]).t(),
                                    f"`{op}` with `{names[0]}`")
+        if len(names) > 1:  # tied: one member under the first name, the others aliases of it
+            if weight_axis != 1:
+                self.refuse(f"`{op}` reads hidden features with rows of a weight shared by {', '.join(names)}")
+            self.flow.aliases.update({alias: names[0] for alias in names[1:]})
+            self.flow.tied_columns[id(weight)] = columns.clamp_min(-1)
         reader = self.stack[-1] if self.stack and self.stack[-1] else names[0]
         for index, unit in enumerate(columns.tolist()):
             if unit >= 0:

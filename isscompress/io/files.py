@@ -272,6 +272,12 @@ def check_checkpoint_output(output: str | os.PathLike, *, force: bool, inputs: t
 
 def write_checkpoint(output: Path, tensors: Mapping[str, Tensor], metadata: Metadata) -> None:
     """Save tensors as safetensors with the metadata in the header, atomically."""
-    payload = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
+    payload: dict[str, Tensor] = {}
+    storages: set[int] = set()
+    for key, value in tensors.items():  # a tied weight under two names: safetensors stores each name's own copy
+        value = value.detach().contiguous().cpu()
+        storage = value.untyped_storage().data_ptr()
+        payload[key] = value.clone() if storage in storages and value.numel() else value
+        storages.add(storage)
     header = metadata.to_header()
     atomic_write(output, lambda temporary: save_file(payload, str(temporary), metadata=header))
