@@ -8,6 +8,10 @@ built small, followed by ``discover``, about half the units of every set zeroed,
 the outputs compared by this script itself — on the example inputs and on fresh inputs of the same shapes — or
 refused, and the reason printed. Stubbed: ``torchvision`` for mnist_rnn/main.py (imported at its top for data
 loaders; forward never uses it). Prints a Markdown table: model, what it does, result.
+
+Beside it, when ``torch-pruning`` is installed (``pip install torch-pruning``), the same models go through
+Torch-Pruning's ``MagnitudePruner`` as its README prunes a classifier (half the channels, the output layer ignored),
+and the table says what it did to the recurrent layers and whether the pruned model still runs.
 """
 
 from __future__ import annotations
@@ -79,6 +83,15 @@ def word_language_model(root: Path, rnn_type: str, tied: bool = False) -> Callab
     return case
 
 
+def wlm_build(root: Path, rnn_type: str, tied: bool = False) -> Callable[[], tuple[nn.Module, tuple, nn.Module]]:
+    def build() -> tuple[nn.Module, tuple, nn.Module]:
+        torch.manual_seed(0)
+        model = load(root, "word_language_model/model.py").RNNModel(rnn_type, 50, 10 if tied else 12, 10, 2,
+                                                                      dropout=0.2, tie_weights=tied).eval()
+        return model, (torch.randint(0, 50, (7, 4)), model.init_hidden(4)), model.decoder
+    return build
+
+
 def time_sequence(root: Path) -> Callable[[], str]:
     def case() -> str:
         module = load(root, "time_sequence_prediction/train.py")
@@ -99,28 +112,71 @@ def mnist_rnn(root: Path) -> Callable[[], str]:
     return case
 
 
-def main(argv: list[str] | None = None) -> list[tuple[str, str, str]]:
+RECURRENT_TYPES = (nn.RNNBase, nn.RNNCellBase)
+
+
+def widths(model: nn.Module) -> list[int]:
+    return [m.hidden_size for m in model.modules() if isinstance(m, RECURRENT_TYPES)]
+
+
+def torch_pruning(build: Callable[[], tuple[nn.Module, tuple, nn.Module]]) -> str:
+    """Torch-Pruning on the same model: MagnitudePruner, half the channels, the output layer ignored."""
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        return "not installed"
+    import warnings
+
+    model, inputs, output_layer = build()
+    before = widths(model)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pruner = tp.pruner.MagnitudePruner(model, example_inputs=inputs, importance=tp.importance.MagnitudeImportance(),
+                                               pruning_ratio=0.5, ignored_layers=[output_layer])
+            pruner.step()
+        after = widths(model)
+        with torch.no_grad():
+            model(*inputs)
+    except Exception as err:  # what a user of that tool meets
+        return f"{type(err).__name__}: {' '.join(str(err).split())[:120]}".replace("|", "/")
+    if after == before:
+        return f"recurrent widths unchanged ({before}): no recurrent unit removed"
+    return f"recurrent widths {before} -> {after}; runs (exactness not checked by the tool)"
+
+
+def main(argv: list[str] | None = None) -> list[tuple[str, str, str, str]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pytorch-examples", type=Path, required=True,
                         help=f"a checkout of github.com/pytorch/examples at {COMMIT[:12]}")
     args = parser.parse_args(argv)
     root = args.pytorch_examples
+
+    def sequence_build() -> tuple[nn.Module, tuple, nn.Module]:
+        model = load(root, "time_sequence_prediction/train.py").Sequence().double().eval()
+        return model, (torch.randn(3, 8, dtype=torch.double), 2), model.linear
+
+    def mnist_build() -> tuple[nn.Module, tuple, nn.Module]:
+        model = load(root, "mnist_rnn/main.py").Net().eval()
+        return model, (torch.randn(2, 1, 28, 28),), model.fc2
+
     cases = [(f"word_language_model RNNModel({kind})", "nn.%s x2, called with init_hidden()" % kind.split("_")[0],
-              word_language_model(root, kind)) for kind in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")]
+              word_language_model(root, kind), wlm_build(root, kind)) for kind in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")]
     cases += [("word_language_model RNNModel(LSTM, tie_weights)", "decoder tied to the embedding",
-               word_language_model(root, "LSTM", tied=True)),
-              ("time_sequence_prediction Sequence", "2 LSTMCells in a loop, output fed back", time_sequence(root)),
-              ("mnist_rnn Net", "LSTM -> BatchNorm1d -> MLP", mnist_rnn(root))]
+               word_language_model(root, "LSTM", tied=True), wlm_build(root, "LSTM", tied=True)),
+              ("time_sequence_prediction Sequence", "2 LSTMCells in a loop, output fed back", time_sequence(root),
+               sequence_build),
+              ("mnist_rnn Net", "LSTM -> BatchNorm1d -> MLP", mnist_rnn(root), mnist_build)]
     rows = []
-    for name, what, case in cases:
+    for name, what, case, build in cases:
         try:
             result = case()
         except IsscompressError as err:
             result = "refused: " + " ".join(err.message.split())[:220].replace("|", "/")
-        rows.append((name, what, result))
+        rows.append((name, what, result, torch_pruning(build)))
     exact = sum(row[2].startswith("shrunk exactly") for row in rows)
     print(f"pytorch/examples at {COMMIT[:12]}: {exact} of {len(rows)} shrunk exactly\n")
-    print("| model | what it does | result |\n|---|---|---|")
+    print("| model | what it does | isscompress | Torch-Pruning |\n|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
     return rows
