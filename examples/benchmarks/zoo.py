@@ -1,181 +1,270 @@
-"""A zoo of recurrent models that nobody here wrote, run through the any-model API as their users would.
+"""A zoo of recurrent models that nobody here wrote, run through the any-model API as their users would, and
+through Torch-Pruning beside it.
 
-    git clone https://github.com/pytorch/examples && git -C examples checkout 77f55b912142e11fcfdf5b530231fb9c52f181e8
-    python examples/benchmarks/zoo.py --pytorch-examples examples
+    git clone https://github.com/pytorch/examples          # at 77f55b912142e11fcfdf5b530231fb9c52f181e8
+    git clone https://github.com/IBM/pytorch-seq2seq       # at f146087a9a271e9b50f46561e090324764b081fb
+    git clone https://github.com/yunjey/pytorch-tutorial   # at 0500d3df5a2a8080ccfccbc00aca0eacc21818db
+    python examples/benchmarks/zoo.py --pytorch-examples examples --ibm-seq2seq pytorch-seq2seq \
+        --yunjey-tutorial pytorch-tutorial
 
-Each model file is loaded from that checkout unchanged (its code is not part of this repository); each model is
-built small, followed by ``discover``, about half the units of every set zeroed, shrunk by ``shrink_module``, and
-the outputs compared by this script itself — on the example inputs and on fresh inputs of the same shapes — or
-refused, and the reason printed. Stubbed: ``torchvision`` for mnist_rnn/main.py (imported at its top for data
-loaders; forward never uses it). Prints a Markdown table: model, what it does, result.
-
-Beside it, when ``torch-pruning`` is installed (``pip install torch-pruning``), the same models go through
-Torch-Pruning's ``MagnitudePruner`` as its README prunes a classifier (half the channels, the output layer ignored),
-and the table says what it did to the recurrent layers and whether the pruned model still runs.
+Model code is loaded from those checkouts unchanged (it is not part of this repository). pytorch-tutorial's
+scripts train when run, so their model classes are taken from the file by name and nothing else of it runs;
+mnist_rnn/main.py and image_captioning/model.py import torchvision at the top for data and a CNN their recurrent
+parts never use: ``torchvision`` is stubbed. Each model is built small, followed by ``discover``, half the units of
+every set zeroed the same way (as ISS leaves them), shrunk by ``shrink_module``, and its outputs compared by this
+script with the masked model's — on the example inputs and on fresh inputs of the same shapes — or refused, with
+the reason. With ``torch-pruning`` installed, each also goes through its ``MagnitudePruner`` as its README prunes a
+classifier (half the channels, the output layer ignored). Prints a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import importlib.util
 import sys
+import traceback
 import types
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten
 
 import isscompress
 from isscompress.errors import IsscompressError
 
-COMMIT = "77f55b912142e11fcfdf5b530231fb9c52f181e8"
+RECURRENT = (nn.RNNBase, nn.RNNCellBase)
 
 
-def load(root: Path, relative: str) -> types.ModuleType:
+@dataclass
+class Case:
+    name: str
+    what: str
+    build: Callable[[], tuple[nn.Module, Callable[[int], tuple], nn.Module]]  # model, inputs(seed), output layer
+    call: str = "forward"  # the method the model's users call (a decoder's greedy `sample`, ...)
+
+
+def stub_torchvision() -> None:
     if "torchvision" not in sys.modules:
         stub = types.ModuleType("torchvision")
-        stub.datasets, stub.transforms = types.SimpleNamespace(), types.SimpleNamespace()
-        sys.modules["torchvision"] = stub
-    name = "zoo_" + relative.replace("/", "_").removesuffix(".py")
-    spec = importlib.util.spec_from_file_location(name, root / relative)
+        stub.datasets, stub.transforms, stub.models = (types.SimpleNamespace() for _ in range(3))
+        sys.modules.update({"torchvision": stub, "torchvision.models": stub.models,
+                            "torchvision.transforms": stub.transforms})
+
+
+def load(path: Path) -> types.ModuleType:
+    stub_torchvision()
+    spec = importlib.util.spec_from_file_location("zoo_" + path.stem + str(abs(hash(path))), path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def zero_half(model: nn.Module, plan, seed: int) -> nn.Module:
-    """A copy with the same half of the units zeroed in every set (as ISS leaves them)."""
-    masked, generator = copy.deepcopy(model), torch.Generator().manual_seed(seed)
-    params = dict(masked.named_parameters())
-    size = plan.group_sets[0].size
-    dead = torch.randperm(size, generator=generator)[: size // 2].tolist()
-    with torch.no_grad():
-        for group_set in plan.group_sets:
-            for member in group_set.members:
-                for start in member.starts:
-                    for unit in dead:
-                        if unit < group_set.size:
-                            params[member.key].select(member.axis, start + unit).zero_()
-    return masked
-
-
-def word_language_model(root: Path, rnn_type: str, tied: bool = False) -> Callable[[], str]:
-    def case() -> str:
-        wlm = load(root, "word_language_model/model.py")
-        torch.manual_seed(0)
-        model = wlm.RNNModel(rnn_type, 50, 10 if tied else 12, 10, 2, dropout=0.2, tie_weights=tied).eval()
-        data = torch.randint(0, 50, (7, 4))
-        plan = isscompress.discover(model, (data, model.init_hidden(4)))  # as main.py calls it
-        masked = zero_half(model, plan, 1)
-        small = isscompress.shrink_module(masked, (data, model.init_hidden(4)), threshold=0.0)
-        small.nhid = small.rnn.hidden_size  # init_hidden reads nhid: the one line a user's code changes
-        worst = 0.0
-        for tokens in (data, torch.randint(0, 50, (9, 4), generator=torch.Generator().manual_seed(5))):
-            with torch.no_grad():
-                expected, _ = masked(tokens, masked.init_hidden(4))
-                actual, _ = small(tokens, small.init_hidden(4))
-            worst = max(worst, float((actual - expected).abs().max()))
-        assert worst < 1e-5, worst
-        return (f"shrunk exactly: width 10 -> {small.rnn.hidden_size}, largest difference {worst:.1e} (example and "
-                "fresh inputs)")
-    return case
-
-
-def wlm_build(root: Path, rnn_type: str, tied: bool = False) -> Callable[[], tuple[nn.Module, tuple, nn.Module]]:
-    def build() -> tuple[nn.Module, tuple, nn.Module]:
-        torch.manual_seed(0)
-        model = load(root, "word_language_model/model.py").RNNModel(rnn_type, 50, 10 if tied else 12, 10, 2,
-                                                                      dropout=0.2, tie_weights=tied).eval()
-        return model, (torch.randint(0, 50, (7, 4)), model.init_hidden(4)), model.decoder
-    return build
-
-
-def time_sequence(root: Path) -> Callable[[], str]:
-    def case() -> str:
-        module = load(root, "time_sequence_prediction/train.py")
-        torch.manual_seed(0)
-        model = module.Sequence().double().eval()
-        inputs = (torch.randn(3, 8, dtype=torch.double), 2)  # 8 steps, then 2 fed back
-        plan = isscompress.discover(model, inputs)
-        isscompress.shrink_module(zero_half(model, plan, 2), inputs, threshold=0.0)
-        return "shrunk"
-    return case
-
-
-def mnist_rnn(root: Path) -> Callable[[], str]:
-    def case() -> str:
-        model = load(root, "mnist_rnn/main.py").Net().eval()
-        isscompress.discover(model, (torch.randn(2, 1, 28, 28),))
-        return "followed"
-    return case
-
-
-RECURRENT_TYPES = (nn.RNNBase, nn.RNNCellBase)
+def classes(path: Path, *names: str) -> types.SimpleNamespace:
+    """Only the named classes of a script (it trains at import), run with torch, nn and a CPU ``device``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    kept = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name in names]
+    namespace: dict[str, Any] = {"torch": torch, "nn": nn, "device": torch.device("cpu"),
+                                 "pack_padded_sequence": nn.utils.rnn.pack_padded_sequence}
+    exec(compile(ast.Module(body=kept, type_ignores=[]), str(path), "exec"), namespace)
+    return types.SimpleNamespace(**{name: namespace[name] for name in names})
 
 
 def widths(model: nn.Module) -> list[int]:
-    return [m.hidden_size for m in model.modules() if isinstance(m, RECURRENT_TYPES)]
+    return [m.hidden_size for m in model.modules() if isinstance(m, RECURRENT)]
 
 
-def torch_pruning(build: Callable[[], tuple[nn.Module, tuple, nn.Module]]) -> str:
-    """Torch-Pruning on the same model: MagnitudePruner, half the channels, the output layer ignored."""
+class Calling(nn.Module):
+    """``model.<method>(*inputs)`` as a module's forward, so a decoder's sampling loop is what is followed."""
+
+    def __init__(self, model: nn.Module, method: str) -> None:
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, *inputs: Any) -> Any:
+        return getattr(self.model, self.method)(*inputs)
+
+
+def zero_half(model: nn.Module, plan, seed: int) -> nn.Module:
+    masked, generator = copy.deepcopy(model), torch.Generator().manual_seed(seed)
+    params = dict(masked.named_parameters())
+    for group_set in plan.group_sets:
+        dead = torch.randperm(group_set.size, generator=generator)[: group_set.size // 2].tolist()
+        with torch.no_grad():
+            for member in group_set.members:
+                for start in member.starts:
+                    for unit in dead:
+                        params[member.key].select(member.axis, start + unit).zero_()
+    return masked
+
+
+def floats(value: Any) -> list[torch.Tensor]:
+    return [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
+
+
+def isscompress_case(case: Case) -> str:
+    model, inputs, _ = case.build()
+    model = Calling(model, case.call) if case.call != "forward" else model
+    example = inputs(0)
+    try:
+        plan = isscompress.discover(model, example)
+        masked = zero_half(model, plan, 1)
+        small = isscompress.shrink_module(masked, example, threshold=0.0)
+    except IsscompressError as err:
+        return "refused: " + " ".join(err.message.split())[:200].replace("|", "/")
+    worst, compared = 0.0, 0
+    for seed in (0, 7):  # the example inputs, and fresh ones of the same shapes (states passed in: zeros)
+        big_inputs = inputs(seed)
+        small_inputs = big_inputs if not plan.input_labels else shrink_zero_states(big_inputs, plan, small)
+        with torch.no_grad():
+            for a, b in zip(floats(small(*small_inputs)), floats(masked(*big_inputs))):
+                if a.shape == b.shape:
+                    worst, compared = max(worst, float((a.double() - b.double()).abs().max())), compared + 1
+    if not compared or worst > 1e-4:
+        return f"WRONG: largest difference {worst:.2g} over {compared} outputs"
+    return (f"shrunk exactly: widths {widths(model)} -> {widths(small)}, largest difference {worst:.1e} "
+            "(example and fresh inputs)")
+
+
+def shrink_zero_states(inputs: tuple, plan, small: nn.Module) -> tuple:
+    """Zero states passed in, at the shrunk model's widths (the states these checks pass are zeros)."""
+    leaves, spec = tree_flatten(inputs)
+    new_width = widths(small)[0]
+    for index in plan.input_labels:
+        leaves[index] = torch.zeros(*leaves[index].shape[:-1], new_width, dtype=leaves[index].dtype)
+    return torch.utils._pytree.tree_unflatten(leaves, spec)
+
+
+def torch_pruning_case(case: Case) -> str:
     try:
         import torch_pruning as tp
     except ImportError:
         return "not installed"
-    import warnings
-
-    model, inputs, output_layer = build()
+    model, inputs, output_layer = case.build()
     before = widths(model)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pruner = tp.pruner.MagnitudePruner(model, example_inputs=inputs, importance=tp.importance.MagnitudeImportance(),
-                                               pruning_ratio=0.5, ignored_layers=[output_layer])
+            pruner = tp.pruner.MagnitudePruner(model, example_inputs=inputs(0),
+                                               importance=tp.importance.MagnitudeImportance(), pruning_ratio=0.5,
+                                               ignored_layers=[output_layer],
+                                               forward_fn=lambda m, x: getattr(m, case.call)(*x))
             pruner.step()
-        after = widths(model)
         with torch.no_grad():
-            model(*inputs)
-    except Exception as err:  # what a user of that tool meets
-        return f"{type(err).__name__}: {' '.join(str(err).split())[:120]}".replace("|", "/")
+            getattr(model, case.call)(*inputs(0))
+    except Exception as err:  # what a user of that tool meets (a bare assert: the line that failed)
+        said = " ".join(str(err).split()) or (traceback.extract_tb(err.__traceback__)[-1].line or "")
+        return f"{type(err).__name__}: {said[:100]}".replace("|", "/")
+    after = widths(model)
     if after == before:
-        return f"recurrent widths unchanged ({before}): no recurrent unit removed"
+        return f"no recurrent unit removed ({before})"
     return f"recurrent widths {before} -> {after}; runs (exactness not checked by the tool)"
+
+
+def tokens(high: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    return torch.randint(3, high, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def pytorch_examples(root: Path) -> list[Case]:
+    def wlm(kind: str, tied: bool = False):
+        def build():
+            torch.manual_seed(0)
+            model = load(root / "word_language_model/model.py").RNNModel(kind, 50, 10 if tied else 12, 10, 2,
+                                                                         dropout=0.2, tie_weights=tied).eval()
+            return model, lambda seed: (tokens(50, (7, 4), seed), model.init_hidden(4)), model.decoder
+        return build
+
+    def sequence():
+        torch.manual_seed(0)
+        model = load(root / "time_sequence_prediction/train.py").Sequence().double().eval()
+        return model, lambda seed: (torch.randn(3, 8, dtype=torch.double, generator=torch.Generator().manual_seed(seed)),
+                                    2), model.linear
+
+    def mnist():
+        torch.manual_seed(0)
+        model = load(root / "mnist_rnn/main.py").Net().eval()
+        return model, lambda seed: (torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(seed)),), model.fc2
+
+    cases = [Case(f"pytorch/examples word_language_model ({kind})", "2 layers, called with init_hidden()", wlm(kind))
+             for kind in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")]
+    return cases + [Case("pytorch/examples word_language_model (LSTM, tied)", "decoder tied to the embedding",
+                         wlm("LSTM", True)),
+                    Case("pytorch/examples time_sequence_prediction", "2 LSTMCells in a loop, output fed back", sequence),
+                    Case("pytorch/examples mnist_rnn", "LSTM -> BatchNorm1d -> MLP", mnist)]
+
+
+def ibm_seq2seq(root: Path) -> list[Case]:
+    sys.path.insert(0, str(root))
+    from seq2seq.models import DecoderRNN, EncoderRNN, Seq2seq
+
+    def seq2seq(cell: str, attention: bool, bidirectional: bool = False):
+        def build():
+            torch.manual_seed(0)
+            encoder = EncoderRNN(30, 10, 8, rnn_cell=cell, bidirectional=bidirectional)
+            decoder = DecoderRNN(30, 6, 16 if bidirectional else 8, sos_id=1, eos_id=2, rnn_cell=cell,
+                                 use_attention=attention, bidirectional=bidirectional)
+            model = Seq2seq(encoder, decoder).eval()
+            return model, lambda seed: (tokens(30, (2, 7), seed), None, None, 0.0), decoder.out
+        return build
+
+    return [Case(f"IBM pytorch-seq2seq ({cell}{', attention' if att else ''}{', bidirectional encoder' if bi else ''})",
+                 "encoder state starts the decoder; greedy decoding loop", seq2seq(cell, att, bi))
+            for cell, att, bi in (("lstm", True, False), ("gru", True, False), ("lstm", False, False),
+                                  ("gru", False, True))]
+
+
+def yunjey_tutorial(root: Path) -> list[Case]:
+    base = root / "tutorials"
+
+    def classifier(folder: str, name: str):
+        def build():
+            torch.manual_seed(0)
+            model = getattr(classes(base / f"02-intermediate/{folder}/main.py", name), name)(6, 8, 2, 5).eval()
+            return model, lambda seed: (torch.randn(3, 7, 6, generator=torch.Generator().manual_seed(seed)),), model.fc
+        return build
+
+    def rnnlm():
+        torch.manual_seed(0)
+        model = classes(base / "02-intermediate/language_model/main.py", "RNNLM").RNNLM(40, 8, 10, 2).eval()
+        return model, lambda seed: (tokens(40, (3, 6), seed), (torch.zeros(2, 3, 10), torch.zeros(2, 3, 10))), model.linear
+
+    def captioning(method: str):
+        def build():
+            torch.manual_seed(0)
+            model = load(base / "03-advanced/image_captioning/model.py").DecoderRNN(8, 10, 40, 1, max_seq_length=5).eval()
+            features = lambda seed: torch.randn(3, 8, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+            if method == "sample":
+                return model, lambda seed: (features(seed),), model.linear
+            return model, lambda seed: (features(seed), tokens(40, (3, 5), seed), [6, 4, 3]), model.linear
+        return build
+
+    return [Case("pytorch-tutorial recurrent_neural_network RNN", "LSTM classifier, h0 from self.hidden_size",
+                 classifier("recurrent_neural_network", "RNN")),
+            Case("pytorch-tutorial bidirectional_recurrent_neural_network BiRNN", "bidirectional, h0 from self.hidden_size",
+                 classifier("bidirectional_recurrent_neural_network", "BiRNN")),
+            Case("pytorch-tutorial language_model RNNLM", "2 layers, state passed in", rnnlm),
+            Case("pytorch-tutorial image_captioning DecoderRNN", "image feature + packed captions", captioning("forward")),
+            Case("pytorch-tutorial image_captioning DecoderRNN.sample", "greedy loop, state carried, argmax fed back",
+                 captioning("sample"), call="sample")]
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, str, str, str]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pytorch-examples", type=Path, required=True,
-                        help=f"a checkout of github.com/pytorch/examples at {COMMIT[:12]}")
+    parser.add_argument("--pytorch-examples", type=Path, help="a checkout of github.com/pytorch/examples")
+    parser.add_argument("--ibm-seq2seq", type=Path, help="a checkout of github.com/IBM/pytorch-seq2seq")
+    parser.add_argument("--yunjey-tutorial", type=Path, help="a checkout of github.com/yunjey/pytorch-tutorial")
     args = parser.parse_args(argv)
-    root = args.pytorch_examples
-
-    def sequence_build() -> tuple[nn.Module, tuple, nn.Module]:
-        model = load(root, "time_sequence_prediction/train.py").Sequence().double().eval()
-        return model, (torch.randn(3, 8, dtype=torch.double), 2), model.linear
-
-    def mnist_build() -> tuple[nn.Module, tuple, nn.Module]:
-        model = load(root, "mnist_rnn/main.py").Net().eval()
-        return model, (torch.randn(2, 1, 28, 28),), model.fc2
-
-    cases = [(f"word_language_model RNNModel({kind})", "nn.%s x2, called with init_hidden()" % kind.split("_")[0],
-              word_language_model(root, kind), wlm_build(root, kind)) for kind in ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")]
-    cases += [("word_language_model RNNModel(LSTM, tie_weights)", "decoder tied to the embedding",
-               word_language_model(root, "LSTM", tied=True), wlm_build(root, "LSTM", tied=True)),
-              ("time_sequence_prediction Sequence", "2 LSTMCells in a loop, output fed back", time_sequence(root),
-               sequence_build),
-              ("mnist_rnn Net", "LSTM -> BatchNorm1d -> MLP", mnist_rnn(root), mnist_build)]
-    rows = []
-    for name, what, case, build in cases:
-        try:
-            result = case()
-        except IsscompressError as err:
-            result = "refused: " + " ".join(err.message.split())[:220].replace("|", "/")
-        rows.append((name, what, result, torch_pruning(build)))
+    cases = ((pytorch_examples(args.pytorch_examples) if args.pytorch_examples else [])
+             + (ibm_seq2seq(args.ibm_seq2seq) if args.ibm_seq2seq else [])
+             + (yunjey_tutorial(args.yunjey_tutorial) if args.yunjey_tutorial else []))
+    rows = [(case.name, case.what, isscompress_case(case), torch_pruning_case(case)) for case in cases]
     exact = sum(row[2].startswith("shrunk exactly") for row in rows)
-    print(f"pytorch/examples at {COMMIT[:12]}: {exact} of {len(rows)} shrunk exactly\n")
+    print(f"{exact} of {len(rows)} shrunk exactly\n")
     print("| model | what it does | isscompress | Torch-Pruning |\n|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
