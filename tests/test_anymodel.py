@@ -24,10 +24,16 @@ ZOO = zoo()
 
 
 def outputs64(model: nn.Module, inputs: tuple) -> list[torch.Tensor]:
+    """The model's outputs in float64 (tensors its forward makes with torch.zeros included)."""
     model = copy.deepcopy(model).double().eval()
     inputs = tuple(x.double() if x.is_floating_point() else x for x in inputs)
-    with torch.no_grad():
-        return [t for t in tree_flatten(model(*inputs))[0] if isinstance(t, torch.Tensor)]
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.no_grad():
+            return [t for t in tree_flatten(model(*inputs))[0] if isinstance(t, torch.Tensor)]
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def zero_random_groups(model: nn.Module, plan: isscompress.Plan, seed: int, keep_fraction: float) -> nn.Module:
@@ -506,3 +512,51 @@ def test_a_state_passed_in_as_pytorch_examples_main_py_does_shrinks_with_its_lay
         expected, _ = masked.double()(data, tuple(h.double() for h in hidden))
         actual, _ = small.double()(data, tuple(h.double()[..., kept] for h in hidden))
     torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-10)
+
+
+class StoredWidth(nn.Module):
+    """h0 built from self.hidden_size (a width stored beside the layer), as many tutorials write it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden_size, self.num_layers = 8, 2
+        self.lstm, self.fc = nn.LSTM(5, 8, 2, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h0 = torch.zeros(self.num_layers, x.size(0), self.hidden_size)
+        return self.fc(self.lstm(x, (h0, h0.clone()))[0][:, -1, :])
+
+
+class SameNumberOtherWidth(nn.Module):
+    """self.hidden_size also sizes a projection that is not a recurrent width: it must stay as it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden_size = 8
+        self.gru, self.mix, self.out = nn.GRU(5, 8, batch_first=True), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        mixed = torch.tanh(self.mix(self.gru(x)[0]))
+        return self.out(mixed.contiguous().view(-1, self.hidden_size))
+
+
+@pytest.mark.parametrize("model_class, stored", [(StoredWidth, 4), (SameNumberOtherWidth, 8)],
+                         ids=["a width stored beside the layer", "the same number used for another width"])
+def test_widths_stored_beside_the_layer_are_resized_only_when_the_check_needs_it(model_class, stored):
+    torch.manual_seed(0)
+    model = model_class()
+    inputs = (torch.randn(3, 6, 5),)
+    plan = isscompress.discover(model, inputs)
+    masked, dead = copy.deepcopy(model), (0, 2, 5, 7)
+    params = dict(masked.named_parameters())
+    with torch.no_grad():
+        for group_set in plan.group_sets:
+            for member in group_set.members:
+                for start in member.starts:
+                    for unit in dead:
+                        params[member.key].select(member.axis, start + unit).zero_()
+    small = isscompress.shrink_module(masked, inputs, threshold=0.0)
+    assert small.hidden_size == stored
+    fresh = (torch.randn(2, 9, 5, generator=torch.Generator().manual_seed(3)),)
+    for batch in (inputs, fresh):  # checked here, on the example inputs and on fresh ones
+        torch.testing.assert_close(outputs64(small, batch)[0], outputs64(masked, batch)[0], rtol=1e-9, atol=1e-10)

@@ -404,3 +404,25 @@ def test_a_tied_model_shrinks_and_reports_from_the_command_line(tmp_path):
     assert shrunk["encoder.weight"].shape == shrunk["decoder.weight"].shape == (20, 5)
     assert torch.equal(shrunk["encoder.weight"], shrunk["decoder.weight"])
     assert runner.invoke(app, ["report", str(source), str(small), "--arch", arch, "--json"]).exit_code == 0
+
+
+def test_a_model_reading_self_hidden_size_shrinks_and_reopens_from_the_command_line(tmp_path):
+    from test_anymodel import StoredWidth
+
+    (tmp_path / "stored.py").write_text("import torch\nfrom test_anymodel import StoredWidth\n\n"
+                                         "def make():\n    torch.manual_seed(0)\n"
+                                         "    return StoredWidth(), (torch.randn(3, 6, 5),)\n")
+    arch = f"{tmp_path / 'stored.py'}:make"
+    torch.manual_seed(0)
+    model = StoredWidth()
+    plan = isscompress.discover(model, (torch.randn(3, 6, 5),))
+    state = isscompress.mask_state_dict(model.state_dict(), plan.group_sets,
+                                        {gs.name: torch.tensor([1, 3, 4, 6]) for gs in plan.group_sets})
+    source, small = tmp_path / "m.safetensors", tmp_path / "small.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, source)
+    result = runner.invoke(app, ["shrink", str(source), "--arch", arch, "-o", str(small)])
+    assert result.exit_code == 0, result.output
+    report = runner.invoke(app, ["report", str(source), str(small), "--arch", arch, "--json", "--repeats", "1"])
+    assert report.exit_code == 0, report.output
+    done = json.loads(report.stdout)
+    assert done["widths"]["lstm.l0"] == [8, 4] and done["output_gap"] < 1e-9

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..anymodel import Plan, discover, load_groups, resize_to
+from ..anymodel import Plan, TraceError, discover, load_groups, resize_to
 from ..anymodel.resize import inputs_for
 from ..training.objectives import distillation_divergence
 from ..training.tasks import floats
@@ -81,7 +81,7 @@ def load_factory(arch: str) -> tuple[nn.Module, tuple, Any]:
     return model, inputs if isinstance(inputs, tuple) else (inputs,), batches
 
 
-def _fit(model: nn.Module, tensors: dict[str, Tensor], checkpoint: Path) -> nn.Module:
+def _fit(model: nn.Module, tensors: dict[str, Tensor], checkpoint: Path, stored_widths: bool = False) -> nn.Module:
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     if missing or unexpected:
@@ -91,7 +91,7 @@ def _fit(model: nn.Module, tensors: dict[str, Tensor], checkpoint: Path) -> nn.M
             if unexpected else "") if part)
         raise CheckpointError(f"{checkpoint} does not match the model from --arch: {detail}.",
                               "Save the model's state_dict() with the same module names.")
-    return resize_to(model, {k: v.to(own[k].dtype) for k, v in tensors.items()})
+    return resize_to(model, {k: v.to(own[k].dtype) for k, v in tensors.items()}, stored_widths)
 
 
 def _inputs_for_shrunk(model: nn.Module, inputs: tuple, metadata: Metadata) -> tuple:
@@ -144,13 +144,17 @@ def open_user_model(checkpoint: str | Path, arch: str | None = None, groups: str
     metadata = Metadata.from_header(raw.metadata, str(raw.path))
     model = inputs = batches = None
     if arch is not None:
-        model, inputs, batches = load_factory(arch)
-        inputs = _inputs_for_shrunk(model, inputs, metadata)
-        model = _fit(model, tensors, raw.path)
+        factory_model, inputs, batches = load_factory(arch)
+        inputs = _inputs_for_shrunk(factory_model, inputs, metadata)
+        model = _fit(factory_model, tensors, raw.path)
     if groups is not None:
         plan = load_groups(groups, tensors)
     else:
-        plan = discover(model, inputs)
+        try:
+            plan = discover(model, inputs)
+        except TraceError:  # a shrunk model whose forward reads self.hidden_size-like attributes: as shrink ran it
+            model = _fit(factory_model, tensors, raw.path, stored_widths=True)
+            plan = discover(model, inputs)
     return UserModel(raw.path, tensors, metadata, plan, model, inputs, batches)
 
 
