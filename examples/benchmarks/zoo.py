@@ -4,8 +4,9 @@ through Torch-Pruning beside it.
     git clone https://github.com/pytorch/examples          # at 77f55b912142e11fcfdf5b530231fb9c52f181e8
     git clone https://github.com/IBM/pytorch-seq2seq       # at f146087a9a271e9b50f46561e090324764b081fb
     git clone https://github.com/yunjey/pytorch-tutorial   # at 0500d3df5a2a8080ccfccbc00aca0eacc21818db
+    git clone https://github.com/facebookresearch/InferSent  # at 31eede6b3543571951276cbbf7040b4f8479985a
     python examples/benchmarks/zoo.py --pytorch-examples examples --ibm-seq2seq pytorch-seq2seq \
-        --yunjey-tutorial pytorch-tutorial
+        --yunjey-tutorial pytorch-tutorial --infersent InferSent
 
 Model code is loaded from those checkouts unchanged (it is not part of this repository). pytorch-tutorial's
 scripts train when run, so their model classes are taken from the file by name and nothing else of it runs;
@@ -123,6 +124,8 @@ def isscompress_case(case: Case) -> str:
         small_inputs = big_inputs if not plan.input_labels else shrink_zero_states(big_inputs, plan, small)
         with torch.no_grad():
             for a, b in zip(floats(small(*small_inputs)), floats(masked(*big_inputs))):
+                if a.shape != b.shape and a.shape[:-1] == b.shape[:-1]:  # an output of hidden features: the kept ones
+                    b = b[..., (b != 0).reshape(-1, b.shape[-1]).any(0)]  # (a removed unit's column is all zero)
                 if a.shape == b.shape:
                     worst, compared = max(worst, float((a.double() - b.double()).abs().max())), compared + 1
     if not compared or worst > 1e-4:
@@ -202,20 +205,37 @@ def ibm_seq2seq(root: Path) -> list[Case]:
     sys.path.insert(0, str(root))
     from seq2seq.models import DecoderRNN, EncoderRNN, Seq2seq
 
-    def seq2seq(cell: str, attention: bool, bidirectional: bool = False):
+    def seq2seq(cell: str, attention: bool, bidirectional: bool = False, lengths: bool = False):
         def build():
             torch.manual_seed(0)
-            encoder = EncoderRNN(30, 10, 8, rnn_cell=cell, bidirectional=bidirectional)
+            encoder = EncoderRNN(30, 10, 8, rnn_cell=cell, bidirectional=bidirectional, variable_lengths=lengths)
             decoder = DecoderRNN(30, 6, 16 if bidirectional else 8, sos_id=1, eos_id=2, rnn_cell=cell,
                                  use_attention=attention, bidirectional=bidirectional)
             model = Seq2seq(encoder, decoder).eval()
-            return model, lambda seed: (tokens(30, (2, 7), seed), None, None, 0.0), decoder.out
+            return model, lambda seed: (tokens(30, (2, 7), seed), [7, 5] if lengths else None, None, 0.0), decoder.out
         return build
 
-    return [Case(f"IBM pytorch-seq2seq ({cell}{', attention' if att else ''}{', bidirectional encoder' if bi else ''})",
-                 "encoder state starts the decoder; greedy decoding loop", seq2seq(cell, att, bi))
-            for cell, att, bi in (("lstm", True, False), ("gru", True, False), ("lstm", False, False),
-                                  ("gru", False, True))]
+    variants = (("lstm", True, False, False), ("gru", True, False, False), ("lstm", False, False, False),
+                ("gru", False, True, False), ("lstm", True, True, True), ("gru", True, False, True))
+    return [Case(f"IBM pytorch-seq2seq ({cell}{', attention' if att else ''}{', bidirectional encoder' if bi else ''}"
+                 f"{', packed lengths' if packed else ''})", "encoder state starts the decoder; greedy decoding loop",
+                 seq2seq(cell, att, bi, packed)) for cell, att, bi, packed in variants]
+
+
+def infersent(root: Path) -> list[Case]:
+    def encoder(version: int):
+        def build():
+            torch.manual_seed(0)
+            config = {"bsize": 4, "word_emb_dim": 6, "enc_lstm_dim": 8, "pool_type": "max", "dpout_model": 0.0,
+                      "version": version}
+            model = load(root / "models.py").InferSent(config).eval()
+            lengths = __import__("numpy").array([7, 4, 6])
+            return model, lambda seed: ((torch.randn(7, 3, 6, generator=torch.Generator().manual_seed(seed)),
+                                         lengths),), model.enc_lstm
+        return build
+
+    what = {1: "BiLSTM over sorted packed sentences, max-pooled", 2: "the same, padding set to -1e9 before the max"}
+    return [Case(f"InferSent (version {v})", what[v], encoder(v)) for v in (1, 2)]
 
 
 def yunjey_tutorial(root: Path) -> list[Case]:
@@ -258,10 +278,12 @@ def main(argv: list[str] | None = None) -> list[tuple[str, str, str, str]]:
     parser.add_argument("--pytorch-examples", type=Path, help="a checkout of github.com/pytorch/examples")
     parser.add_argument("--ibm-seq2seq", type=Path, help="a checkout of github.com/IBM/pytorch-seq2seq")
     parser.add_argument("--yunjey-tutorial", type=Path, help="a checkout of github.com/yunjey/pytorch-tutorial")
+    parser.add_argument("--infersent", type=Path, help="a checkout of github.com/facebookresearch/InferSent")
     args = parser.parse_args(argv)
     cases = ((pytorch_examples(args.pytorch_examples) if args.pytorch_examples else [])
              + (ibm_seq2seq(args.ibm_seq2seq) if args.ibm_seq2seq else [])
-             + (yunjey_tutorial(args.yunjey_tutorial) if args.yunjey_tutorial else []))
+             + (yunjey_tutorial(args.yunjey_tutorial) if args.yunjey_tutorial else [])
+             + (infersent(args.infersent) if args.infersent else []))
     rows = [(case.name, case.what, isscompress_case(case), torch_pruning_case(case)) for case in cases]
     exact = sum(row[2].startswith("shrunk exactly") for row in rows)
     print(f"{exact} of {len(rows)} shrunk exactly\n")
