@@ -31,7 +31,7 @@ _PUBLIC = {
     "discover": "anymodel", "GroupLasso": "anymodel", "shrink_module": "anymodel", "resize_to": "anymodel",
     "Plan": "anymodel", "load_groups": "anymodel",
     # the training loop
-    "fit": "training.loop", "Hook": "training.hooks", "GroupLassoHook": "training.hooks",
+    "fit": "training.loop", "fit_task": "training.loop", "Hook": "training.hooks", "GroupLassoHook": "training.hooks",
     "Objective": "training.objectives", "LanguageModelLoss": "training.objectives",
     "Distillation": "training.objectives",
 }
