@@ -560,3 +560,55 @@ def test_widths_stored_beside_the_layer_are_resized_only_when_the_check_needs_it
     fresh = (torch.randn(2, 9, 5, generator=torch.Generator().manual_seed(3)),)
     for batch in (inputs, fresh):  # checked here, on the example inputs and on fresh ones
         torch.testing.assert_close(outputs64(small, batch)[0], outputs64(masked, batch)[0], rtol=1e-9, atol=1e-10)
+
+
+class MaxPoolEncoder(nn.Module):
+    """A BiLSTM sentence encoder that fills padding before max-pooling: with a lengths mask (masked_fill -inf) or,
+    as InferSent version 2 writes it, with `x[x == 0] = -1e9`."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.emb, self.lstm, self.head = nn.Embedding(20, 5), nn.LSTM(5, 6, bidirectional=True), nn.Linear(12, 3)
+
+    def forward(self, x, lengths):
+        packed = nn.utils.rnn.pack_padded_sequence(self.emb(x), lengths, enforce_sorted=False)
+        out = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0])[0]  # (time, batch, 12)
+        if self.how == "lengths mask":
+            pad = torch.arange(out.shape[0]).unsqueeze(1) >= lengths.unsqueeze(0)
+            out = out.masked_fill(pad.unsqueeze(-1), float("-inf"))
+        elif self.how == "x == 0":
+            out = out.clone()
+            out[out == 0] = -1e9
+        pooled = out.max(0)[0]
+        return self.head(pooled), pooled
+
+
+@pytest.mark.parametrize("how", ["lengths mask", "x == 0"])
+def test_padding_filled_before_a_max_pool_shrinks_exactly(how):
+    torch.manual_seed(0)
+    model, inputs = MaxPoolEncoder(how), (tokens(7, 3), torch.tensor([7, 4, 2]))
+    plan = isscompress.discover(model, inputs)
+    masked = zero_random_groups(model, plan, 5, 0.5)
+    small = isscompress.shrink_module(masked, inputs, threshold=0.0)
+    assert small.lstm.hidden_size < 6
+    fresh = (tokens(9, 3, seed=4), torch.tensor([9, 9, 1]))
+    for batch in (inputs, fresh):  # checked here: the head's scores on the example inputs and on fresh ones
+        torch.testing.assert_close(outputs64(small, batch)[0], outputs64(masked, batch)[0], rtol=1e-9, atol=1e-10)
+
+
+def test_columns_holding_a_fill_may_not_be_combined():
+    torch.manual_seed(0)
+    with pytest.raises(TraceError, match="reduces across hidden features in which a fill wrote"):
+        isscompress.discover(_FillThenSum(), (tokens(7, 3), torch.tensor([7, 4, 2])))
+
+
+class _FillThenSum(MaxPoolEncoder):
+    def __init__(self) -> None:
+        super().__init__("x == 0")
+
+    def forward(self, x, lengths):
+        packed = nn.utils.rnn.pack_padded_sequence(self.emb(x), lengths, enforce_sorted=False)
+        out = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0])[0].clone()
+        out[out == 0] = -1e9
+        return out.sum(-1)  # a removed unit's -1e9 would count: refused

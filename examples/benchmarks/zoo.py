@@ -125,7 +125,8 @@ def isscompress_case(case: Case) -> str:
         with torch.no_grad():
             for a, b in zip(floats(small(*small_inputs)), floats(masked(*big_inputs))):
                 if a.shape != b.shape and a.shape[:-1] == b.shape[:-1]:  # an output of hidden features: the kept ones
-                    b = b[..., (b != 0).reshape(-1, b.shape[-1]).any(0)]  # (a removed unit's column is all zero)
+                    rows = b.reshape(-1, b.shape[-1])  # a removed unit's column is one constant (zero, or a fill)
+                    b = b[..., (rows != rows[:1]).any(0)]
                 if a.shape == b.shape:
                     worst, compared = max(worst, float((a.double() - b.double()).abs().max())), compared + 1
     if not compared or worst > 1e-4:

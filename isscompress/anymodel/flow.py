@@ -83,6 +83,9 @@ class _Tracer(Tracer):
 
     def initial_state(self, state: Tensor, ranges: list[UnitRange], directions: int) -> None:
         labels = self.label_of(state)
+        if self.is_filled(state):
+            self.refuse("the initial state of a recurrent layer holds a fill constant at removed units (a removed "
+                        "unit would not start at zero)")
         if labels is None and id(state) in self.input_leaves:  # handed in by the caller: the layer's own state
             labels = _state_labels(ranges, directions, state, self.cell_state)
             self.flow.input_labels[self.input_leaves[id(state)]] = labels

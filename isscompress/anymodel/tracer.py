@@ -16,6 +16,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from .labels import (
+    COMPARISONS,
+    FILLS,
     FRESH,
     HINT,
     MATMULS,
@@ -58,6 +60,7 @@ class Tracer(TorchFunctionMode):
         # from a first run: the units that read each column of a tied weight, so that an embedding sharing it
         # gives its output features those units' labels (an embedding dimension is a decoder column)
         self.tied_columns: dict[int, Tensor] = {}
+        self.filled: set[int] = set()  # ids of labelled values a non-zero fill may have written (see is_filled)
 
     # ----- bookkeeping -----------------------------------------------------------------------
     def label_of(self, value: Any) -> Tensor | None:
@@ -72,6 +75,13 @@ class Tracer(TorchFunctionMode):
                 self.labels[id(value)] = (value, labels)
             else:
                 self.labels.pop(id(value), None)
+                self.filled.discard(id(value))
+
+    def is_filled(self, value: Any) -> bool:
+        """Whether ``value``'s removed-unit positions may hold a constant a fill wrote (not zero): harmless while
+        each column is only moved, pooled or read by its own weights, refused where columns meet."""
+        value = value.data if isinstance(value, PackedSequence) else value
+        return isinstance(value, Tensor) and id(value) in self.filled and self.label_of(value) is not None
 
     def couple(self, a: int, b: int, op: str = "an operation") -> None:
         """Units ``a`` and ``b`` must be removed together; two units of one layer never can be."""
@@ -128,8 +138,21 @@ class Tracer(TorchFunctionMode):
             if attr in ("data", "T", "mT") and isinstance(out, Tensor):
                 self.set_label(out, getattr(self.label_of(args[0]), attr))
             return
-        if name in METADATA or name in FRESH:
+        if name in METADATA or name in FRESH or name in COMPARISONS:
             return
+        if name in FILLS:
+            return self.fill(name, args, kwargs, out)
+        filled = [v for v in labeled if self.is_filled(v)]
+        if filled:
+            self.check_filled(name, args, labeled)
+        self.dispatch(func, name, args, kwargs, out, labeled)
+        if filled:
+            for value in tree_flatten(out)[0]:
+                if self.label_of(value) is not None:
+                    self.filled.add(id(value.data if isinstance(value, PackedSequence) else value))
+
+    def dispatch(self, func: Callable, name: str, args: tuple, kwargs: dict, out: Any, labeled: list) -> None:
+        """The rule for one torch function applied to hidden features."""
         if name in STRUCTURAL:
             return self.structural(func, name, args, kwargs, out)
         if name in ZERO_PRESERVING:
@@ -152,8 +175,6 @@ class Tracer(TorchFunctionMode):
             return self.read_by_weight(args[0], kwargs.get("weight", args[1]), 1, 1, "conv1d")
         if name in POOLING:
             return self.pool(name, args, out)
-        if name == "masked_fill" and float(args[2] if len(args) > 2 else kwargs.get("value", 0)) == 0.0:
-            return self.set_label(out, self.label_of(args[0]))
         if not any(bool((self.label_of(v) >= 0).any()) for v in labeled):
             return  # only exact zeros (padding, zeros()) went in: nothing of a unit to follow
         self.refuse(f"`{name}` is applied to the hidden features of "
@@ -162,6 +183,37 @@ class Tracer(TorchFunctionMode):
                     "and in their own positions)")
 
     # ----- rules -----------------------------------------------------------------------------
+    def fill(self, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+        """A constant written where a mask says (``masked_fill(mask, -inf)`` before a max-pool, ``x[x == 0] = -1e9``):
+        every element stays in its column; a non-zero constant may land on a removed unit, which marks the value."""
+        target = args[0]
+        labels = self.label_of(target)
+        if labels is None:
+            return
+        value = kwargs.get("value", args[2] if len(args) > 2 else 0)
+        if isinstance(value, Tensor):
+            if self.label_of(value) is not None or value.numel() != 1:
+                self.refuse(f"`{name}` writes tensors into hidden features of {self.unit_name(int(labels.max()))}")
+            value = float(value)
+        result = target if name.endswith("_") or name == "__setitem__" else out
+        self.set_label(result, labels)
+        if value != 0 or self.is_filled(target):
+            self.filled.add(id(result))
+
+    def check_filled(self, name: str, args: tuple, labeled: list) -> None:
+        """Columns holding a fill constant may be moved, pooled, or read by their own weights; not combined."""
+        parameter = any(isinstance(a, nn.Parameter) for a in args)
+        if (name in SUMS or name in PRODUCTS or name in MATMULS) and not parameter:
+            self.refuse(f"`{name}` combines hidden features in which a fill wrote a constant at removed units "
+                        "(`masked_fill`/`x[mask] = c` with c not zero): a removed unit would not contribute zero")
+        if name in REDUCTIONS:
+            dim = args[1] if len(args) > 1 and not isinstance(args[1], Tensor) else None
+            x = self.label_of(args[0])
+            dims = [d % x.dim() for d in (dim if isinstance(dim, (list, tuple)) else [dim])] if dim is not None else []
+            if dim is None or any(uniform_along(x, d) is None for d in dims):
+                self.refuse(f"`{name}` reduces across hidden features in which a fill wrote a constant at removed "
+                            "units")
+
     def structural(self, func: Callable, name: str, args: tuple, kwargs: dict, out: Any) -> None:
         def substitute(value: Any) -> Any:
             if isinstance(value, PackedSequence):
