@@ -612,3 +612,22 @@ class _FillThenSum(MaxPoolEncoder):
         out = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0])[0].clone()
         out[out == 0] = -1e9
         return out.sum(-1)  # a removed unit's -1e9 would count: refused
+
+
+def test_a_width_written_as_a_literal_is_refused_naming_the_module():
+    class Literal(nn.Module):  # time_sequence_prediction's way: the state width written as a number
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell, self.out = nn.LSTMCell(1, 6), nn.Linear(6, 1)
+
+        def forward(self, x):
+            h = c = torch.zeros(x.size(0), 6)
+            for step in x.split(1, dim=1):
+                h, c = self.cell(step, (h, c))
+            return self.out(h)
+
+    torch.manual_seed(0)
+    model, inputs = Literal(), (torch.randn(3, 5),)
+    masked = zero_random_groups(model, isscompress.discover(model, inputs), 1, 0.5)
+    with pytest.raises(isscompress.errors.ShrinkError, match=r"in module `cell` \(LSTMCell\)"):
+        isscompress.shrink_module(masked, inputs, threshold=0.0)

@@ -186,6 +186,29 @@ def _runs_alike(model: nn.Module, inputs: tuple) -> list:
 
 
 @contextmanager
+def _module_stack(model: nn.Module) -> Iterator[list[tuple[str, str]]]:
+    """The modules a forward is inside, innermost last (after an exception: where it was raised)."""
+    names = {id(m): name for name, m in model.named_modules()}
+    stack: list[tuple[str, str]] = []
+
+    def enter(module: nn.Module, args: Any) -> None:
+        if id(module) in names and names[id(module)]:
+            stack.append((names[id(module)], type(module).__name__))
+
+    def leave(module: nn.Module, args: Any, output: Any) -> None:
+        if id(module) in names and names[id(module)] and stack:
+            stack.pop()
+
+    handles = [nn.modules.module.register_module_forward_pre_hook(enter),
+               nn.modules.module.register_module_forward_hook(leave)]
+    try:
+        yield stack
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
 def _float64_default() -> Iterator[None]:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
@@ -237,12 +260,16 @@ def verify(original: nn.Module, masked_state: Mapping[str, Tensor], shrunk: nn.M
     masked_inputs, small_inputs = inputs_for(plan, _double(example_inputs), kept)
     with torch.no_grad(), _float64_default():  # tensors forward makes (torch.zeros(...)) are float64 too
         expected = _runs_alike(masked, masked_inputs)
-        try:
-            actual = tree_flatten(small(*small_inputs))[0]
-        except Exception as err:
-            raise ShrinkError(f"The shrunk model fails on the example inputs ({type(err).__name__}: {err}); its forward "
-                              "probably uses sizes stored outside its layers (e.g. self.hidden_size).",
-                              "Read sizes from the layers (lstm.hidden_size, tensor.shape) in forward.") from err
+        with _module_stack(small) as stack:
+            try:
+                actual = tree_flatten(small(*small_inputs))[0]
+            except Exception as err:
+                where = f" in module `{stack[-1][0]}` ({stack[-1][1]})" if stack else ""
+                raise ShrinkError(f"The shrunk model fails on the example inputs{where} ({type(err).__name__}: "
+                                  f"{' '.join(str(err).split())[:200]}); its forward probably builds a tensor from a "
+                                  "size written outside its layers (a literal, or an attribute isscompress could not "
+                                  "resize).", "Read sizes from the layers (lstm.hidden_size, tensor.shape) in forward, "
+                                  "then shrink again.") from err
     labels = plan.output_labels or [None] * len(expected)
     worst = 0.0
     for e, a, lab in zip(expected, actual, labels):
