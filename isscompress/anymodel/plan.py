@@ -10,12 +10,14 @@ group. Runs of consecutive units whose groups are the same positions shifted by 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 from torch import Tensor, nn
 
+from ..core.cells import CELLS, CellKind
 from ..core.groups import GroupSet, Member
 from ..io.files import atomic_write, check_output_path
 from .groups_file import GROUPS_FORMAT, check_plan_members, parse_groups, read_groups_text
@@ -84,24 +86,36 @@ def check_plan(plan: Plan, state: Mapping[str, Tensor], where: str) -> None:
     check_plan_members(plan.group_sets, state, where)
 
 
+def _cell_kind(module: nn.Module) -> CellKind:
+    """The cell table's entry for a PyTorch recurrent module or cell."""
+    name = type(module).__name__.removesuffix("Cell")
+    if name == "RNN":
+        name = "RNN_RELU" if module.nonlinearity == "relu" else "RNN_TANH"
+    return CELLS[name]
+
+
 def own_positions(r: UnitRange, module_path: str, module: nn.Module, unit: int) -> set[Position]:
-    """The positions a recurrent layer's own weights hold for its unit ``unit`` (0-based in the range)."""
+    """The positions a recurrent layer's own weights hold for its unit ``unit`` (0-based in the range), read off the
+    cell table's parameter declarations as the language-model stack reads them: the rows of every gate block (or of
+    the projection) it produces, the columns that read it back, and the next layer's input columns."""
     layers, directions, hidden, proj, gates = recurrent_shape(module)
+    cell = _cell_kind(module)
     prefix = f"{module_path}." if module_path else ""
-    own = {name: prefix + weight_name(module, name, r.layer, r.direction)
-           for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")}
+    shape = SimpleNamespace(input_size=0, hidden_size=hidden, proj_size=proj, depth=1)
+    params = cell.layer_params(shape, bias=hasattr(module, weight_name(module, "bias_ih", r.layer, r.direction)))
+    key = lambda name, layer=r.layer, direction=r.direction: prefix + weight_name(module, name, layer, direction)  # noqa: E731
+    rows, cols = ("gates", "hidden" if proj else "recurrent") if r.kind == "hidden" else ("proj", "recurrent")
     out = set()
-    if r.kind == "hidden":
-        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            if hasattr(module, own[name][len(prefix):]):
-                out |= {(own[name], 0, g * hidden + unit) for g in range(gates)}
-        out.add((own["weight_hr" if proj else "weight_hh"], 1, unit))
-    else:
-        out |= {(own["weight_hr"], 0, unit), (own["weight_hh"], 1, unit)}
+    for p in params:
+        if p.rows == rows:
+            out |= {(key(p.name), 0, g * hidden + unit) for g in range(gates)} if rows == "gates" \
+                else {(key(p.name), 0, unit)}
+        if p.cols == cols:
+            out.add((key(p.name), 1, unit))
     if r.kind == ("proj" if proj else "hidden") and r.layer + 1 < layers:
-        width = proj or hidden
-        for direction in range(directions):
-            out.add((f"{prefix}weight_ih_l{r.layer + 1}{'_reverse' if direction else ''}", 1, r.direction * width + unit))
+        for p in (p for p in params if p.cols == "input"):
+            for direction in range(directions):
+                out.add((key(p.name, r.layer + 1, direction), 1, r.direction * (proj or hidden) + unit))
     return out
 
 
