@@ -13,6 +13,7 @@ import contextlib
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -56,6 +57,19 @@ class SpeedSample:
                 "speedup_min": min(self.speedups), "speedup_max": max(self.speedups)}
 
 
+def interleaved(before: Callable[[], object], after: Callable[[], object], repeats: int) -> tuple[list[float], list[float]]:
+    """Seconds per call of each, alternating so both see the same machine load (one untimed warm-up each). The one
+    timer of both report paths."""
+    before(), after()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for call, out in ((before, times[0]), (after, times[1])):
+            start = time.perf_counter()
+            call()
+            out.append(time.perf_counter() - start)
+    return times
+
+
 def run_once(model: nn.Module, inputs: torch.Tensor, steps_per_call: int) -> float:
     start = time.perf_counter()
     hidden = None
@@ -79,14 +93,10 @@ def measure_speed(
     for workload, (kernel, batch, steps_per_call) in WORKLOADS.items():
         steps = decode_tokens if steps_per_call == 1 else steps_per_call
         inputs = spec.probe_inputs(steps=steps, batch=batch, seed=1)
-        times: dict[str, list[float]] = {"before": [], "after": []}
         kernel = kernel if path == "eager" else path
         with rnn_kernel(kernel) if path == "eager" else contextlib.nullcontext():
-            for model in (before, after):
-                run_once(model.eval(), inputs, steps_per_call)
-            for _ in range(repeats):
-                for name, model in (("before", before), ("after", after)):
-                    times[name].append(run_once(model, inputs, steps_per_call))
-        samples.append(SpeedSample(workload, kernel, steps * batch, tuple(times["before"]), tuple(times["after"]),
-                                   path))
+            first, second = before.eval(), after.eval()
+            times = interleaved(lambda: run_once(first, inputs, steps_per_call),
+                                lambda: run_once(second, inputs, steps_per_call), repeats)
+        samples.append(SpeedSample(workload, kernel, steps * batch, tuple(times[0]), tuple(times[1]), path))
     return samples

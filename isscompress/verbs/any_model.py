@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import statistics
 import sys
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 
 from ..anymodel import Plan, TraceError, discover, load_groups, resize_to
 from ..anymodel.resize import inputs_for
+from ..measure.speed import interleaved
 from ..training.objectives import distillation_divergence
 from ..training.tasks import floats
 from ..anymodel.resize import shrink_module_to
@@ -256,17 +256,9 @@ def report_user_models(original: str | Path, shrunk: str | Path, arch: str, repe
     the shrunk model's outputs are from the original's."""
     first = open_user_model(original, arch)
     second = open_user_model(shrunk, arch)  # its inputs cut to its kept units where the inputs pass states in
-    runs = ((first.model.eval(), first.inputs), (second.model.eval(), second.inputs))
-    big, small = runs[0][0], runs[1][0]
-    times: tuple[list[float], list[float]] = ([], [])
+    big, small = first.model.eval(), second.model.eval()
     with torch.no_grad():
-        for model, inputs in runs:
-            model(*inputs)  # warm-up
-        for _ in range(repeats):
-            for (model, inputs), out in zip(runs, times):
-                began = time.perf_counter()
-                model(*inputs)
-                out.append(time.perf_counter() - began)
+        times = interleaved(lambda: big(*first.inputs), lambda: small(*second.inputs), repeats)
         gap, agreement = compare_outputs(floats(small(*second.inputs)), floats(big(*first.inputs)), loss)
     widths_after = {name: size for name, size in second.widths().items()}
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
