@@ -631,3 +631,26 @@ def test_a_width_written_as_a_literal_is_refused_naming_the_module():
     masked = zero_random_groups(model, isscompress.discover(model, inputs), 1, 0.5)
     with pytest.raises(isscompress.errors.ShrinkError, match=r"in module `cell` \(LSTMCell\)"):
         isscompress.shrink_module(masked, inputs, threshold=0.0)
+
+
+def test_outputs_written_step_by_step_into_a_buffer_shrink_exactly():
+    class Buffer(nn.Module):  # outs = torch.zeros(T, B, H); outs[t] = h, as step-by-step decoders collect outputs
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.cell, self.out = nn.Embedding(20, 5), nn.GRUCell(5, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = torch.zeros(x.shape[1], self.cell.hidden_size)
+            outs = torch.zeros(x.shape[0], x.shape[1], self.cell.hidden_size)
+            for t in range(x.shape[0]):
+                h = self.cell(self.emb(x[t]), h)
+                outs[t] = h
+            return self.out(outs)
+
+    torch.manual_seed(0)
+    model, inputs = Buffer(), (tokens(5, 2),)
+    masked = zero_random_groups(model, isscompress.discover(model, inputs), 2, 0.5)
+    small = isscompress.shrink_module(masked, inputs, threshold=0.0)
+    assert small.cell.hidden_size < 6
+    for batch in (inputs, (tokens(8, 3, seed=9),)):
+        torch.testing.assert_close(outputs64(small, batch)[0], outputs64(masked, batch)[0], rtol=1e-9, atol=1e-10)

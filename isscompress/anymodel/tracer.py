@@ -188,9 +188,11 @@ class Tracer(TorchFunctionMode):
         every element stays in its column; a non-zero constant may land on a removed unit, which marks the value."""
         target = args[0]
         labels = self.label_of(target)
+        value = kwargs.get("value", args[2] if len(args) > 2 else 0)
+        if name == "__setitem__" and isinstance(value, Tensor) and (value.numel() != 1 or self.label_of(value) is not None):
+            return self.assign(target, args[1], value)  # out[t] = h: the labels move as the values do
         if labels is None:
             return
-        value = kwargs.get("value", args[2] if len(args) > 2 else 0)
         if isinstance(value, Tensor):
             if self.label_of(value) is not None or value.numel() != 1:
                 self.refuse(f"`{name}` writes tensors into hidden features of {self.unit_name(int(labels.max()))}")
@@ -199,6 +201,17 @@ class Tracer(TorchFunctionMode):
         self.set_label(result, labels)
         if value != 0 or self.is_filled(target):
             self.filled.add(id(result))
+
+    def assign(self, target: Tensor, index: Any, value: Tensor) -> None:
+        """``target[index] = value`` with a tensor (a buffer filled step by step): the target's labels take the
+        value's labels at the same positions (a value that is not a unit's output makes them unlabelled)."""
+        if not target.is_floating_point() or self.is_filled(value):
+            self.refuse("a fill-marked or non-float tensor is written into hidden features")
+        labels = self.label_of(target)
+        labels = labels.clone() if labels is not None else fill(target, UNLABELED)
+        source = self.label_of(value)
+        labels[index] = source if source is not None else torch.full(value.shape, UNLABELED, dtype=torch.long)
+        self.set_label(target, labels)
 
     def check_filled(self, name: str, args: tuple, labeled: list) -> None:
         """Columns holding a fill constant may be moved, pooled, or read by their own weights; not combined."""
