@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import EXCERPT, PTB, PTB_MODEL
+from conftest import PTB, PTB_MODEL
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
