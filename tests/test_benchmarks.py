@@ -138,3 +138,23 @@ def test_ptb_budget_benchmark_quick(tmp_path) -> None:
     for method in ("iss", "iss+distill", "one-shot", "one-shot+distill"):
         for budget in ("0.5", "0.3333"):
             assert f"| {method} @ {budget} |" in out
+
+
+def test_the_zoo_script_runs_its_cases_on_a_stand_in(tmp_path) -> None:
+    """zoo.py needs checkouts of other projects; its machinery is checked here on the tests' RNNModel stand-in."""
+    spec = importlib.util.spec_from_file_location("zoo_benchmark", EXAMPLES / "benchmarks" / "zoo.py")
+    zoo = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = zoo
+    spec.loader.exec_module(zoo)
+    import model as wlm  # tests/wlm, on sys.path through conftest
+    import torch
+
+    def build():
+        torch.manual_seed(0)
+        model = wlm.RNNModel("LSTM", 30, 8, 8, 2).eval()
+        return model, lambda seed: (zoo.tokens(30, (6, 3), seed), (torch.zeros(2, 3, 8), torch.zeros(2, 3, 8))), \
+            model.decoder
+
+    case = zoo.Case("stand-in RNNModel", "2 layers, state passed in", build)
+    assert zoo.isscompress_case(case).startswith("shrunk exactly: widths [8] -> [4]")
+    assert isinstance(zoo.torch_pruning_case(case), str)
