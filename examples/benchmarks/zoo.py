@@ -104,7 +104,8 @@ def zero_half(model: nn.Module, plan, seed: int) -> nn.Module:
     return masked
 
 
-def floats(value: Any) -> list[torch.Tensor]:
+def tensors(value: Any) -> list[torch.Tensor]:
+    """Every tensor a model returns, token ids included (a sampling loop's answer is its ids)."""
     return [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
 
 
@@ -123,7 +124,7 @@ def isscompress_case(case: Case) -> str:
         big_inputs = inputs(seed)
         small_inputs = big_inputs if not plan.input_labels else shrink_zero_states(big_inputs, plan, small)
         with torch.no_grad():
-            for a, b in zip(floats(small(*small_inputs)), floats(masked(*big_inputs))):
+            for a, b in zip(tensors(small(*small_inputs)), tensors(masked(*big_inputs))):
                 if a.shape != b.shape and a.shape[:-1] == b.shape[:-1]:  # an output of hidden features: the kept ones
                     rows = b.reshape(-1, b.shape[-1])  # a removed unit's column is one constant (zero, or a fill)
                     b = b[..., (rows != rows[:1]).any(0)]

@@ -61,7 +61,7 @@ tolist __index__ __repr__ __hash__ data_ptr get_device _is_view nelement ndimens
 COMPARISONS = frozenset("""
 eq __eq__ ne __ne__ lt __lt__ le __le__ gt __gt__ ge __ge__ isnan isinf isfinite isneginf isposinf logical_not
 """.split())
-FILLS = frozenset("masked_fill masked_fill_ __setitem__ fill_diagonal_".split())  # constants written into features
+FILLS = frozenset("masked_fill masked_fill_ __setitem__".split())  # constants written into features
 RECURRENT = (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)  # cells: stepped by the model's loop
 
 

@@ -95,13 +95,19 @@ def to_device(value: Any, device: torch.device) -> Any:
     return tree_map(lambda v: v.to(device) if isinstance(v, Tensor) else v, value)
 
 
+def divergence(outputs: list[Tensor], targets: list[Tensor], temperature: float = 1.0, kind: str = "kl") -> Tensor:
+    """The distillation loss summed over outputs of equal shape (a shrunk model's outputs made of hidden features
+    are narrower and left out: its answers are what is compared)."""
+    return sum((distillation_divergence(o, t, temperature, kind) for o, t in zip(outputs, targets)
+                if o.shape == t.shape), torch.zeros(()))
+
+
 def output_gap(student: nn.Module, teacher: nn.Module, inputs: tuple, temperature: float = 1.0,
                kind: str = "kl") -> Tensor:
     """The distillation loss of one batch: summed over the model's floating outputs."""
     with torch.no_grad():
         targets = floats(teacher(*inputs))
-    outputs = floats(student(*inputs))
-    return sum(distillation_divergence(o, t, temperature, kind) for o, t in zip(outputs, targets))
+    return divergence(floats(student(*inputs)), targets, temperature, kind)
 
 
 Batches = Iterable[Any] | Callable[[], Iterable[Any]]

@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten
 
 from ..anymodel import Plan, TraceError, discover, load_groups, resize_to
 from ..anymodel.resize import inputs_for
 from ..measure.speed import interleaved
-from ..training.objectives import distillation_divergence
-from ..training.tasks import floats
+from ..training.tasks import divergence, floats
 from ..anymodel.resize import shrink_module_to
 from ..core.groups import all_unit_norms
 from ..core.surgery import shrink_state_dict
@@ -97,7 +97,10 @@ def _fit(model: nn.Module, tensors: dict[str, Tensor], checkpoint: Path, stored_
 def _inputs_for_shrunk(model: nn.Module, inputs: tuple, metadata: Metadata) -> tuple:
     """The factory's example inputs fit the original model; for a checkpoint that a shrink made (it records the
     kept units), a state the inputs pass in is cut to the kept units, as the shrink's own check fed it."""
-    if not metadata.kept:
+    widths = {m.hidden_size for m in model.modules() if isinstance(m, (nn.RNNBase, nn.RNNCellBase))}
+    states = [leaf for leaf in tree_flatten(inputs)[0]
+              if isinstance(leaf, Tensor) and leaf.is_floating_point() and leaf.dim() and leaf.shape[-1] in widths]
+    if not metadata.kept or not states:  # no input can be a layer's state: nothing to cut, no trace needed
         return inputs
     plan = discover(model, inputs)  # the factory's model: the original's sizes, which the inputs fit
     if not plan.input_labels or not set(metadata.kept) <= {gs.name for gs in plan.group_sets}:
@@ -239,15 +242,12 @@ def compare_outputs(student: list[Tensor], teacher: list[Tensor], loss: str = "k
     """(the distillation gap summed over outputs of equal shape, the share of positions whose top-1 output is the
     teacher's — None when no output is a score vector). Outputs that carry hidden features are narrower in a shrunk
     model and are left out: the model's answers are what is compared."""
-    gap, same, total = 0.0, 0, 0
+    same = total = 0
     for a, b in zip(student, teacher):
-        if a.shape != b.shape:
-            continue
-        gap += float(distillation_divergence(a, b, 1.0, loss))
-        if a.dim() and a.shape[-1] > 1:
+        if a.shape == b.shape and a.dim() and a.shape[-1] > 1:
             same += int((a.argmax(-1) == b.argmax(-1)).sum())
             total += a[..., 0].numel()
-    return gap, (same / total if total else None)
+    return float(divergence(student, teacher, 1.0, loss)), (same / total if total else None)
 
 
 def report_user_models(original: str | Path, shrunk: str | Path, arch: str, repeats: int = 7,
