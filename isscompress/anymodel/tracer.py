@@ -15,6 +15,7 @@ from torch.nn.utils.rnn import PackedSequence
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from .fills import WriteRules
 from .labels import (
     COMPARISONS,
     FILLS,
@@ -35,11 +36,11 @@ from .labels import (
     Position,
     TraceError,
     fill,
-    uniform_along,
 )
+from .reductions import SumRules
 
 
-class Tracer(TorchFunctionMode):
+class Tracer(WriteRules, SumRules, TorchFunctionMode):
     """Runs the model and keeps the label tensors beside the values (see the module docstring)."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -76,12 +77,6 @@ class Tracer(TorchFunctionMode):
             else:
                 self.labels.pop(id(value), None)
                 self.filled.discard(id(value))
-
-    def is_filled(self, value: Any) -> bool:
-        """Whether ``value``'s removed-unit positions may hold a constant a fill wrote (not zero): harmless while
-        each column is only moved, pooled or read by its own weights, refused where columns meet."""
-        value = value.data if isinstance(value, PackedSequence) else value
-        return isinstance(value, Tensor) and id(value) in self.filled and self.label_of(value) is not None
 
     def couple(self, a: int, b: int, op: str = "an operation") -> None:
         """Units ``a`` and ``b`` must be removed together; two units of one layer never can be."""
@@ -183,50 +178,6 @@ class Tracer(TorchFunctionMode):
                     "and in their own positions)")
 
     # ----- rules -----------------------------------------------------------------------------
-    def fill(self, name: str, args: tuple, kwargs: dict, out: Any) -> None:
-        """A constant written where a mask says (``masked_fill(mask, -inf)`` before a max-pool, ``x[x == 0] = -1e9``):
-        every element stays in its column; a non-zero constant may land on a removed unit, which marks the value."""
-        target = args[0]
-        labels = self.label_of(target)
-        value = kwargs.get("value", args[2] if len(args) > 2 else 0)
-        if name == "__setitem__" and isinstance(value, Tensor) and (value.numel() != 1 or self.label_of(value) is not None):
-            return self.assign(target, args[1], value)  # out[t] = h: the labels move as the values do
-        if labels is None:
-            return
-        if isinstance(value, Tensor):
-            if self.label_of(value) is not None or value.numel() != 1:
-                self.refuse(f"`{name}` writes tensors into hidden features of {self.unit_name(int(labels.max()))}")
-            value = float(value)
-        result = target if name.endswith("_") or name == "__setitem__" else out
-        self.set_label(result, labels)
-        if value != 0 or self.is_filled(target):
-            self.filled.add(id(result))
-
-    def assign(self, target: Tensor, index: Any, value: Tensor) -> None:
-        """``target[index] = value`` with a tensor (a buffer filled step by step): the target's labels take the
-        value's labels at the same positions (a value that is not a unit's output makes them unlabelled)."""
-        if not target.is_floating_point() or self.is_filled(value):
-            self.refuse("a fill-marked or non-float tensor is written into hidden features")
-        labels = self.label_of(target)
-        labels = labels.clone() if labels is not None else fill(target, UNLABELED)
-        source = self.label_of(value)
-        labels[index] = source if source is not None else torch.full(value.shape, UNLABELED, dtype=torch.long)
-        self.set_label(target, labels)
-
-    def check_filled(self, name: str, args: tuple, labeled: list) -> None:
-        """Columns holding a fill constant may be moved, pooled, or read by their own weights; not combined."""
-        parameter = any(isinstance(a, nn.Parameter) for a in args)
-        if (name in SUMS or name in PRODUCTS or name in MATMULS) and not parameter:
-            self.refuse(f"`{name}` combines hidden features in which a fill wrote a constant at removed units "
-                        "(`masked_fill`/`x[mask] = c` with c not zero): a removed unit would not contribute zero")
-        if name in REDUCTIONS:
-            dim = args[1] if len(args) > 1 and not isinstance(args[1], Tensor) else None
-            x = self.label_of(args[0])
-            dims = [d % x.dim() for d in (dim if isinstance(dim, (list, tuple)) else [dim])] if dim is not None else []
-            if dim is None or any(uniform_along(x, d) is None for d in dims):
-                self.refuse(f"`{name}` reduces across hidden features in which a fill wrote a constant at removed "
-                            "units")
-
     def structural(self, func: Callable, name: str, args: tuple, kwargs: dict, out: Any) -> None:
         def substitute(value: Any) -> Any:
             if isinstance(value, PackedSequence):
@@ -300,95 +251,6 @@ class Tracer(TorchFunctionMode):
                 (la == ZERO) & (lb == ZERO), ZERO, UNLABELED)))
         if isinstance(out, Tensor):
             self.set_label(out, labels.expand(out.shape) if labels.shape != out.shape else labels)
-
-    def reduce_rows(self, rows: Tensor, what: str) -> Tensor:
-        """One label per row of ``rows`` (…, r): the units met along a reduced axis are coupled.
-
-        A row of units (and exact zeros) becomes its unit; a row that mixes units with other values is
-        refused (a removed unit would leave a non-zero result); a row of other values stays unlabeled."""
-        flat = rows.reshape(-1, rows.shape[-1])
-        is_unit = flat >= 0
-        big = torch.iinfo(torch.long).max
-        low = torch.where(is_unit, flat, big).min(1).values
-        high = torch.where(is_unit, flat, -1).max(1).values
-        has_unit = high >= 0
-        mixed = has_unit & (flat == UNLABELED).any(1)
-        if bool(mixed.any()):
-            self.refuse(f"{what} mixes hidden features of {self.unit_name(int(low[mixed][0]))} with other values")
-        for row in (has_unit & (low != high)).nonzero().squeeze(1).tolist():
-            for other in flat[row][is_unit[row]].unique().tolist():
-                self.couple(int(low[row]), other, what)
-        all_zero = (flat == ZERO).all(1)
-        result = torch.where(has_unit, low, torch.where(all_zero, ZERO, UNLABELED))
-        return result.reshape(rows.shape[:-1])
-
-    def reduction(self, name: str, args: tuple, kwargs: dict, out: Any) -> None:
-        x = args[0]
-        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
-        if isinstance(dim, Tensor):  # torch.max(a, b): elementwise
-            return self.elementwise("maximum" if name == "max" else "minimum", args, out)
-        labels = self.label_of(x)
-        if dim is None:
-            self.refuse(f"`{name}` reduces over all elements of hidden features")
-        dims = [d % x.dim() for d in (dim if isinstance(dim, (list, tuple)) else [dim])]
-        keepdim = kwargs.get("keepdim", args[2] if len(args) > 2 and isinstance(args[2], bool) else False)
-        rest = [d for d in range(x.dim()) if d not in dims]
-        moved = labels.permute(*rest, *dims)
-        rows = moved.reshape(*moved.shape[: len(rest)], -1)
-        reduced = self.reduce_rows(rows, f"`{name}` over dims {dims}")
-        if keepdim:
-            for d in dims:
-                reduced = reduced.unsqueeze(d)
-        values = out[0] if isinstance(out, tuple) else out
-        self.set_label(values, reduced)
-
-    def matmul(self, name: str, args: tuple, out: Any) -> None:
-        """``a @ b``: units on the free axes carry over (``softmax(S) @ u``); units on the contracted axis
-        must meet the same units on the other side (``h @ u.T`` couples them) or a weight (``h @ W``)."""
-        a, b = (args[1], args[0]) if name == "__rmatmul__" else (args[0], args[1])
-        if isinstance(b, nn.Parameter) and self.label_of(b) is None:  # h @ W, or h @ w (attention scores)
-            return self.read_by_weight(a, b, 0, -1, name)
-        if a.dim() < 2 or b.dim() < 2:
-            self.refuse(f"`{name}` with a vector operand that is not a parameter reads hidden features")
-        la, lb = self.operand_labels(a), self.operand_labels(b)
-        row_a, contracted_a = self.matmul_side(la, name, free_axis=-2)
-        col_b, contracted_b = self.matmul_side(lb, name, free_axis=-1)
-        if contracted_a is not None or contracted_b is not None:
-            if contracted_a is None or contracted_b is None:
-                self.refuse(f"`{name}` contracts hidden features with values that are neither hidden features of "
-                            "the same units nor a weight")
-            for x, y in zip(contracted_a.tolist(), contracted_b.tolist()):
-                if x >= 0 and y >= 0:
-                    self.couple(x, y)
-                elif (x >= 0 and y == UNLABELED) or (y >= 0 and x == UNLABELED):
-                    self.refuse(f"`{name}` contracts hidden features with values that are not hidden features")
-            return  # every feature is summed into the result: it is not a hidden feature any more
-        row, col = row_a.unsqueeze(-1), col_b.unsqueeze(-2)
-        if bool(((row >= 0) & (col >= 0)).any()):
-            self.refuse(f"`{name}` multiplies hidden features by hidden features on free axes")
-        labels = torch.where(row >= 0, row, torch.where(col >= 0, col, UNLABELED))
-        self.set_label(out, labels.expand(out.shape).contiguous())
-
-    def pool(self, name: str, args: tuple, out: Any) -> None:
-        """Pooling over time of ``(batch, features, time)``: zero stays zero, so the features keep their units as
-        long as each feature is one unit along the pooled axis."""
-        labels = self.label_of(args[0])
-        per_channel = uniform_along(labels, -1)
-        if per_channel is None:
-            self.refuse(f"`{name}` pools over an axis along which the hidden features change units")
-        value = out[0] if isinstance(out, tuple) else out
-        self.set_label(value, per_channel.unsqueeze(-1).expand(value.shape).contiguous())
-
-    def matmul_side(self, labels: Tensor, name: str, free_axis: int) -> tuple[Tensor, Tensor | None]:
-        """One operand of a matmul: (labels of its free axis), and the labels of its contracted axis when
-        its units lie along that one (None when they do not)."""
-        contract_axis = -1 if free_axis == -2 else -2
-        along = uniform_along(labels, contract_axis)
-        if along is not None:
-            return along, None
-        per_position = labels.movedim(contract_axis, 0).reshape(labels.shape[contract_axis], -1)
-        return torch.full(labels.narrow(contract_axis, 0, 1).squeeze(contract_axis).shape, UNLABELED), \
-            self.reduce_rows(per_position, name)
 
     def read_by_weight(self, x: Any, weight: Any, weight_axis: int, x_axis: int, op: str) -> None:
         """``weight``'s slices along ``weight_axis`` read ``x``'s features along ``x_axis``: make them members."""
