@@ -14,7 +14,7 @@ from torch.utils._pytree import tree_flatten
 import isscompress
 from anymodel_zoo import AttentionClassifier, tokens, zoo
 from isscompress.anymodel import GroupsFileError, TraceError
-from isscompress.anymodel.resize import with_aliases
+from isscompress.anymodel.resize import with_shared
 from isscompress.core.groups import all_unit_norms
 from isscompress.core.surgery import mask_state_dict
 from isscompress.core.thresholding import select_kept
@@ -44,7 +44,7 @@ def zero_random_groups(model: nn.Module, plan: isscompress.Plan, seed: int, keep
     state = mask_state_dict(model.state_dict(), plan.group_sets, wanted)
     kept = select_kept(all_unit_norms(state, plan.group_sets), plan.group_sets, 0.0)
     masked = copy.deepcopy(model)
-    masked.load_state_dict(with_aliases(mask_state_dict(state, plan.group_sets, kept), plan))  # tied names too
+    masked.load_state_dict(with_shared(mask_state_dict(state, plan.group_sets, kept), plan.aliases))  # tied names too
     return masked
 
 

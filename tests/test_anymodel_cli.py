@@ -180,7 +180,7 @@ def test_a_random_forward_is_refused_and_a_second_batch_is_checked(tmp_path):
     (tmp_path / "coin.py").write_text(RANDOM_ARCH)
     out = tmp_path / "small.safetensors"
     for factory, words in (("make", "different outputs on runs of the same inputs"),
-                           ("wrong_on_second_batch", "differs from the masked original")):
+                           ("wrong_on_second_batch", "differ from the masked model's")):
         result = runner.invoke(app, ["shrink", str(tmp_path / "tagger.safetensors"), "--arch",
                                      f"{tmp_path / 'coin.py'}:{factory}", "-o", str(out)])
         assert result.exit_code == 1, result.output

@@ -22,6 +22,7 @@ from ..core.architecture import LayerInfo
 from ..core.cells import CELLS, PARAM_NAMES, CellKind, CellParam
 from ..core.groups import GroupSet, Member
 from ..errors import IsscompressError, ShapeError
+from ..measure.kernels import rnn_kernel
 
 SUFFIXES = ("", "_reverse")
 LAYER_KEY = re.compile(rf"^layers\.(\d+)\.({'|'.join(PARAM_NAMES)})_l0(_reverse)?$")
@@ -119,8 +120,8 @@ class ModelSpec:
     def group_sets(self) -> tuple[GroupSet, ...]:
         return group_sets(self)
 
-    def with_kept(self, kept: Mapping[str, int]) -> "ModelSpec":
-        return shrunk_spec(self, kept)
+    def with_kept(self, kept: Mapping[str, int] | Mapping[str, Tensor]) -> "ModelSpec":
+        return shrunk_spec(self, {name: value if isinstance(value, int) else len(value) for name, value in kept.items()})
 
     def check(self, state: Mapping[str, Tensor]) -> None:
         check_shapes(state, self)
@@ -137,13 +138,25 @@ class ModelSpec:
             return torch.randint(0, self.vocab_size, (steps, batch), generator=generator)
         return torch.randn(steps, batch, self.layers[0].input_size, generator=generator, dtype=dtype)
 
-    def kept_outputs(self, kept: Mapping[str, Tensor]) -> Tensor | None:
+    def probe_outputs(self, state: Mapping[str, Tensor]) -> list[Tensor]:
+        """Two steps in each of two calls: the recurrence within a call and the state carried between calls are both
+        checked, and a large model's weights are read only four times (the whole cost of a shrink's check)."""
+        dtype = next(iter(state.values())).dtype
+        inputs = self.probe_inputs(steps=2, batch=1, dtype=dtype)
+        model = self.build(state)
+        with torch.inference_mode(), rnn_kernel("native"):  # oneDNN is slow for a tiny probe batch
+            first, hidden = model(inputs)
+            second, _ = model(inputs.flip(0), hidden)
+        return [torch.cat([first, second])]
+
+    def kept_outputs(self, outputs: list[Tensor], kept: Mapping[str, Tensor]) -> list[Tensor]:
         """A language model keeps its logits; a bare stack keeps the last layer's kept units."""
         if self.is_language_model:
-            return None
+            return outputs
         last, layer = len(self.layers) - 1, self.layers[-1]
         role = "proj" if layer.proj_size else "cell"
-        return torch.cat([kept[set_name(last, d, role)] + d * layer.out_size for d in range(self.directions)])
+        columns = torch.cat([kept[set_name(last, d, role)] + d * layer.out_size for d in range(self.directions)])
+        return [output[..., columns] for output in outputs]
 
     def layer_info(self) -> tuple[LayerInfo, ...]:
         return tuple(LayerInfo(i, self.cell, layer.input_size, layer.hidden_size, self.directions, layer.proj_size,

@@ -16,19 +16,15 @@ from typing import Callable, Iterator, Mapping
 import torch
 from torch import Tensor
 
-from ..core.architecture import Architecture
+from ..core.exactness import check_shrunk
 from ..core.groups import all_unit_norms
-from ..core.surgery import mask_state_dict, shrink_state_dict
+from ..core.surgery import shrink_state_dict
 from ..core.thresholding import kept_counts, select_kept
 from ..errors import ShrinkError
 from ..io.files import check_checkpoint_output, sha256_file
 from ..io.loading import Checkpoint, as_checkpoint, save_checkpoint, source_files
-from ..measure.kernels import rnn_kernel
 from ..measure.summary import ModelSummary, summarize_checkpoint
 from .preparation import vocabulary_of
-
-TOLERANCE = {torch.float64: 1e-9, torch.float32: 2e-5}
-
 
 @dataclass(frozen=True)
 class ShrinkResult:
@@ -61,66 +57,6 @@ class ShrinkResult:
             "output_scale": self.output_scale,
         }
 
-
-def _compute_dtype(state: Mapping[str, Tensor]) -> torch.dtype:
-    dtype = next(iter(state.values())).dtype
-    return dtype if dtype in TOLERANCE else torch.float32
-
-
-def _outputs(spec: Architecture, state: Mapping[str, Tensor], inputs: Tensor) -> Tensor:
-    model = spec.build(state)
-    with torch.inference_mode(), rnn_kernel("native"):  # oneDNN is slow for a tiny probe batch
-        first, hidden = model(inputs)
-        second, _ = model(inputs.flip(0), hidden)
-    return torch.cat([first, second])
-
-
-def verify_shrink(
-    spec: Architecture,
-    state: dict[str, Tensor],
-    small_spec: Architecture,
-    small_state: Mapping[str, Tensor],
-    kept: Mapping[str, Tensor],
-    *,
-    in_place: bool = False,
-    norms: Mapping[str, Tensor] | None = None,
-    against_original: bool = False,
-) -> tuple[float, float, float, float]:
-    """Max |shrunk - masked| on a probe batch, and the tolerance; raises ShrinkError above it. Also
-    max |shrunk - original| (with ``against_original``; else the same as against the masked model, which is then
-    the original) and the original's largest |output|, to judge it by.
-
-    With ``in_place`` the caller's ``state`` is masked in place (memory stays near one model). With the
-    units' ``norms``, dropped units whose groups are already exactly zero (what ISS's proximal step leaves)
-    are not masked again: the masked model is the same, without a pass over the tensors.
-    """
-    dtype = _compute_dtype(state)
-    # Two steps in each of two calls: the recurrence within a call and the state carried between calls are both
-    # checked, and the dense model's weights are read only four times (the check's whole cost on a large model).
-    inputs = spec.probe_inputs(steps=2, batch=1, dtype=dtype)
-    small = {k: v.to(dtype) for k, v in small_state.items()}
-    got = _outputs(small_spec, small, inputs)
-    converted = {k: v.to(dtype) for k, v in state.items()}
-    columns = spec.kept_outputs(kept)
-    original = _outputs(spec, converted, inputs) if against_original else None  # before any masking in place
-    to_zero = kept if norms is None else {  # "kept" for masking: the kept units and the already-zero ones
-        name: torch.cat([indices.cpu(), (norms[name] == 0).nonzero().squeeze(1)]).unique() for name, indices in kept.items()}
-    masked = mask_state_dict(converted, spec.group_sets(), to_zero, in_place=in_place)
-    expected = _outputs(spec, masked, inputs)
-    if columns is not None:
-        expected = expected[..., columns]
-        original = original[..., columns] if original is not None else None
-    diff = float((got - expected).abs().max())
-    reference = original if original is not None else expected
-    gap, scale = float((got - reference).abs().max()), float(reference.abs().max())
-    tolerance = TOLERANCE[dtype] * (1.0 + float(expected.abs().max()))
-    if not diff <= tolerance:
-        raise ShrinkError(
-            f"The shrunk model's outputs differ from the masked model's by {diff:.3g} (tolerance {tolerance:.3g}); "
-            "nothing was written.",
-            "This is a bug in isscompress; please report it with the checkpoint's layout.",
-        )
-    return diff, tolerance, gap, scale
 
 
 @contextmanager
@@ -157,21 +93,22 @@ def shrink_checkpoint(
     norms = all_unit_norms(checkpoint.state, sets)
     kept = select_kept(norms, sets, threshold)
     widths_before, widths_after = {gs.name: gs.size for gs in sets}, kept_counts(kept)
-    small_spec = checkpoint.spec.with_kept(widths_after)
+    small_spec = checkpoint.spec.with_kept(kept)
     small_state = shrink_state_dict(checkpoint.state, sets, kept)
     before = summarize_checkpoint(checkpoint)
     removed = _largest_removed(norms, kept)
-    diff, tolerance, gap, scale = verify_shrink(checkpoint.spec, checkpoint.state, small_spec, small_state, kept,
-                                                in_place=in_place, norms=norms, against_original=removed > 0)
+    exact = check_shrunk(checkpoint.spec, checkpoint.state, small_spec, small_state, kept,
+                         in_place=in_place, norms=norms, against_original=removed > 0)
     sha256 = (source_sha256 or (lambda: checkpoint.sha256))()
     metadata = replace(
         checkpoint.metadata.derived("shrink", checkpoint.name, sha256, checkpoint.family),
         architecture=small_spec.kind, spec=small_spec.to_dict(), widths_before=widths_before,
         widths_after=widths_after, kept={name: indices.tolist() for name, indices in kept.items()},
-        threshold=threshold, max_abs_diff=diff, vocabulary=vocabulary_of(checkpoint))
+        threshold=threshold, max_abs_diff=exact.max_abs_diff, vocabulary=vocabulary_of(checkpoint))
     small = Checkpoint(small_spec, small_state, checkpoint.family, "isscompress", metadata)
     return ShrinkResult(small, checkpoint.path, None, threshold, before, summarize_checkpoint(small),
-                        widths_before, widths_after, diff, tolerance, removed, gap, scale)
+                        widths_before, widths_after, exact.max_abs_diff, exact.tolerance, removed,
+                        exact.original_max_abs_diff, exact.output_scale)
 
 
 def _largest_removed(norms: Mapping[str, Tensor], kept: Mapping[str, Tensor]) -> float:

@@ -1,0 +1,189 @@
+"""A user's own PyTorch module, traced, as an architecture: the pruning contract for any model.
+
+Its group sets are the plan the tracer found (or a groups file declared), ``with_kept`` resizes the module's
+layers, ``build`` is the user's module with the tensors loaded, the probe is the factory's example inputs (and its
+first batch), and the kept outputs are the output positions whose labels name kept units. So shrink, its check,
+report and inspect are the language-model stack's own verbs.
+
+Shared tensors (a decoder tied to its embedding) are found once, from the module itself: the canonical state holds
+each tensor under its first name only (as safetensors' ``save_model`` writes it), and ``build`` ties the others again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..anymodel.labels import ZERO, is_cell, recurrent_shape
+from ..anymodel.plan import Plan, _cell_kind
+from ..anymodel.probe import float64_outputs
+from ..anymodel.resize import inputs_for, kept_mask, resize_to, shared_names, with_shared
+from ..core.architecture import LayerInfo
+from ..core.cells import CellKind
+from ..core.groups import GroupSet
+from ..core.surgery import shrink_state_dict
+from ..errors import CheckpointError, ShapeError
+
+KIND = "user-model"
+
+
+def recurrent_modules(module: nn.Module) -> list[tuple[str, nn.Module, CellKind]]:
+    """The recurrent layers and cells of ``module``, with their cell table entries, in module order."""
+    return [(name, m, _cell_kind(m)) for name, m in module.named_modules() if isinstance(m, (nn.RNNBase, nn.RNNCellBase))]
+
+
+def _padding_as_units(labels: Tensor) -> Tensor:
+    """A padded output's padding (exact zeros, labelled ZERO) belongs to the unit of its feature column (the last
+    axis), so a removed unit's column goes padding and all, as it does in the shrunk model's output."""
+    if labels.dim() == 0:
+        return labels
+    columns = labels.reshape(-1, labels.shape[-1])
+    known = columns >= 0
+    low = torch.where(known, columns, torch.iinfo(torch.long).max).amin(0)
+    high = torch.where(known, columns, -1).amax(0)
+    unit = torch.where(known.any(0) & (low == high), low, ZERO)  # one unit per column, else left as it is
+    return torch.where(labels == ZERO, unit.expand_as(labels), labels)
+
+
+@dataclass(frozen=True, eq=False)
+class TracedModel:
+    """A user's module at one size: the plan of its groups, and the inputs its check and timing run on.
+
+    ``module`` is None when only a groups file describes the model: it can be shrunk by its declaration but not run,
+    so its shrink cannot be checked."""
+
+    kind: ClassVar[str] = KIND
+    module: nn.Module | None
+    plan: Plan
+    inputs: tuple | None = None
+    more_inputs: tuple[tuple, ...] = ()  # other batches the check runs on (the factory's first batch)
+    made_by_shrink: bool = False  # the user's own module is checked for a random forward; one we made is not
+    stored_widths: bool = False  # whether attributes like self.hidden_size were resized with the layers
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, module: nn.Module | None, plan: Plan, inputs: tuple | None = None,
+           more_inputs: tuple[tuple, ...] = ()) -> "TracedModel":
+        return cls(module, plan, inputs, more_inputs, aliases=shared_names(module) if module is not None else {})
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TracedModel":
+        raise CheckpointError("This checkpoint is of a user's own model: its architecture is the code that built it.",
+                              "Open it with --arch FILE.py:FACTORY (the factory of the original model), or in Python "
+                              "with isscompress.resize_to(model, tensors).")
+
+    @property
+    def runnable(self) -> bool:
+        return self.module is not None and self.inputs is not None
+
+    @property
+    def cell(self) -> str:
+        kinds = dict.fromkeys(kind.name for _, _, kind in self._recurrent())
+        return "+".join(kinds) or "declared groups"
+
+    @property
+    def equations(self) -> str:
+        return "; ".join(dict.fromkeys(kind.equations for _, _, kind in self._recurrent()))
+
+    def _recurrent(self) -> list[tuple[str, nn.Module, CellKind]]:
+        return recurrent_modules(self.module) if self.module is not None else []
+
+    def canonical(self, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``state`` without the other names of shared tensors."""
+        return {k: v for k, v in state.items() if k not in self.aliases}
+
+    # The pruning contract
+    def group_sets(self) -> tuple[GroupSet, ...]:
+        return self.plan.group_sets
+
+    def with_kept(self, kept: Mapping[str, int] | Mapping[str, Tensor], stored_widths: bool = False) -> "TracedModel":
+        indices = {name: torch.arange(value) if isinstance(value, int) else value for name, value in kept.items()}
+        if self.module is None:
+            return self
+        template = self.canonical(self.module.state_dict())
+        small = resize_to(self.module, with_shared(shrink_state_dict(template, self.plan.group_sets, indices),
+                                                   self.aliases), stored_widths)
+        inputs = inputs_for(self.plan, self.inputs, indices)[1] if self.inputs is not None else None
+        return replace(self, module=small, inputs=inputs, made_by_shrink=True, stored_widths=stored_widths)
+
+    def check(self, state: Mapping[str, Tensor]) -> None:
+        if self.module is None:
+            return
+        own = self.canonical(self.module.state_dict())
+        wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected or wrong:
+            raise ShapeError(f"The tensors do not fit the model: missing {missing[:4]}, unexpected {unexpected[:4]}, "
+                             f"of another shape {wrong[:4]}.", "Save the model's state_dict() with the same names.")
+
+    def build(self, state: Mapping[str, Tensor], dropout: float = 0.0, variational: bool = False) -> nn.Module:
+        if self.module is None:
+            raise CheckpointError("A model described only by a groups file cannot be run.",
+                                  "Give its code with --arch FILE.py:FACTORY.")
+        return resize_to(self.module, with_shared(state, self.aliases), self.stored_widths).eval()
+
+    def probe_inputs(self, steps: int = 6, batch: int = 3, seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
+        return self.inputs
+
+    def probe_outputs(self, state: Mapping[str, Tensor]) -> list[Tensor | None]:
+        if not self.runnable:
+            return []
+        batches = (self.inputs, *self.more_inputs)
+        return float64_outputs(self.module, with_shared(state, self.aliases), batches, not self.made_by_shrink)
+
+    def kept_outputs(self, outputs: list[Tensor | None], kept: Mapping[str, Tensor]) -> list[Tensor | None]:
+        """An output whose labels say it carries hidden features keeps the kept units' positions (flattened)."""
+        labels = self.plan.output_labels or []
+        if not labels:
+            return outputs
+        chosen = []
+        for index, output in enumerate(outputs):
+            lab = labels[index % len(labels)]
+            if output is not None and lab is not None and lab.shape == output.shape:
+                output = output[kept_mask(_padding_as_units(lab), self.plan, kept).to(output.device)]
+            chosen.append(output)
+        return chosen
+
+    def _layers(self) -> list[tuple[str, CellKind, "_Shape", int]]:
+        """(name, cell kind, shape, directions) of every recurrent layer, a multi-layer module's layers each."""
+        layers = []
+        for name, module, kind in self._recurrent():
+            count, directions, hidden, proj, _ = recurrent_shape(module)
+            width_in = module.input_size
+            for layer in range(count):
+                layers.append((name if is_cell(module) or count == 1 else f"{name} layer {layer}", kind,
+                               _Shape(width_in, hidden, proj, 1), directions))
+                width_in = directions * (proj or hidden)
+        return layers
+
+    def layer_info(self) -> tuple[LayerInfo, ...]:
+        return tuple(LayerInfo(index, kind.name, shape.input_size, shape.hidden_size, directions, shape.proj_size,
+                               name=name) for index, (name, kind, shape, directions) in enumerate(self._layers()))
+
+    def parameter_counts(self) -> dict[str, int]:
+        if self.module is None:
+            return {}
+        recurrent = {id(p) for _, m, _ in self._recurrent() for p in m.parameters()}
+        counts = {"recurrent": 0, "other": 0}
+        for parameter in self.module.parameters():  # a shared parameter once
+            counts["recurrent" if id(parameter) in recurrent else "other"] += parameter.numel()
+        return counts
+
+    def macs_per_token(self) -> dict[str, int]:
+        """The recurrent layers' multiply-adds per time step (what ISS removes); other layers run a number of
+        times per sequence that only the model's code knows."""
+        return {"recurrent": sum(directions * kind.macs(shape) for _, kind, shape, directions in self._layers())}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sets": {gs.name: gs.size for gs in self.plan.group_sets}}
+
+
+@dataclass(frozen=True)
+class _Shape:
+    input_size: int
+    hidden_size: int
+    proj_size: int
+    depth: int
