@@ -64,7 +64,10 @@ def resize_to(model: nn.Module, state: Mapping[str, Tensor], stored_widths: bool
     This is also how a user's code loads a shrunk checkpoint: build the original model, then
     ``resize_to(model, load_file("small.safetensors"))``. ``stored_widths``: also give attributes such as
     ``self.hidden_size`` on the modules around a resized layer its new width (for a forward that builds its states
-    from them); ``shrink_module`` tries without, then with, and keeps what its check proves exact."""
+    from them); ``shrink_module`` tries without, then with, and keeps what its check proves exact. A tensor the
+    model shares under several names (a tied decoder) may be in ``state`` under its first name only, as shrink
+    writes it (and safetensors' ``save_model``): the model's own sharing restores the others."""
+    state = with_shared(state, shared_names(model))
     resized = copy.deepcopy(model)
     current = resized.state_dict()
     changed = {key for key, value in state.items() if key in current and current[key].shape != value.shape}
@@ -202,23 +205,13 @@ def shrink_module(model: nn.Module, example_inputs: Any, threshold: float = 1e-4
 def shrink_module_to(model: nn.Module, inputs: tuple, plan: Plan, kept: Mapping[str, Tensor],
                      more_inputs: tuple[tuple, ...] = ()) -> nn.Module:
     """:func:`shrink_module` keeping exactly ``kept[set]`` units (sorted indices), with the same check (also on
-    ``more_inputs``, other batches of the same kind; a batch of another shape reaches other code paths).
-
-    The layers are resized as written first; when that fails its check, attributes such as ``self.hidden_size``
-    around them are resized too, and the check decides."""
+    ``more_inputs``, other batches of the same kind; a batch of another shape reaches other code paths)."""
     from ..architectures.traced import TracedModel  # the architecture is built from this module's functions
     from ..core.exactness import check_shrunk
 
     spec = TracedModel.of(model, plan, inputs, more_inputs)
     state = spec.canonical({k: v.detach() for k, v in model.state_dict().items()})
     small_state = shrink_state_dict(state, plan.group_sets, kept)
-    for stored_widths in (False, True):
-        small = spec.with_kept(kept, stored_widths=stored_widths)
-        try:
-            check_shrunk(spec, state, small, small_state, kept)
-        except ShrinkError:
-            if stored_widths:
-                raise
-            continue
-        return small.build(small_state)
-    raise AssertionError("unreachable")
+    small = spec.with_kept(kept)
+    check_shrunk(spec, state, small, small_state, kept)
+    return small.build(small_state)

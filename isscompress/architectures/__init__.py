@@ -8,8 +8,9 @@ from typing import Any, Mapping
 from ..core.architecture import Architecture
 from ..errors import CheckpointError
 from .stack import LayerSpec, ModelSpec
+from .traced import TracedModel
 
-ARCHITECTURES: dict[str, Any] = {ModelSpec.kind: ModelSpec}
+ARCHITECTURES: dict[str, Any] = {ModelSpec.kind: ModelSpec, TracedModel.kind: TracedModel}
 
 
 def architecture_class(kind: str | None) -> Any:
@@ -25,4 +26,4 @@ def architecture_from_dict(data: Mapping[str, Any], kind: str | None = None) -> 
     return architecture_class(kind).from_dict(data)
 
 
-__all__ = ["ARCHITECTURES", "Architecture", "LayerSpec", "ModelSpec", "architecture_class", "architecture_from_dict"]
+__all__ = ["ARCHITECTURES", "Architecture", "LayerSpec", "ModelSpec", "TracedModel", "architecture_class", "architecture_from_dict"]

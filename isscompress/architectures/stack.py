@@ -63,6 +63,10 @@ class ModelSpec:
         return CELLS[self.cell]
 
     @property
+    def equations(self) -> str:
+        return self.cell_kind.equations
+
+    @property
     def gates(self) -> int:
         return self.cell_kind.gates
 

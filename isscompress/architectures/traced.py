@@ -63,11 +63,17 @@ class TracedModel:
     made_by_shrink: bool = False  # the user's own module is checked for a random forward; one we made is not
     stored_widths: bool = False  # whether attributes like self.hidden_size were resized with the layers
     aliases: dict[str, str] = field(default_factory=dict)
+    batches: Any = None  # the factory's unlabelled batches (or a function giving them), for label-free training
 
     @classmethod
-    def of(cls, module: nn.Module | None, plan: Plan, inputs: tuple | None = None,
-           more_inputs: tuple[tuple, ...] = ()) -> "TracedModel":
-        return cls(module, plan, inputs, more_inputs, aliases=shared_names(module) if module is not None else {})
+    def of(cls, module: nn.Module | None, plan: Plan, inputs: tuple | None = None, more_inputs: tuple[tuple, ...] = (),
+           batches: Any = None) -> "TracedModel":
+        return cls(module, plan, inputs, more_inputs, aliases=shared_names(module) if module is not None else {},
+                   batches=batches)
+
+    @classmethod
+    def infer(cls, state: Mapping[str, Tensor], **_: Any) -> "TracedModel":
+        return cls.from_dict({})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TracedModel":
@@ -99,15 +105,28 @@ class TracedModel:
     def group_sets(self) -> tuple[GroupSet, ...]:
         return self.plan.group_sets
 
-    def with_kept(self, kept: Mapping[str, int] | Mapping[str, Tensor], stored_widths: bool = False) -> "TracedModel":
+    def with_kept(self, kept: Mapping[str, int] | Mapping[str, Tensor]) -> "TracedModel":
+        """The module with its layers resized, as written; when that cannot run its inputs, with attributes such as
+        ``self.hidden_size`` around the layers resized too (the check then proves which reading is exact)."""
         indices = {name: torch.arange(value) if isinstance(value, int) else value for name, value in kept.items()}
         if self.module is None:
             return self
-        template = self.canonical(self.module.state_dict())
-        small = resize_to(self.module, with_shared(shrink_state_dict(template, self.plan.group_sets, indices),
-                                                   self.aliases), stored_widths)
+        template = with_shared(shrink_state_dict(self.canonical(self.module.state_dict()), self.plan.group_sets,
+                                                 indices), self.aliases)
         inputs = inputs_for(self.plan, self.inputs, indices)[1] if self.inputs is not None else None
-        return replace(self, module=small, inputs=inputs, made_by_shrink=True, stored_widths=stored_widths)
+        small = replace(self, module=resize_to(self.module, template), inputs=inputs, made_by_shrink=True)
+        if small.runnable and not small._runs():
+            small = replace(small, module=resize_to(self.module, template, stored_widths=True), stored_widths=True)
+        return small
+
+    def _runs(self) -> bool:
+        try:
+            with torch.no_grad():
+                for batch in (self.inputs, *self.more_inputs):
+                    self.module.eval()(*batch)
+        except Exception:  # noqa: BLE001 - any failure of the user's forward: the other reading is tried
+            return False
+        return True
 
     def check(self, state: Mapping[str, Tensor]) -> None:
         if self.module is None:

@@ -84,7 +84,8 @@ def inspect(
     family: Optional[str] = FamilyOption,
     arch: Optional[str] = ArchOption,
     groups: Optional[Path] = GroupsOption,
-    save_groups: Optional[Path] = typer.Option(None, "--save-groups", help="With --arch: write the groups found."),
+    save_groups: Optional[Path] = typer.Option(None, "--save-groups", help="Write the ISS group sets as a YAML "
+                                               "groups file (to review, edit, or pass back with --groups)."),
     as_json: bool = JsonOption,
     force: bool = typer.Option(False, "--force", help="Replace an existing --save-groups file."),
     threads: Optional[int] = ThreadsOption,
@@ -92,17 +93,8 @@ def inspect(
     """Show a checkpoint's layers, costs and ISS group norms."""
     from ..verbs.inspect import inspect as inspect_checkpoint
 
-    if arch or groups:
-        from ..verbs.any_model import open_user_model
-
-        with _user_errors(threads, compute=True):
-            opened = open_user_model(checkpoint, arch, groups)
-            if save_groups:
-                opened.plan.save(save_groups, force=force, inputs=(checkpoint, *([groups] if groups else [])))
-        _render.render_user_model(opened, _stdout(), as_json)
-        return
     with _user_errors(threads, compute=True):
-        result = inspect_checkpoint(checkpoint, family)
+        result = inspect_checkpoint(checkpoint, family, arch=arch, groups=groups, save_groups=save_groups, force=force)
     if as_json:
         _print_json(result.to_dict())
     else:
@@ -124,15 +116,8 @@ def shrink(
     """Remove dead ISS groups and write a physically smaller, dense checkpoint."""
     from ..verbs.shrink import shrink as shrink_checkpoint
 
-    if arch or groups:
-        from ..verbs.any_model import shrink_user_model
-
-        with _user_errors(threads, compute=True):
-            done = shrink_user_model(checkpoint, output, threshold, arch, groups, force)
-        _render.render_user_shrink(done, _stdout(), as_json)
-        return
     with _user_errors(threads, compute=True):
-        result = shrink_checkpoint(checkpoint, output, threshold, family=family, force=force)
+        result = shrink_checkpoint(checkpoint, output, threshold, family=family, force=force, arch=arch, groups=groups)
     if as_json:
         _print_json(result.to_dict())
     else:
@@ -156,22 +141,13 @@ def finetune(
     threads: Optional[int] = ThreadsOption,
 ) -> None:
     """Fine-tune with ISS group Lasso (or recover without it) from a recipe."""
-    from ..verbs.finetune import STAGES
     from ..verbs.finetune import finetune as run_finetune
 
     with _user_errors(threads, compute=True):
-        if stage not in STAGES:
-            raise IsscompressError(f"Unknown stage '{stage}'.", f"Use one of: {', '.join(STAGES)}.")
         with _render.TrainingProgress(_stderr()) as progress:
             progress.set_stage(stage if not arch else f"label-free {stage}")
-            if arch:
-                from ..verbs.finetune_user import finetune_user_model
-
-                result = finetune_user_model(checkpoint, arch, recipe, output, groups, force, stage=stage,
-                                             resume=resume, on_event=progress)
-            else:
-                result = run_finetune(checkpoint, recipe, output, stage=stage, resume=resume, force=force,
-                                      on_event=progress)
+            result = run_finetune(checkpoint, recipe, output, stage=stage, resume=resume, force=force,
+                                  on_event=progress, arch=arch, groups=groups)
     _stderr().print(f"wrote {result.output}")
 
 
@@ -252,22 +228,9 @@ def report(
     from ..verbs.report import report as build_report
     from ..verbs.report import report_markdown
 
-    if arch:
-        from ..verbs.any_model import report_user_models
-
-        with _user_errors(threads, compute=True):
-            if shrunk is None:
-                raise IsscompressError("report --arch compares two checkpoints of your model.",
-                                       "Give the original and the shrunk checkpoint.")
-            done = report_user_models(original, shrunk, arch, repeats=repeats)
-        if as_json:
-            _print_json(done.to_dict())
-        else:
-            _render.render_user_report(done, _stdout())
-        return
     with _user_errors(threads, compute=True):
         result = build_report(original, shrunk, data=data, vocab=vocab, speed=not no_speed, repeats=repeats,
-                              family=family, int8=int8, speed_path=speed_path)
+                              family=family, int8=int8, speed_path=speed_path, arch=arch)
         if plot is not None:
             from .plots import write_plots
 

@@ -14,7 +14,6 @@ if TYPE_CHECKING:  # types only: the CLI answers --help and usage errors without
     from ..verbs.shrink import ShrinkResult
 
 BARS = " ▁▂▃▄▅▆▇█"
-PARTS = ("embedding", "recurrent", "decoder")
 
 
 def human(count: float) -> str:
@@ -45,7 +44,7 @@ def layers_table(summary: ModelSummary, title: str = "Recurrent layers") -> Tabl
     for column in ("layer", "cell", "input", "width", *(["depth"] if deep else []), "directions", "projection"):
         table.add_column(column, justify="right" if column != "cell" else "left")
     for layer in summary.layers:
-        table.add_row(str(layer.index), layer.cell, str(layer.input_size), str(layer.width),
+        table.add_row(escape(layer.name) or str(layer.index), layer.cell, str(layer.input_size), str(layer.width),
                       *([str(layer.depth)] if deep else []), str(layer.directions), str(layer.proj_size or "-"))
     return table
 
@@ -54,13 +53,13 @@ def costs_table(summary: ModelSummary) -> Table:
     table = Table(title="Cost per token")
     for column in ("part", "parameters", "multiply-adds"):
         table.add_column(column, justify="right" if column != "part" else "left")
-    for part in PARTS:
-        table.add_row(part, human(summary.parameters[part]), human(summary.macs_per_token[part]))
+    for part in dict.fromkeys([*summary.parameters, *summary.macs_per_token]):
+        table.add_row(part, human(summary.parameters.get(part, 0)), human(summary.macs_per_token.get(part, 0)))
     table.add_row("total", human(summary.total_parameters), human(summary.total_macs), style="bold")
     return table
 
 
-def norms_table(norms: tuple[NormStats, ...]) -> Table:
+def norms_table(norms: tuple[NormStats, ...], readers: dict[str, list[str]] | None = None) -> Table:
     table = Table(title="ISS group norms per layer (units with norm ≤ threshold)")
     table.add_column("group set", no_wrap=True)
     table.add_column("units", justify="right", no_wrap=True)
@@ -69,10 +68,13 @@ def norms_table(norms: tuple[NormStats, ...]) -> Table:
     for threshold in norms[0].under if norms else ():
         table.add_column(f"≤{threshold}", justify="right", no_wrap=True)
     table.add_column("histogram", no_wrap=True, min_width=8)
+    if readers:
+        table.add_column("read by")
     for stats in norms:
         q = stats.quantiles
-        table.add_row(stats.name, str(stats.units), f"{q['q00']:.3g}", f"{q['q50']:.3g}", f"{q['q100']:.3g}",
-                      *(str(n) for n in stats.under.values()), sparkline(stats))
+        table.add_row(escape(stats.name), str(stats.units), f"{q['q00']:.3g}", f"{q['q50']:.3g}", f"{q['q100']:.3g}",
+                      *(str(n) for n in stats.under.values()), sparkline(stats),
+                      *([escape(", ".join(readers.get(stats.name, [])))] if readers else []))
     return table
 
 
@@ -88,7 +90,7 @@ def render_inspection(result: Inspection, console: Console) -> None:
         console.print(f"Ignored beside the weights: {escape(', '.join(result.ignored))}.")
     console.print(layers_table(s))
     console.print(costs_table(s))
-    console.print(norms_table(result.norms))
+    console.print(norms_table(result.norms, result.readers))
 
 
 def _ratio(before: float, after: float) -> str:
@@ -102,13 +104,13 @@ def _cost_rows(table: Table, b: ModelSummary, a: ModelSummary | None, *, per_par
         table.add_row(label, show(before), show(after) if a else "", _ratio(before or 0, after or 0) if a else "",
                       style=style)
 
-    for part in PARTS:
-        if b.parameters[part] or (per_part_macs and b.macs_per_token[part]):
-            row(f"parameters {part}", b.parameters[part], a.parameters[part] if a else None)
+    for part, count in b.parameters.items():
+        if count:
+            row(f"parameters {part}", count, a.parameters.get(part, 0) if a else None)
     row("parameters total", b.total_parameters, a.total_parameters if a else None, style="bold")
-    for part in ("recurrent", "decoder") if per_part_macs else ():
-        if b.macs_per_token[part]:
-            row(f"multiply-adds {part}", b.macs_per_token[part], a.macs_per_token[part] if a else None)
+    for part, count in b.macs_per_token.items() if per_part_macs else ():
+        if count:
+            row(f"multiply-adds {part}", count, a.macs_per_token.get(part, 0) if a else None)
     row("multiply-adds / token", b.total_macs, a.total_macs if a else None, style="bold")
     row("file size", b.file_bytes, a.file_bytes if a else None, show=human_bytes)
 
@@ -123,8 +125,12 @@ def render_shrink(result: ShrinkResult, console: Console) -> None:
                       f"{result.widths_after[name] / before:.0%} kept")
     _cost_rows(table, result.before, result.after, per_part_macs=False)
     console.print(table)
-    console.print(f"Checked: shrunk and masked models agree to {result.max_abs_diff:.2g} "
-                  f"(tolerance {result.tolerance:.2g}) on a probe batch.")
+    if result.checked:
+        console.print(f"Checked: shrunk and masked models agree to {result.max_abs_diff:.2g} "
+                      f"(tolerance {result.tolerance:.2g}) on a probe batch.")
+    else:
+        console.print("NOT checked: with --groups alone there is no model to run; pass --arch to check it.",
+                      style="yellow")
     if result.changes_the_function:
         console.print(f"[bold yellow]warning:[/] the removed units were not zero (largest removed group norm "
                       f"{result.largest_removed_norm:.3g}), so the shrunk model is the masked model, not the original: "
@@ -207,11 +213,11 @@ def render_report(report, console: Console) -> None:
         table.add_column(column, justify="left" if not column else "right", no_wrap=True)
     for change in report.layers:
         proj = f" (proj {change.proj_before}→{change.proj_after})" if change.proj_before else ""
-        table.add_row(f"width layer {change.layer}{proj}", str(change.width_before), str(change.width_after),
+        table.add_row(f"width {escape(change.label)}{proj}", str(change.width_before), str(change.width_after),
                       f"{change.kept:.0%} kept")
     if not report.layers:
         for layer in b.layers:
-            table.add_row(f"width layer {layer.index}", str(layer.width), "", "")
+            table.add_row(f"width {escape(layer.name) or f'layer {layer.index}'}", str(layer.width), "", "")
     _cost_rows(table, b, a, per_part_macs=True)
     pb, pa = report.perplexity_before, report.perplexity_after
     if pb is not None:
@@ -222,7 +228,8 @@ def render_report(report, console: Console) -> None:
             table.add_row("bits per character", f"{pb.bits_per_token:.3f}", f"{pa.bits_per_token:.3f}" if pa else "",
                           f"Δ {pa.bits_per_token - pb.bits_per_token:+.3f}" if pa else "", style="bold")
     for sample in report.speed:
-        label = {"decode_batch1": "tokens/s, decode batch 1", "batch20x35": "tokens/s, batch 20x35"}[sample.workload]
+        label = {"decode_batch1": "tokens/s, decode batch 1", "batch20x35": "tokens/s, batch 20x35",
+                 "example_inputs": "calls/s, forward on the example inputs"}[sample.workload]
         table.add_row(label, f"{sample.before_tokens_per_s:,.0f}",
                       f"{sample.after_tokens_per_s:,.0f}",
                       f"{sample.speedup:.2f}x ({min(sample.speedups):.2f}-{max(sample.speedups):.2f})")
@@ -237,6 +244,10 @@ def render_report(report, console: Console) -> None:
             label = {"decode_batch1": "decode batch 1", "batch20x35": "batch 20x35"}[sample.workload]
             table.add_row(f"int8 (shrunk): tokens/s, {label}", f"{sample.before_tokens_per_s:,.0f}",
                           f"{sample.after_tokens_per_s:,.0f}", f"{sample.speedup:.2f}x", style="cyan")
+    if report.output_gap is not None:
+        gap = report.output_gap
+        agreement = f"{gap.agreement:.1%} top-1" if gap.agreement is not None else ""
+        table.add_row("output gap (KL), probe inputs", "", f"{gap.divergence:.4g}", agreement, style="bold")
     console.print(table)
     for text in report.warnings:
         console.print(f"[bold yellow]warning:[/] {escape(text)}")
@@ -246,7 +257,8 @@ def render_report(report, console: Console) -> None:
                       f"MAC ratio {report.mac_ratio:.2f}x. " + (
                           "PyTorch eager: batch-1 decoding runs on PyTorch's native RNN kernel for both models (oneDNN "
                           "re-lays-out weights on every call); the 20x35 batch runs on oneDNN."
-                          if report.speed[0].path == "eager" else f"Runtime: {report.speed[0].path}."))
+                          if report.speed[0].path == "eager" and report.speed[0].unit == "tokens"
+                          else f"Runtime: {report.speed[0].path}."))
     if report.data:
         vocabulary = f" Vocabulary: {escape(report.vocabulary)}." if report.vocabulary else ""
         console.print(f"Perplexity on {escape(report.data)}.{vocabulary}")
@@ -257,75 +269,3 @@ def render_report(report, console: Console) -> None:
         steps = " → ".join(f"{s['from']} ({s['sha256'][:8]}, then {s['stage']})" for s in prov["lineage"])
         threshold = f"; shrink threshold {prov['threshold']:g}" if "threshold" in prov else ""
         console.print(f"Lineage: {escape(steps)}{threshold}")
-
-
-def render_user_model(opened, console: Console, as_json: bool = False) -> None:
-    """A user model's group sets: width, alive units, norms, and who reads them."""
-    from ..core.groups import all_unit_norms
-
-    norms = all_unit_norms(opened.tensors, opened.plan.group_sets)
-    rows = []
-    for gs in opened.plan.group_sets:
-        norm = norms[gs.name]
-        readers = opened.plan.readers(gs.name)
-        rows.append({"set": gs.name, "units": gs.size, "alive": int((norm > 0).sum()),
-                     "norm_min": float(norm.min()), "norm_median": float(norm.median()),
-                     "same_width_as": gs.same_width_as, "readers": readers})
-    if as_json:
-        import json
-        import sys
-
-        sys.stdout.write(json.dumps({"checkpoint": str(opened.path), "sets": rows}, indent=2) + "\n")
-        return
-    table = Table(title=f"ISS group sets of {escape(str(opened.path))}", title_justify="left")
-    for column in ("set", "units", "alive", "norm min", "norm median", "read by"):
-        table.add_column(column, justify="right" if column in ("units", "alive", "norm min", "norm median") else "left",
-                         no_wrap=column == "set")
-    for row in rows:
-        table.add_row(escape(row["set"]), str(row["units"]), str(row["alive"]), f"{row['norm_min']:.3g}",
-                      f"{row['norm_median']:.3g}", escape(", ".join(row["readers"])))
-    console.print(table)
-    console.print("Sets with the same width key keep one width (one nn.LSTM's layers and directions share "
-                  "hidden_size).", style="dim")
-
-
-def render_user_shrink(done, console: Console, as_json: bool = False) -> None:
-    if as_json:
-        import json
-        import sys
-
-        sys.stdout.write(json.dumps(done.to_dict(), indent=2) + "\n")
-        return
-    table = Table(title=f"Shrunk {escape(str(done.source))}", title_justify="left")
-    for column in ("set", "before", "after"):
-        table.add_column(column, justify="left" if column == "set" else "right")
-    for name, before in done.widths_before.items():
-        table.add_row(escape(name), str(before), str(done.widths_after[name]))
-    console.print(table)
-    before, after = done.parameters
-    console.print(f"parameters {human(before)} -> {human(after)} ({before / max(after, 1):.2f}x smaller)")
-    console.print("checked: the smaller model computes what the original with those units zeroed computes "
-                  "(float64, on the example inputs)" if done.verified else
-                  "NOT checked: with --groups alone there is no model to run; pass --arch to check it",
-                  style="green" if done.verified else "yellow")
-    if done.output:
-        console.print(f"wrote {escape(str(done.output))}")
-
-
-def render_user_report(done, console: Console) -> None:
-    table = Table(title=f"{escape(done.original.name)} -> {escape(done.shrunk.name)}", title_justify="left")
-    for column in ("", "original", "shrunk", "ratio"):
-        table.add_column(column, justify="left" if not column else "right")
-    for name, (before, after) in done.widths.items():
-        table.add_row(escape(name), str(before), str(after), _ratio(before, after))
-    table.add_row("parameters", human(done.parameters[0]), human(done.parameters[1]),
-                  _ratio(*done.parameters))
-    table.add_row("file", human_bytes(done.file_bytes[0]), human_bytes(done.file_bytes[1]), _ratio(*done.file_bytes))
-    table.add_row(f"forward on the example inputs ({done.threads} threads)", f"{done.seconds[0] * 1e3:.2f} ms",
-                  f"{done.seconds[1] * 1e3:.2f} ms", _ratio(*done.seconds))
-    console.print(table)
-    agreement = f"; top-1 agreement {done.agreement:.1%}" if done.agreement is not None else ""
-    console.print(f"output gap (KL of the shrunk model's outputs from the original's, example inputs): "
-                  f"{done.output_gap:.4g}{agreement}")
-    for text in done.warnings:
-        console.print(f"[bold yellow]warning:[/] {escape(text)}")

@@ -37,6 +37,7 @@ class Architecture(Protocol):
 
     kind: ClassVar[str]  # the registry name, stored in checkpoint metadata
     cell: str  # the recurrent cell kind(s), as reports name them
+    equations: str  # what its cells are taken to compute (a state dict alone cannot say)
 
     def group_sets(self) -> tuple[GroupSet, ...]:
         """Every ISS group set; each declares its own width rules."""

@@ -30,6 +30,7 @@ class Exactness:
     tolerance: float
     original_max_abs_diff: float  # shrunk against the original (equal to the above when nothing non-zero went)
     output_scale: float  # the original's largest |output| on the probe, to judge a difference by
+    checked: bool = True  # False: the architecture cannot run (a model known only by its groups file)
 
 
 def compute_dtype(state: Mapping[str, Tensor]) -> torch.dtype:
@@ -99,4 +100,4 @@ def check_shrunk(
             "nothing was written.",
             "If the groups came from a YAML file, check its members; otherwise this is a bug in isscompress: please "
             "report it with the model's layout or code.")
-    return Exactness(diff, tolerance, gap, scale)
+    return Exactness(diff, tolerance, gap, scale, checked=bool(expected))

@@ -104,9 +104,17 @@ def load_checkpoint(path: str | os.PathLike, family: str | None = None) -> Check
     return Checkpoint(spec, state, origin, name, metadata, raw.path, raw.ignored)
 
 
-def as_checkpoint(source: "Checkpoint | str | os.PathLike", family: str | None = None) -> Checkpoint:
-    """A verb's input: a checkpoint already in memory, or a file to load."""
-    return source if isinstance(source, Checkpoint) else load_checkpoint(source, family)
+def as_checkpoint(source: "Checkpoint | str | os.PathLike", family: str | None = None, arch: str | None = None,
+                  groups: str | os.PathLike | None = None) -> Checkpoint:
+    """A verb's input: a checkpoint already in memory, or a file to load — of a supported family, or of a user's
+    own model when its code (``arch``, FILE.py:FACTORY) or its groups (``groups``, a YAML file) are named."""
+    if isinstance(source, Checkpoint):
+        return source
+    if arch is not None or groups is not None:
+        from .user_models import open_user_model  # it builds on this module's Checkpoint
+
+        return open_user_model(source, arch, groups)
+    return load_checkpoint(source, family)
 
 
 def source_files(source: "Checkpoint | str | os.PathLike") -> tuple[Path, ...]:

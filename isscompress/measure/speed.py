@@ -32,6 +32,11 @@ class SpeedSample:
     after_seconds: tuple[float, ...]
     path: str = "eager"  # the runtime: eager, torchscript, onnxruntime
 
+    @property
+    def unit(self) -> str:
+        """What ``tokens`` counts: time steps of a stack, calls of another model's forward."""
+        return "calls" if self.workload == "example_inputs" else "tokens"
+
     def _median(self, values: tuple[float, ...]) -> float:
         return statistics.median(values)
 

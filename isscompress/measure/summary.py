@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from ..core.architecture import Architecture, LayerInfo
+from ..core.architecture import Architecture, LayerInfo, language_model_facts
 
 if TYPE_CHECKING:
     from ..io.loading import Checkpoint
@@ -49,8 +49,10 @@ class ModelSummary:
 def summarize(
     spec: Architecture, family: str, file_bytes: int | None = None, layout: str = "", dtype: str = "float32"
 ) -> ModelSummary:
-    return ModelSummary(family, spec.cell, spec.layer_info(), spec.vocab_size, spec.tied, spec.parameter_counts(),
-                        spec.macs_per_token(), file_bytes, layout or family, dtype)
+    facts = language_model_facts(spec)
+    return ModelSummary(family, spec.cell, spec.layer_info(), facts.vocab_size if facts else 0,
+                        bool(facts and facts.tied), spec.parameter_counts(), spec.macs_per_token(), file_bytes,
+                        layout or family, dtype)
 
 
 def summarize_checkpoint(checkpoint: "Checkpoint") -> ModelSummary:
@@ -64,6 +66,7 @@ class NormStats:
 
     name: str
     units: int
+    zeros: int  # units whose group is exactly zero (what ISS's proximal step leaves)
     quantiles: dict[str, float]
     under: dict[str, int]
     histogram: list[tuple[float, float, int]]  # (low, high, count) on log-spaced bins; low 0 for exact zeros
@@ -86,4 +89,4 @@ def norm_stats(name: str, norms: Tensor, bins: int = 8) -> NormStats:
         edges = torch.logspace(float(low), float(high) + 1e-9, bins + 1, dtype=torch.float64)
         counts = torch.histogram(positive, edges).hist
         histogram += [(float(edges[i]), float(edges[i + 1]), int(counts[i])) for i in range(bins)]
-    return NormStats(name, int(norms.numel()), quantiles, under, histogram)
+    return NormStats(name, int(norms.numel()), zeros, quantiles, under, histogram)

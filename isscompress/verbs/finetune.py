@@ -18,6 +18,9 @@ from torch import Tensor, nn
 
 from ..architectures.stack import ModelSpec
 from ..architectures.stack_module import RecurrentModel
+from ..core.architecture import language_model_facts
+from ..core.groups import all_unit_norms
+from ..core.thresholding import kept_widths
 from ..data import Vocabulary, build_vocabulary, read_vocabulary
 from ..errors import CheckpointError, Interrupted, RecipeError
 from ..io.files import append_line, atomic_write, check_checkpoint_output, check_output_path, write_checkpoint
@@ -39,6 +42,7 @@ class FinetuneResult:
     checkpoint: Checkpoint  # the trained model (``path`` set when it was written)
     stage: str
     events: list[Event] = field(default_factory=list)
+    widths: dict[str, int] = field(default_factory=dict)  # units per set a shrink at the recipe's threshold keeps
 
     @property
     def output(self) -> Path | None:
@@ -49,7 +53,7 @@ class FinetuneResult:
         return [e for e in self.events if e["event"] == "epoch"]
 
     def to_dict(self) -> dict:
-        return {"output": str(self.output), "stage": self.stage, "epochs": self.epochs}
+        return {"output": str(self.output), "stage": self.stage, "epochs": self.epochs, "widths": self.widths}
 
 
 def side_files(output: Path) -> tuple[Path, Path]:
@@ -152,17 +156,35 @@ def finetune(
     force: bool = False,
     on_event: Callable[[Event], None] = lambda event: None,
     teacher: Checkpoint | None = None,
+    arch: str | None = None,
+    groups: str | os.PathLike | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``source`` with the recipe's ISS section (``stage="finetune"``) or without ISS
     (``stage="recover"``, or a recipe with no ``iss``); with ``output``, write it at every save.
 
     With a ``distill`` section, ``teacher`` (default: the recipe's ``distill.teacher``) is what the
-    student matches; ``run`` passes the original model to the recovery of the shrunk one."""
+    student matches; ``run`` passes the original model to the recovery of the shrunk one. A user's own model
+    (``arch``, FILE.py:FACTORY) learns label-free from its original's outputs on the factory's batches."""
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    if stage not in STAGES:
+        raise RecipeError(f"Unknown stage '{stage}'.", f"Use one of: {', '.join(STAGES)}.")
     output = Path(output) if output is not None else None
     if output is not None and not resume:
         check_training_outputs(output, force, source_files(source))
-    checkpoint = as_checkpoint(source, recipe.model.family)
+    checkpoint = as_checkpoint(source, recipe.model.family if arch is None else None, arch, groups)
+    if not language_model_facts(checkpoint.spec) and hasattr(checkpoint.spec, "batches"):
+        from .finetune_user import finetune_traced  # it builds on this module's training files
+
+        result = finetune_traced(checkpoint, recipe, output, stage=stage, resume=resume, on_event=on_event)
+    else:
+        result = _finetune_language_model(checkpoint, recipe, output, stage, resume, on_event, teacher)
+    sets = result.checkpoint.group_sets
+    result.widths = kept_widths(all_unit_norms(result.checkpoint.state, sets), sets, recipe.shrink.threshold)
+    return result
+
+
+def _finetune_language_model(checkpoint: Checkpoint, recipe: Recipe, output: Path | None, stage: str, resume: bool,
+                             on_event: Callable[[Event], None], teacher: Checkpoint | None) -> FinetuneResult:
     if stage == "finetune":  # the ISS section applies to this stage only (recovery runs on the shrunk model)
         check_layer_names(recipe, {gs.name: gs.size for gs in checkpoint.group_sets}, "")
     vocabulary, _ = resolve_vocabulary(checkpoint, recipe.data)

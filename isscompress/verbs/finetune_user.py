@@ -1,26 +1,23 @@
-"""``finetune --arch``: ISS fine-tuning of a user's own model without labels, on the training loop every model
+"""The label-free branch of ``finetune``: ISS fine-tuning of a user's own model without labels, on the training loop every model
 shares — the recipe path's regulariser hook, resume state, log, save points, stop signals, NaN guard, devices
 and DDP. Every recipe field either applies to a user model or is refused with the reason; none is ignored."""
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from torch import nn
-
-from ..core.regularizer import group_norms
-from ..core.thresholding import kept_widths
 from ..errors import RecipeError
-from ..recipe import DistillSection, Recipe, load_recipe
+from ..io.loading import Checkpoint
+from ..io.user_models import ArchError
+from ..recipe import DistillSection, Recipe
 from ..training.distributed import Distributed
 from ..training.hooks import Event, GroupLassoHook, Hook, Report
 from ..training.loop import fit_task
 from ..training.tasks import LabelFreeTask
-from .any_model import ArchError, UserModel, open_user_model
-from .finetune import STAGES, TrainingFiles, check_training_outputs, resume_state, side_files, stage_schedule
+from .finetune import FinetuneResult, TrainingFiles, resume_state, side_files, stage_schedule
 
 # (section, field, why it cannot apply to a user model): set in a recipe, each is refused by name
 INAPPLICABLE = (
@@ -39,17 +36,6 @@ INAPPLICABLE = (
 )
 
 
-@dataclass
-class UserFinetune:
-    output: Path | None
-    widths: dict[str, int]  # units per set a shrink at the recipe's threshold would keep
-    losses: list[float]  # the label-free loss per epoch
-    model: nn.Module
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"output": str(self.output), "alive": self.widths, "loss_per_epoch": self.losses}
-
-
 def _refuse_inapplicable(recipe: Recipe, stage: str) -> None:
     sections = {"model": recipe.model, "data": recipe.data, "evaluate": recipe.evaluate, "iss": recipe.iss,
                 "distill": recipe.distill, "schedule": stage_schedule(recipe, stage)}
@@ -66,60 +52,58 @@ def _refuse_inapplicable(recipe: Recipe, stage: str) -> None:
                           "Set distill.alpha to 1, or fine-tune with isscompress.GroupLasso in your own loop.")
 
 
-def _check_set_names(recipe: Recipe, opened: UserModel) -> None:
-    names = {gs.name for gs in opened.plan.group_sets}
+def _check_set_names(recipe: Recipe, checkpoint: Checkpoint) -> None:
+    names = {gs.name for gs in checkpoint.group_sets}
     unknown = sorted((set(recipe.iss.target_widths) | set(recipe.iss.layer_multipliers)) - names)
     if unknown:
         raise RecipeError(f"iss: no group set named {', '.join(unknown)}.", f"The sets are: {', '.join(sorted(names))}.")
 
 
-def finetune_user_model(checkpoint: str | Path, arch: str, recipe: Recipe | str | Path, output: str | Path | None,
-                        groups: str | Path | None = None, force: bool = False, *, stage: str = "finetune",
-                        resume: bool = False, on_event: Callable[[Event], None] = lambda event: None) -> UserFinetune:
+def finetune_traced(checkpoint: Checkpoint, recipe: Recipe, output: Path | None, *, stage: str = "finetune",
+                        resume: bool = False, on_event: Callable[[Event], None] = lambda event: None
+                        ) -> FinetuneResult:
     """Fine-tune a user's model towards its original's outputs on the factory's unlabelled batches: with the
-    recipe's ``iss`` section (``stage="finetune"``) or without it (``"recover"``, the ``recover`` schedule)."""
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    if stage not in STAGES:
-        raise RecipeError(f"Unknown stage '{stage}'.", f"Use one of: {', '.join(STAGES)}.")
+    recipe's ``iss`` section (``stage="finetune"``) or without it (``"recover"``, the ``recover`` schedule).
+    :func:`isscompress.finetune` calls it for a model that brings its own batches; the caller checked the output."""
     lasso = stage == "finetune"
     if lasso and recipe.iss is None:
         raise RecipeError("The recipe has no iss section, so fine-tuning would not remove anything.",
                           "Add iss: {lambda: ..., method: proximal}.")
     _refuse_inapplicable(recipe, stage)
-    opened = open_user_model(checkpoint, arch, groups)
-    if opened.batches is None:
-        raise ArchError(f"--arch {arch}: fine-tuning needs unlabelled inputs.",
-                        "Return (model, example_inputs, batches) from the factory: batches is a list of input "
+    spec = checkpoint.spec
+    if getattr(spec, "batches", None) is None:
+        raise ArchError(f"{checkpoint.name}: fine-tuning a user model needs unlabelled inputs.",
+                        "Return (model, example_inputs, batches) from the --arch factory: batches is a list of input "
                         "tuples, or a function returning an iterable of them.")
-    output = Path(output) if output is not None else None
-    if output is not None and not resume:
-        check_training_outputs(output, force, (opened.path,))
     if lasso:
-        _check_set_names(recipe, opened)
+        _check_set_names(recipe, checkpoint)
     schedule = stage_schedule(recipe, stage)
     dist = Distributed.from_environment(schedule.device)
-    teacher, state = copy.deepcopy(opened.model), None  # the teacher is the model as read
+    model = spec.build(checkpoint.state).train()
+    teacher, state = copy.deepcopy(model).eval(), None  # the teacher is the model as read
     if resume:
         if output is None:
             raise RecipeError("Resuming needs the output file of the run to resume.", "Pass the output path.")
         weights, state = resume_state(side_files(output)[0], recipe)
-        opened.model.load_state_dict(weights)
+        model.load_state_dict(weights)
     elif output is not None:
         side_files(output)[1].unlink(missing_ok=True)
-    sets, threshold = opened.plan.group_sets, recipe.shrink.threshold
-    hooks: list[Hook] = [GroupLassoHook(sets, recipe.iss, threshold)] if lasso else []
+    sets = checkpoint.group_sets
+    hooks: list[Hook] = [GroupLassoHook(sets, recipe.iss, recipe.shrink.threshold)] if lasso else []
+    metadata = replace(checkpoint.metadata.derived(stage, checkpoint.name, checkpoint.sha256, checkpoint.family),
+                       architecture=spec.kind, recipe=recipe.to_yaml())
     if output is not None:
-        metadata = replace(opened.derived(stage), recipe=recipe.to_yaml())
-        hooks.append(TrainingFiles(output, metadata, recipe, stage, dist, weights=lambda model: model.state_dict()))
-    losses: list[float] = []
-    hooks.append(Report(lambda event: (event["event"] == "epoch" and losses.append(event["train_loss"]),
-                                       on_event(event))))
+        hooks.append(TrainingFiles(output, metadata, recipe, stage, dist, weights=lambda trained: trained.state_dict()))
+    result = FinetuneResult(checkpoint, stage)
+    hooks.append(Report(lambda event: (result.events.append(event), on_event(event))))
     distill = recipe.distill or DistillSection(alpha=1.0)
     try:
-        fit_task(opened.model, LabelFreeTask(opened.batches, teacher, distill.temperature, distill.loss), schedule,
+        fit_task(model, LabelFreeTask(spec.batches, teacher, distill.temperature, distill.loss), schedule,
                  hooks=hooks, dist=dist, state=state)
     finally:
         dist.close()
-    model = opened.model.cpu().eval()
-    widths = kept_widths(group_norms(dict(model.named_parameters()), sets), sets, threshold)
-    return UserFinetune(output, widths, losses, model)
+    model = model.cpu().eval()
+    state_after = spec.canonical({k: v.detach() for k, v in model.state_dict().items()})
+    result.checkpoint = Checkpoint(replace(spec, module=model), state_after, checkpoint.family, checkpoint.layout,
+                                   metadata, output)
+    return result

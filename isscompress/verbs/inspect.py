@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..anymodel.plan import Plan
 from ..core.groups import all_unit_norms
 from ..io.loading import Checkpoint, as_checkpoint
 from ..io.metadata import Metadata
@@ -20,6 +21,7 @@ class Inspection:
     metadata: Metadata
     equations: str  # what the cells are taken to compute (a state dict alone cannot say)
     ignored: tuple[str, ...] = ()  # entries of a training checkpoint that are not the model's weights
+    readers: dict[str, list[str]] = field(default_factory=dict)  # set -> modules reading its units (traced models)
 
     def to_dict(self) -> dict:
         return {
@@ -28,15 +30,24 @@ class Inspection:
             "ignored": list(self.ignored),
             "model": self.summary.to_dict(),
             "group_norms": [stats.to_dict() for stats in self.norms],
+            "readers": self.readers,
             "isscompress_metadata": self.metadata.shown(),
             "file_metadata": self.metadata.foreign,
         }
 
 
-def inspect(source: Checkpoint | str | os.PathLike, family: str | None = None) -> Inspection:
-    """What a checkpoint is, what it costs, and how its ISS group norms are spread."""
-    checkpoint = as_checkpoint(source, family)
+def inspect(source: Checkpoint | str | os.PathLike, family: str | None = None, *, arch: str | None = None,
+            groups: str | os.PathLike | None = None, save_groups: str | os.PathLike | None = None,
+            force: bool = False) -> Inspection:
+    """What a checkpoint is, what it costs, and how its ISS group norms are spread. ``arch``/``groups`` open a
+    user's own model; ``save_groups`` also writes the group sets as a YAML groups file (to review or edit)."""
+    checkpoint = as_checkpoint(source, family, arch, groups)
+    if save_groups is not None:
+        inputs = tuple(Path(p) for p in (checkpoint.path, groups) if p is not None)
+        Plan(checkpoint.group_sets).save(save_groups, force=force, inputs=inputs)
     norms = all_unit_norms(checkpoint.state, checkpoint.group_sets)
     stats = tuple(norm_stats(name, values) for name, values in norms.items())
+    plan = getattr(checkpoint.spec, "plan", None)  # a traced model knows who reads each set
+    readers = {gs.name: plan.readers(gs.name) for gs in checkpoint.group_sets} if plan is not None else {}
     return Inspection(checkpoint.path, summarize_checkpoint(checkpoint), stats, checkpoint.metadata,
-                      checkpoint.spec.cell_kind.equations, checkpoint.ignored)
+                      checkpoint.spec.equations, checkpoint.ignored, readers)

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from ..data import Vocabulary, batchify, build_vocabulary, read_vocabulary, tokenize
 from ..errors import DataError
+from ..core.architecture import language_model_facts
 from ..io.loading import Checkpoint
 from ..recipe import DataSection, Recipe, Schedule
 
@@ -34,13 +35,14 @@ def _carried(checkpoint: Checkpoint) -> tuple[Vocabulary, str] | None:
 def vocabulary_of(checkpoint: Checkpoint) -> tuple[str, ...] | None:
     """The words a checkpoint carries: stored in its metadata, else a vocabulary file beside it that fits its
     embedding (so that a file made from it can carry them on); None when there is neither."""
-    if checkpoint.metadata.vocabulary or not checkpoint.spec.vocab_size:
+    facts = language_model_facts(checkpoint.spec)
+    if checkpoint.metadata.vocabulary or not facts:
         return checkpoint.metadata.vocabulary
     try:
         carried = _carried(checkpoint)
     except DataError:
         return None
-    return carried[0].words if carried and len(carried[0]) == checkpoint.spec.vocab_size else None
+    return carried[0].words if carried and len(carried[0]) == facts.vocab_size else None
 
 
 SPLITS = ("train", "valid", "test")  # pytorch/examples' Corpus reads them in this order to number the words

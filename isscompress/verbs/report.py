@@ -9,19 +9,48 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import Tensor
 
+from ..architectures.stack_module import RecurrentModel
+from ..core.architecture import language_model_facts
 from ..core.groups import all_unit_norms
 from ..data import Vocabulary
 from ..errors import DataError, IsscompressError
 from ..io.loading import Checkpoint, as_checkpoint
 from ..measure.perplexity import Perplexity, perplexity
-from ..measure.speed import SpeedSample, measure_speed
+from ..measure.speed import SpeedSample, interleaved, measure_speed
 from ..measure.summary import ModelSummary, NormStats, norm_stats, summarize_checkpoint
 from ..recipe import DataSection, EvaluateSection
+from ..training.tasks import divergence, floats
 from .preparation import resolve_vocabulary, token_batches
 
 
 QUALITY_WARNING = 0.01  # a perplexity rise beyond 1% of the original's is flagged, not only printed
+AGREEMENT_WARNING = 0.99  # below this share of unchanged top-1 outputs, a report warns
+GAP_WARNING = 0.05  # KL in nats per position (or MSE) above which a report warns
+
+
+@dataclass(frozen=True)
+class OutputGap:
+    """How far the shrunk model's outputs are from the original's on the probe inputs (a user model's example
+    inputs): the label-free measure of a model that has no perplexity here."""
+
+    divergence: float  # KL in nats per position over score outputs (MSE over others); 0 is identical
+    agreement: float | None  # share of positions whose top-1 output is the original's; None: no score vectors
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"divergence": self.divergence, "top1_agreement": self.agreement}
+
+
+def compare_outputs(student: list[Tensor], teacher: list[Tensor], loss: str = "kl") -> OutputGap:
+    """The distillation gap summed over outputs of equal shape, and the top-1 agreement. Outputs that carry hidden
+    features are narrower in a shrunk model and are left out: the model's answers are what is compared."""
+    same = total = 0
+    for a, b in zip(student, teacher):
+        if a.shape == b.shape and a.dim() and a.shape[-1] > 1:
+            same += int((a.argmax(-1) == b.argmax(-1)).sum())
+            total += a[..., 0].numel()
+    return OutputGap(float(divergence(student, teacher, 1.0, loss)), same / total if total else None)
 
 @dataclass(frozen=True)
 class LayerChange:
@@ -31,6 +60,11 @@ class LayerChange:
     proj_before: int
     proj_after: int
     directions: int
+    name: str = ""  # the module's name in a user's model
+
+    @property
+    def label(self) -> str:
+        return self.name or f"layer {self.layer}"
 
     @property
     def kept(self) -> float:
@@ -42,6 +76,7 @@ class Report:
     original: ModelSummary
     shrunk: ModelSummary | None = None
     layers: list[LayerChange] = field(default_factory=list)
+    widths: dict[str, tuple[int, int]] = field(default_factory=dict)  # units per group set, before and after
     norms: tuple[NormStats, ...] = ()
     perplexity_before: Perplexity | None = None
     perplexity_after: Perplexity | None = None
@@ -49,6 +84,7 @@ class Report:
     vocabulary: str | None = None  # where the vocabulary of the perplexities came from
     speed: list[SpeedSample] = field(default_factory=list)
     int8: "Int8Column | None" = None  # the shrunk model after int8 quantisation, against the original
+    output_gap: OutputGap | None = None  # a model without perplexity: its outputs against the original's
     provenance: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
 
@@ -68,6 +104,14 @@ class Report:
                          f"({self.perplexity_before.perplexity:.2f} -> {self.perplexity_after.perplexity:.2f}): the "
                          "shrunk model is measurably worse. Recover longer (recover.epochs), give ISS a target it can "
                          "reach (iss.target, iss.target_widths), or remove fewer units.")
+        gap = self.output_gap
+        if gap is not None and gap.agreement is not None and gap.agreement < AGREEMENT_WARNING:
+            found.append(f"the shrunk model's top-1 output differs from the original's at {1 - gap.agreement:.1%} "
+                         "of the example positions: it is measurably a different model. Fine-tune longer or with a "
+                         "smaller lambda (or a target), and measure it on your task's metric.")
+        elif gap is not None and gap.divergence > GAP_WARNING:
+            found.append(f"the output gap {gap.divergence:.3g} is large (0 is identical; above {GAP_WARNING} outputs "
+                         "move noticeably). Measure the shrunk model on your task's metric before shipping it.")
         return found
 
     @property
@@ -81,6 +125,7 @@ class Report:
         return {
             "original": self.original.to_dict(), "shrunk": maybe(self.shrunk),
             "layers": [{**c.__dict__, "kept": c.kept} for c in self.layers],
+            "widths": {name: list(pair) for name, pair in self.widths.items()},
             "parameter_ratio": (self.original.total_parameters / self.shrunk.total_parameters) if self.shrunk else None,
             "mac_ratio": self.mac_ratio,
             "file_size_ratio": (self.original.file_bytes / self.shrunk.file_bytes)
@@ -88,7 +133,7 @@ class Report:
             "perplexity": {"data": self.data, "vocabulary": self.vocabulary, "before": maybe(self.perplexity_before),
                            "after": maybe(self.perplexity_after), "delta": self.perplexity_delta},
             "speed": [s.to_dict() for s in self.speed],
-            "int8": self.int8.to_dict() if self.int8 is not None else None,
+            "int8": maybe(self.int8), "output_gap": maybe(self.output_gap),
             "group_norms": [n.to_dict() for n in self.norms],
             "provenance": self.provenance, "environment": self.environment, "warnings": self.warnings,
         }
@@ -138,13 +183,15 @@ def _check_comparable(original: Checkpoint, shrunk: Checkpoint) -> None:
     if original.family != shrunk.family:
         raise IsscompressError(f"{original.name} is a {original.family} model but {shrunk.name} is a "
                                f"{shrunk.family} model.", "Compare a model with its own shrunk version.")
-    if original.spec.vocab_size != shrunk.spec.vocab_size:
-        raise DataError(f"{original.name} has a vocabulary of {original.spec.vocab_size} words but "
-                        f"{shrunk.name} has {shrunk.spec.vocab_size}.", "Compare models that share one vocabulary.")
+    facts, other = language_model_facts(original.spec), language_model_facts(shrunk.spec)
+    if (facts and facts.vocab_size) != (other and other.vocab_size):
+        raise DataError(f"{original.name} has a vocabulary of {facts.vocab_size if facts else 0} words but "
+                        f"{shrunk.name} has {other.vocab_size if other else 0}.",
+                        "Compare models that share one vocabulary.")
 
 
 def _layer_changes(before: ModelSummary, after: ModelSummary) -> list[LayerChange]:
-    return [LayerChange(a.index, a.width, b.width, a.proj_size, b.proj_size, a.directions)
+    return [LayerChange(a.index, a.width, b.width, a.proj_size, b.proj_size, a.directions, a.name)
             for a, b in zip(before.layers, after.layers)]
 
 
@@ -152,9 +199,9 @@ def _perplexities(report: Report, original: Checkpoint, shrunk: Checkpoint | Non
                   evaluate: EvaluateSection, max_tokens: int | None,
                   on_progress: Callable[[str, int, int], None] | None) -> torch.Tensor:
     """Both models' perplexity on the same batches of ``data``, with one vocabulary; returns the batches."""
-    if not original.spec.is_language_model:
-        raise DataError("Perplexity needs a language model; this is a bare recurrent stack.",
-                        "Leave out --data for a bare stack.")
+    if not language_model_facts(original.spec):
+        raise DataError(f"Perplexity needs a language model; {original.name} is not one.",
+                        "Leave out --data; a model without perplexity is compared by its outputs on its probe inputs.")
     vocabulary, origin = resolve_vocabulary(original, section)
     batches = token_batches(data, vocabulary, evaluate.batch_size, max_tokens, section.level)
     report.data, report.vocabulary = str(data), origin
@@ -186,11 +233,14 @@ def report(
     on_progress: Callable[[str, int, int], None] | None = None,
     int8: bool = False,
     speed_path: str = "auto",
+    arch: str | None = None,
+    groups: str | os.PathLike | None = None,
 ) -> Report:
     """Compare a model with its shrunk version (or describe one model) on the same data and machine;
-    with ``int8``, also the shrunk model quantised to int8 (size, perplexity, speed against the original)."""
-    original = as_checkpoint(original, family)
-    shrunk = as_checkpoint(shrunk) if shrunk is not None else None
+    with ``int8``, also the shrunk model quantised to int8 (size, perplexity, speed against the original).
+    ``arch`` (FILE.py:FACTORY) opens both as checkpoints of a user's own model."""
+    original = as_checkpoint(original, family, arch, groups)
+    shrunk = as_checkpoint(shrunk, family, arch) if shrunk is not None else None
     if shrunk is not None:
         _check_comparable(original, shrunk)
     before = summarize_checkpoint(original)
@@ -200,20 +250,43 @@ def report(
     if shrunk is not None:
         result.shrunk = summarize_checkpoint(shrunk)
         result.layers = _layer_changes(before, result.shrunk)
+        after = {gs.name: gs.size for gs in shrunk.group_sets}
+        result.widths = {gs.name: (gs.size, after.get(gs.name, 0)) for gs in original.group_sets}
     batches = None
     if data is not None:
         section = vocab_source or DataSection(test=Path(data), vocab=vocab, level=original.metadata.level or "word")
         batches = _perplexities(result, original, shrunk, Path(data), section, evaluate, max_tokens, on_progress)
+    if shrunk is not None and not language_model_facts(original.spec):
+        result.output_gap = _output_gap(original, shrunk)
     if speed and shrunk is not None:
         if on_progress:
             on_progress("speed", 0, 1)
-        result.speed = measure_speed(original.model(), shrunk.model(), repeats=repeats, path=speed_path)
+        result.speed = _speed(original, shrunk, repeats, speed_path)
     if int8:
         if shrunk is None:
             raise IsscompressError("report --int8 quantises the shrunk model.", "Give the original and the shrunk one.")
         result.int8 = _int8_column(original, shrunk, batches, evaluate,
                                    original.metadata.level or "word", speed, repeats)
     return result
+
+
+def _output_gap(original: Checkpoint, shrunk: Checkpoint) -> OutputGap:
+    """Both models on their own probe inputs (a shrunk user model's are cut where they pass states in)."""
+    with torch.no_grad():
+        before, after = original.model(), shrunk.model()
+        return compare_outputs(floats(after(*shrunk.spec.probe_inputs())), floats(before(*original.spec.probe_inputs())))
+
+
+def _speed(original: Checkpoint, shrunk: Checkpoint, repeats: int, path: str) -> list[SpeedSample]:
+    """A stack (forward(inputs, hidden)) is timed on time steps: decoding one at a time, and a batch; another model
+    on calls of its forward with its probe inputs (a user model's example inputs)."""
+    before, after = original.model(), shrunk.model()
+    if isinstance(before, RecurrentModel):
+        return measure_speed(before, after, repeats=repeats, path=path)
+    first, second = original.spec.probe_inputs(), shrunk.spec.probe_inputs()
+    with torch.no_grad():
+        times = interleaved(lambda: before(*first), lambda: after(*second), repeats)
+    return [SpeedSample("example_inputs", "eager", 1, tuple(times[0]), tuple(times[1]))]
 
 
 def _fmt(value: float | None, spec: str = ".2f") -> str:
@@ -226,7 +299,7 @@ def report_markdown(report: Report) -> str:
     rows = ["| | before | after | ratio |", "|---|---:|---:|---:|"]
     for change in report.layers:
         proj = f" (proj {change.proj_before} → {change.proj_after})" if change.proj_before else ""
-        rows.append(f"| width layer {change.layer}{proj} | {change.width_before} | {change.width_after} "
+        rows.append(f"| width {change.label}{proj} | {change.width_before} | {change.width_after} "
                     f"| {change.kept:.0%} kept |")
     if a is not None:
         rows.append(f"| parameters | {b.total_parameters:,} | {a.total_parameters:,} "
@@ -245,7 +318,7 @@ def report_markdown(report: Report) -> str:
             rows.append(f"| bits per character | {pb.bits_per_token:.3f} | {_fmt(pa and pa.bits_per_token, '.3f')} | |")
     for sample in report.speed:
         where = f"{sample.kernel} kernel" if sample.path == "eager" else sample.path
-        rows.append(f"| tokens/s, {sample.workload} ({where}) | {sample.before_tokens_per_s:,.0f} "
+        rows.append(f"| {sample.unit}/s, {sample.workload} ({where}) | {sample.before_tokens_per_s:,.0f} "
                     f"| {sample.after_tokens_per_s:,.0f} | {sample.speedup:.2f}x (MAC ratio {report.mac_ratio:.2f}x) |")
     if report.int8 is not None:
         q = report.int8
@@ -257,6 +330,10 @@ def report_markdown(report: Report) -> str:
         for sample in q.speed:
             rows.append(f"| int8 (shrunk): tokens/s, {sample.workload} | {sample.before_tokens_per_s:,.0f} | "
                         f"{sample.after_tokens_per_s:,.0f} | {sample.speedup:.2f}x |")
+    if report.output_gap is not None:
+        gap = report.output_gap
+        agreement = f"{gap.agreement:.1%} top-1 agreement" if gap.agreement is not None else ""
+        rows.append(f"| output gap on the probe inputs (KL) | | {gap.divergence:.4g} | {agreement} |")
     env = report.environment
     rows += ["", *(f"**Warning:** {text}" for text in report.warnings)] if report.warnings else []
     rows.append("")

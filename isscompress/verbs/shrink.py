@@ -41,6 +41,7 @@ class ShrinkResult:
     largest_removed_norm: float = 0.0  # 0: every removed unit was already zero, so masked == original
     original_max_abs_diff: float = 0.0  # shrunk against the original model, on the same probe
     output_scale: float = 0.0  # the largest |output| of the original on the probe, to judge the difference by
+    checked: bool = True  # False: nothing could run the model (a user model known only by its groups file)
 
     @property
     def changes_the_function(self) -> bool:
@@ -54,7 +55,7 @@ class ShrinkResult:
             "widths_before": self.widths_before, "widths_after": self.widths_after,
             "max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance,
             "largest_removed_norm": self.largest_removed_norm, "original_max_abs_diff": self.original_max_abs_diff,
-            "output_scale": self.output_scale,
+            "output_scale": self.output_scale, "checked": self.checked,
         }
 
 
@@ -108,7 +109,7 @@ def shrink_checkpoint(
     small = Checkpoint(small_spec, small_state, checkpoint.family, "isscompress", metadata)
     return ShrinkResult(small, checkpoint.path, None, threshold, before, summarize_checkpoint(small),
                         widths_before, widths_after, exact.max_abs_diff, exact.tolerance, removed,
-                        exact.original_max_abs_diff, exact.output_scale)
+                        exact.original_max_abs_diff, exact.output_scale, exact.checked)
 
 
 def _largest_removed(norms: Mapping[str, Tensor], kept: Mapping[str, Tensor]) -> float:
@@ -129,8 +130,11 @@ def shrink(
     *,
     family: str | None = None,
     force: bool = False,
+    arch: str | None = None,
+    groups: str | os.PathLike | None = None,
 ) -> ShrinkResult:
-    """Remove units with ISS group norm <= ``threshold``; with ``output``, write the smaller checkpoint."""
+    """Remove units with ISS group norm <= ``threshold``; with ``output``, write the smaller checkpoint. ``arch``
+    (FILE.py:FACTORY) or ``groups`` (a YAML groups file) open a checkpoint of a user's own model."""
     _check_threshold(threshold)
     in_memory = isinstance(source, Checkpoint)
     if output is not None:
@@ -142,7 +146,7 @@ def shrink(
             source_hash = pool.submit(lambda: checkpoint.sha256)
         else:
             source_hash = pool.submit(sha256_file, Path(source))
-            checkpoint = as_checkpoint(source, family)
+            checkpoint = as_checkpoint(source, family, arch, groups)
         # A checkpoint loaded here is ours to mask in place; a caller's stays untouched.
         result = shrink_checkpoint(checkpoint, threshold, in_place=not in_memory, source_sha256=source_hash.result)
     if output is None:

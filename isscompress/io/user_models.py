@@ -1,0 +1,139 @@
+"""Opening a checkpoint of a user's own model: its code named by ``--arch FILE.py:FACTORY`` (``FACTORY()`` returns
+the model, example inputs and, to fine-tune, unlabelled batches), or its groups declared by ``--groups FILE.yaml``.
+
+The result is a :class:`~isscompress.io.loading.Checkpoint` like any other, whose architecture is the traced module
+(:class:`~isscompress.architectures.traced.TracedModel`): from here on every verb is the language-model stack's own.
+A shrunk checkpoint still loads through the same factory: the model is resized to the file's tensors first.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten
+
+from ..anymodel import TraceError, discover, load_groups, resize_to
+from ..anymodel.resize import inputs_for, shared_names, with_shared
+from ..architectures.traced import KIND, TracedModel
+from ..errors import CheckpointError, IsscompressError
+from .files import read_checkpoint
+from .loading import Checkpoint
+from .metadata import Metadata
+
+
+class ArchError(IsscompressError):
+    """``--arch FILE.py:FACTORY`` cannot give a model."""
+
+
+def load_factory(arch: str) -> tuple[nn.Module, tuple, Any]:
+    """Run the user's ``FACTORY()`` from ``FILE.py`` (their code, which they named on the command line).
+
+    It returns ``(model, example_inputs)`` or ``(model, example_inputs, batches)``: unlabelled input tuples
+    (or a function giving them) for label-free fine-tuning."""
+    file, _, name = arch.rpartition(":")
+    if not file or not name:
+        raise ArchError(f"--arch {arch!r} is not FILE.py:FACTORY.", "Example: --arch mymodel.py:make_model.")
+    path = Path(file)
+    if not path.is_file():
+        raise ArchError(f"--arch: {path} does not exist or is not a file.", "Check the path.")
+    spec = importlib.util.spec_from_file_location(f"isscompress_user_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)  # so the file can import its neighbours
+    try:
+        try:
+            spec.loader.exec_module(module)
+        except Exception as err:
+            raise ArchError(f"--arch: importing {path} failed: {type(err).__name__}: {err}.",
+                            "Run the file with python to see the whole error.") from err
+        factory = getattr(module, name, None)
+        if not callable(factory):
+            raise ArchError(f"--arch: {path} has no function {name!r}.",
+                            f"Define {name}() returning (model, example_inputs).")
+        try:
+            made = factory()
+        except Exception as err:
+            raise ArchError(f"--arch: {name}() in {path} failed: {type(err).__name__}: {err}.",
+                            "Call it from python to see the whole error.") from err
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
+    if not (isinstance(made, tuple) and len(made) in (2, 3) and isinstance(made[0], nn.Module)):
+        raise ArchError(f"--arch: {name}() in {path} returned {type(made).__name__}, not (model, example_inputs).",
+                        "Return the model and a tuple of example inputs for its forward (and, to fine-tune, "
+                        "unlabelled input batches).")
+    model, inputs, batches = made if len(made) == 3 else (*made, None)
+    return model, inputs if isinstance(inputs, tuple) else (inputs,), batches
+
+
+def _fit(model: nn.Module, tensors: dict[str, Tensor], checkpoint: Path, stored_widths: bool = False) -> nn.Module:
+    """The factory's model resized to the file's tensors. A file may hold a shared tensor under its first name only
+    (as isscompress and safetensors' ``save_model`` write it): the model's sharing restores the others."""
+    own = model.state_dict()
+    tensors = with_shared(tensors, shared_names(model))
+    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        detail = "; ".join(part for part in (
+            f"missing {', '.join(missing[:4])}" + (" ..." if len(missing) > 4 else "") if missing else "",
+            f"not in the model {', '.join(unexpected[:4])}" + (" ..." if len(unexpected) > 4 else "")
+            if unexpected else "") if part)
+        raise CheckpointError(f"{checkpoint} does not match the model from --arch: {detail}.",
+                              "Save the model's state_dict() with the same module names.")
+    return resize_to(model, {k: v.to(own[k].dtype) for k, v in tensors.items()}, stored_widths)
+
+
+def _inputs_for_shrunk(model: nn.Module, inputs: tuple, metadata: Metadata) -> tuple:
+    """The factory's example inputs fit the original model; for a checkpoint that a shrink made (it records the
+    kept units), a state the inputs pass in is cut to the kept units, as the shrink's own check fed it."""
+    widths = {m.hidden_size for m in model.modules() if isinstance(m, (nn.RNNBase, nn.RNNCellBase))}
+    states = [leaf for leaf in tree_flatten(inputs)[0]
+              if isinstance(leaf, Tensor) and leaf.is_floating_point() and leaf.dim() and leaf.shape[-1] in widths]
+    if not metadata.kept or not states:  # no input can be a layer's state: nothing to cut, no trace needed
+        return inputs
+    plan = discover(model, inputs)  # the factory's model: the original's sizes, which the inputs fit
+    if not plan.input_labels or not set(metadata.kept) <= {gs.name for gs in plan.group_sets}:
+        return inputs
+    return inputs_for(plan, inputs, {name: torch.tensor(kept) for name, kept in metadata.kept.items()})[1]
+
+
+def _first_batch(batches: Any) -> tuple[tuple, ...]:
+    """The factory's first unlabelled batch, when it gives any: a shrink is checked on it too."""
+    if batches is None:
+        return ()
+    first = next(iter(batches() if callable(batches) else batches), None)
+    return (first if isinstance(first, tuple) else (first,),) if first is not None else ()
+
+
+def open_user_model(checkpoint: str | os.PathLike, arch: str | None = None,
+                    groups: str | os.PathLike | None = None) -> Checkpoint:
+    """Read the state dict, build the model from ``arch`` and find its groups (or read them from ``groups``)."""
+    if arch is None and groups is None:
+        raise ArchError("A user model needs --arch FILE.py:FACTORY (its code) or --groups FILE.yaml (its ISS groups).",
+                        "See docs/any-model.md.")
+    raw = read_checkpoint(checkpoint)
+    tensors = dict(raw.tensors)
+    metadata = Metadata.from_header(raw.metadata, str(raw.path))
+    model = inputs = batches = None
+    if arch is not None:
+        factory_model, inputs, batches = load_factory(arch)
+        inputs = _inputs_for_shrunk(factory_model, inputs, metadata)
+        model = _fit(factory_model, tensors, raw.path)
+    if groups is not None:
+        plan = load_groups(groups, tensors)
+    else:
+        try:
+            plan = discover(model, inputs)
+        except TraceError:  # a shrunk model whose forward reads self.hidden_size-like attributes: as shrink ran it
+            model = _fit(factory_model, tensors, raw.path, stored_widths=True)
+            plan = discover(model, inputs)
+    spec = TracedModel.of(model, plan, inputs, _first_batch(batches), batches)
+    state = spec.canonical({k: v.detach() for k, v in model.state_dict().items()}) if model is not None else tensors
+    family = metadata.family or KIND
+    return Checkpoint(spec, state, family, KIND, replace(metadata, architecture=KIND), raw.path)
