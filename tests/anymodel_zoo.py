@@ -120,6 +120,24 @@ class PackedTagger(nn.Module):
         return self.conv(padded.transpose(1, 2))
 
 
+class HighwayTagger(nn.Module):
+    """isscompress's own RHN layer (the cell table's module) inside a user's model, feeding an LSTM."""
+
+    def __init__(self, vocab: int = 20, emb: int = 5, hidden: int = 6, tags: int = 3) -> None:
+        super().__init__()
+        from isscompress.layers.rhn import RHNLayer
+
+        self.emb = nn.Embedding(vocab, emb)
+        self.rhn = RHNLayer(emb, hidden, depth=2)
+        self.lstm = nn.LSTM(hidden, 4)
+        self.tag = nn.Linear(4, tags)
+
+    def forward(self, tokens):
+        out, _ = self.rhn(self.emb(tokens))
+        out, _ = self.lstm(torch.relu(out))
+        return self.tag(out)
+
+
 def tokens(*shape: int, vocab: int = 20, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
 
@@ -139,6 +157,7 @@ def zoo() -> dict[str, tuple[nn.Module, tuple]]:
         "packed_tagger": (PackedTagger(), (tokens(3, 6), torch.tensor([6, 3, 4]))),
         "bidaf": (BiDAF(vocab=40, embed=8, hidden=5), (tokens(2, 12, vocab=40), tokens(2, 5, vocab=40, seed=1))),
         "pooled_attention": (PooledAttentionClassifier(), (tokens(3, 7),)),
+        "highway_tagger": (HighwayTagger(), (tokens(6, 2),)),
     }
 
 

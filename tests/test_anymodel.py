@@ -75,6 +75,13 @@ def test_plans_find_the_readers_and_couplings_of_each_model():
     assert names["bi_encoder_seq2seq"] == ["encoder.l0+decoder.l0[0:4]", "encoder.l0.reverse+decoder.l0[4:8]"]
     assert names["stacked_dropout"] == ["first.l0+second.l0"]  # a + b couples the two modules' units
     assert names["projected_classifier"] == ["lstm.l0", "lstm.l0.proj"]
+    # an RHN layer's ownership comes from the cell table, as in the language-model stack: every micro-layer's
+    # recurrent weights and biases (two gate blocks each), read by the LSTM after it
+    highway = described["highway_tagger"].group_sets[0]
+    assert highway.name == "rhn.l0" and {(m.key, m.axis) for m in highway.members} == {
+        ("rhn.weight_ih_l0", 0), ("rhn.weight_hh0_l0", 0), ("rhn.weight_hh0_l0", 1), ("rhn.weight_hh1_l0", 0),
+        ("rhn.weight_hh1_l0", 1), ("rhn.bias_hh0_l0", 0), ("rhn.bias_hh1_l0", 0), ("lstm.weight_ih_l0", 1)}
+    assert next(m for m in highway.members if m.key == "rhn.weight_hh1_l0" and m.axis == 0).starts == (0, 6)
     bidaf = described["bidaf"]
     context = next(gs for gs in bidaf.group_sets if gs.name == "context.l0")
     keys = {m.key for m in context.members}

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.cells import RECURRENT_MODULES
+
 from ..errors import IsscompressError
 
 UNLABELED = -1
@@ -62,7 +64,7 @@ COMPARISONS = frozenset("""
 eq __eq__ ne __ne__ lt __lt__ le __le__ gt __gt__ ge __ge__ isnan isinf isfinite isneginf isposinf logical_not
 """.split())
 FILLS = frozenset("masked_fill masked_fill_ __setitem__".split())  # constants written into features
-RECURRENT = (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)  # cells: stepped by the model's loop
+RECURRENT = RECURRENT_MODULES  # PyTorch's layers and cells (stepped by the model's loop), the cell table's own
 
 
 @dataclass(frozen=True)
@@ -138,13 +140,14 @@ def weight_name(module: nn.Module, name: str, layer: int = 0, direction: int = 0
 
 
 def recurrent_shape(module: nn.Module) -> tuple[int, int, int, int, int]:
-    """(layers, directions, hidden, proj, gates) of an nn.LSTM / nn.GRU / nn.RNN, or of a cell."""
+    """(layers, directions, hidden, proj, gates) of an nn.LSTM / nn.GRU / nn.RNN, of a cell, or of one of the cell
+    table's own single-layer modules (an RHN layer)."""
     hidden = module.hidden_size
     proj = getattr(module, "proj_size", 0) or 0
     gates = getattr(module, weight_name(module, "weight_ih")).shape[0] // hidden
     if is_cell(module):
         return 1, 1, hidden, 0, gates
-    return module.num_layers, 2 if module.bidirectional else 1, hidden, proj, gates
+    return getattr(module, "num_layers", 1), 2 if getattr(module, "bidirectional", False) else 1, hidden, proj, gates
 
 
 def uniform_along(labels: Tensor, axis: int) -> Tensor | None:

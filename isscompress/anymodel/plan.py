@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import yaml
 from torch import Tensor, nn
 
-from ..core.cells import CELLS, CellKind
+from ..core.cells import cell_of_module
 from ..core.groups import GroupSet, Member
 from ..io.files import atomic_write, check_output_path
 from .groups_file import GROUPS_FORMAT, check_plan_members, parse_groups, read_groups_text
@@ -86,23 +86,15 @@ def check_plan(plan: Plan, state: Mapping[str, Tensor], where: str) -> None:
     check_plan_members(plan.group_sets, state, where)
 
 
-def _cell_kind(module: nn.Module) -> CellKind:
-    """The cell table's entry for a PyTorch recurrent module or cell."""
-    name = type(module).__name__.removesuffix("Cell")
-    if name == "RNN":
-        name = "RNN_RELU" if module.nonlinearity == "relu" else "RNN_TANH"
-    return CELLS[name]
-
-
 def own_positions(r: UnitRange, module_path: str, module: nn.Module, unit: int) -> set[Position]:
     """The positions a recurrent layer's own weights hold for its unit ``unit`` (0-based in the range), read off the
     cell table's parameter declarations as the language-model stack reads them: the rows of every gate block (or of
     the projection) it produces, the columns that read it back, and the next layer's input columns."""
     layers, directions, hidden, proj, gates = recurrent_shape(module)
-    cell = _cell_kind(module)
+    cell = cell_of_module(module)
     prefix = f"{module_path}." if module_path else ""
-    shape = SimpleNamespace(input_size=0, hidden_size=hidden, proj_size=proj, depth=1)
-    params = cell.layer_params(shape, bias=hasattr(module, weight_name(module, "bias_ih", r.layer, r.direction)))
+    shape = SimpleNamespace(input_size=0, hidden_size=hidden, proj_size=proj, depth=getattr(module, "depth", 1))
+    params = cell.layer_params(shape, bias=bool(module.bias))  # nn.RNNBase, its cells and ours keep a bias flag
     key = lambda name, layer=r.layer, direction=r.direction: prefix + weight_name(module, name, layer, direction)  # noqa: E731
     rows, cols = ("gates", "hidden" if proj else "recurrent") if r.kind == "hidden" else ("proj", "recurrent")
     out = set()

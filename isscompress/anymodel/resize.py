@@ -9,12 +9,14 @@ parameters replaced), and checks the result against the masked original in float
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from ..core.cells import cell_of_module
 from ..core.groups import all_unit_norms
 from ..core.surgery import shrink_state_dict
 from ..core.thresholding import select_kept
@@ -43,6 +45,14 @@ def _rebuilt(module: nn.Module, state: Mapping[str, Tensor]) -> nn.Module | None
         if type(module) is nn.RNNCell:
             kwargs["nonlinearity"] = module.nonlinearity
         return type(module)(**kwargs)
+    own = cell_of_module(module)
+    if own is not None and own.module_class is not None:  # the cell table's own module (an RHN layer): it makes one
+        rows, width = state["weight_ih_l0"].shape[0] // own.gates, state["weight_ih_l0"].shape[1]
+        shape = SimpleNamespace(input_size=width, hidden_size=rows, proj_size=0, depth=getattr(module, "depth", 1))
+        new = own.make(shape, any(key.startswith("bias") for key in state), False).to(**factory)
+        sized = {"input_size", "hidden_size"}
+        new.__dict__.update({k: v for k, v in module.__dict__.items() if k not in sized and not k.startswith("_")})
+        return new
     if type(module) is nn.Embedding:  # its dimensions are a tied decoder's columns
         rows, dim = state["weight"].shape
         return nn.Embedding(rows, dim, padding_idx=module.padding_idx, max_norm=module.max_norm,
@@ -88,7 +98,7 @@ def resize_to(model: nn.Module, state: Mapping[str, Tensor], stored_widths: bool
                     setattr(module, name, nn.Parameter(value.clone(), requires_grad=getattr(module, name).requires_grad))
             continue
         new.train(module.training)
-        if stored_widths and isinstance(module, (nn.RNNBase, nn.RNNCellBase)) and new.hidden_size != module.hidden_size:
+        if stored_widths and cell_of_module(module) is not None and new.hidden_size != module.hidden_size:
             _stored_widths(resized, path, module.hidden_size, new.hidden_size)
         if path:
             parent_path, _, child = path.rpartition(".")

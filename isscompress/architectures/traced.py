@@ -18,11 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from ..anymodel.labels import ZERO, is_cell, recurrent_shape
-from ..anymodel.plan import Plan, _cell_kind
+from ..anymodel.plan import Plan
 from ..anymodel.probe import float64_outputs
 from ..anymodel.resize import inputs_for, kept_mask, resize_to, shared_names, with_shared
 from ..core.architecture import LayerInfo
-from ..core.cells import CellKind
+from ..core.cells import CellKind, cell_of_module
 from ..core.groups import GroupSet
 from ..core.surgery import shrink_state_dict
 from ..errors import CheckpointError, ShapeError
@@ -32,7 +32,8 @@ KIND = "user-model"
 
 def recurrent_modules(module: nn.Module) -> list[tuple[str, nn.Module, CellKind]]:
     """The recurrent layers and cells of ``module``, with their cell table entries, in module order."""
-    return [(name, m, _cell_kind(m)) for name, m in module.named_modules() if isinstance(m, (nn.RNNBase, nn.RNNCellBase))]
+    found = [(name, m, cell_of_module(m)) for name, m in module.named_modules()]
+    return [(name, m, kind) for name, m, kind in found if kind is not None]
 
 
 def _padding_as_units(labels: Tensor) -> Tensor:
@@ -174,13 +175,13 @@ class TracedModel:
             width_in = module.input_size
             for layer in range(count):
                 layers.append((name if is_cell(module) or count == 1 else f"{name} layer {layer}", kind,
-                               _Shape(width_in, hidden, proj, 1), directions))
+                               _Shape(width_in, hidden, proj, getattr(module, "depth", 1)), directions))
                 width_in = directions * (proj or hidden)
         return layers
 
     def layer_info(self) -> tuple[LayerInfo, ...]:
         return tuple(LayerInfo(index, kind.name, shape.input_size, shape.hidden_size, directions, shape.proj_size,
-                               name=name) for index, (name, kind, shape, directions) in enumerate(self._layers()))
+                               shape.depth, name) for index, (name, kind, shape, directions) in enumerate(self._layers()))
 
     def parameter_counts(self) -> dict[str, int]:
         if self.module is None:

@@ -71,6 +71,8 @@ class CellKind:
     settings: tuple[tuple[str, str], ...] = ()
     int8: bool = False  # torch's dynamic int8 quantisation has a module for it (nn.LSTM, nn.GRU)
     onnx: bool = False  # ONNX has an operator for it (LSTM, GRU, RNN), so ONNX Runtime can run it
+    module_class: type[nn.Module] | None = None  # isscompress's own module for it, where PyTorch has none: how a
+    # user's model holding one is recognised (its parameters are named as PyTorch's single-layer modules name theirs)
 
     @property
     def projection(self) -> bool:
@@ -154,7 +156,7 @@ CELLS: dict[str, CellKind] = {
                  settings=(("activation", "relu"),), onnx=True),
         CellKind("RHN", 2, ("h",), _rhn, RHN_PARAMS, bidirectional=False, equations=(
             "recurrent highway network: per micro-layer [h; t] = R s + b (+ W x first), "
-            "s = tanh(h) * sigmoid(t) + s * (1 - sigmoid(t))")),
+            "s = tanh(h) * sigmoid(t) + s * (1 - sigmoid(t))"), module_class=RHNLayer),
     )
 }
 
@@ -162,6 +164,24 @@ CELLS: dict[str, CellKind] = {
 # Regular-expression alternatives for every parameter name of the table (a per-depth one ends in its micro-layer).
 PARAM_NAMES = tuple(dict.fromkeys(p.name + (r"\d+" if p.per_depth else "") for cell in CELLS.values()
                                   for p in cell.params))
+
+
+OWN_MODULES = tuple(cell.module_class for cell in CELLS.values() if cell.module_class is not None)
+RECURRENT_MODULES = (nn.RNNBase, nn.RNNCellBase, *OWN_MODULES)  # what a traced model's recurrent layers can be
+
+
+def cell_of_module(module: nn.Module) -> CellKind | None:
+    """The cell table's entry for a recurrent module of a user's model (PyTorch's layers and cells, ours), or
+    None for a module that is not one."""
+    for cell in CELLS.values():
+        if cell.module_class is not None and isinstance(module, cell.module_class):
+            return cell
+    if not isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
+        return None
+    name = type(module).__name__.removesuffix("Cell")
+    if name == "RNN":
+        name = "RNN_RELU" if module.nonlinearity == "relu" else "RNN_TANH"
+    return CELLS.get(name)
 
 
 def cell_for_gates(gates: int) -> CellKind | None:

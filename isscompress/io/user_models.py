@@ -22,6 +22,7 @@ from torch.utils._pytree import tree_flatten
 from ..anymodel import TraceError, discover, load_groups, resize_to
 from ..anymodel.resize import inputs_for, shared_names, with_shared
 from ..architectures.traced import KIND, TracedModel
+from ..core.cells import cell_of_module
 from ..errors import CheckpointError, IsscompressError
 from .files import read_checkpoint
 from .loading import Checkpoint
@@ -92,7 +93,7 @@ def _fit(model: nn.Module, tensors: dict[str, Tensor], checkpoint: Path, stored_
 def _inputs_for_shrunk(model: nn.Module, inputs: tuple, metadata: Metadata) -> tuple:
     """The factory's example inputs fit the original model; for a checkpoint that a shrink made (it records the
     kept units), a state the inputs pass in is cut to the kept units, as the shrink's own check fed it."""
-    widths = {m.hidden_size for m in model.modules() if isinstance(m, (nn.RNNBase, nn.RNNCellBase))}
+    widths = {m.hidden_size for m in model.modules() if cell_of_module(m) is not None}
     states = [leaf for leaf in tree_flatten(inputs)[0]
               if isinstance(leaf, Tensor) and leaf.is_floating_point() and leaf.dim() and leaf.shape[-1] in widths]
     if not metadata.kept or not states:  # no input can be a layer's state: nothing to cut, no trace needed
