@@ -25,6 +25,8 @@ _PUBLIC = {
     "load": "io.loading", "load_checkpoint": "io.loading", "save_checkpoint": "io.loading", "Checkpoint": "io.loading",
     "Metadata": "io.metadata", "load_recipe": "recipe", "Recipe": "recipe", "Schedule": "recipe",
     "IssSection": "recipe", "Architecture": "architectures", "ModelSpec": "architectures",
+    "TracedModel": "architectures", "ShrinkResult": "verbs.shrink", "Report": "verbs.report",
+    "FinetuneResult": "verbs.finetune", "Inspection": "verbs.inspect",
     "LayerSpec": "architectures", "GroupSet": "core.groups", "Member": "core.groups", "CELLS": "core.cells",
     "CellKind": "core.cells",
     # any model
