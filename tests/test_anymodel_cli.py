@@ -67,6 +67,10 @@ def test_inspect_and_shrink_with_arch(tmp_path):
     assert small.gru.hidden_size == 4
     torch.testing.assert_close(small(*inputs), masked(*inputs), rtol=1e-5, atol=1e-6)
 
+    # without its code, the shrunk file says how to open it
+    result = runner.invoke(app, ["inspect", str(out)])
+    assert result.exit_code == 1 and "small.safetensors: This checkpoint is of a user's own model" in \
+        " ".join(result.stderr.split()) and "--arch FILE.py:FACTORY" in result.stderr
     # the shrunk file opens through the same factory (resized to its tensors)
     result = runner.invoke(app, ["inspect", str(out), "--arch", arch, "--json"])
     assert result.exit_code == 0, result.output

@@ -78,7 +78,8 @@ class TracedModel:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TracedModel":
-        raise CheckpointError("This checkpoint is of a user's own model: its architecture is the code that built it.",
+        raise CheckpointError("This checkpoint is of a user's own model (isscompress wrote it from a model opened with "
+                              "--arch): its architecture is the code that built it.",
                               "Open it with --arch FILE.py:FACTORY (the factory of the original model), or in Python "
                               "with isscompress.resize_to(model, tensors).")
 

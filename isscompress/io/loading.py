@@ -64,6 +64,12 @@ class Checkpoint:
 
 
 def _canonical(raw: RawCheckpoint, family: str | None):
+    kind = raw.record.architecture
+    if kind is not None and architecture_class(kind) is not architecture_class(None):
+        try:  # no family reads it: its architecture says how to open it
+            architecture_class(kind).infer(raw.tensors)
+        except CheckpointError as err:
+            raise CheckpointError(f"{raw.path}: {err.message}", err.hint) from None
     if raw.record.spec is not None:  # our own files are unambiguous; an override meant for the source does not apply
         family = "isscompress"
     chosen = get_family(family) if family else detect_family(raw.tensors, str(raw.path))

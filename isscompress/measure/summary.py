@@ -29,6 +29,7 @@ class ModelSummary:
     file_bytes: int | None = None
     layout: str = ""
     dtype: str = "float32"
+    architecture: str = "recurrent_stack"  # the architecture kind: the LM stack, or a user's traced module ("user-model")
 
     @property
     def widths(self) -> list[int]:
@@ -52,7 +53,7 @@ def summarize(
     facts = language_model_facts(spec)
     return ModelSummary(family, spec.cell, spec.layer_info(), facts.vocab_size if facts else 0,
                         bool(facts and facts.tied), spec.parameter_counts(), spec.macs_per_token(), file_bytes,
-                        layout or family, dtype)
+                        layout or family, dtype, spec.kind)
 
 
 def summarize_checkpoint(checkpoint: "Checkpoint") -> ModelSummary:
