@@ -115,12 +115,8 @@ def _shifted(positions: frozenset[Position]) -> frozenset[Position]:
     return frozenset((key, axis, index + 1) for key, axis, index in positions)
 
 
-def build_plan(flow: Flow) -> Plan:
-    """Group sets from a flow: classes of coupled units, chained into runs of consecutive units."""
-    units = [r.first + f for r in flow.ranges for f in range(r.size)]
-    classes: dict[int, list[int]] = {}
-    for unit in units:
-        classes.setdefault(flow.find(unit), []).append(unit)
+def _class_positions(flow: Flow, classes: dict[int, list[int]]) -> dict[int, frozenset[Position]]:
+    """Every weight position of each class of coupled units: the layers' own rows and columns, and their readers."""
     positions: dict[int, frozenset[Position]] = {}
     for root, members in classes.items():
         seen_ranges: dict[str, int] = {}
@@ -135,6 +131,16 @@ def build_plan(flow: Flow) -> Plan:
             found |= own_positions(r, r.module, flow.modules[r.module], unit - r.first)
             found |= flow.readers.get(unit, set())
         positions[root] = frozenset(found)
+    return positions
+
+
+def build_plan(flow: Flow) -> Plan:
+    """Group sets from a flow: classes of coupled units, chained into runs of consecutive units."""
+    units = [r.first + f for r in flow.ranges for f in range(r.size)]
+    classes: dict[int, list[int]] = {}
+    for unit in units:
+        classes.setdefault(flow.find(unit), []).append(unit)
+    positions = _class_positions(flow, classes)
 
     by_positions = {p: root for root, p in positions.items()}
     successor: dict[int, int] = {}

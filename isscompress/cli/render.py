@@ -235,21 +235,30 @@ def render_report(report, console: Console) -> None:
                       f"{sample.after_tokens_per_s:,.0f}",
                       f"{sample.speedup:.2f}x ({min(sample.speedups):.2f}-{max(sample.speedups):.2f})")
     if report.int8 is not None:
-        q = report.int8
-        table.add_row("int8 (shrunk): size", human_bytes(b.file_bytes), human_bytes(q.bytes),
-                      f"{b.file_bytes / q.bytes:.2f}x" if b.file_bytes else "", style="cyan")
-        if q.perplexity is not None and pb is not None:
-            table.add_row("int8 (shrunk): perplexity", f"{pb.perplexity:.2f}", f"{q.perplexity.perplexity:.2f}",
-                          f"Δ {q.perplexity.perplexity - pb.perplexity:+.2f}", style="cyan")
-        for sample in q.speed:
-            label = {"decode_batch1": "decode batch 1", "batch20x35": "batch 20x35"}[sample.workload]
-            table.add_row(f"int8 (shrunk): tokens/s, {label}", f"{sample.before_tokens_per_s:,.0f}",
-                          f"{sample.after_tokens_per_s:,.0f}", f"{sample.speedup:.2f}x", style="cyan")
+        _int8_rows(table, report)
     if report.output_gap is not None:
         gap = report.output_gap
         agreement = f"{gap.agreement:.1%} top-1" if gap.agreement is not None else ""
         table.add_row("output gap (KL), probe inputs", "", f"{gap.divergence:.4g}", agreement, style="bold")
     console.print(table)
+    _report_notes(report, console)
+
+
+def _int8_rows(table: Table, report) -> None:
+    b, q, pb = report.original, report.int8, report.perplexity_before
+    table.add_row("int8 (shrunk): size", human_bytes(b.file_bytes), human_bytes(q.bytes),
+                  f"{b.file_bytes / q.bytes:.2f}x" if b.file_bytes else "", style="cyan")
+    if q.perplexity is not None and pb is not None:
+        table.add_row("int8 (shrunk): perplexity", f"{pb.perplexity:.2f}", f"{q.perplexity.perplexity:.2f}",
+                      f"Δ {q.perplexity.perplexity - pb.perplexity:+.2f}", style="cyan")
+    for sample in q.speed:
+        label = {"decode_batch1": "decode batch 1", "batch20x35": "batch 20x35"}[sample.workload]
+        table.add_row(f"int8 (shrunk): tokens/s, {label}", f"{sample.before_tokens_per_s:,.0f}",
+                      f"{sample.after_tokens_per_s:,.0f}", f"{sample.speedup:.2f}x", style="cyan")
+
+
+def _report_notes(report, console: Console) -> None:
+    """Warnings, how speed was measured, the perplexity's data, the norms of a single model, the lineage."""
     for text in report.warnings:
         console.print(f"[bold yellow]warning:[/] {escape(text)}")
     if report.speed:
@@ -263,7 +272,7 @@ def render_report(report, console: Console) -> None:
     if report.data:
         vocabulary = f" Vocabulary: {escape(report.vocabulary)}." if report.vocabulary else ""
         console.print(f"Perplexity on {escape(report.data)}.{vocabulary}")
-    if a is None:
+    if report.shrunk is None:
         console.print(norms_table(report.norms))
     prov = report.provenance
     if prov.get("lineage"):

@@ -83,6 +83,26 @@ def _onnx(model: RecurrentModel, probe) -> tuple[bytes, list]:
     return data, OnnxRuntimeModel(data, model).call(*probe)
 
 
+def _refuse_projections(fmt: str, checkpoint: Checkpoint, model: torch.nn.Module) -> None:
+    if fmt == "onnx" and any(layer.proj_size for layer in model.spec.layers):
+        raise IsscompressError(
+            f"{checkpoint.name} is an LSTM with projections (proj_size), which ONNX's LSTM operator cannot express.",
+            "Export it with --format torchscript.")
+
+
+def _int8_quality(result: ExportResult, checkpoint: Checkpoint, model: torch.nn.Module, quantized: torch.nn.Module,
+                  data: str | os.PathLike | None, max_increase: float, probe_kl: float) -> ExportResult:
+    """The int8 model's KL on the probe, and with ``data`` both perplexities; an increase above ``max_increase``
+    percent is refused."""
+    perplexities = _quantized_perplexity(checkpoint, model, quantized, Path(data)) if data is not None else None
+    if perplexities is not None and perplexities[1] > perplexities[0] * (1 + max_increase / 100):
+        raise IsscompressError(
+            f"int8 raises the perplexity on {data} from {perplexities[0]:.2f} to {perplexities[1]:.2f} "
+            f"(more than {max_increase}%); nothing was written.",
+            "Export in float32, or allow more with --max-increase.")
+    return replace(result, probe_kl=probe_kl, perplexity=perplexities)
+
+
 def export(
     source: Checkpoint | str | os.PathLike, output: str | os.PathLike | None, fmt: str, *, force: bool = False,
     quantize: str | None = None, data: str | os.PathLike | None = None, max_increase: float = 1.0,
@@ -102,10 +122,7 @@ def export(
         output = check_output_path(output, force=force, inputs=source_files(source))
     checkpoint = as_checkpoint(source)
     model = checkpoint.model().float()
-    if fmt == "onnx" and any(layer.proj_size for layer in model.spec.layers):
-        raise IsscompressError(
-            f"{checkpoint.name} is an LSTM with projections (proj_size), which ONNX's LSTM operator cannot express.",
-            "Export it with --format torchscript.")
+    _refuse_projections(fmt, checkpoint, model)
     quantized = None
     if quantize and fmt == "torchscript":
         from ..deploy.quantize import quantize_int8
@@ -134,13 +151,7 @@ def export(
             got = list(FlatStateModel(quantized)(*probe))
     result = ExportResult(None, fmt, diff, *names, data=payload, quantize=quantize)
     if quantized is not None:
-        perplexities = _quantized_perplexity(checkpoint, model, quantized, Path(data)) if data is not None else None
-        result = replace(result, probe_kl=_probe_kl(reference, got), perplexity=perplexities)
-        if perplexities is not None and perplexities[1] > perplexities[0] * (1 + max_increase / 100):
-            raise IsscompressError(
-                f"int8 raises the perplexity on {data} from {perplexities[0]:.2f} to {perplexities[1]:.2f} "
-                f"(more than {max_increase}%); nothing was written.",
-                "Export in float32, or allow more with --max-increase.")
+        result = _int8_quality(result, checkpoint, model, quantized, data, max_increase, _probe_kl(reference, got))
     if output is None:
         return result
     atomic_write(output, lambda temporary: temporary.write_bytes(payload))
