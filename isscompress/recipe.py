@@ -95,7 +95,7 @@ class BudgetSection(Section):
     """Where ISS stops: a compute or size budget for the whole model; group Lasso decides per layer."""
 
     macs: Optional[PositiveFloat] = Field(None, description=(
-        "Multiply-adds per token to reach: a fraction of the original (0.5 = 2x fewer) or, above 1, a number."))
+        "Multiply-adds per token to reach (a user model: its recurrent layers' per time step): a fraction of the original (0.5 = 2x fewer) or, above 1, a number."))
     parameters: Optional[PositiveFloat] = Field(None, description=(
         "Parameters to reach: a fraction of the original or, above 1, a number."))
 

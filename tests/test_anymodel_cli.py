@@ -315,7 +315,6 @@ def test_every_recipe_field_applies_to_a_user_model_or_is_refused(tmp_path, clea
     out = tmp_path / "out"
     out.mkdir()
     for extra, words in (("finetune: {dropout: 0.3}", "finetune.dropout does not apply to a user model"),
-                         ("iss: {lambda: 1.0, target: {macs: 0.5}}", "iss.target does not apply"),
                          (f"data: {{train: {recipe}}}", "data.train does not apply"),
                          ("finetune: {decay_on_plateau: true}", "finetune.decay_on_plateau does not apply"),
                          ("distill: {teacher: other.safetensors}", "distill.teacher does not apply")):
@@ -323,6 +322,19 @@ def test_every_recipe_field_applies_to_a_user_model_or_is_refused(tmp_path, clea
         result = runner.invoke(app, ["finetune", str(source), "--arch", arch, "-r", str(recipe), "-o",
                                      str(out / "x.safetensors")])
         clean_failure(result, words, folder=out, empty=True)
+
+
+def test_a_mac_budget_is_met_by_a_user_model_as_by_a_language_model(tmp_path):
+    source, arch, recipe = _user_setup(tmp_path, LABEL_FREE.replace("warmup_steps: 4}", "target: {macs: 0.5}}")
+                                       .replace("epochs: 3", "epochs: 12"))
+    done = isscompress.finetune(source, recipe, tmp_path / "tuned.safetensors", arch=arch)
+    small = isscompress.shrink(done.output, tmp_path / "small.safetensors", 0.0, arch=arch)
+    # counted here: one multiply-add per recurrent matrix weight of the shrunk GRU, against the original's
+    shrunk = isscompress.resize_to(GRUTagger(), load_file(tmp_path / "small.safetensors"))
+    macs = lambda model: sum(p.numel() for name, p in model.gru.named_parameters() if p.dim() == 2)  # noqa: E731
+    assert macs(shrunk) <= 0.5 * macs(GRUTagger())
+    assert small.after.total_macs == macs(shrunk) and small.before.total_macs == macs(GRUTagger())
+    assert done.widths == small.widths_after
 
 
 def test_a_lambda_too_weak_for_the_run_is_warned_before_training_with_its_scale(tmp_path):

@@ -11,6 +11,7 @@ each tensor under its first name only (as safetensors' ``save_model`` writes it)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Mapping
 
@@ -65,12 +66,14 @@ class TracedModel:
     stored_widths: bool = False  # whether attributes like self.hidden_size were resized with the layers
     aliases: dict[str, str] = field(default_factory=dict)
     batches: Any = None  # the factory's unlabelled batches (or a function giving them), for label-free training
+    evaluate: Any = None  # the factory's task metric: evaluate(model) -> {metric name: value}
+    sizes: dict[str, int] = field(default_factory=dict)  # a view for costs: units kept per set (with_kept by counts)
 
     @classmethod
     def of(cls, module: nn.Module | None, plan: Plan, inputs: tuple | None = None, more_inputs: tuple[tuple, ...] = (),
-           batches: Any = None) -> "TracedModel":
+           batches: Any = None, evaluate: Any = None) -> "TracedModel":
         return cls(module, plan, inputs, more_inputs, aliases=shared_names(module) if module is not None else {},
-                   batches=batches)
+                   batches=batches, evaluate=evaluate)
 
     @classmethod
     def infer(cls, state: Mapping[str, Tensor], **_: Any) -> "TracedModel":
@@ -108,9 +111,13 @@ class TracedModel:
         return self.plan.group_sets
 
     def with_kept(self, kept: Mapping[str, int] | Mapping[str, Tensor]) -> "TracedModel":
-        """The module with its layers resized, as written; when that cannot run its inputs, with attributes such as
-        ``self.hidden_size`` around the layers resized too (the check then proves which reading is exact)."""
-        indices = {name: torch.arange(value) if isinstance(value, int) else value for name, value in kept.items()}
+        """With the kept units' indices: the module with its layers resized, as written; when that cannot run its
+        inputs, with attributes such as ``self.hidden_size`` around the layers resized too (the check then proves
+        which reading is exact). With counts: a view that only costs the smaller model (a budget asks this at every
+        step; the shapes follow from the group sets without building anything)."""
+        if all(isinstance(value, int) for value in kept.values()):
+            return replace(self, sizes=dict(kept))
+        indices = dict(kept)
         if self.module is None:
             return self
         template = with_shared(shrink_state_dict(self.canonical(self.module.state_dict()), self.plan.group_sets,
@@ -184,19 +191,37 @@ class TracedModel:
         return tuple(LayerInfo(index, kind.name, shape.input_size, shape.hidden_size, directions, shape.proj_size,
                                shape.depth, name) for index, (name, kind, shape, directions) in enumerate(self._layers()))
 
+    def _shapes(self) -> dict[str, list[int]]:
+        """Each parameter's shape, after removing the units ``sizes`` drops (a view for costs)."""
+        named = dict(self.module.named_parameters())  # a shared parameter once
+        shapes = {key: list(value.shape) for key, value in named.items()}
+        for gs in self.plan.group_sets:
+            gone = gs.size - self.sizes.get(gs.name, gs.size)
+            for member in gs.members:
+                if member.key in shapes:
+                    shapes[member.key][member.axis] -= gone * len(member.starts)
+        return shapes
+
+    def _recurrent_keys(self) -> set[str]:
+        return {f"{name}.{key}" if name else key for name, module, _ in self._recurrent()
+                for key, _ in module.named_parameters()}
+
     def parameter_counts(self) -> dict[str, int]:
         if self.module is None:
             return {}
-        recurrent = {id(p) for _, m, _ in self._recurrent() for p in m.parameters()}
-        counts = {"recurrent": 0, "other": 0}
-        for parameter in self.module.parameters():  # a shared parameter once
-            counts["recurrent" if id(parameter) in recurrent else "other"] += parameter.numel()
+        recurrent, counts = self._recurrent_keys(), {"recurrent": 0, "other": 0}
+        for key, shape in self._shapes().items():
+            counts["recurrent" if key in recurrent else "other"] += math.prod(shape)
         return counts
 
     def macs_per_token(self) -> dict[str, int]:
-        """The recurrent layers' multiply-adds per time step (what ISS removes); other layers run a number of
-        times per sequence that only the model's code knows."""
-        return {"recurrent": sum(directions * kind.macs(shape) for _, kind, shape, directions in self._layers())}
+        """The recurrent layers' multiply-adds per time step, one per matrix weight (what ISS removes); other layers
+        run a number of times per sequence that only the model's code knows."""
+        if self.module is None:
+            return {}
+        recurrent = self._recurrent_keys()
+        return {"recurrent": sum(math.prod(shape) for key, shape in self._shapes().items()
+                                 if key in recurrent and len(shape) == 2)}
 
     def to_dict(self) -> dict[str, Any]:
         return {"sets": {gs.name: gs.size for gs in self.plan.group_sets}}

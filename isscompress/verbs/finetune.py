@@ -115,7 +115,8 @@ class TrainingFiles(Hook):
         write_checkpoint(self.output, weights, self.metadata)
 
 
-def _lasso(checkpoint: Checkpoint, recipe: Recipe) -> GroupLassoHook:
+def lasso_hook(checkpoint: Checkpoint, recipe: Recipe) -> GroupLassoHook:
+    """The recipe's group Lasso for a checkpoint of any architecture, with its budget (iss.target) when set."""
     budget = None
     if recipe.iss.target is not None:
         cost, limit, _ = budget_cost(checkpoint.spec, recipe.iss.target)
@@ -204,7 +205,7 @@ def _finetune_language_model(checkpoint: Checkpoint, recipe: Recipe, output: Pat
                                   variational=schedule.variational_dropout)
     dist = Distributed.from_environment(schedule.device)
     result = FinetuneResult(checkpoint, stage)
-    hooks: list[Hook] = [_lasso(checkpoint, recipe)] if stage == "finetune" and recipe.iss is not None else []
+    hooks: list[Hook] = [lasso_hook(checkpoint, recipe)] if stage == "finetune" and recipe.iss is not None else []
     hooks += [TrainingFiles(output, metadata, recipe, stage, dist)] if output is not None else []
     hooks.append(Report(lambda event: (result.events.append(event), on_event(event))))
     objective = _objective(recipe, stage, checkpoint, dist.device, teacher)

@@ -14,10 +14,10 @@ from ..io.loading import Checkpoint
 from ..io.user_models import ArchError
 from ..recipe import DistillSection, Recipe
 from ..training.distributed import Distributed
-from ..training.hooks import Event, GroupLassoHook, Hook, Report
+from ..training.hooks import Event, Hook, Report
 from ..training.loop import fit_task
 from ..training.tasks import LabelFreeTask
-from .finetune import FinetuneResult, TrainingFiles, resume_state, side_files, stage_schedule
+from .finetune import FinetuneResult, TrainingFiles, lasso_hook, resume_state, side_files, stage_schedule
 
 # (section, field, why it cannot apply to a user model): set in a recipe, each is refused by name
 INAPPLICABLE = (
@@ -29,8 +29,6 @@ INAPPLICABLE = (
     ("schedule", "dropout", "a user model applies its own dropout modules"),
     ("schedule", "variational_dropout", "a user model applies its own dropout modules"),
     ("schedule", "decay_on_plateau", "label-free fine-tuning has no validation perplexity to watch"),
-    ("iss", "target", "a budget needs the multiply-adds of every unit, known only for language-model stacks; "
-                      "give iss.target_widths per set instead"),
     ("distill", "teacher", "the teacher of label-free fine-tuning is the model as read (the source)"),
     ("distill", "stages", "a user model always learns from its original (label-free)"),
 )
@@ -88,8 +86,7 @@ def finetune_traced(checkpoint: Checkpoint, recipe: Recipe, output: Path | None,
         model.load_state_dict(weights)
     elif output is not None:
         side_files(output)[1].unlink(missing_ok=True)
-    sets = checkpoint.group_sets
-    hooks: list[Hook] = [GroupLassoHook(sets, recipe.iss, recipe.shrink.threshold)] if lasso else []
+    hooks: list[Hook] = [lasso_hook(checkpoint, recipe)] if lasso else []
     metadata = replace(checkpoint.metadata.derived(stage, checkpoint.name, checkpoint.sha256, checkpoint.family),
                        architecture=spec.kind, recipe=recipe.to_yaml())
     if output is not None:
