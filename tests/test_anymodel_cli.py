@@ -33,6 +33,14 @@ def with_batches():
     model = GRUTagger()
     batches = [(tokens(5, 3, seed=s),) for s in range(8)]  # unlabelled inputs: no tags anywhere
     return model, (tokens(5, 3),), batches
+
+TAGS = tokens(5, 3, vocab=4, seed=9)  # a fixed labelling of the example inputs: the task's metric
+
+def accuracy(model):
+    return {"tag accuracy": float((model(tokens(5, 3)).argmax(-1) == TAGS).float().mean())}
+
+def with_metric():
+    return (*with_batches(), accuracy)
 '''
 
 
@@ -322,6 +330,27 @@ def test_every_recipe_field_applies_to_a_user_model_or_is_refused(tmp_path, clea
         result = runner.invoke(app, ["finetune", str(source), "--arch", arch, "-r", str(recipe), "-o",
                                      str(out / "x.safetensors")])
         clean_failure(result, words, folder=out, empty=True)
+
+
+def test_report_shows_the_task_metric_the_factory_measures(tmp_path):
+    source, arch, recipe = _user_setup(tmp_path, LABEL_FREE.replace("warmup_steps: 4}", "target: {macs: 0.5}}"))
+    arch = arch.replace(":with_batches", ":with_metric")
+    isscompress.finetune(source, recipe, tmp_path / "tuned.safetensors", arch=arch)
+    isscompress.shrink(tmp_path / "tuned.safetensors", tmp_path / "small.safetensors", 0.0, arch=arch)
+    result = runner.invoke(app, ["report", str(source), str(tmp_path / "small.safetensors"), "--arch", arch, "--json",
+                                 "--no-speed"])
+    assert result.exit_code == 0, result.output
+    # measured here on both models, as the factory's evaluate would
+    tags = tokens(5, 3, vocab=4, seed=9)
+    original = GRUTagger()
+    original.load_state_dict(load_file(source))
+    shrunk = isscompress.resize_to(GRUTagger(), load_file(tmp_path / "small.safetensors"))
+    with torch.no_grad():
+        expected = [float((m.eval()(tokens(5, 3)).argmax(-1) == tags).float().mean()) for m in (original, shrunk)]
+    assert json.loads(result.stdout)["metrics"] == {"tag accuracy": pytest.approx(expected)}
+    shown = runner.invoke(app, ["report", str(source), str(tmp_path / "small.safetensors"), "--arch", arch,
+                                "--no-speed"])
+    assert "tag accuracy" in shown.stdout
 
 
 def test_a_mac_budget_is_met_by_a_user_model_as_by_a_language_model(tmp_path):

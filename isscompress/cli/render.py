@@ -236,6 +236,9 @@ def render_report(report, console: Console) -> None:
                       f"{sample.speedup:.2f}x ({min(sample.speedups):.2f}-{max(sample.speedups):.2f})")
     if report.int8 is not None:
         _int8_rows(table, report)
+    for name, (before, after) in report.metrics.items():
+        table.add_row(escape(name), f"{before:.4g}", f"{after:.4g}" if after is not None else "",
+                      f"Δ {after - before:+.4g}" if after is not None else "", style="bold")
     if report.output_gap is not None:
         gap = report.output_gap
         agreement = f"{gap.agreement:.1%} top-1" if gap.agreement is not None else ""

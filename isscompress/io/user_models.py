@@ -33,11 +33,12 @@ class ArchError(IsscompressError):
     """``--arch FILE.py:FACTORY`` cannot give a model."""
 
 
-def load_factory(arch: str) -> tuple[nn.Module, tuple, Any]:
+def load_factory(arch: str) -> tuple[nn.Module, tuple, Any, Any]:
     """Run the user's ``FACTORY()`` from ``FILE.py`` (their code, which they named on the command line).
 
-    It returns ``(model, example_inputs)`` or ``(model, example_inputs, batches)``: unlabelled input tuples
-    (or a function giving them) for label-free fine-tuning."""
+    It returns ``(model, example_inputs)``, ``(model, example_inputs, batches)`` — unlabelled input tuples (or a
+    function giving them) for label-free fine-tuning — or ``(model, example_inputs, batches, evaluate)``, where
+    ``evaluate(model)`` returns the task's own metrics (``{"accuracy": 0.97}``) for ``report`` to show."""
     file, _, name = arch.rpartition(":")
     if not file or not name:
         raise ArchError(f"--arch {arch!r} is not FILE.py:FACTORY.", "Example: --arch mymodel.py:make_model.")
@@ -66,12 +67,15 @@ def load_factory(arch: str) -> tuple[nn.Module, tuple, Any]:
     finally:
         if folder in sys.path:
             sys.path.remove(folder)
-    if not (isinstance(made, tuple) and len(made) in (2, 3) and isinstance(made[0], nn.Module)):
+    if not (isinstance(made, tuple) and len(made) in (2, 3, 4) and isinstance(made[0], nn.Module)):
         raise ArchError(f"--arch: {name}() in {path} returned {type(made).__name__}, not (model, example_inputs).",
                         "Return the model and a tuple of example inputs for its forward (and, to fine-tune, "
                         "unlabelled input batches).")
-    model, inputs, batches = made if len(made) == 3 else (*made, None)
-    return model, inputs if isinstance(inputs, tuple) else (inputs,), batches
+    if len(made) == 4 and made[3] is not None and not callable(made[3]):
+        raise ArchError(f"--arch: the fourth value {name}() in {path} returned is not a function.",
+                        "Return evaluate, a function of the model giving {metric name: value}, or leave it out.")
+    model, inputs, batches, evaluate = (*made, None, None)[:4]
+    return model, inputs if isinstance(inputs, tuple) else (inputs,), batches, evaluate
 
 
 def _fit(model: nn.Module, tensors: dict[str, Tensor], checkpoint: Path, stored_widths: bool = False) -> nn.Module:
@@ -121,9 +125,9 @@ def open_user_model(checkpoint: str | os.PathLike, arch: str | None = None,
     raw = read_checkpoint(checkpoint)
     tensors = dict(raw.tensors)
     metadata = Metadata.from_header(raw.metadata, str(raw.path))
-    model = inputs = batches = None
+    model = inputs = batches = evaluate = None
     if arch is not None:
-        factory_model, inputs, batches = load_factory(arch)
+        factory_model, inputs, batches, evaluate = load_factory(arch)
         inputs = _inputs_for_shrunk(factory_model, inputs, metadata)
         model = _fit(factory_model, tensors, raw.path)
     if groups is not None:
@@ -134,7 +138,7 @@ def open_user_model(checkpoint: str | os.PathLike, arch: str | None = None,
         except TraceError:  # a shrunk model whose forward reads self.hidden_size-like attributes: as shrink ran it
             model = _fit(factory_model, tensors, raw.path, stored_widths=True)
             plan = discover(model, inputs)
-    spec = TracedModel.of(model, plan, inputs, _first_batch(batches), batches)
+    spec = TracedModel.of(model, plan, inputs, _first_batch(batches), batches, evaluate)
     state = spec.canonical({k: v.detach() for k, v in model.state_dict().items()}) if model is not None else tensors
     family = metadata.family or KIND
     return Checkpoint(spec, state, family, KIND, replace(metadata, architecture=KIND), raw.path)

@@ -59,6 +59,7 @@ class Report:
     speed: list[SpeedSample] = field(default_factory=list)
     int8: "Int8Column | None" = None  # the shrunk model after int8 quantisation, against the original
     output_gap: OutputGap | None = None  # a model without perplexity: its outputs against the original's
+    metrics: dict[str, tuple[float, float | None]] = field(default_factory=dict)  # the task's own, before and after
     provenance: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
 
@@ -108,6 +109,7 @@ class Report:
                            "after": maybe(self.perplexity_after), "delta": self.perplexity_delta},
             "speed": [s.to_dict() for s in self.speed],
             "int8": maybe(self.int8), "output_gap": maybe(self.output_gap),
+            "metrics": {name: list(pair) for name, pair in self.metrics.items()},
             "group_norms": [n.to_dict() for n in self.norms],
             "provenance": self.provenance, "environment": self.environment, "warnings": self.warnings,
         }
@@ -232,6 +234,7 @@ def report(
         batches = _perplexities(result, original, shrunk, Path(data), section, evaluate, max_tokens, on_progress)
     if shrunk is not None and not language_model_facts(original.spec):
         result.output_gap = _output_gap(original, shrunk)
+    result.metrics = _task_metrics(original, shrunk)
     if speed and shrunk is not None:
         if on_progress:
             on_progress("speed", 0, 1)
@@ -249,6 +252,26 @@ def _output_gap(original: Checkpoint, shrunk: Checkpoint) -> OutputGap:
     with torch.no_grad():
         before, after = original.model(), shrunk.model()
         return compare_outputs(floats(after(*shrunk.spec.probe_inputs())), floats(before(*original.spec.probe_inputs())))
+
+
+def _task_metrics(original: Checkpoint, shrunk: Checkpoint | None) -> dict[str, tuple[float, float | None]]:
+    """The metrics a user's factory measures its task with (its ``evaluate``), on both models."""
+    evaluate = getattr(original.spec, "evaluate", None)
+    if evaluate is None:
+        return {}
+
+    def measured(checkpoint: Checkpoint) -> dict[str, float]:
+        try:
+            with torch.no_grad():
+                values = evaluate(checkpoint.model().eval())
+            return {str(name): float(value) for name, value in dict(values).items()}
+        except Exception as err:
+            raise IsscompressError(f"The factory's evaluate failed on {checkpoint.name}: {type(err).__name__}: "
+                                   f"{' '.join(str(err).split())[:200]}.", "Call it from python to see the whole "
+                                   "error; it receives the model and returns {metric name: value}.") from err
+
+    before, after = measured(original), measured(shrunk) if shrunk is not None else {}
+    return {name: (value, after.get(name)) for name, value in before.items()}
 
 
 def _speed(original: Checkpoint, shrunk: Checkpoint, repeats: int, path: str) -> list[SpeedSample]:
@@ -304,6 +327,9 @@ def report_markdown(report: Report) -> str:
         for sample in q.speed:
             rows.append(f"| int8 (shrunk): tokens/s, {sample.workload} | {sample.before_tokens_per_s:,.0f} | "
                         f"{sample.after_tokens_per_s:,.0f} | {sample.speedup:.2f}x |")
+    for name, (before, after) in report.metrics.items():
+        change = f"Δ {after - before:+.4g}" if after is not None else ""
+        rows.append(f"| {name} | {before:.4g} | {_fmt(after, '.4g')} | {change} |")
     if report.output_gap is not None:
         gap = report.output_gap
         agreement = f"{gap.agreement:.1%} top-1 agreement" if gap.agreement is not None else ""
