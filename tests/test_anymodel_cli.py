@@ -324,12 +324,29 @@ def test_every_recipe_field_applies_to_a_user_model_or_is_refused(tmp_path, clea
     out.mkdir()
     for extra, words in (("finetune: {dropout: 0.3}", "finetune.dropout does not apply to a user model"),
                          (f"data: {{train: {recipe}}}", "data.train does not apply"),
-                         ("finetune: {decay_on_plateau: true}", "finetune.decay_on_plateau does not apply"),
-                         ("distill: {teacher: other.safetensors}", "distill.teacher does not apply")):
+                         ("finetune: {decay_on_plateau: true}", "finetune.decay_on_plateau does not apply")):
         recipe.write_text(extra + "\n" + ("iss: {lambda: 1.0}\n" if "iss:" not in extra else ""))
         result = runner.invoke(app, ["finetune", str(source), "--arch", arch, "-r", str(recipe), "-o",
                                      str(out / "x.safetensors")])
         clean_failure(result, words, folder=out, empty=True)
+
+
+def test_a_shrunk_user_model_recovers_towards_the_original_named_as_teacher(tmp_path):
+    source, arch, recipe = _user_setup(tmp_path, LABEL_FREE + "recover: {epochs: 1, lr: 0.001, optimizer: adam}\n")
+    small = tmp_path / "small.safetensors"  # units that were not zero removed: a different function
+    norms = isscompress.inspect(source, arch=arch).norms
+    done = isscompress.shrink(source, small, max(n.quantiles["q50"] for n in norms), arch=arch)
+    assert done.changes_the_function and sum(done.widths_after.values()) < sum(done.widths_before.values())
+    first_loss = {}
+    for teacher in ("source", str(source)):
+        recipe.write_text(LABEL_FREE.replace("distill: {alpha: 1.0}", f"distill: {{alpha: 1.0, teacher: '{teacher}'}}")
+                          + "recover: {epochs: 1, lr: 0.001, optimizer: adam, log_every: 1}\n")
+        events = []
+        isscompress.finetune(small, recipe, None, arch=arch, stage="recover",
+                             on_event=lambda e: e["event"] == "step" and events.append(e))
+        first_loss[teacher] = events[0]["loss"]
+    assert first_loss["source"] == pytest.approx(0.0, abs=1e-9)  # the shrunk model teaching itself
+    assert first_loss[str(source)] > 1e-4  # the dense original: the gap the recovery closes
 
 
 def test_report_shows_the_task_metric_the_factory_measures(tmp_path):

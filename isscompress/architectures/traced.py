@@ -67,13 +67,14 @@ class TracedModel:
     aliases: dict[str, str] = field(default_factory=dict)
     batches: Any = None  # the factory's unlabelled batches (or a function giving them), for label-free training
     evaluate: Any = None  # the factory's task metric: evaluate(model) -> {metric name: value}
+    arch: str | None = None  # the factory it came from (FILE.py:FACTORY), to open its relatives (a teacher)
     sizes: dict[str, int] = field(default_factory=dict)  # a view for costs: units kept per set (with_kept by counts)
 
     @classmethod
     def of(cls, module: nn.Module | None, plan: Plan, inputs: tuple | None = None, more_inputs: tuple[tuple, ...] = (),
-           batches: Any = None, evaluate: Any = None) -> "TracedModel":
+           batches: Any = None, evaluate: Any = None, arch: str | None = None) -> "TracedModel":
         return cls(module, plan, inputs, more_inputs, aliases=shared_names(module) if module is not None else {},
-                   batches=batches, evaluate=evaluate)
+                   batches=batches, evaluate=evaluate, arch=arch)
 
     @classmethod
     def infer(cls, state: Mapping[str, Tensor], **_: Any) -> "TracedModel":

@@ -138,7 +138,7 @@ def open_user_model(checkpoint: str | os.PathLike, arch: str | None = None,
         except TraceError:  # a shrunk model whose forward reads self.hidden_size-like attributes: as shrink ran it
             model = _fit(factory_model, tensors, raw.path, stored_widths=True)
             plan = discover(model, inputs)
-    spec = TracedModel.of(model, plan, inputs, _first_batch(batches), batches, evaluate)
+    spec = TracedModel.of(model, plan, inputs, _first_batch(batches), batches, evaluate, arch)
     state = spec.canonical({k: v.detach() for k, v in model.state_dict().items()}) if model is not None else tensors
     family = metadata.family or KIND
     return Checkpoint(spec, state, family, KIND, replace(metadata, architecture=KIND), raw.path)

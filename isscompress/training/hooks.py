@@ -160,10 +160,22 @@ class GroupLassoHook(Hook):
             if excess > 0:
                 lam[torch.where(dying, norm, -1.0).topk(excess).indices] = 0.0
                 current[name] = lam
+        current = self._in_step(current, norms)
         if self.budget is not None:
             current = self._within_budget(current, norms, lr)
         self.current = current
         return current
+
+    def _in_step(self, current: dict, norms: dict[str, Tensor]) -> dict:
+        """Sets that must keep one width (the layers and directions of one nn.LSTM) shrink in step: a set with
+        fewer alive units than the widest of its width key is spared, since a shrink keeps the widest count in all
+        of them and its lost units would be kept as zeros — function lost, nothing removed."""
+        alive = {gs.name: int(self._alive(gs.name, norms[gs.name]).sum()) for gs in self.sets}
+        widest: dict[str, int] = {}
+        for gs in self.sets:
+            widest[gs.width_key] = max(widest.get(gs.width_key, 0), alive[gs.name])
+        keys = {gs.name: gs.width_key for gs in self.sets}
+        return {name: 0.0 if alive[name] < widest[keys[name]] else lam for name, lam in current.items()}
 
     def _alive(self, name: str, norm: Tensor) -> Tensor:
         alive = norm > self.alive_threshold

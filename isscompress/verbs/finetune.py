@@ -176,7 +176,8 @@ def finetune(
     if not language_model_facts(checkpoint.spec) and hasattr(checkpoint.spec, "batches"):
         from .finetune_user import finetune_traced  # it builds on this module's training files
 
-        result = finetune_traced(checkpoint, recipe, output, stage=stage, resume=resume, on_event=on_event)
+        result = finetune_traced(checkpoint, recipe, output, stage=stage, resume=resume, on_event=on_event,
+                                 teacher=teacher)
     else:
         result = _finetune_language_model(checkpoint, recipe, output, stage, resume, on_event, teacher)
     sets = result.checkpoint.group_sets

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import RecipeError
-from ..io.loading import Checkpoint
+from ..io.loading import Checkpoint, as_checkpoint
 from ..io.user_models import ArchError
 from ..recipe import DistillSection, Recipe
 from ..training.distributed import Distributed
@@ -29,7 +29,6 @@ INAPPLICABLE = (
     ("schedule", "dropout", "a user model applies its own dropout modules"),
     ("schedule", "variational_dropout", "a user model applies its own dropout modules"),
     ("schedule", "decay_on_plateau", "label-free fine-tuning has no validation perplexity to watch"),
-    ("distill", "teacher", "the teacher of label-free fine-tuning is the model as read (the source)"),
     ("distill", "stages", "a user model always learns from its original (label-free)"),
 )
 
@@ -58,10 +57,12 @@ def _check_set_names(recipe: Recipe, checkpoint: Checkpoint) -> None:
 
 
 def finetune_traced(checkpoint: Checkpoint, recipe: Recipe, output: Path | None, *, stage: str = "finetune",
-                        resume: bool = False, on_event: Callable[[Event], None] = lambda event: None
-                        ) -> FinetuneResult:
+                    resume: bool = False, on_event: Callable[[Event], None] = lambda event: None,
+                    teacher: Checkpoint | None = None) -> FinetuneResult:
     """Fine-tune a user's model towards its original's outputs on the factory's unlabelled batches: with the
-    recipe's ``iss`` section (``stage="finetune"``) or without it (``"recover"``, the ``recover`` schedule).
+    recipe's ``iss`` section (``stage="finetune"``) or without it (``"recover"``, the ``recover`` schedule). The
+    teacher is the model as read, or ``distill.teacher`` (a checkpoint of the same model, opened with the same
+    factory: the dense original teaching a shrunk model's recovery), or ``teacher``.
     :func:`isscompress.finetune` calls it for a model that brings its own batches; the caller checked the output."""
     lasso = stage == "finetune"
     if lasso and recipe.iss is None:
@@ -78,7 +79,11 @@ def finetune_traced(checkpoint: Checkpoint, recipe: Recipe, output: Path | None,
     schedule = stage_schedule(recipe, stage)
     dist = Distributed.from_environment(schedule.device)
     model = spec.build(checkpoint.state).train()
-    teacher, state = copy.deepcopy(model).eval(), None  # the teacher is the model as read
+    distill = recipe.distill or DistillSection(alpha=1.0)
+    if teacher is None and distill.teacher != "source":
+        teacher = as_checkpoint(distill.teacher, arch=spec.arch)
+    teacher_model = teacher.model().eval() if teacher is not None else copy.deepcopy(model).eval()
+    state = None
     if resume:
         if output is None:
             raise RecipeError("Resuming needs the output file of the run to resume.", "Pass the output path.")
@@ -93,9 +98,8 @@ def finetune_traced(checkpoint: Checkpoint, recipe: Recipe, output: Path | None,
         hooks.append(TrainingFiles(output, metadata, recipe, stage, dist, weights=lambda trained: trained.state_dict()))
     result = FinetuneResult(checkpoint, stage)
     hooks.append(Report(lambda event: (result.events.append(event), on_event(event))))
-    distill = recipe.distill or DistillSection(alpha=1.0)
     try:
-        fit_task(model, LabelFreeTask(spec.batches, teacher, distill.temperature, distill.loss), schedule,
+        fit_task(model, LabelFreeTask(spec.batches, teacher_model, distill.temperature, distill.loss), schedule,
                  hooks=hooks, dist=dist, state=state)
     finally:
         dist.close()
