@@ -114,9 +114,11 @@ class IssSection(Section):
     lambda_: PositiveFloat = Field(0.00245, alias="lambda", description="Group Lasso strength.")
     layer_multipliers: dict[str, PositiveFloat] = Field(
         default_factory=dict, description="Per group set (e.g. layer0, layer1.proj): multiply lambda by this.")
-    method: Literal["subgradient", "proximal"] = Field(
-        "subgradient", description="'subgradient' (the paper; zero small weights after each step) or "
-                                  "'proximal' (group soft-thresholding: exact zeros).")
+    method: Literal["subgradient", "proximal", "one-shot"] = Field(
+        "subgradient", description="'subgradient' (the paper; zero small weights after each step), "
+                                  "'proximal' (group soft-thresholding: exact zeros), or 'one-shot' (no "
+                                  "regularisation: the weakest groups are zeroed at the start, down to iss.target or "
+                                  "iss.target_widths, kept at zero, and the stage recovers the rest).")
     target_widths: dict[str, PositiveInt] = Field(default_factory=dict, description=(
         "Per group set (e.g. layer0): stop shrinking once this many units are alive; its lambda is 0 from then "
         "on, so the rest of the fine-tuning recovers the survivors. Without it the widths follow from lambda."))
@@ -133,6 +135,13 @@ class IssSection(Section):
     freeze_dead: bool = Field(True, description="Keep groups that reached zero at zero.")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one_shot_has_a_goal(self) -> "IssSection":
+        if self.method == "one-shot" and self.target is None and not self.target_widths:
+            raise ValueError("method one-shot removes units down to a goal: give target (e.g. {macs: 0.5}) or "
+                             "target_widths")
+        return self
 
 
 class DistillSection(Section):

@@ -349,6 +349,29 @@ def test_a_shrunk_user_model_recovers_towards_the_original_named_as_teacher(tmp_
     assert first_loss[str(source)] > 1e-4  # the dense original: the gap the recovery closes
 
 
+def test_one_shot_removes_the_weakest_units_at_the_start_and_keeps_them_removed(tmp_path, clean_failure):
+    targets = {name: 3 for name in ("gru.l0", "gru.l0.reverse", "gru.l1", "gru.l1.reverse")}
+    source, arch, recipe = _user_setup(tmp_path, "finetune: {epochs: 2, lr: 0.01, optimizer: adam, seed: 3}\n"
+                                       f"iss: {{method: one-shot, target_widths: {targets}}}\ndistill: {{alpha: 1.0}}\n")
+    before = isscompress.inspect(source, arch=arch)
+    done = isscompress.finetune(source, recipe, tmp_path / "tuned.safetensors", arch=arch)
+    from isscompress.io.loading import as_checkpoint
+
+    opened = as_checkpoint(tmp_path / "tuned.safetensors", arch=arch)
+    after = isscompress.all_unit_norms(opened.state, opened.group_sets)
+    original = isscompress.all_unit_norms(as_checkpoint(source, arch=arch).state,
+                                          opened.group_sets)
+    for name, norms in after.items():  # each set's three weakest at the start are exactly zero; the rest trained on
+        weakest = set(original[name].argsort()[:3].tolist())
+        assert {i for i in range(6) if norms[i] == 0} == weakest, name
+    assert done.widths == targets and len(before.norms) == 4
+    # a one-shot recipe without a goal is refused by its line
+    recipe.write_text("finetune: {epochs: 1}\niss: {method: one-shot}\n")
+    result = runner.invoke(app, ["finetune", str(source), "--arch", arch, "-r", str(recipe), "-o",
+                                 str(tmp_path / "x.safetensors")])
+    clean_failure(result, "method one-shot removes units down to a goal")
+
+
 def test_report_shows_the_task_metric_the_factory_measures(tmp_path):
     source, arch, recipe = _user_setup(tmp_path, LABEL_FREE.replace("warmup_steps: 4}", "target: {macs: 0.5}}"))
     arch = arch.replace(":with_batches", ":with_metric")

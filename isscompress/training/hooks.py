@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..core.groups import GroupSet
+from ..core.surgery import mask_state_dict
 from ..core.regularizer import (
     Lambdas,
     add_subgradient,
@@ -119,6 +120,10 @@ class GroupLassoHook(Hook):
         norms = group_norms(self.params, self.sets)
         # Groups already exactly zero count as dead from the start (the same on a fresh and a resumed run).
         self.dead = {name: norm == 0 for name, norm in norms.items()}
+        if self.iss.method == "one-shot":
+            self.dead = one_shot_removal(norms, self.sets, self.iss, self.alive_threshold, self.budget)
+            self._zero_dead()
+            return
         schedule, task = getattr(loop, "schedule", None), getattr(loop, "task", None)
         count = task.count() if task is not None else None
         if schedule is not None and count and self.iss.method == "proximal" and self.step == 0:
@@ -136,6 +141,9 @@ class GroupLassoHook(Hook):
         add_subgradient(self.params, self.sets, self._lambdas(self.norms), self.norms)
 
     def _lambdas(self, norms: dict[str, Tensor], lr: float | None = None) -> Lambdas:
+        if self.iss.method == "one-shot":
+            self.current = {name: 0.0 for name in norms}
+            return self.current
         """This step's lambdas: reweighted by the norms, and 0 for a set already at its target width.
 
         With ``lr`` (the proximal step) a set may lose at most its units above target in one step:
@@ -204,10 +212,18 @@ class GroupLassoHook(Hook):
                 counts[name] -= 1
         return lams
 
+    def _zero_dead(self) -> None:
+        kept = {name: (~dead).nonzero().squeeze(1).cpu() for name, dead in self.dead.items()}
+        with torch.no_grad():
+            mask_state_dict(self.params, self.sets, kept, in_place=True)
+
     def after_step(self, loop: "Loop") -> None:
         """Zeros after the optimizer step; keeps the norms to log (one norm pass per step in all)."""
         params, lr = self.params, loop.state.lr
-        if self.iss.method == "proximal":
+        if self.iss.method == "one-shot":  # the removed groups stay removed; the rest recovers
+            self._zero_dead()
+            self.norms = group_norms(params, self.sets)
+        elif self.iss.method == "proximal":
             norms = group_norms(params, self.sets)
             factors = proximal_step(params, self.sets, self._lambdas(norms, lr), lr, norms,
                                     frozen=self.dead if self.iss.freeze_dead else None)
@@ -229,3 +245,37 @@ class GroupLassoHook(Hook):
         elif self.norms is not None:
             event["penalty"] = penalty(self.norms, self.current or self.lambdas)
             event["alive"] = self.alive(self.norms)
+
+
+def one_shot_removal(norms: dict[str, Tensor], sets: tuple[GroupSet, ...], iss: IssSection, alive_threshold: float,
+                     budget: "tuple[Cost, float] | None") -> dict[str, Tensor]:
+    """The units ``iss.method: one-shot`` removes: the weakest first, one at a time, until every set is at its
+    ``target_widths`` entry and the budget is met. Sets that must keep one width lose units in step (only a set at
+    the widest count of its family can lose one), so no unit is removed that a shrink would keep as zeros."""
+    alive = {name: norm > alive_threshold for name, norm in norms.items()}
+    keys = {gs.name: gs.width_key for gs in sets}
+
+    def counts() -> dict[str, int]:
+        return {name: int(mask.sum()) for name, mask in alive.items()}
+
+    def wanted(now: dict[str, int]) -> bool:
+        over_width = any(now[name] > width for name, width in iss.target_widths.items())
+        return over_width or (budget is not None and budget[0](now) > budget[1])
+
+    now = counts()
+    while wanted(now):
+        widest: dict[str, int] = {}
+        for name, count in now.items():
+            widest[keys[name]] = max(widest.get(keys[name], 0), count)
+        candidates = []
+        for name, norm in norms.items():
+            floor = iss.target_widths.get(name, 0 if iss.target is not None else norm.numel())
+            if now[name] > max(1, floor) and now[name] == widest[keys[name]]:
+                index = int(torch.where(alive[name], norm, torch.inf).argmin())
+                candidates.append((float(norm[index]), name, index))
+        if not candidates:
+            break
+        _, name, index = min(candidates)
+        alive[name][index] = False
+        now = counts()
+    return {name: ~mask for name, mask in alive.items()}
