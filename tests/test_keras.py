@@ -90,3 +90,63 @@ def test_live_keras_layers_when_tensorflow_is_installed(tmp_path):
     expected = np.asarray(model(tokens))
     np.testing.assert_allclose(keras_logits(isscompress.load_checkpoint(tmp_path / "live.keras"), tokens), expected,
                                atol=2e-6)
+
+
+def _weights_only(source: Path, target: Path, version: str | None = None) -> Path:
+    """What Keras's save_weights writes for the model in ``source``: its model_weights group at the root, no config."""
+    import h5py
+
+    with h5py.File(source, "r") as whole, h5py.File(target, "w") as out:
+        for key, value in whole["model_weights"].attrs.items():
+            out.attrs[key] = value
+        if version is not None:
+            out.attrs["keras_version"] = version
+        for name in whole["model_weights"]:
+            whole.copy(whole["model_weights"][name], out, name)
+    return target
+
+
+def _recurrent_layers(path: Path) -> list[str]:
+    import h5py
+
+    text = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
+    with h5py.File(path) as f:
+        return [text(n) for n in f.attrs["layer_names"]
+                if any("recurrent_kernel" in text(w) for w in f[text(n)].attrs["weight_names"])]
+
+
+def _by_layer(checkpoint: isscompress.Checkpoint, names: list[str]) -> dict[str, torch.Tensor]:
+    """The whole-model reader's tensors (checked against Keras's outputs above) under the weights-only names."""
+    renamed = {}
+    for key, value in checkpoint.state.items():
+        if key.startswith("layers."):
+            index, param = key.split(".", 2)[1:]
+            renamed[f"{names[int(index)]}.{param}"] = value
+    return renamed
+
+
+@pytest.mark.parametrize("name", ["k2_cudnn_lstm.h5", "k2_cudnn_gru.h5"])
+def test_weights_only_cudnn_layers_are_read_as_the_whole_model_reader_reads_them(tmp_path, name):
+    from isscompress.io.files import read_checkpoint
+
+    path = _weights_only(FIXTURES / name, tmp_path / "weights.h5")
+    raw = read_checkpoint(path)
+    expected = _by_layer(isscompress.load_checkpoint(FIXTURES / name), _recurrent_layers(path))
+    assert len(expected) == 4 and all(torch.equal(raw.tensors[key], value) for key, value in expected.items())
+    assert "weights only" in raw.attributes["keras"]
+
+
+def test_weights_only_plain_lstm_is_refused_with_its_keras_versions_default_unless_stated(tmp_path, monkeypatch):
+    from isscompress.io.files import read_checkpoint
+
+    for version, default in (("2.1.5", "hard_sigmoid"), ("2.15.0", "sigmoid")):
+        path = _weights_only(FIXTURES / "k2_lstm_lm.h5", tmp_path / f"w{version}.h5", version)
+        with pytest.raises(CheckpointError) as caught:
+            read_checkpoint(path)
+        message = " ".join(str(caught.value).split())
+        assert f"saved by Keras {version}, whose default gate activation is {default}" in message
+        assert "ISSCOMPRESS_KERAS_RECURRENT_ACTIVATION=sigmoid" in message and str(path) in message
+    monkeypatch.setenv("ISSCOMPRESS_KERAS_RECURRENT_ACTIVATION", "sigmoid")  # the user states what the layers used
+    raw = read_checkpoint(path)
+    expected = _by_layer(isscompress.load_checkpoint(FIXTURES / "k2_lstm_lm.h5"), _recurrent_layers(path))
+    assert len(expected) == 8 and all(torch.equal(raw.tensors[key], value) for key, value in expected.items())

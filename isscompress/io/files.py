@@ -26,7 +26,8 @@ from torch import Tensor
 from ..errors import CheckpointError
 from .metadata import Metadata
 from .pickled_models import convert_hint, read_pickled_model
-from .keras import HDF5_MAGIC, read_keras_file
+from .keras import HDF5_MAGIC
+from .keras_weights import read_keras
 from .other_formats import check_zip_sizes, read_array_pickle, read_npz, torchscript_refusal, zip_kind
 
 STRIPPED_PREFIXES = ("module.", "_orig_mod.")
@@ -189,7 +190,7 @@ def read_checkpoint(path: str | os.PathLike) -> RawCheckpoint:
     elif kind == "torchscript":
         raise torchscript_refusal(path)
     elif kind in ("hdf5", "keras-zip"):
-        tensors, attributes = read_keras_file(path, kind)
+        tensors, attributes = read_keras(path, kind)
     elif arrays is not None:
         tensors = arrays
     else:
