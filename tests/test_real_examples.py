@@ -136,3 +136,38 @@ def test_textgenrnn_stand_in_from_a_weights_only_cudnn_file_to_a_smaller_model(t
         torch.testing.assert_close(read(chars), shipped(chars), rtol=1e-6, atol=1e-6)
     report = _pipeline(tmp_path, source, arch)
     assert report["mac_ratio"] >= 2.0 and set(report["widths"]) == {"rnn_1.l0", "rnn_2.l0"}
+
+
+G2P_FACTORY = '''
+import sys, torch
+sys.path.insert(0, "{folder}")
+from g2p import CHECKPOINT_KEYS, GraphemeToPhoneme, encode
+
+WORDS = ["cat", "dog", "tensor", "shrink", "model", "phoneme", "grapheme", "lasso"]
+
+def make():
+    return GraphemeToPhoneme(hidden=6).eval(), encode(WORDS[:4]), [encode(WORDS[i:i + 4]) for i in range(0, 8, 4)]
+'''
+
+
+def test_g2p_stand_in_from_a_flat_npz_to_a_smaller_model(tmp_path):
+    sys.path.insert(0, str(REAL / "g2p"))
+    from g2p import CHECKPOINT_KEYS, GraphemeToPhoneme, encode
+
+    torch.manual_seed(3)
+    shipped = GraphemeToPhoneme(hidden=6).eval()
+    by_model_name = {model: file for file, model in CHECKPOINT_KEYS.items()}
+    source = tmp_path / "checkpoint20.npz"  # the package's flat names (enc_w_ih, ...), as its numpy code reads them
+    np.savez(source, **{by_model_name[k]: v.detach().numpy() for k, v in shipped.state_dict().items()})
+    (tmp_path / "g2p_arch.py").write_text(G2P_FACTORY.format(folder=REAL / "g2p"))
+    arch = f"{tmp_path / 'g2p_arch.py'}:make"
+    from isscompress.io.loading import as_checkpoint
+
+    read = as_checkpoint(source, arch=arch)
+    letters, lengths = encode(["cat", "phoneme"])
+    with torch.no_grad():  # the flat names mapped by CHECKPOINT_KEYS: the model that wrote the file
+        torch.testing.assert_close(read.model()(letters, lengths), shipped(letters, lengths))
+    # the encoder's last state starts the decoder: their units are one group set
+    assert [gs.name for gs in read.group_sets] == ["encoder.l0+decoder.l0"]
+    report = _pipeline(tmp_path, source, arch)
+    assert report["mac_ratio"] >= 2.0 and report["widths"]["encoder.l0+decoder.l0"][1] < 6

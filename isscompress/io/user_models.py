@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,25 @@ class ArchError(IsscompressError):
     """``--arch FILE.py:FACTORY`` cannot give a model."""
 
 
-def load_factory(arch: str) -> tuple[nn.Module, tuple, Any, Any]:
+@dataclass(frozen=True)
+class Factory:
+    """What a user's ``--arch FILE.py:FACTORY`` gives."""
+
+    model: nn.Module
+    inputs: tuple
+    batches: Any = None  # unlabelled input tuples (or a function giving them), for label-free fine-tuning
+    evaluate: Any = None  # evaluate(model) -> {metric: value}: the task's own measure, which report shows
+    keys: dict[str, str] | None = None  # FILE.py's CHECKPOINT_KEYS: a file's tensor name -> the model's name
+
+
+def load_factory(arch: str) -> Factory:
     """Run the user's ``FACTORY()`` from ``FILE.py`` (their code, which they named on the command line).
 
     It returns ``(model, example_inputs)``, ``(model, example_inputs, batches)`` — unlabelled input tuples (or a
     function giving them) for label-free fine-tuning — or ``(model, example_inputs, batches, evaluate)``, where
-    ``evaluate(model)`` returns the task's own metrics (``{"accuracy": 0.97}``) for ``report`` to show."""
+    ``evaluate(model)`` returns the task's own metrics (``{"accuracy": 0.97}``) for ``report`` to show. A file that
+    names its tensors otherwise than the model (a flat ``.npz`` of a numpy implementation) is mapped by the module's
+    ``CHECKPOINT_KEYS`` dict: file name -> model name."""
     file, _, name = arch.rpartition(":")
     if not file or not name:
         raise ArchError(f"--arch {arch!r} is not FILE.py:FACTORY.", "Example: --arch mymodel.py:make_model.")
@@ -75,7 +88,12 @@ def load_factory(arch: str) -> tuple[nn.Module, tuple, Any, Any]:
         raise ArchError(f"--arch: the fourth value {name}() in {path} returned is not a function.",
                         "Return evaluate, a function of the model giving {metric name: value}, or leave it out.")
     model, inputs, batches, evaluate = (*made, None, None)[:4]
-    return model, inputs if isinstance(inputs, tuple) else (inputs,), batches, evaluate
+    keys = getattr(module, "CHECKPOINT_KEYS", None)
+    if keys is not None and not (isinstance(keys, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                                 for k, v in keys.items())):
+        raise ArchError(f"--arch: CHECKPOINT_KEYS in {path} is not a dict of file names to model names.",
+                        "Write it as {'enc_w_ih': 'encoder.weight_ih', ...}.")
+    return Factory(model, inputs if isinstance(inputs, tuple) else (inputs,), batches, evaluate, keys)
 
 
 def _fit(model: nn.Module, tensors: dict[str, Tensor], checkpoint: Path, stored_widths: bool = False) -> nn.Module:
@@ -127,7 +145,9 @@ def open_user_model(checkpoint: str | os.PathLike, arch: str | None = None,
     metadata = Metadata.from_header(raw.metadata, str(raw.path))
     model = inputs = batches = evaluate = None
     if arch is not None:
-        factory_model, inputs, batches, evaluate = load_factory(arch)
+        factory = load_factory(arch)
+        factory_model, inputs, batches, evaluate = factory.model, factory.inputs, factory.batches, factory.evaluate
+        tensors = {(factory.keys or {}).get(key, key): value for key, value in tensors.items()}
         inputs = _inputs_for_shrunk(factory_model, inputs, metadata)
         model = _fit(factory_model, tensors, raw.path)
     if groups is not None:

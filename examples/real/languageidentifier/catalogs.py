@@ -14,7 +14,7 @@ from pathlib import Path
 
 LOCALE = Path("/usr/share/locale")
 FOLDERS = {"no": "nb"}  # the model's label -> the locale folder that holds it
-PER_LANGUAGE = {"finetune": 400, "test": 150}
+PER_LANGUAGE = {"finetune": 2000, "test": 150}
 
 
 def _split_of(domain: str) -> str:
