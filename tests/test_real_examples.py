@@ -171,3 +171,30 @@ def test_g2p_stand_in_from_a_flat_npz_to_a_smaller_model(tmp_path):
     assert [gs.name for gs in read.group_sets] == ["encoder.l0+decoder.l0"]
     report = _pipeline(tmp_path, source, arch)
     assert report["mac_ratio"] >= 2.0 and report["widths"]["encoder.l0+decoder.l0"][1] < 6
+
+
+G2PM_FACTORY = '''
+import sys, torch
+sys.path.insert(0, "{folder}")
+from polyphone import PolyphoneBiLSTM
+
+def make():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 30, (40, 5))
+    return PolyphoneBiLSTM(30, 6, 8, 5, 7).eval(), (ids[:4],), [(ids[i:i + 8],) for i in range(0, 40, 8)]
+'''
+
+
+def test_g2pm_stand_in_from_a_pickle_of_numpy_arrays_to_a_smaller_model(tmp_path):
+    import pickle
+
+    sys.path.insert(0, str(REAL / "g2pm"))
+    from polyphone import PolyphoneBiLSTM
+
+    torch.manual_seed(4)
+    shipped = PolyphoneBiLSTM(30, 6, 8, 5, 7)
+    source = tmp_path / "np_ckpt.pkl"  # as the package ships it: a plain pickle of numpy arrays
+    source.write_bytes(pickle.dumps({k: v.detach().numpy() for k, v in shipped.state_dict().items()}))
+    (tmp_path / "pm_arch.py").write_text(G2PM_FACTORY.format(folder=REAL / "g2pm"))
+    report = _pipeline(tmp_path, source, f"{tmp_path / 'pm_arch.py'}:make")
+    assert report["mac_ratio"] >= 2.0 and report["widths"]["lstm.l0"] == report["widths"]["lstm.l0.reverse"]
