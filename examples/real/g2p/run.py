@@ -15,4 +15,4 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 from sweep import Example, main  # noqa: E402
 
 if __name__ == "__main__":
-    main(Example(HERE, f"{HERE / 'g2p.py'}:make", HERE / "model" / "checkpoint20.npz", "PER", higher_is_better=False))
+    main(Example(HERE, f"{HERE / 'g2p.py'}:make", HERE / "model" / "checkpoint20.npz", "PER", higher_is_better=False, iss_lambda=36.0))

@@ -86,8 +86,8 @@ def evaluate(model: nn.Module) -> dict[str, float]:
     """Bits per character on 4,000 held-out positions, and on each half (alternate positions: the noise)."""
     chars, targets = windows("valid", 4000)
     return {"bits per character": bits_per_character(model, chars, targets),
-            "bpc (half A)": bits_per_character(model, chars[0::2], targets[0::2]),
-            "bpc (half B)": bits_per_character(model, chars[1::2], targets[1::2])}
+            "bits per character (half A)": bits_per_character(model, chars[0::2], targets[0::2]),
+            "bits per character (half B)": bits_per_character(model, chars[1::2], targets[1::2])}
 
 
 def make():
