@@ -118,7 +118,9 @@ class IssSection(Section):
         "subgradient", description="'subgradient' (the paper; zero small weights after each step), "
                                   "'proximal' (group soft-thresholding: exact zeros), or 'one-shot' (no "
                                   "regularisation: the weakest groups are zeroed at the start, down to iss.target or "
-                                  "iss.target_widths, kept at zero, and the stage recovers the rest).")
+                                  "iss.target_widths, kept at zero, and the stage recovers the rest). Unset: "
+                                  "one-shot when the section gives a goal and no lambda (the method that won most "
+                                  "often, docs/results.md), else subgradient.")
     target_widths: dict[str, PositiveInt] = Field(default_factory=dict, description=(
         "Per group set (e.g. layer0): stop shrinking once this many units are alive; its lambda is 0 from then "
         "on, so the rest of the fine-tuning recovers the survivors. Without it the widths follow from lambda."))
@@ -135,6 +137,15 @@ class IssSection(Section):
     freeze_dead: bool = Field(True, description="Keep groups that reached zero at zero.")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_method(cls, data: Any) -> Any:
+        """A goal without a lambda asks for a width, not for group Lasso: the method that won most often."""
+        if isinstance(data, dict) and "method" not in data and not {"lambda", "lambda_"} & data.keys() and (
+                data.get("target") is not None or data.get("target_widths")):
+            return {**data, "method": "one-shot"}
+        return data
 
     @model_validator(mode="after")
     def _one_shot_has_a_goal(self) -> "IssSection":

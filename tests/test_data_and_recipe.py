@@ -95,3 +95,18 @@ def test_recipe_reference_in_docs_matches_the_schema() -> None:
 
     docs = Path(__file__).parent.parent / "docs" / "recipe.md"
     assert docs.read_text() == reference_markdown(), "regenerate: python -m isscompress.recipe_reference > docs/recipe.md"
+
+
+def test_an_unset_method_is_one_shot_for_a_goal_without_lambda_and_group_lasso_otherwise(tmp_path) -> None:
+    from isscompress.recipe import load_recipe
+
+    cases = {"iss:\n  target: {macs: 0.5}\n": "one-shot", "iss:\n  target_widths: {layer0: 4}\n": "one-shot",
+             "iss:\n  lambda: 0.1\n  target: {macs: 0.5}\n": "subgradient", "iss:\n  lambda: 0.1\n": "subgradient",
+             "iss:\n  method: proximal\n  target: {macs: 0.5}\n": "proximal"}
+    for text, method in cases.items():
+        path = tmp_path / "r.yaml"
+        path.write_text(text)
+        recipe = load_recipe(path)
+        assert recipe.iss.method == method, text
+        path.write_text(recipe.to_yaml())  # the stored recipe (checkpoint metadata, --resume) reads back the same
+        assert load_recipe(path).iss.method == method
