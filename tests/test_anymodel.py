@@ -661,3 +661,20 @@ def test_outputs_written_step_by_step_into_a_buffer_shrink_exactly():
     assert small.cell.hidden_size < 6
     for batch in (inputs, (tokens(8, 3, seed=9),)):
         torch.testing.assert_close(outputs64(small, batch)[0], outputs64(masked, batch)[0], rtol=1e-9, atol=1e-10)
+
+
+def test_group_lasso_one_shot_removes_the_weakest_units_at_once_and_keeps_them_removed():
+    model, inputs = ZOO["gru_tagger"]
+    model = copy.deepcopy(model)
+    plan = isscompress.discover(model, inputs)
+    targets = {gs.name: 3 for gs in plan.group_sets}
+    before = isscompress.GroupLasso(model, plan, lam=1.0).norms()  # measured before anything is removed
+    reg = isscompress.GroupLasso(model, plan, lam=1.0, method="one-shot", targets=targets)
+    assert reg.widths() == targets
+    for name, norms in reg.norms().items():
+        assert {int(i) for i in (norms == 0).nonzero()} == set(before[name].argsort()[:3].tolist())
+    with torch.no_grad():  # an optimizer step moves every weight; the removed units go back to zero
+        for p in model.parameters():
+            p.add_(0.01)
+    reg.step(lr=0.1)
+    assert reg.widths() == targets

@@ -30,7 +30,9 @@ class GroupLasso:
     ``method="proximal"``: group soft-thresholding after the optimizer step (exact zeros).
     ``method="subgradient"`` (the paper's): call :meth:`add_gradient` after ``backward()`` so the
     penalty's gradient goes through your optimizer (and clipping); otherwise :meth:`step` applies it as a
-    plain gradient step. ``targets``: per set name, stop shrinking at this many alive units.
+    plain gradient step. ``method="one-shot"``: no penalty; the weakest units are zeroed here, down to
+    ``targets``, and :meth:`step` keeps them at zero while your loop recovers the rest. ``targets``: per set name,
+    stop shrinking at this many alive units.
     """
 
     def __init__(self, model: nn.Module, plan: Plan, lam: float, method: str = "proximal", *,
