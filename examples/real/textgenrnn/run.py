@@ -16,4 +16,4 @@ from sweep import Example, main  # noqa: E402
 
 if __name__ == "__main__":
     main(Example(HERE, f"{HERE / 'textgen.py'}:make", HERE / "model" / "textgenrnn_weights.hdf5",
-                 "bits per character", higher_is_better=False))
+                 "bits per character", higher_is_better=False, iss_lambda=135.0))
