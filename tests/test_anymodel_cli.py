@@ -372,6 +372,28 @@ def test_one_shot_removes_the_weakest_units_at_the_start_and_keeps_them_removed(
     clean_failure(result, "method one-shot removes units down to a goal")
 
 
+TASK_LOSS = '''
+
+def task_loss(outputs, batch):  # the task's own labels, derived from the batch (here: token id mod 4)
+    return torch.nn.functional.cross_entropy(outputs.reshape(-1, 4), (batch[0] % 4).reshape(-1))
+'''
+
+
+def test_a_factory_task_loss_mixes_the_labels_into_fine_tuning_by_distill_alpha(tmp_path):
+    source, arch, recipe = _user_setup(tmp_path, "finetune: {epochs: 1, lr: 0.01, optimizer: adam, seed: 3, "
+                                       "log_every: 1}\niss: {lambda: 1.0, method: proximal}\ndistill: {alpha: 0.25}\n")
+    (tmp_path / "arch.py").write_text(ARCH + TASK_LOSS)
+    steps = []
+    isscompress.finetune(source, recipe, None, arch=arch, on_event=lambda e: e["event"] == "step" and steps.append(e))
+    # computed here: at the first step the student is its teacher (KL 0), so the loss is 0.75 x the task's loss
+    model = GRUTagger()
+    model.load_state_dict(load_file(source))
+    with torch.no_grad():
+        first = tokens(5, 3, seed=0)
+        expected = torch.nn.functional.cross_entropy(model.eval()(first).reshape(-1, 4), (first % 4).reshape(-1))
+    assert steps[0]["loss"] == pytest.approx(0.75 * float(expected), rel=1e-5)
+
+
 def test_report_shows_the_task_metric_the_factory_measures(tmp_path):
     source, arch, recipe = _user_setup(tmp_path, LABEL_FREE.replace("warmup_steps: 4}", "target: {macs: 0.5}}"))
     arch = arch.replace(":with_batches", ":with_metric")

@@ -68,13 +68,15 @@ class TracedModel:
     batches: Any = None  # the factory's unlabelled batches (or a function giving them), for label-free training
     evaluate: Any = None  # the factory's task metric: evaluate(model) -> {metric name: value}
     arch: str | None = None  # the factory it came from (FILE.py:FACTORY), to open its relatives (a teacher)
+    task_loss: Any = None  # the factory file's task_loss(outputs, batch): its labels' loss, for distill.alpha < 1
     sizes: dict[str, int] = field(default_factory=dict)  # a view for costs: units kept per set (with_kept by counts)
 
     @classmethod
     def of(cls, module: nn.Module | None, plan: Plan, inputs: tuple | None = None, more_inputs: tuple[tuple, ...] = (),
-           batches: Any = None, evaluate: Any = None, arch: str | None = None) -> "TracedModel":
+           batches: Any = None, evaluate: Any = None, arch: str | None = None, task_loss: Any = None
+           ) -> "TracedModel":
         return cls(module, plan, inputs, more_inputs, aliases=shared_names(module) if module is not None else {},
-                   batches=batches, evaluate=evaluate, arch=arch)
+                   batches=batches, evaluate=evaluate, arch=arch, task_loss=task_loss)
 
     @classmethod
     def infer(cls, state: Mapping[str, Tensor], **_: Any) -> "TracedModel":

@@ -42,6 +42,7 @@ class Factory:
     batches: Any = None  # unlabelled input tuples (or a function giving them), for label-free fine-tuning
     evaluate: Any = None  # evaluate(model) -> {metric: value}: the task's own measure, which report shows
     keys: dict[str, str] | None = None  # FILE.py's CHECKPOINT_KEYS: a file's tensor name -> the model's name
+    task_loss: Any = None  # FILE.py's task_loss(outputs, batch): the loss of labels it derives from a batch
 
 
 def load_factory(arch: str) -> Factory:
@@ -51,7 +52,8 @@ def load_factory(arch: str) -> Factory:
     function giving them) for label-free fine-tuning — or ``(model, example_inputs, batches, evaluate)``, where
     ``evaluate(model)`` returns the task's own metrics (``{"accuracy": 0.97}``) for ``report`` to show. A file that
     names its tensors otherwise than the model (a flat ``.npz`` of a numpy implementation) is mapped by the module's
-    ``CHECKPOINT_KEYS`` dict: file name -> model name."""
+    ``CHECKPOINT_KEYS`` dict: file name -> model name. A module-level ``task_loss(outputs, batch)`` gives the loss of
+    labels the file derives from a batch, which ``distill.alpha`` below 1 mixes into fine-tuning."""
     file, _, name = arch.rpartition(":")
     if not file or not name:
         raise ArchError(f"--arch {arch!r} is not FILE.py:FACTORY.", "Example: --arch mymodel.py:make_model.")
@@ -93,7 +95,10 @@ def load_factory(arch: str) -> Factory:
                                                                  for k, v in keys.items())):
         raise ArchError(f"--arch: CHECKPOINT_KEYS in {path} is not a dict of file names to model names.",
                         "Write it as {'enc_w_ih': 'encoder.weight_ih', ...}.")
-    return Factory(model, inputs if isinstance(inputs, tuple) else (inputs,), batches, evaluate, keys)
+    task_loss = getattr(module, "task_loss", None)
+    if task_loss is not None and not callable(task_loss):
+        raise ArchError(f"--arch: task_loss in {path} is not a function.", "Define task_loss(outputs, batch).")
+    return Factory(model, inputs if isinstance(inputs, tuple) else (inputs,), batches, evaluate, keys, task_loss)
 
 
 def _fit(model: nn.Module, tensors: dict[str, Tensor], checkpoint: Path, stored_widths: bool = False) -> nn.Module:
@@ -143,7 +148,7 @@ def open_user_model(checkpoint: str | os.PathLike, arch: str | None = None,
     raw = read_checkpoint(checkpoint)
     tensors = dict(raw.tensors)
     metadata = Metadata.from_header(raw.metadata, str(raw.path))
-    model = inputs = batches = evaluate = None
+    model = inputs = batches = evaluate = factory = None
     if arch is not None:
         factory = load_factory(arch)
         factory_model, inputs, batches, evaluate = factory.model, factory.inputs, factory.batches, factory.evaluate
@@ -158,7 +163,8 @@ def open_user_model(checkpoint: str | os.PathLike, arch: str | None = None,
         except TraceError:  # a shrunk model whose forward reads self.hidden_size-like attributes: as shrink ran it
             model = _fit(factory_model, tensors, raw.path, stored_widths=True)
             plan = discover(model, inputs)
-    spec = TracedModel.of(model, plan, inputs, _first_batch(batches), batches, evaluate, arch)
+    spec = TracedModel.of(model, plan, inputs, _first_batch(batches), batches, evaluate, arch,
+                          factory.task_loss if factory is not None else None)
     state = spec.canonical({k: v.detach() for k, v in model.state_dict().items()}) if model is not None else tensors
     family = metadata.family or KIND
     return Checkpoint(spec, state, family, KIND, replace(metadata, architecture=KIND), raw.path)

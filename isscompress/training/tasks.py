@@ -114,16 +114,20 @@ Batches = Iterable[Any] | Callable[[], Iterable[Any]]
 
 
 class LabelFreeTask:
-    """A user model's unlabelled input batches; the loss is how far its outputs are from a frozen teacher's.
+    """A user model's input batches; the loss is how far its outputs are from a frozen teacher's — and, with a
+    ``task_loss(outputs, batch)`` from the user's factory and ``alpha`` below 1, that share of the task's own loss
+    (labels the factory derives from the batch: the next phoneme of a teacher-forced pronunciation, a tag).
 
     ``batches`` is a list of input tuples or a function giving a fresh iterable each epoch; under DDP each rank
     takes every ``world_size``-th batch (a list is cut to a multiple of the world size, so ranks step together)."""
 
     unit = "batches"
 
-    def __init__(self, batches: Batches, teacher: nn.Module, temperature: float = 1.0, kind: str = "kl") -> None:
+    def __init__(self, batches: Batches, teacher: nn.Module, temperature: float = 1.0, kind: str = "kl",
+                 alpha: float = 1.0, task_loss: Callable[[Any, tuple], Tensor] | None = None) -> None:
         self.source, self.teacher = batches, teacher.eval().requires_grad_(False)
         self.temperature, self.kind = temperature, kind
+        self.alpha, self.task_loss = alpha, task_loss
         self.fixed: list | None = None if callable(batches) else list(batches)
         self.epoch_batches = self.fixed
 
@@ -147,7 +151,13 @@ class LabelFreeTask:
 
     def loss(self, loop: "Loop", batch: Any) -> tuple[Tensor, int]:
         inputs = to_device(batch if isinstance(batch, tuple) else (batch,), loop.dist.device)
-        return output_gap(loop.runner, self.teacher, inputs, self.temperature, self.kind), 1
+        if self.task_loss is None or self.alpha == 1.0:
+            return output_gap(loop.runner, self.teacher, inputs, self.temperature, self.kind), 1
+        with torch.no_grad():
+            targets = floats(self.teacher(*inputs))
+        outputs = loop.runner(*inputs)
+        gap = divergence(floats(outputs), targets, self.temperature, self.kind)
+        return self.alpha * gap + (1 - self.alpha) * self.task_loss(outputs, inputs), 1
 
     def validate(self, loop: "Loop") -> dict[str, float]:
         return {}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import RecipeError
 from ..io.loading import Checkpoint, as_checkpoint
@@ -33,7 +33,7 @@ INAPPLICABLE = (
 )
 
 
-def _refuse_inapplicable(recipe: Recipe, stage: str) -> None:
+def _refuse_inapplicable(recipe: Recipe, stage: str, task_loss: Any) -> None:
     sections = {"model": recipe.model, "data": recipe.data, "evaluate": recipe.evaluate, "iss": recipe.iss,
                 "distill": recipe.distill, "schedule": stage_schedule(recipe, stage)}
     for section, name, why in INAPPLICABLE:
@@ -44,9 +44,10 @@ def _refuse_inapplicable(recipe: Recipe, stage: str) -> None:
             raise RecipeError(f"{key} does not apply to a user model: {why}.",
                               "Remove it from the recipe (it is refused rather than silently ignored).")
     distill = recipe.distill
-    if distill is not None and distill.alpha != 1.0:
-        raise RecipeError(f"distill.alpha is {distill.alpha}: a user model is fine-tuned label-free (alpha 1).",
-                          "Set distill.alpha to 1, or fine-tune with isscompress.GroupLasso in your own loop.")
+    if distill is not None and distill.alpha != 1.0 and task_loss is None:
+        raise RecipeError(f"distill.alpha is {distill.alpha}: the model's factory gives no task loss, so it is "
+                          "fine-tuned label-free (alpha 1).", "Set distill.alpha to 1, or define task_loss(outputs, "
+                          "batch) in the --arch file (the loss of the task's own labels, derived from the batch).")
 
 
 def _check_set_names(recipe: Recipe, checkpoint: Checkpoint) -> None:
@@ -68,8 +69,8 @@ def finetune_traced(checkpoint: Checkpoint, recipe: Recipe, output: Path | None,
     if lasso and recipe.iss is None:
         raise RecipeError("The recipe has no iss section, so fine-tuning would not remove anything.",
                           "Add iss: {lambda: ..., method: proximal}.")
-    _refuse_inapplicable(recipe, stage)
     spec = checkpoint.spec
+    _refuse_inapplicable(recipe, stage, getattr(spec, "task_loss", None))
     if getattr(spec, "batches", None) is None:
         raise ArchError(f"{checkpoint.name}: fine-tuning a user model needs unlabelled inputs.",
                         "Return (model, example_inputs, batches) from the --arch factory: batches is a list of input "
@@ -99,7 +100,9 @@ def finetune_traced(checkpoint: Checkpoint, recipe: Recipe, output: Path | None,
     result = FinetuneResult(checkpoint, stage)
     hooks.append(Report(lambda event: (result.events.append(event), on_event(event))))
     try:
-        fit_task(model, LabelFreeTask(spec.batches, teacher_model, distill.temperature, distill.loss), schedule,
+        task = LabelFreeTask(spec.batches, teacher_model, distill.temperature, distill.loss, distill.alpha,
+                             spec.task_loss)
+        fit_task(model, task, schedule,
                  hooks=hooks, dist=dist, state=state)
     finally:
         dist.close()
