@@ -210,3 +210,21 @@ def test_a_quality_loss_is_a_warning_not_only_a_number():
     assert "**Warning:** perplexity rose" in isscompress.report_markdown(result)
     exact = isscompress.report(model, model, data=data, speed=False, max_tokens=5000)
     assert exact.perplexity_delta == 0 and exact.warnings == []
+
+
+def test_a_bare_stack_is_reported_on_tokens_without_an_output_gap(tmp_path) -> None:
+    """A bare nn.LSTM stack has no vocabulary and its outputs are hidden features (narrower once shrunk): the report
+    times it on time steps, as a language model, and shows no output gap (there are no answers to compare)."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(5, 6, num_layers=2)
+    with torch.no_grad():
+        for name in ("weight_ih_l1", "weight_hh_l1", "bias_ih_l1", "bias_hh_l1"):
+            getattr(lstm, name)[[2, 8, 14, 20]] = 0  # unit 2 of layer 1, all four gates
+        lstm.weight_hh_l1[:, 2] = 0
+    source, small = tmp_path / "bare.safetensors", tmp_path / "small.safetensors"
+    save_file({k: v.contiguous() for k, v in lstm.state_dict().items()}, source)
+    assert isscompress.shrink(source, small, 0.0).widths_after == {"layer0": 6, "layer1": 5}
+    result = runner.invoke(app, ["report", str(source), str(small), "--json", "--repeats", "1"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["output_gap"] is None and [s["workload"] for s in report["speed"]] == ["decode_batch1", "batch20x35"]

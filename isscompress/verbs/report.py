@@ -232,8 +232,9 @@ def report(
     if data is not None:
         section = vocab_source or DataSection(test=Path(data), vocab=vocab, level=original.metadata.level or "word")
         batches = _perplexities(result, original, shrunk, Path(data), section, evaluate, max_tokens, on_progress)
-    if shrunk is not None and not language_model_facts(original.spec):
-        result.output_gap = _output_gap(original, shrunk)
+    calls = _own_input_calls(original, shrunk) if shrunk is not None else None
+    if calls is not None:
+        result.output_gap = _output_gap(*calls)
     result.metrics = _task_metrics(original, shrunk)
     if speed and shrunk is not None:
         if on_progress:
@@ -247,11 +248,22 @@ def report(
     return result
 
 
-def _output_gap(original: Checkpoint, shrunk: Checkpoint) -> OutputGap:
-    """Both models on their own probe inputs (a shrunk user model's are cut where they pass states in)."""
+Call = Callable[[], Any]
+
+
+def _own_input_calls(original: Checkpoint, shrunk: Checkpoint) -> tuple[Call, Call] | None:
+    """Each model's forward on its own probe inputs (a shrunk user model's are cut where they pass states in); None
+    for a stack (forward(inputs, hidden)), which is measured on tokens: perplexity and token throughput."""
+    before, after = original.model(), shrunk.model()
+    if isinstance(before, RecurrentModel):
+        return None
+    first, second = original.spec.probe_inputs(), shrunk.spec.probe_inputs()
+    return (lambda: before(*first)), (lambda: after(*second))
+
+
+def _output_gap(before: Call, after: Call) -> OutputGap:
     with torch.no_grad():
-        before, after = original.model(), shrunk.model()
-        return compare_outputs(floats(after(*shrunk.spec.probe_inputs())), floats(before(*original.spec.probe_inputs())))
+        return compare_outputs(floats(after()), floats(before()))
 
 
 def _task_metrics(original: Checkpoint, shrunk: Checkpoint | None) -> dict[str, tuple[float, float | None]]:
@@ -277,12 +289,11 @@ def _task_metrics(original: Checkpoint, shrunk: Checkpoint | None) -> dict[str, 
 def _speed(original: Checkpoint, shrunk: Checkpoint, repeats: int, path: str) -> list[SpeedSample]:
     """A stack (forward(inputs, hidden)) is timed on time steps: decoding one at a time, and a batch; another model
     on calls of its forward with its probe inputs (a user model's example inputs)."""
-    before, after = original.model(), shrunk.model()
-    if isinstance(before, RecurrentModel):
-        return measure_speed(before, after, repeats=repeats, path=path)
-    first, second = original.spec.probe_inputs(), shrunk.spec.probe_inputs()
+    calls = _own_input_calls(original, shrunk)
+    if calls is None:
+        return measure_speed(original.model(), shrunk.model(), repeats=repeats, path=path)
     with torch.no_grad():
-        times = interleaved(lambda: before(*first), lambda: after(*second), repeats)
+        times = interleaved(*calls, repeats)
     return [SpeedSample("example_inputs", "eager", 1, tuple(times[0]), tuple(times[1]))]
 
 
