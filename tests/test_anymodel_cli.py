@@ -533,3 +533,13 @@ def test_a_model_reading_self_hidden_size_shrinks_and_reopens_from_the_command_l
     assert report.exit_code == 0, report.output
     done = json.loads(report.stdout)
     assert done["widths"]["lstm.l0"] == [8, 4] and done["output_gap"]["divergence"] < 1e-9
+
+
+def test_save_groups_is_for_a_user_models_names_not_a_language_models_canonical_ones(tmp_path, clean_failure):
+    from conftest import make_rnn_model
+
+    source = tmp_path / "lm.pt"
+    torch.save(make_rnn_model().state_dict(), source)
+    result = runner.invoke(app, ["inspect", str(source), "--save-groups", str(tmp_path / "g.yaml")])
+    clean_failure(result, "--save-groups writes a user model's groups in its own tensor names")
+    assert not (tmp_path / "g.yaml").exists()

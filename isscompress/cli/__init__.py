@@ -84,8 +84,8 @@ def inspect(
     family: Optional[str] = FamilyOption,
     arch: Optional[str] = ArchOption,
     groups: Optional[Path] = GroupsOption,
-    save_groups: Optional[Path] = typer.Option(None, "--save-groups", help="Write the ISS group sets as a YAML "
-                                               "groups file (to review, edit, or pass back with --groups)."),
+    save_groups: Optional[Path] = typer.Option(None, "--save-groups", help="With --arch: write the ISS group sets as "
+                                               "a YAML groups file (to review, edit, or pass back with --groups)."),
     as_json: bool = JsonOption,
     force: bool = typer.Option(False, "--force", help="Replace an existing --save-groups file."),
     threads: Optional[int] = ThreadsOption,

@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..anymodel.plan import Plan
 from ..core.groups import all_unit_norms
+from ..errors import IsscompressError
 from ..io.loading import Checkpoint, as_checkpoint
 from ..io.metadata import Metadata
 from ..measure.summary import ModelSummary, NormStats, norm_stats, summarize_checkpoint
@@ -42,12 +42,17 @@ def inspect(source: Checkpoint | str | os.PathLike, family: str | None = None, *
     """What a checkpoint is, what it costs, and how its ISS group norms are spread. ``arch``/``groups`` open a
     user's own model; ``save_groups`` also writes the group sets as a YAML groups file (to review or edit)."""
     checkpoint = as_checkpoint(source, family, arch, groups)
+    plan = getattr(checkpoint.spec, "plan", None)  # a user's model: groups in its own tensor names, and their readers
     if save_groups is not None:
+        if plan is None:
+            raise IsscompressError(f"--save-groups writes a user model's groups in its own tensor names; "
+                                   f"{checkpoint.name} is a {checkpoint.family} checkpoint, whose groups its family "
+                                   "reads itself (in isscompress's canonical names, not the file's).",
+                                   "Leave out --save-groups, or open the model with --arch FILE.py:FACTORY.")
         inputs = tuple(Path(p) for p in (checkpoint.path, groups) if p is not None)
-        Plan(checkpoint.group_sets).save(save_groups, force=force, inputs=inputs)
+        plan.save(save_groups, force=force, inputs=inputs)
     norms = all_unit_norms(checkpoint.state, checkpoint.group_sets)
     stats = tuple(norm_stats(name, values) for name, values in norms.items())
-    plan = getattr(checkpoint.spec, "plan", None)  # a traced model knows who reads each set
     readers = {gs.name: plan.readers(gs.name) for gs in checkpoint.group_sets} if plan is not None else {}
     return Inspection(checkpoint.path, summarize_checkpoint(checkpoint), stats, checkpoint.metadata,
                       checkpoint.spec.equations, checkpoint.ignored, readers)
