@@ -413,6 +413,8 @@ def test_report_shows_the_task_metric_the_factory_measures(tmp_path):
     shown = runner.invoke(app, ["report", str(source), str(tmp_path / "small.safetensors"), "--arch", arch,
                                 "--no-speed"])
     assert "tag accuracy" in shown.stdout
+    refused = runner.invoke(app, ["report", str(source), str(tmp_path / "small.safetensors"), "--arch", arch, "--int8"])
+    assert refused.exit_code == 1 and "report --int8 quantises a recurrent stack" in " ".join(refused.stderr.split())
 
 
 def test_a_mac_budget_is_met_by_a_user_model_as_by_a_language_model(tmp_path):

@@ -243,6 +243,10 @@ def report(
     if int8:
         if shrunk is None:
             raise IsscompressError("report --int8 quantises the shrunk model.", "Give the original and the shrunk one.")
+        if calls is not None:
+            raise IsscompressError("report --int8 quantises a recurrent stack (a language model or a bare nn.LSTM/GRU "
+                                   f"stack); {shrunk.name} is your own model's.", "Leave out --int8, or quantise the "
+                                   "shrunk model yourself (torch.ao.quantization.quantize_dynamic).")
         result.int8 = _int8_column(original, shrunk, batches, evaluate,
                                    original.metadata.level or "word", speed, repeats)
     return result
