@@ -173,6 +173,8 @@ def finetune(
     if output is not None and not resume:
         check_training_outputs(output, force, source_files(source))
     checkpoint = as_checkpoint(source, recipe.model.family if arch is None else None, arch, groups)
+    if stage == "finetune":  # the ISS section applies to this stage only (recovery runs on the shrunk model)
+        check_layer_names(recipe, {gs.name: gs.size for gs in checkpoint.group_sets}, "")
     if not language_model_facts(checkpoint.spec) and hasattr(checkpoint.spec, "batches"):
         from .finetune_user import finetune_traced  # it builds on this module's training files
 
@@ -187,8 +189,6 @@ def finetune(
 
 def _finetune_language_model(checkpoint: Checkpoint, recipe: Recipe, output: Path | None, stage: str, resume: bool,
                              on_event: Callable[[Event], None], teacher: Checkpoint | None) -> FinetuneResult:
-    if stage == "finetune":  # the ISS section applies to this stage only (recovery runs on the shrunk model)
-        check_layer_names(recipe, {gs.name: gs.size for gs in checkpoint.group_sets}, "")
     vocabulary, _ = resolve_vocabulary(checkpoint, recipe.data)
     schedule = stage_schedule(recipe, stage)
     train_data, valid = training_batches(recipe, vocabulary, schedule)

@@ -50,13 +50,6 @@ def _refuse_inapplicable(recipe: Recipe, stage: str, task_loss: Any) -> None:
                           "batch) in the --arch file (the loss of the task's own labels, derived from the batch).")
 
 
-def _check_set_names(recipe: Recipe, checkpoint: Checkpoint) -> None:
-    names = {gs.name for gs in checkpoint.group_sets}
-    unknown = sorted((set(recipe.iss.target_widths) | set(recipe.iss.layer_multipliers)) - names)
-    if unknown:
-        raise RecipeError(f"iss: no group set named {', '.join(unknown)}.", f"The sets are: {', '.join(sorted(names))}.")
-
-
 def finetune_traced(checkpoint: Checkpoint, recipe: Recipe, output: Path | None, *, stage: str = "finetune",
                     resume: bool = False, on_event: Callable[[Event], None] = lambda event: None,
                     teacher: Checkpoint | None = None) -> FinetuneResult:
@@ -75,8 +68,6 @@ def finetune_traced(checkpoint: Checkpoint, recipe: Recipe, output: Path | None,
         raise ArchError(f"{checkpoint.name}: fine-tuning a user model needs unlabelled inputs.",
                         "Return (model, example_inputs, batches) from the --arch factory: batches is a list of input "
                         "tuples, or a function returning an iterable of them.")
-    if lasso:
-        _check_set_names(recipe, checkpoint)
     schedule = stage_schedule(recipe, stage)
     dist = Distributed.from_environment(schedule.device)
     model = spec.build(checkpoint.state).train()

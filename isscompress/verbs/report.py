@@ -10,18 +10,17 @@ from typing import Any, Callable
 
 import torch
 
-from ..architectures.stack_module import RecurrentModel
 from ..core.architecture import language_model_facts
 from ..core.groups import all_unit_norms
 from ..data import Vocabulary
 from ..errors import DataError, IsscompressError
 from ..io.loading import Checkpoint, as_checkpoint
 from ..measure.perplexity import Perplexity, perplexity
-from ..measure.speed import SpeedSample, interleaved, measure_speed
+from ..measure.speed import SpeedSample, measure_speed
 from ..measure.summary import ModelSummary, NormStats, norm_stats, summarize_checkpoint
 from ..recipe import DataSection, EvaluateSection
-from ..measure.output_gap import AGREEMENT_WARNING, GAP_WARNING, OutputGap, compare_outputs
-from ..training.tasks import floats
+from ..measure.output_gap import AGREEMENT_WARNING, GAP_WARNING, OutputGap
+from .comparison import output_gap, own_input_calls, speed_samples, task_metrics
 from .preparation import resolve_vocabulary, token_batches
 
 
@@ -232,14 +231,14 @@ def report(
     if data is not None:
         section = vocab_source or DataSection(test=Path(data), vocab=vocab, level=original.metadata.level or "word")
         batches = _perplexities(result, original, shrunk, Path(data), section, evaluate, max_tokens, on_progress)
-    calls = _own_input_calls(original, shrunk) if shrunk is not None else None
+    calls = own_input_calls(original, shrunk) if shrunk is not None else None
     if calls is not None:
-        result.output_gap = _output_gap(*calls)
-    result.metrics = _task_metrics(original, shrunk)
+        result.output_gap = output_gap(*calls)
+    result.metrics = task_metrics(original, shrunk)
     if speed and shrunk is not None:
         if on_progress:
             on_progress("speed", 0, 1)
-        result.speed = _speed(original, shrunk, repeats, speed_path)
+        result.speed = speed_samples(original, shrunk, repeats, speed_path)
     if int8:
         if shrunk is None:
             raise IsscompressError("report --int8 quantises the shrunk model.", "Give the original and the shrunk one.")
@@ -250,55 +249,6 @@ def report(
         result.int8 = _int8_column(original, shrunk, batches, evaluate,
                                    original.metadata.level or "word", speed, repeats)
     return result
-
-
-Call = Callable[[], Any]
-
-
-def _own_input_calls(original: Checkpoint, shrunk: Checkpoint) -> tuple[Call, Call] | None:
-    """Each model's forward on its own probe inputs (a shrunk user model's are cut where they pass states in); None
-    for a stack (forward(inputs, hidden)), which is measured on tokens: perplexity and token throughput."""
-    before, after = original.model(), shrunk.model()
-    if isinstance(before, RecurrentModel):
-        return None
-    first, second = original.spec.probe_inputs(), shrunk.spec.probe_inputs()
-    return (lambda: before(*first)), (lambda: after(*second))
-
-
-def _output_gap(before: Call, after: Call) -> OutputGap:
-    with torch.no_grad():
-        return compare_outputs(floats(after()), floats(before()))
-
-
-def _task_metrics(original: Checkpoint, shrunk: Checkpoint | None) -> dict[str, tuple[float, float | None]]:
-    """The metrics a user's factory measures its task with (its ``evaluate``), on both models."""
-    evaluate = getattr(original.spec, "evaluate", None)
-    if evaluate is None:
-        return {}
-
-    def measured(checkpoint: Checkpoint) -> dict[str, float]:
-        try:
-            with torch.no_grad():
-                values = evaluate(checkpoint.model().eval())
-            return {str(name): float(value) for name, value in dict(values).items()}
-        except Exception as err:
-            raise IsscompressError(f"The factory's evaluate failed on {checkpoint.name}: {type(err).__name__}: "
-                                   f"{' '.join(str(err).split())[:200]}.", "Call it from python to see the whole "
-                                   "error; it receives the model and returns {metric name: value}.") from err
-
-    before, after = measured(original), measured(shrunk) if shrunk is not None else {}
-    return {name: (value, after.get(name)) for name, value in before.items()}
-
-
-def _speed(original: Checkpoint, shrunk: Checkpoint, repeats: int, path: str) -> list[SpeedSample]:
-    """A stack (forward(inputs, hidden)) is timed on time steps: decoding one at a time, and a batch; another model
-    on calls of its forward with its probe inputs (a user model's example inputs)."""
-    calls = _own_input_calls(original, shrunk)
-    if calls is None:
-        return measure_speed(original.model(), shrunk.model(), repeats=repeats, path=path)
-    with torch.no_grad():
-        times = interleaved(*calls, repeats)
-    return [SpeedSample("example_inputs", "eager", 1, tuple(times[0]), tuple(times[1]))]
 
 
 def _fmt(value: float | None, spec: str = ".2f") -> str:
