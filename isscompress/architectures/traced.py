@@ -27,6 +27,7 @@ from ..core.cells import CellKind, cell_of_module
 from ..core.groups import GroupSet
 from ..core.surgery import shrink_state_dict
 from ..errors import CheckpointError, ShapeError
+from .stack import LayerSpec
 
 KIND = "user-model"
 
@@ -179,7 +180,7 @@ class TracedModel:
             chosen.append(output)
         return chosen
 
-    def _layers(self) -> list[tuple[str, CellKind, "_Shape", int]]:
+    def _layers(self) -> list[tuple[str, CellKind, LayerSpec, int]]:
         """(name, cell kind, shape, directions) of every recurrent layer, a multi-layer module's layers each."""
         layers = []
         for name, module, kind in self._recurrent():
@@ -187,7 +188,7 @@ class TracedModel:
             width_in = module.input_size
             for layer in range(count):
                 layers.append((name if is_cell(module) or count == 1 else f"{name} layer {layer}", kind,
-                               _Shape(width_in, hidden, proj, getattr(module, "depth", 1)), directions))
+                               LayerSpec(width_in, hidden, proj, getattr(module, "depth", 1)), directions))
                 width_in = directions * (proj or hidden)
         return layers
 
@@ -230,10 +231,3 @@ class TracedModel:
     def to_dict(self) -> dict[str, Any]:
         return {"sets": {gs.name: gs.size for gs in self.plan.group_sets}}
 
-
-@dataclass(frozen=True)
-class _Shape:
-    input_size: int
-    hidden_size: int
-    proj_size: int
-    depth: int

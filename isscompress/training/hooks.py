@@ -141,13 +141,13 @@ class GroupLassoHook(Hook):
         add_subgradient(self.params, self.sets, self._lambdas(self.norms), self.norms)
 
     def _lambdas(self, norms: dict[str, Tensor], lr: float | None = None) -> Lambdas:
-        if self.iss.method == "one-shot":
-            self.current = {name: 0.0 for name in norms}
-            return self.current
         """This step's lambdas: reweighted by the norms, and 0 for a set already at its target width.
 
         With ``lr`` (the proximal step) a set may lose at most its units above target in one step:
         the strongest of the units that would reach zero are spared this step."""
+        if self.iss.method == "one-shot":  # no penalty: the removed units were chosen at the start
+            self.current = {name: 0.0 for name in norms}
+            return self.current
         base = self.lambdas
         if self.iss.warmup_steps and self.step < self.iss.warmup_steps:
             ramp = (self.step + 1) / self.iss.warmup_steps
@@ -179,11 +179,8 @@ class GroupLassoHook(Hook):
         fewer alive units than the widest of its width key is spared, since a shrink keeps the widest count in all
         of them and its lost units would be kept as zeros — function lost, nothing removed."""
         alive = {gs.name: int(self._alive(gs.name, norms[gs.name]).sum()) for gs in self.sets}
-        widest: dict[str, int] = {}
-        for gs in self.sets:
-            widest[gs.width_key] = max(widest.get(gs.width_key, 0), alive[gs.name])
-        keys = {gs.name: gs.width_key for gs in self.sets}
-        return {name: 0.0 if alive[name] < widest[keys[name]] else lam for name, lam in current.items()}
+        widest = widest_per_key(alive, self.sets)
+        return {gs.name: 0.0 if alive[gs.name] < widest[gs.width_key] else current[gs.name] for gs in self.sets}
 
     def _alive(self, name: str, norm: Tensor) -> Tensor:
         alive = norm > self.alive_threshold
@@ -253,29 +250,31 @@ def one_shot_removal(norms: dict[str, Tensor], sets: tuple[GroupSet, ...], iss: 
     ``target_widths`` entry and the budget is met. Sets that must keep one width lose units in step (only a set at
     the widest count of its family can lose one), so no unit is removed that a shrink would keep as zeros."""
     alive = {name: norm > alive_threshold for name, norm in norms.items()}
-    keys = {gs.name: gs.width_key for gs in sets}
+    now = {name: int(mask.sum()) for name, mask in alive.items()}
 
-    def counts() -> dict[str, int]:
-        return {name: int(mask.sum()) for name, mask in alive.items()}
-
-    def wanted(now: dict[str, int]) -> bool:
+    def wanted() -> bool:
         over_width = any(now[name] > width for name, width in iss.target_widths.items())
         return over_width or (budget is not None and budget[0](now) > budget[1])
 
-    now = counts()
-    while wanted(now):
-        widest: dict[str, int] = {}
-        for name, count in now.items():
-            widest[keys[name]] = max(widest.get(keys[name], 0), count)
+    while wanted():
+        widest = widest_per_key(now, sets)
         candidates = []
-        for name, norm in norms.items():
-            floor = iss.target_widths.get(name, 0 if iss.target is not None else norm.numel())
-            if now[name] > max(1, floor) and now[name] == widest[keys[name]]:
-                index = int(torch.where(alive[name], norm, torch.inf).argmin())
-                candidates.append((float(norm[index]), name, index))
+        for gs in sets:
+            norm, floor = norms[gs.name], iss.target_widths.get(gs.name, 0 if iss.target is not None else gs.size)
+            if now[gs.name] > max(1, floor) and now[gs.name] == widest[gs.width_key]:
+                index = int(torch.where(alive[gs.name], norm, torch.inf).argmin())
+                candidates.append((float(norm[index]), gs.name, index))
         if not candidates:
             break
         _, name, index = min(candidates)
         alive[name][index] = False
-        now = counts()
+        now[name] -= 1
     return {name: ~mask for name, mask in alive.items()}
+
+
+def widest_per_key(counts: dict[str, int], sets: tuple[GroupSet, ...]) -> dict[str, int]:
+    """The largest count among the sets of each width key (the width a shrink keeps for all of them)."""
+    widest: dict[str, int] = {}
+    for gs in sets:
+        widest[gs.width_key] = max(widest.get(gs.width_key, 0), counts[gs.name])
+    return widest

@@ -151,13 +151,13 @@ class LabelFreeTask:
 
     def loss(self, loop: "Loop", batch: Any) -> tuple[Tensor, int]:
         inputs = to_device(batch if isinstance(batch, tuple) else (batch,), loop.dist.device)
-        if self.task_loss is None or self.alpha == 1.0:
-            return output_gap(loop.runner, self.teacher, inputs, self.temperature, self.kind), 1
         with torch.no_grad():
             targets = floats(self.teacher(*inputs))
         outputs = loop.runner(*inputs)
-        gap = divergence(floats(outputs), targets, self.temperature, self.kind)
-        return self.alpha * gap + (1 - self.alpha) * self.task_loss(outputs, inputs), 1
+        loss = divergence(floats(outputs), targets, self.temperature, self.kind)
+        if self.task_loss is not None and self.alpha < 1.0:
+            loss = self.alpha * loss + (1 - self.alpha) * self.task_loss(outputs, inputs)
+        return loss, 1
 
     def validate(self, loop: "Loop") -> dict[str, float]:
         return {}

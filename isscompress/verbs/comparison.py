@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from ..architectures.stack_module import RecurrentModel
 from ..errors import IsscompressError
@@ -18,10 +19,10 @@ from ..training.tasks import floats
 Call = Callable[[], Any]
 
 
-def own_input_calls(original: Checkpoint, shrunk: Checkpoint) -> tuple[Call, Call] | None:
+def own_input_calls(original: Checkpoint, shrunk: Checkpoint, before: nn.Module, after: nn.Module
+                    ) -> tuple[Call, Call] | None:
     """Each model's forward on its own probe inputs (a shrunk user model's are cut where they pass states in); None
     for a stack (forward(inputs, hidden)), which is measured on tokens: perplexity and token throughput."""
-    before, after = original.model(), shrunk.model()
     if isinstance(before, RecurrentModel):
         return None
     first, second = original.spec.probe_inputs(), shrunk.spec.probe_inputs()
@@ -33,32 +34,34 @@ def output_gap(before: Call, after: Call) -> OutputGap:
         return compare_outputs(floats(after()), floats(before()))
 
 
-def task_metrics(original: Checkpoint, shrunk: Checkpoint | None) -> dict[str, tuple[float, float | None]]:
+def task_metrics(original: Checkpoint, shrunk: Checkpoint | None, before: nn.Module, after: nn.Module | None
+                 ) -> dict[str, tuple[float, float | None]]:
     """The metrics a user's factory measures its task with (its ``evaluate``), on both models."""
     evaluate = getattr(original.spec, "evaluate", None)
     if evaluate is None:
         return {}
 
-    def measured(checkpoint: Checkpoint) -> dict[str, float]:
+    def measured(model: nn.Module, name: str) -> dict[str, float]:
         try:
             with torch.no_grad():
-                values = evaluate(checkpoint.model().eval())
+                values = evaluate(model.eval())
             return {str(name): float(value) for name, value in dict(values).items()}
         except Exception as err:
-            raise IsscompressError(f"The factory's evaluate failed on {checkpoint.name}: {type(err).__name__}: "
+            raise IsscompressError(f"The factory's evaluate failed on {name}: {type(err).__name__}: "
                                    f"{' '.join(str(err).split())[:200]}.", "Call it from python to see the whole "
                                    "error; it receives the model and returns {metric name: value}.") from err
 
-    before, after = measured(original), measured(shrunk) if shrunk is not None else {}
-    return {name: (value, after.get(name)) for name, value in before.items()}
+    first = measured(before, original.name)
+    second = measured(after, shrunk.name) if after is not None and shrunk is not None else {}
+    return {name: (value, second.get(name)) for name, value in first.items()}
 
 
-def speed_samples(original: Checkpoint, shrunk: Checkpoint, repeats: int, path: str) -> list[SpeedSample]:
+def speed_samples(before: nn.Module, after: nn.Module, calls: tuple[Call, Call] | None, repeats: int,
+                  path: str) -> list[SpeedSample]:
     """A stack (forward(inputs, hidden)) is timed on time steps: decoding one at a time, and a batch; another model
     on calls of its forward with its probe inputs (a user model's example inputs)."""
-    calls = own_input_calls(original, shrunk)
     if calls is None:
-        return measure_speed(original.model(), shrunk.model(), repeats=repeats, path=path)
+        return measure_speed(before, after, repeats=repeats, path=path)
     with torch.no_grad():
         times = interleaved(*calls, repeats)
     return [SpeedSample("example_inputs", "eager", 1, tuple(times[0]), tuple(times[1]))]

@@ -90,11 +90,9 @@ def finetune_traced(checkpoint: Checkpoint, recipe: Recipe, output: Path | None,
         hooks.append(TrainingFiles(output, metadata, recipe, stage, dist, weights=lambda trained: trained.state_dict()))
     result = FinetuneResult(checkpoint, stage)
     hooks.append(Report(lambda event: (result.events.append(event), on_event(event))))
+    task = LabelFreeTask(spec.batches, teacher_model, distill.temperature, distill.loss, distill.alpha, spec.task_loss)
     try:
-        task = LabelFreeTask(spec.batches, teacher_model, distill.temperature, distill.loss, distill.alpha,
-                             spec.task_loss)
-        fit_task(model, task, schedule,
-                 hooks=hooks, dist=dist, state=state)
+        fit_task(model, task, schedule, hooks=hooks, dist=dist, state=state)
     finally:
         dist.close()
     model = model.cpu().eval()

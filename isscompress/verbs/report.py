@@ -231,14 +231,15 @@ def report(
     if data is not None:
         section = vocab_source or DataSection(test=Path(data), vocab=vocab, level=original.metadata.level or "word")
         batches = _perplexities(result, original, shrunk, Path(data), section, evaluate, max_tokens, on_progress)
-    calls = own_input_calls(original, shrunk) if shrunk is not None else None
+    before_model, after_model = original.model(), shrunk.model() if shrunk is not None else None
+    calls = own_input_calls(original, shrunk, before_model, after_model) if shrunk is not None else None
     if calls is not None:
         result.output_gap = output_gap(*calls)
-    result.metrics = task_metrics(original, shrunk)
+    result.metrics = task_metrics(original, shrunk, before_model, after_model)
     if speed and shrunk is not None:
         if on_progress:
             on_progress("speed", 0, 1)
-        result.speed = speed_samples(original, shrunk, repeats, speed_path)
+        result.speed = speed_samples(before_model, after_model, calls, repeats, speed_path)
     if int8:
         if shrunk is None:
             raise IsscompressError("report --int8 quantises the shrunk model.", "Give the original and the shrunk one.")
