@@ -39,13 +39,19 @@ def _top_up(norms: Tensor, alive: Tensor, count: int) -> Tensor:
     return alive
 
 
+def widest_per_key(counts: Mapping[str, int], group_sets: tuple[GroupSet, ...]) -> dict[str, int]:
+    """The largest count among the sets of each width key: the width a shrink keeps for all of them."""
+    widest: dict[str, int] = {}
+    for gs in group_sets:
+        widest[gs.width_key] = max(widest.get(gs.width_key, 0), counts[gs.name])
+    return widest
+
+
 def legal_widths(counts: Mapping[str, int], group_sets: tuple[GroupSet, ...]) -> dict[str, int]:
     """The widths a shrink builds from ``counts[set]`` wanted units: every set of one ``same_width_as`` key at the
     widest of them, and a set's ``narrower_than`` sets at least one wider than it. The one place the width rules
     are resolved: thresholding, the budget's cost and the regulariser's widths all ask here."""
-    widest: dict[str, int] = {}
-    for gs in group_sets:
-        widest[gs.width_key] = max(widest.get(gs.width_key, 0), counts[gs.name])
+    widest = widest_per_key(counts, group_sets)
     for gs in group_sets:
         if gs.narrower_than:
             widest[gs.narrower_than] = max(widest[gs.narrower_than], widest[gs.width_key] + 1)

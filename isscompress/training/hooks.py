@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ..core.groups import GroupSet
 from ..core.surgery import mask_state_dict
+from ..core.thresholding import widest_per_key
 from ..core.regularizer import (
     Lambdas,
     add_subgradient,
@@ -271,10 +272,3 @@ def one_shot_removal(norms: dict[str, Tensor], sets: tuple[GroupSet, ...], iss: 
         now[name] -= 1
     return {name: ~mask for name, mask in alive.items()}
 
-
-def widest_per_key(counts: dict[str, int], sets: tuple[GroupSet, ...]) -> dict[str, int]:
-    """The largest count among the sets of each width key (the width a shrink keeps for all of them)."""
-    widest: dict[str, int] = {}
-    for gs in sets:
-        widest[gs.width_key] = max(widest.get(gs.width_key, 0), counts[gs.name])
-    return widest
