@@ -413,6 +413,13 @@ def test_report_shows_the_task_metric_the_factory_measures(tmp_path):
     shown = runner.invoke(app, ["report", str(source), str(tmp_path / "small.safetensors"), "--arch", arch,
                                 "--no-speed"])
     assert "tag accuracy" in shown.stdout
+    # the output gap on the example inputs warns only when no task metric was measured (with one, the metric speaks)
+    from isscompress.measure.output_gap import OutputGap
+    from isscompress.verbs.report import Report
+
+    different = OutputGap(divergence=0.9, agreement=0.4)
+    assert Report(None, output_gap=different).warnings
+    assert not Report(None, output_gap=different, metrics={"tag accuracy": (0.5, 0.5)}).warnings
     refused = runner.invoke(app, ["report", str(source), str(tmp_path / "small.safetensors"), "--arch", arch, "--int8"])
     assert refused.exit_code == 1 and "report --int8 quantises a recurrent stack" in " ".join(refused.stderr.split())
 
