@@ -12,7 +12,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, get_args
+from typing import Any, Literal, Mapping, Optional, Sequence, get_args
 
 import yaml
 from pydantic import (
@@ -27,6 +27,7 @@ from pydantic import (
     field_validator,
 )
 
+from .core.groups import GroupSet, chosen_sets
 from .data import file_problem
 from .errors import RecipeError
 from .yaml_lines import compose, key_lines, line_of, shown
@@ -131,6 +132,10 @@ class IssSection(Section):
     target: Optional[BudgetSection] = Field(None, description=(
         "A budget for the whole model, e.g. {macs: 0.5}: shrinking continues across all layers at once until the "
         "alive units fit it, then lambda is 0 and the rest of the stage recovers. Combines with target_widths."))
+    widths: Literal["recurrent", "all"] = Field("recurrent", description=(
+        "Which group sets ISS acts on: 'recurrent' (the recurrent layers' units, the paper's ISS) or 'all' (also "
+        "every other width the model has: embedding dimensions, MLP hidden units; docs/iss.md), so a budget over the "
+        "whole model can fall on the embedding too."))
     warmup_steps: int = Field(0, ge=0, description=(
         "Ramp lambda linearly from 0 over this many steps, so the fine-tuning settles before units start dying."))
     zero_threshold: float = Field(1e-4, ge=0, description="subgradient: weights below this become 0 each step.")
@@ -188,6 +193,11 @@ class Recipe(Section):
     recover: Optional[Schedule] = None
     distill: Optional[DistillSection] = None
     evaluate: EvaluateSection = EvaluateSection()
+
+    @property
+    def widths(self) -> str:
+        """Which widths ISS acts on, and so which a shrink after it narrows (the recurrent layers' without ISS)."""
+        return self.iss.widths if self.iss is not None else "recurrent"
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -322,13 +332,21 @@ def _with_split(recipe: Recipe, base: Path, source: str, lines: dict) -> Recipe:
     return recipe.model_copy(update={"data": data.model_copy(update={**split, "split": None})})
 
 
-def check_layer_names(recipe: Recipe, set_sizes: Mapping[str, int], source: str) -> None:
-    """Per-layer multipliers and targets must name group sets the model has; targets must shrink them."""
+def check_layer_names(recipe: Recipe, sets: Sequence[GroupSet], source: str) -> None:
+    """Per-layer multipliers and targets must name group sets the model has, which ``iss.widths`` lets ISS act on;
+    targets must shrink them."""
     if recipe.iss is None:
         return
     source = f" {source}" if source else ""
+    set_sizes = {gs.name: gs.size for gs in chosen_sets(sets, recipe.iss.widths)}
+    left_alone = {gs.name for gs in sets} - set_sizes.keys()
     for field_name in ("layer_multipliers", "target_widths"):
-        unknown = [name for name in getattr(recipe.iss, field_name) if name not in set_sizes]
+        named = getattr(recipe.iss, field_name)
+        if left_alone & named.keys():
+            raise RecipeError(f"recipe{source}: iss.{field_name} names {', '.join(sorted(left_alone & named.keys()))}, "
+                              f"a width that is not a recurrent layer's, but iss.widths is "
+                              f"{recipe.iss.widths!r}.", "Add `widths: all` to the iss section to shrink every width.")
+        unknown = [name for name in named if name not in set_sizes]
         if unknown:
             close = {n: difflib.get_close_matches(n, list(set_sizes), n=1) for n in unknown}
             hints = "; ".join(f"'{n}'" + (f" (did you mean '{c[0]}'?)" if c else "") for n, c in close.items())

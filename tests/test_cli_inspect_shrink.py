@@ -74,7 +74,7 @@ def test_shrink_removes_dead_units_and_records_provenance(tmp_path) -> None:
     assert small.spec.widths == [4, 5]
     assert small.metadata.kept["layer0"] == [1, 2, 4, 5]
     assert small.metadata.source["sha256"] == isscompress.load_checkpoint(source).sha256
-    assert small.metadata.widths_before == {"layer0": 6, "layer1": 6}
+    assert small.metadata.widths_before == {"layer0": 6, "layer1": 6, "embedding": 6}
     dense = isscompress.load(source)
     tokens = torch.randint(0, 23, (7, 3))
     with torch.no_grad():
@@ -187,7 +187,7 @@ def test_real_ptb_model_inspects_and_shrinks(tmp_path) -> None:
     result = run("shrink", sparse, "-o", out, "-t", "0", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["widths_after"] == {"layer0": 150, "layer1": 200}
+    assert report["widths_after"] == {"layer0": 150, "layer1": 200, "embedding": 200}
     assert out.stat().st_size < path.stat().st_size
     # checked here: pytorch/examples' own RNNModel holding the masked weights computes what the shrunk file does
     from safetensors.torch import load_file

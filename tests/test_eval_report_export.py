@@ -115,7 +115,7 @@ def test_report_of_one_unshrunk_model_shows_what_a_threshold_removes(pair) -> No
     result = run("report", sparse, "--data", text, "--json")
     data = json.loads(result.stdout)
     assert data["shrunk"] is None and data["speed"] == []
-    assert {n["name"]: n["under"]["1e-4"] for n in data["group_norms"]} == {"layer0": 3, "layer1": 3}
+    assert {n["name"]: n["under"]["1e-4"] for n in data["group_norms"]} == {"layer0": 3, "layer1": 3, "embedding": 0}
 
 
 def test_no_color_is_respected(pair) -> None:

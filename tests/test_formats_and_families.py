@@ -133,6 +133,8 @@ def test_expected_group_set_of_a_two_layer_word_language_model(tmp_path) -> None
             Member("layers.1.bias_ih_l0", 0, gates), Member("layers.1.bias_hh_l0", 0, gates),
             Member("layers.1.weight_hh_l0", 1, (0,)), Member("decoder.weight", 1, (0,)),
         ), same_width_as="layer1", label="layer 1"),
+        GroupSet("embedding", 6, (Member("encoder.weight", 1, (0,)), Member("layers.0.weight_ih_l0", 1, (0,))),
+                 same_width_as="embedding", label="the embedding", kind="feature"),
     )
 
 

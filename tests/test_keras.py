@@ -56,7 +56,8 @@ def test_what_pytorch_cannot_compute_is_refused_by_name(name, words):
 
 def test_a_keras_model_shrinks_from_the_command_line(tmp_path):
     out = tmp_path / "small.safetensors"
-    result = CliRunner().invoke(app, ["shrink", str(FIXTURES / "k2_lstm_lm.h5"), "-t", "4.0", "-o", str(out)])
+    result = CliRunner().invoke(app, ["shrink", str(FIXTURES / "k2_lstm_lm.h5"), "-t", "4.0", "--widths", "recurrent",
+                                          "-o", str(out)])
     assert result.exit_code == 0, result.output
     small = isscompress.load_checkpoint(out)
     assert [layer.hidden_size for layer in small.spec.layers] < [6, 5]

@@ -8,7 +8,7 @@ import torch
 
 from isscompress.architectures.stack import LayerSpec, ModelSpec, group_sets
 from isscompress.architectures.stack_module import RecurrentModel
-from isscompress.core.groups import unit_squared_norms
+from isscompress.core.groups import chosen_sets, unit_squared_norms
 from isscompress.core.regularizer import (
     add_subgradient,
     group_norms,
@@ -93,7 +93,7 @@ def test_frozen_units_stay_zero_and_small_weights_are_zeroed() -> None:
 def test_reweighted_lambdas_favour_strong_groups_and_feed_the_proximal_step() -> None:
     spec = SPECS[0]
     state = {k: v.detach().clone() for k, v in _state(spec).items()}
-    sets = group_sets(spec)
+    sets = chosen_sets(group_sets(spec), "recurrent")  # the layers' sets (an untied LM's embedding is one more)
     proximal_step(state, sets, {"layer0": 0.0, "layer1": 0.0}, 1.0,
                   frozen={"layer0": torch.tensor([False, True, False, False]), "layer1": torch.zeros(5).bool()})
     norms = group_norms(state, sets)

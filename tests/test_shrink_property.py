@@ -61,6 +61,9 @@ def _random_kept(draw, spec: ModelSpec) -> dict[str, torch.Tensor]:
             if layer.proj_size:
                 perm = draw(st.permutations(range(layer.proj_size)))
                 kept[f"{name}.proj"] = torch.tensor(sorted(perm[:proj_keep]))
+    if spec.is_language_model and not spec.tied:  # the embedding's dimensions are one more set
+        width = spec.layers[0].input_size
+        kept["embedding"] = torch.tensor(sorted(draw(st.permutations(range(width)))[:draw(st.integers(1, width))]))
     return kept
 
 

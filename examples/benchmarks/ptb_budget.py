@@ -127,9 +127,9 @@ def main() -> None:
     def one_shot(budget: float, alpha: float | None, name: str, widths: list[int]):
         def build() -> dict:
             norms = isscompress.all_unit_norms(original.state, original.group_sets)
-            targets = {f"layer{i}": w for i, w in enumerate(widths)}
+            targets = {f"layer{i}": w for i, w in enumerate(widths)}  # the recurrent widths ISS reached
             kept = {gs.name: torch.sort(torch.topk(norms[gs.name], targets[gs.width_key]).indices).values
-                    for gs in original.group_sets}
+                    for gs in original.group_sets if gs.width_key in targets}
             masked = dataclasses.replace(original, state=isscompress.mask_state_dict(original.state,
                                                                                       original.group_sets, kept))
             shrunk = args.output / f"{slug(name)}-shrunk.safetensors"

@@ -25,6 +25,7 @@ from ..errors import IsscompressError, ShapeError
 from ..measure.kernels import rnn_kernel
 
 SUFFIXES = ("", "_reverse")
+EMBEDDING = "embedding"  # the group set of an untied language model's embedding dimensions
 LAYER_KEY = re.compile(rf"^layers\.(\d+)\.({'|'.join(PARAM_NAMES)})_l0(_reverse)?$")
 
 
@@ -236,7 +237,9 @@ def group_sets(spec: ModelSpec) -> tuple[GroupSet, ...]:
     Unit k of a layer owns row k of every gate block it produces, the columns that read it back (the
     recurrent ones, or, with a projection, the projection's) and the columns of whatever consumes the
     layer's output. Both directions of a layer keep one width (PyTorch's bidirectional layers force
-    it), and a projection keeps fewer units than its cells (``proj_size < hidden_size``).
+    it), and a projection keeps fewer units than its cells (``proj_size < hidden_size``). An untied language model's
+    embedding dimensions are one more set (a ``feature`` set): dimension d is column d of the embedding and of the
+    first layer's input weights.
     """
     sets: list[GroupSet] = []
     cell = spec.cell_kind
@@ -257,6 +260,11 @@ def group_sets(spec: ModelSpec) -> tuple[GroupSet, ...]:
             else:
                 sets.append(GroupSet(name, layer.hidden_size, own("gates", "recurrent", gate_starts) + consumers,
                                      cells, "", label))
+    if spec.is_language_model and not spec.tied:  # tied, the embedding's columns are the last layer's units
+        inputs = [p.name for p in cell.params if p.cols == "input"]
+        readers = tuple(Member(layer_key(0, name, d), 1, (0,)) for d in range(spec.directions) for name in inputs)
+        sets.append(GroupSet(EMBEDDING, spec.layers[0].input_size, (Member("encoder.weight", 1, (0,)),) + readers,
+                             EMBEDDING, "", "the embedding", kind="feature"))
     return tuple(sets)
 
 
@@ -288,7 +296,8 @@ def shrunk_spec(spec: ModelSpec, kept_counts: Mapping[str, int]) -> ModelSpec:
     for index, layer in enumerate(spec.layers):
         hidden = kept_counts[set_name(index)]
         proj = kept_counts[set_name(index, 0, "proj")] if layer.proj_size else 0
-        input_size = layer.input_size if index == 0 else spec.directions * (layers[-1].out_size)
+        input_size = kept_counts.get(EMBEDDING, layer.input_size) if index == 0 else \
+            spec.directions * layers[-1].out_size
         layers.append(LayerSpec(input_size, hidden, proj, layer.depth))
     if spec.tied:
         embedding = spec.directions * layers[-1].out_size

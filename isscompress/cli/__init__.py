@@ -109,6 +109,8 @@ def shrink(
     family: Optional[str] = FamilyOption,
     arch: Optional[str] = ArchOption,
     groups: Optional[Path] = GroupsOption,
+    widths: str = typer.Option("all", "--widths", help="Which widths may narrow: 'all' (recurrent layers, embedding "
+                               "dimensions, MLP units) or 'recurrent' (the recurrent layers only)."),
     force: bool = typer.Option(False, "--force", help="Overwrite OUTPUT if it exists."),
     as_json: bool = JsonOption,
     threads: Optional[int] = ThreadsOption,
@@ -117,7 +119,8 @@ def shrink(
     from ..verbs.shrink import shrink as shrink_checkpoint
 
     with _user_errors(threads, compute=True):
-        result = shrink_checkpoint(checkpoint, output, threshold, family=family, force=force, arch=arch, groups=groups)
+        result = shrink_checkpoint(checkpoint, output, threshold, family=family, force=force, arch=arch, groups=groups,
+                                   widths=widths)
     if as_json:
         _print_json(result.to_dict())
     else:

@@ -8,7 +8,7 @@ all read this description, so they cannot disagree about which weights belong to
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -30,7 +30,8 @@ class GroupSet:
     The set also declares the rules its kept width must obey, so that thresholding needs to know
     nothing about layers or directions: every set with the same ``same_width_as`` key keeps one
     width (both directions of a PyTorch RNN layer), and a set with ``narrower_than`` keeps fewer
-    units than the sets of that key (``proj_size < hidden_size``).
+    units than the sets of that key (``proj_size < hidden_size``). ``kind`` says whether the units are a recurrent
+    layer's or other features (embedding dimensions, MLP hidden units), which ``iss.widths`` chooses between.
     """
 
     name: str
@@ -39,6 +40,7 @@ class GroupSet:
     same_width_as: str = ""  # key shared by the sets that must keep equal widths ("" = only itself)
     narrower_than: str = ""  # key of the sets that must stay wider than this one ("" = no rule)
     label: str = ""  # what an error calls it, e.g. "layer 0 (its projection)"
+    kind: str = "recurrent"  # "recurrent" (a layer's units) or "feature" (an embedding dimension, a Linear's outputs)
 
     @property
     def width_key(self) -> str:
@@ -74,6 +76,14 @@ class GroupSet:
             for rs in r.starts
             for cs in c.starts
         ]
+
+
+WIDTHS = ("all", "recurrent")  # which sets ISS and shrink act on: every width, or the recurrent layers' only
+
+
+def chosen_sets(sets: Sequence[GroupSet], groups: str) -> tuple[GroupSet, ...]:
+    """The sets ISS acts on: ``"all"`` of them, or only the recurrent layers' (``"recurrent"``, the paper's ISS)."""
+    return tuple(gs for gs in sets if groups == "all" or gs.kind == "recurrent")
 
 
 def member_slice(tensor: Tensor, member: Member, start: int, size: int) -> Tensor:

@@ -32,9 +32,12 @@ def _positions(member: Member, units: Tensor) -> Tensor:
 def dropped_positions(
     group_sets: tuple[GroupSet, ...], kept: Mapping[str, Tensor]
 ) -> dict[tuple[str, int], Tensor]:
-    """Per (tensor key, axis): every position that belongs to a dropped unit of any set."""
+    """Per (tensor key, axis): every position that belongs to a dropped unit of any set (a set ``kept`` does not
+    name keeps all its units: the embedding set of a model shrunk before it had one)."""
     gathered: dict[tuple[str, int], list[Tensor]] = defaultdict(list)
     for group_set in group_sets:
+        if group_set.name not in kept:
+            continue
         dropped = dropped_units(group_set, kept[group_set.name])
         for member in group_set.members:
             gathered[(member.key, member.axis)].append(_positions(member, dropped))

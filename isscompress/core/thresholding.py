@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ShrinkError
-from .groups import GroupSet
+from .groups import GroupSet, chosen_sets
 
 
 def _refuse_empty(name: str, norms: list[Tensor], threshold: float) -> None:
@@ -59,10 +59,18 @@ def legal_widths(counts: Mapping[str, int], group_sets: tuple[GroupSet, ...]) ->
 
 
 def select_kept(
-    norms: Mapping[str, Tensor], group_sets: tuple[GroupSet, ...], threshold: float
+    norms: Mapping[str, Tensor], group_sets: tuple[GroupSet, ...], threshold: float, widths: str = "all"
 ) -> dict[str, Tensor]:
     """Sorted indices of the units to keep in each group set (norm > threshold, made legal by the
-    width rules each set declares, the strongest dead units topped up)."""
+    width rules each set declares, the strongest dead units topped up). ``widths="recurrent"`` keeps every unit of
+    the other sets (embedding dimensions, MLP units), whatever their norms."""
+    chosen = chosen_sets(group_sets, widths)
+    kept = _select_kept(norms, chosen, threshold)
+    return {gs.name: kept[gs.name] if gs.name in kept else torch.arange(gs.size) for gs in group_sets}
+
+
+def _select_kept(norms: Mapping[str, Tensor], group_sets: tuple[GroupSet, ...], threshold: float
+                 ) -> dict[str, Tensor]:
     alive = {gs.name: norms[gs.name] > threshold for gs in group_sets}
     counts = {name: int(mask.sum()) for name, mask in alive.items()}
     for gs in group_sets:  # every set of a width key dead: the layer would have no units at all
@@ -78,13 +86,16 @@ def select_kept(
             for gs in group_sets}
 
 
-def kept_widths(norms: Mapping[str, Tensor], group_sets: tuple[GroupSet, ...], threshold: float) -> dict[str, int]:
+def kept_widths(norms: Mapping[str, Tensor], group_sets: tuple[GroupSet, ...], threshold: float,
+                widths: str = "all") -> dict[str, int]:
     """Units per set a shrink at ``threshold`` would keep (the width rules applied); a set whose every unit is
     dead, which shrink refuses, counts 0. For progress and results during training."""
     try:
-        return kept_counts(select_kept(norms, group_sets, threshold))
+        return kept_counts(select_kept(norms, group_sets, threshold, widths))
     except ShrinkError:
-        return {gs.name: int((norms[gs.name] > threshold).sum()) for gs in group_sets}
+        chosen = {gs.name for gs in chosen_sets(group_sets, widths)}
+        return {gs.name: int((norms[gs.name] > threshold).sum()) if gs.name in chosen else gs.size
+                for gs in group_sets}
 
 
 def kept_counts(kept: Mapping[str, Tensor]) -> dict[str, int]:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import Tensor
 
-from ..core.groups import GroupSet
+from ..core.groups import GroupSet, chosen_sets
 from ..core.surgery import mask_state_dict
 from ..core.thresholding import widest_per_key
 from ..core.regularizer import (
@@ -104,11 +104,11 @@ class GroupLassoHook(Hook):
 
     def __init__(self, sets: tuple[GroupSet, ...], iss: IssSection, alive_threshold: float = 0.0,
                  budget: "tuple[Cost, float] | None" = None) -> None:
-        self.sets, self.iss = sets, iss
+        self.sets, self.iss = chosen_sets(sets, iss.widths), iss
         self.budget = budget  # (cost of alive units per set, its limit): iss.target
         self.alive_threshold = alive_threshold  # a unit whose group norm is at most this counts as removed
-        self.lambdas = lambdas_for(sets, iss.lambda_, iss.layer_multipliers)
-        self.keys = regularized_keys(sets)
+        self.lambdas = lambdas_for(self.sets, iss.lambda_, iss.layer_multipliers)
+        self.keys = regularized_keys(self.sets)
         self.current: Lambdas | None = None  # the per-group lambdas of the last step
         self.dead: dict[str, Tensor] | None = None  # proximal + freeze_dead: units already at exactly zero
         self.norms: dict[str, Tensor] | None = None  # the norms of the last step, for logging
@@ -252,6 +252,11 @@ def one_shot_removal(norms: dict[str, Tensor], sets: tuple[GroupSet, ...], iss: 
     the widest count of its family can lose one), so no unit is removed that a shrink would keep as zeros."""
     alive = {name: norm > alive_threshold for name, norm in norms.items()}
     now = {name: int(mask.sum()) for name, mask in alive.items()}
+    # Norms of one kind of set (a layer's units) compare across sets; an embedding column and a gate row do not, so
+    # with both kinds each set's norms count relative to its own median (its weakest units go first either way).
+    mixed = len({gs.kind for gs in sets}) > 1
+    scale = {gs.name: float(norms[gs.name][alive[gs.name]].median()) if mixed and bool(alive[gs.name].any()) else 1.0
+             for gs in sets}
 
     def wanted() -> bool:
         over_width = any(now[name] > width for name, width in iss.target_widths.items())
@@ -264,7 +269,7 @@ def one_shot_removal(norms: dict[str, Tensor], sets: tuple[GroupSet, ...], iss: 
             norm, floor = norms[gs.name], iss.target_widths.get(gs.name, 0 if iss.target is not None else gs.size)
             if now[gs.name] > max(1, floor) and now[gs.name] == widest[gs.width_key]:
                 index = int(torch.where(alive[gs.name], norm, torch.inf).argmin())
-                candidates.append((float(norm[index]), gs.name, index))
+                candidates.append((float(norm[index]) / (scale[gs.name] or 1.0), gs.name, index))
         if not candidates:
             break
         _, name, index = min(candidates)

@@ -174,7 +174,7 @@ def finetune(
         check_training_outputs(output, force, source_files(source))
     checkpoint = as_checkpoint(source, recipe.model.family if arch is None else None, arch, groups)
     if stage == "finetune":  # the ISS section applies to this stage only (recovery runs on the shrunk model)
-        check_layer_names(recipe, {gs.name: gs.size for gs in checkpoint.group_sets}, "")
+        check_layer_names(recipe, checkpoint.group_sets, "")
     if not language_model_facts(checkpoint.spec) and hasattr(checkpoint.spec, "batches"):
         from .finetune_user import finetune_traced  # it builds on this module's training files
 
@@ -183,7 +183,8 @@ def finetune(
     else:
         result = _finetune_language_model(checkpoint, recipe, output, stage, resume, on_event, teacher)
     sets = result.checkpoint.group_sets
-    result.widths = kept_widths(all_unit_norms(result.checkpoint.state, sets), sets, recipe.shrink.threshold)
+    result.widths = kept_widths(all_unit_norms(result.checkpoint.state, sets), sets, recipe.shrink.threshold,
+                                recipe.widths)
     return result
 
 

@@ -145,7 +145,7 @@ def _run(source, recipe: Recipe, folder: Path, resumed: RunLedger | None, speed_
     current = _stage(ledger, "finetune", finetuned, lambda resume: finetune(
         original, recipe, finetuned, stage="finetune", force=True, resume=resume, on_event=on_event).checkpoint)
     on_stage("shrink")
-    shrunk_result = shrink(current, shrunk, recipe.shrink.threshold, force=True)  # cheap and exact: always redone
+    shrunk_result = shrink(current, shrunk, recipe.shrink.threshold, force=True, widths=recipe.widths)  # cheap: redone
     current = shrunk_result.checkpoint
     if recipe.recover is not None:
         on_stage("recover")

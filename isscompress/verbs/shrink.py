@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..core.exactness import check_shrunk
-from ..core.groups import all_unit_norms
+from ..core.groups import WIDTHS, all_unit_norms
 from ..core.surgery import shrink_state_dict
 from ..core.thresholding import kept_counts, select_kept
 from ..errors import ShrinkError
@@ -77,22 +77,29 @@ def _check_threshold(threshold: float) -> None:
         raise ShrinkError(f"The threshold must be 0 or more, not {threshold}.", "Pass a non-negative --threshold.")
 
 
+def _check_widths(widths: str) -> str:
+    if widths not in WIDTHS:
+        raise ShrinkError(f"Unknown widths choice {widths!r}.", f"Use one of: {', '.join(WIDTHS)}.")
+    return widths
+
+
 def shrink_checkpoint(
     checkpoint: Checkpoint,
     threshold: float = 0.0,
     *,
     in_place: bool = False,
     source_sha256: Callable[[], str | None] | None = None,
+    widths: str = "all",
 ) -> ShrinkResult:
     """The smaller, checked checkpoint in memory.
 
-    ``in_place`` lets the check mask ``checkpoint``'s tensors in place (for a caller that is done
+    ``widths="recurrent"`` narrows only the recurrent layers (every embedding dimension and MLP unit kept). ``in_place`` lets the check mask ``checkpoint``'s tensors in place (for a caller that is done
     with them), so memory stays near one model. ``source_sha256`` is asked for the source's hash
     only once the work is done (a caller may be computing it meanwhile)."""
     _check_threshold(threshold)
     sets = checkpoint.group_sets
     norms = all_unit_norms(checkpoint.state, sets)
-    kept = select_kept(norms, sets, threshold)
+    kept = select_kept(norms, sets, threshold, _check_widths(widths))
     widths_before, widths_after = {gs.name: gs.size for gs in sets}, kept_counts(kept)
     small_spec = checkpoint.spec.with_kept(kept)
     small_state = shrink_state_dict(checkpoint.state, sets, kept)
@@ -132,9 +139,12 @@ def shrink(
     force: bool = False,
     arch: str | None = None,
     groups: str | os.PathLike | None = None,
+    widths: str = "all",
 ) -> ShrinkResult:
     """Remove units with ISS group norm <= ``threshold``; with ``output``, write the smaller checkpoint. ``arch``
-    (FILE.py:FACTORY) or ``groups`` (a YAML groups file) open a checkpoint of a user's own model."""
+    (FILE.py:FACTORY) or ``groups`` (a YAML groups file) open a checkpoint of a user's own model. ``widths``:
+    ``"all"`` narrows every width that has groups, ``"recurrent"`` only the recurrent layers."""
+    _check_widths(widths)
     _check_threshold(threshold)
     in_memory = isinstance(source, Checkpoint)
     if output is not None:
@@ -148,7 +158,8 @@ def shrink(
             source_hash = pool.submit(sha256_file, Path(source))
             checkpoint = as_checkpoint(source, family, arch, groups)
         # A checkpoint loaded here is ours to mask in place; a caller's stays untouched.
-        result = shrink_checkpoint(checkpoint, threshold, in_place=not in_memory, source_sha256=source_hash.result)
+        result = shrink_checkpoint(checkpoint, threshold, in_place=not in_memory, source_sha256=source_hash.result,
+                                    widths=widths)
     if output is None:
         return result
     small = save_checkpoint(result.checkpoint, output)
