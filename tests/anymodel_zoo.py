@@ -138,6 +138,28 @@ class HighwayTagger(nn.Module):
         return self.tag(out)
 
 
+class MLPTagger(nn.Module):
+    """Every kind of width: an embedding, a Conv1d feature layer in front of the LSTM, an MLP head (Linear, ReLU,
+    dropout, Linear) behind it, and a Linear whose features a LayerNorm mixes (that width cannot go)."""
+
+    def __init__(self, vocab: int = 20, emb: int = 6, channels: int = 5, hidden: int = 4, mlp: int = 7,
+                 tags: int = 3) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, emb)
+        self.conv = nn.Conv1d(emb, channels, kernel_size=3, padding=1)
+        self.lstm = nn.LSTM(channels, hidden, batch_first=True)
+        self.fc1 = nn.Linear(hidden, mlp)
+        self.pre = nn.Linear(hidden, 3)
+        self.norm = nn.LayerNorm(3)
+        self.drop = nn.Dropout(0.1)
+        self.out = nn.Linear(mlp + 3, tags)
+
+    def forward(self, tokens):
+        x = torch.relu(self.conv(self.emb(tokens).transpose(1, 2))).transpose(1, 2)
+        h, _ = self.lstm(x)
+        return self.out(torch.cat([self.drop(torch.relu(self.fc1(h))), self.norm(self.pre(h))], dim=-1))
+
+
 def tokens(*shape: int, vocab: int = 20, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
 
@@ -158,6 +180,7 @@ def zoo() -> dict[str, tuple[nn.Module, tuple]]:
         "bidaf": (BiDAF(vocab=40, embed=8, hidden=5), (tokens(2, 12, vocab=40), tokens(2, 5, vocab=40, seed=1))),
         "pooled_attention": (PooledAttentionClassifier(), (tokens(3, 7),)),
         "highway_tagger": (HighwayTagger(), (tokens(6, 2),)),
+        "mlp_tagger": (MLPTagger(), (tokens(3, 6),)),
     }
 
 

@@ -70,7 +70,7 @@ def test_shrink_module_computes_what_the_masked_model_computes(name, seed, keep)
 
 def test_plans_find_the_readers_and_couplings_of_each_model():
     described = {name: isscompress.discover(*ZOO[name]) for name in ZOO}
-    names = {name: [gs.name for gs in plan.group_sets] for name, plan in described.items()}
+    names = {name: [gs.name for gs in plan.group_sets if gs.kind == "recurrent"] for name, plan in described.items()}
     assert names["seq2seq"] == ["encoder.l0+decoder.l0", "encoder.l1+decoder.l1"]  # (h, c) handed over
     assert names["bi_encoder_seq2seq"] == ["encoder.l0+decoder.l0[0:4]", "encoder.l0.reverse+decoder.l0[4:8]"]
     assert names["stacked_dropout"] == ["first.l0+second.l0"]  # a + b couples the two modules' units
@@ -93,6 +93,23 @@ def test_plans_find_the_readers_and_couplings_of_each_model():
     # G = [h; c2q; h*c2q; h*q2c]: the forward unit k is column k of each of the four blocks
     assert modeling_input.starts == tuple(block * 2 * hidden for block in range(4))
     assert "read by" in bidaf.describe()
+
+
+def test_every_width_whose_features_only_reach_weights_is_a_set_and_the_others_stay_whole():
+    """Embedding dimensions, a Conv1d's channels and an MLP's hidden units are sets; output classes (a classifier,
+    a vocabulary projection, a tag head), a Linear whose features a LayerNorm mixes, and a tied embedding are not."""
+    features = {name: [gs.name for gs in isscompress.discover(*ZOO[name]).group_sets if gs.kind == "feature"]
+                for name in ZOO}
+    assert features["mlp_tagger"] == ["emb", "conv", "fc1"]
+    assert features["seq2seq"] == ["src", "tgt"] and features["projected_classifier"] == []
+    assert features["attention_classifier"] == ["emb"]  # `score` meets a softmax over time: its one unit stays
+    mlp = {gs.name: gs for gs in isscompress.discover(*ZOO["mlp_tagger"]).group_sets}
+    assert {(m.key, m.axis) for m in mlp["fc1"].members} == {("fc1.weight", 0), ("fc1.bias", 0), ("out.weight", 1)}
+    assert {(m.key, m.axis) for m in mlp["emb"].members} == {("emb.weight", 1), ("conv.weight", 1)}
+    assert {(m.key, m.axis) for m in mlp["conv"].members} == {("conv.weight", 0), ("conv.bias", 0),
+                                                              ("lstm.weight_ih_l0", 1)}
+    assert isscompress.discover(*ZOO["mlp_tagger"], features=False).group_sets == tuple(
+        gs for gs in mlp.values() if gs.kind == "recurrent")
 
 
 def test_groups_file_round_trip_and_shrink(tmp_path):
@@ -208,7 +225,7 @@ def test_the_refusal_hint_is_a_path_that_works(tmp_path):
     isscompress.discover(Refused("plain"), (tokens(2, 5),)).save(groups)  # the same model without the LayerNorm
     refused = Refused("layer_norm")
     plan = isscompress.load_groups(groups, refused.state_dict())
-    assert [gs.name for gs in plan.group_sets] == ["lstm.l0"]
+    assert [gs.name for gs in plan.group_sets if gs.kind == "recurrent"] == ["lstm.l0"]
     assert {m.key for m in plan.group_sets[0].members} >= {"lstm.weight_ih_l0", "head.weight"}
 
 
@@ -238,7 +255,7 @@ def test_cells_stepped_by_the_models_own_loop_shrink_exactly():
     torch.manual_seed(0)
     model, inputs = SteppedDecoder(), (tokens(6, 3), torch.zeros(3, 4))
     plan = isscompress.discover(model, inputs)
-    assert sorted(gs.name for gs in plan.group_sets) == ["cell.l0", "gru.l0", "rnn.l0"]
+    assert sorted(gs.name for gs in plan.group_sets) == ["cell.l0", "emb", "gru.l0", "rnn.l0"]  # emb: both cells read it
     assert list(plan.input_labels) == [1]
     masked = zero_random_groups(model, plan, 2, 0.5)
     with torch.no_grad():  # the decoder's state carried from its own last call (streaming): zero at removed units
@@ -343,7 +360,7 @@ def test_group_lasso_step_matches_brute_force(method):
                       for masks in groups)
         penalty.backward()
         expected = {k: before[k] - lr * (weights[k].grad if weights[k].grad is not None else 0) for k in before}
-    reg = isscompress.GroupLasso(model, plan, lam=lam, method=method, zero_threshold=0.0)
+    reg = isscompress.GroupLasso(model, plan, lam=lam, method=method, zero_threshold=0.0, widths="all")
     assert reg.penalty() == pytest.approx(sum(
         lam * float(torch.sqrt(sum((before[k][m] ** 2).sum() for k, m in masks.items()))) for masks in groups))
     reg.step(lr)
@@ -357,7 +374,7 @@ def test_group_lasso_in_a_users_loop_reaches_target_widths_and_shrinks(optimizer
     alive, or the sets would shrink past their targets."""
     model, inputs = copy.deepcopy(ZOO["gru_tagger"][0]), ZOO["gru_tagger"][1]
     plan = isscompress.discover(model, inputs)
-    targets = {gs.name: 3 for gs in plan.group_sets}
+    targets = {gs.name: 3 for gs in plan.group_sets if gs.kind == "recurrent"}
     reg = isscompress.GroupLasso(model, plan, lam=lam, method="proximal", targets=targets)
     optimizer = optimizer_class(model.parameters(), lr=lr)
     tags = torch.randint(0, 4, (5, 3), generator=torch.Generator().manual_seed(0))
@@ -383,7 +400,7 @@ def test_label_free_finetune_holds_the_targets_while_adam_revives_dead_units():
     torch.manual_seed(0)
     model, inputs = ZOO["gru_tagger"][0].__class__(), ZOO["gru_tagger"][1]
     plan = isscompress.discover(model, inputs)
-    targets = {gs.name: 3 for gs in plan.group_sets}
+    targets = {gs.name: 3 for gs in plan.group_sets if gs.kind == "recurrent"}
     batches = [(tokens(5, 3, seed=s),) for s in range(8)]
     lasso = finetune_label_free(model, batches, plan, lam=10.0, targets=targets, epochs=4, lr=0.01)
     assert lasso.widths() == targets
@@ -404,7 +421,7 @@ def test_zeros_made_in_forward_are_not_hidden_features():
             return self.out(out[:, -1] * gate[0])
 
     plan = isscompress.discover(ZeroStart(), (tokens(2, 4),))
-    assert [gs.name for gs in plan.group_sets] == ["lstm.l0"]
+    assert [gs.name for gs in plan.group_sets] == ["lstm.l0", "emb"]
 
 
 def test_group_lasso_widths_are_what_shrink_keeps():
@@ -500,7 +517,7 @@ def test_a_state_passed_in_as_pytorch_examples_main_py_does_shrinks_with_its_lay
     assert sorted(plan.input_labels) == [1, 2]  # h0 and c0, the leaves after the tokens
     masked, dead = copy.deepcopy(model), (1, 4, 6)  # the same units of both layers: one kept list for every row
     with torch.no_grad():
-        for group_set in plan.group_sets:
+        for group_set in (gs for gs in plan.group_sets if gs.kind == "recurrent"):  # the layer's units only
             for member in group_set.members:
                 for start in member.starts:
                     for unit in dead:
@@ -557,7 +574,7 @@ def test_widths_stored_beside_the_layer_are_resized_only_when_the_check_needs_it
     masked, dead = copy.deepcopy(model), (0, 2, 5, 7)
     params = dict(masked.named_parameters())
     with torch.no_grad():
-        for group_set in plan.group_sets:
+        for group_set in (gs for gs in plan.group_sets if gs.kind == "recurrent"):  # the layer's units only
             for member in group_set.members:
                 for start in member.starts:
                     for unit in dead:
@@ -667,7 +684,7 @@ def test_group_lasso_one_shot_removes_the_weakest_units_at_once_and_keeps_them_r
     model, inputs = ZOO["gru_tagger"]
     model = copy.deepcopy(model)
     plan = isscompress.discover(model, inputs)
-    targets = {gs.name: 3 for gs in plan.group_sets}
+    targets = {gs.name: 3 for gs in plan.group_sets if gs.kind == "recurrent"}
     before = isscompress.GroupLasso(model, plan, lam=1.0).norms()  # measured before anything is removed
     reg = isscompress.GroupLasso(model, plan, lam=1.0, method="one-shot", targets=targets)
     assert reg.widths() == targets

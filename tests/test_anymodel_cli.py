@@ -49,7 +49,7 @@ def checkpoint_with_dead_units(tmp_path):
     torch.manual_seed(0)
     model, inputs = GRUTagger(), (tokens(5, 3),)
     plan = isscompress.discover(model, inputs)
-    kept = {gs.name: torch.arange(4) for gs in plan.group_sets}  # 4 of 6 units in every set
+    kept = {gs.name: torch.arange(4) for gs in plan.group_sets}  # 4 of 6 units in every set, 4 of emb's 5 dimensions
     state = isscompress.mask_state_dict(model.state_dict(), plan.group_sets, kept)
     save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "tagger.safetensors")
     model.load_state_dict(state)
@@ -64,7 +64,7 @@ def test_inspect_and_shrink_with_arch(tmp_path):
     assert result.exit_code == 0, result.output
     inspected = json.loads(result.stdout)
     assert [(s["name"], s["units"], s["units"] - s["zeros"]) for s in inspected["group_norms"]] == [
-        ("gru.l0", 6, 4), ("gru.l0.reverse", 6, 4), ("gru.l1", 6, 4), ("gru.l1.reverse", 6, 4)]
+        ("gru.l0", 6, 4), ("gru.l0.reverse", 6, 4), ("gru.l1", 6, 4), ("gru.l1.reverse", 6, 4), ("emb", 5, 4)]
     assert inspected["readers"]["gru.l1"] == ["tag"]
 
     out = tmp_path / "small.safetensors"
@@ -72,7 +72,7 @@ def test_inspect_and_shrink_with_arch(tmp_path):
     assert result.exit_code == 0, result.output
     assert "Checked: shrunk and masked models agree" in " ".join(result.stdout.split()) and out.exists()
     small = isscompress.resize_to(GRUTagger(), load_file(out))
-    assert small.gru.hidden_size == 4
+    assert small.gru.hidden_size == 4 and small.emb.embedding_dim == 4 and small.gru.input_size == 4
     torch.testing.assert_close(small(*inputs), masked(*inputs), rtol=1e-5, atol=1e-6)
 
     # without its code, the shrunk file says how to open it
@@ -267,7 +267,8 @@ def test_a_shrink_through_arch_records_lineage_source_hash_and_kept_units(tmp_pa
         record = json.loads(handle.metadata()["isscompress"])
     assert record["lineage"][-1]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert record["lineage"][-1]["from"] == "tagger.safetensors" and record["stage"] == "shrink"
-    assert record["kept"] == {name: [0, 1, 2, 3] for name in ("gru.l0", "gru.l0.reverse", "gru.l1", "gru.l1.reverse")}
+    assert record["kept"] == {name: [0, 1, 2, 3] for name in ("gru.l0", "gru.l0.reverse", "gru.l1", "gru.l1.reverse",
+                                                              "emb")}  # the embedding's dimensions are a width too
 
 
 def _user_setup(tmp_path, recipe_text: str):
@@ -335,7 +336,8 @@ def test_a_shrunk_user_model_recovers_towards_the_original_named_as_teacher(tmp_
     source, arch, recipe = _user_setup(tmp_path, LABEL_FREE + "recover: {epochs: 1, lr: 0.001, optimizer: adam}\n")
     small = tmp_path / "small.safetensors"  # units that were not zero removed: a different function
     norms = isscompress.inspect(source, arch=arch).norms
-    done = isscompress.shrink(source, small, max(n.quantiles["q50"] for n in norms), arch=arch)
+    done = isscompress.shrink(source, small, max(n.quantiles["q50"] for n in norms if n.name.startswith("gru")),
+                              arch=arch, widths="recurrent")
     assert done.changes_the_function and sum(done.widths_after.values()) < sum(done.widths_before.values())
     first_loss = {}
     for teacher in ("source", str(source)):
@@ -361,10 +363,11 @@ def test_one_shot_removes_the_weakest_units_at_the_start_and_keeps_them_removed(
     after = isscompress.all_unit_norms(opened.state, opened.group_sets)
     original = isscompress.all_unit_norms(as_checkpoint(source, arch=arch).state,
                                           opened.group_sets)
-    for name, norms in after.items():  # each set's three weakest at the start are exactly zero; the rest trained on
+    for name in targets:  # each set's three weakest at the start are exactly zero; the rest trained on
+        norms = after[name]
         weakest = set(original[name].argsort()[:3].tolist())
         assert {i for i in range(6) if norms[i] == 0} == weakest, name
-    assert done.widths == targets and len(before.norms) == 4
+    assert done.widths == {**targets, "emb": 5} and len(before.norms) == 5  # iss.widths: recurrent left emb whole
     # a one-shot recipe without a goal is refused by its line
     recipe.write_text("finetune: {epochs: 1}\niss: {method: one-shot}\n")
     result = runner.invoke(app, ["finetune", str(source), "--arch", arch, "-r", str(recipe), "-o",
@@ -457,7 +460,7 @@ def test_label_free_recovery_stage_runs_the_recover_schedule_without_iss(tmp_pat
                                on_event=lambda e: e["event"] == "epoch" and epochs.append(e))
     assert [e["lr"] for e in epochs] == [0.001, 0.001]  # the recover schedule, not finetune's 3 epochs at 0.01
     assert all("alive" not in e for e in epochs)  # no group Lasso hook in a recovery
-    assert done.widths == {name: 6 for name in ("gru.l0", "gru.l0.reverse", "gru.l1", "gru.l1.reverse")}
+    assert done.widths == {**{name: 6 for name in ("gru.l0", "gru.l0.reverse", "gru.l1", "gru.l1.reverse")}, "emb": 5}
 
 
 MAIN_PY_ARCH = '''

@@ -79,7 +79,9 @@ def test_languageidentifier_stand_in_from_its_kind_of_file_to_a_smaller_model(tm
     (tmp_path / "lid_arch.py").write_text(LID_FACTORY.format(folder=REAL / "languageidentifier"))
     report = _pipeline(tmp_path, source, f"{tmp_path / 'lid_arch.py'}:make")
     # one nn.LSTM: both layers and directions keep one width, cut in step to meet the budget
-    assert len(set(tuple(pair) for pair in report["widths"].values())) == 1
+    recurrent = {name: pair for name, pair in report["widths"].items() if name != "char_embeddings"}
+    assert len(set(tuple(pair) for pair in recurrent.values())) == 1
+    assert report["widths"]["char_embeddings"] == [6, 6]  # a width too, which iss.widths: recurrent leaves whole
     assert report["mac_ratio"] >= 2.0 and report["metrics"]["accuracy"][1] is not None
     # checked here: the shrunk file computes what the fine-tuned model (its removed units exactly zero) computes
     tuned = CharBiLSTMClassifier(12, 6, 8, 2, 3)
@@ -135,7 +137,7 @@ def test_textgenrnn_stand_in_from_a_weights_only_cudnn_file_to_a_smaller_model(t
     with torch.no_grad():  # the weights-only file, read back, is the model that wrote it
         torch.testing.assert_close(read(chars), shipped(chars), rtol=1e-6, atol=1e-6)
     report = _pipeline(tmp_path, source, arch)
-    assert report["mac_ratio"] >= 2.0 and set(report["widths"]) == {"rnn_1.l0", "rnn_2.l0"}
+    assert report["mac_ratio"] >= 2.0 and set(report["widths"]) == {"rnn_1.l0", "rnn_2.l0", "embedding"}
 
 
 G2P_FACTORY = '''
@@ -168,7 +170,7 @@ def test_g2p_stand_in_from_a_flat_npz_to_a_smaller_model(tmp_path):
     with torch.no_grad():  # the flat names mapped by CHECKPOINT_KEYS: the model that wrote the file
         torch.testing.assert_close(read.model()(letters, lengths), shipped(letters, lengths))
     # the encoder's last state starts the decoder: their units are one group set
-    assert [gs.name for gs in read.group_sets] == ["encoder.l0+decoder.l0"]
+    assert [gs.name for gs in read.group_sets] == ["encoder.l0+decoder.l0", "enc_emb", "dec_emb"]
     report = _pipeline(tmp_path, source, arch)
     assert report["mac_ratio"] >= 2.0 and report["widths"]["encoder.l0+decoder.l0"][1] < 6
 

@@ -232,7 +232,7 @@ def main() -> None:
     # --- ISS with the any-model API, in this script's own loop ---
     _, passage, question, _, _ = next(batches(eval_set, vocab, 16, shuffle=False))
     example = (passage.to(args.device), question.to(args.device))
-    plan = isscompress.discover(model, example)
+    plan = isscompress.discover(model, example, features=False)  # the paper's BiDAF ISS: the recurrent layers' units
     print(plan.describe(), flush=True)
     plan.save(args.out / "groups.yaml")
     if args.control:

@@ -23,6 +23,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import IsscompressError
 from .labels import (
+    FEATURE_MODULES,
     HINT,
     RECURRENT,
     UNLABELED,
@@ -30,6 +31,8 @@ from .labels import (
     Position,
     TraceError,
     UnitRange,
+    feature_axis,
+    feature_width,
     is_cell,
     recurrent_shape,
     weight_name,
@@ -133,6 +136,24 @@ class _Tracer(Tracer):
         finally:
             self.busy = False
 
+    # ----- other widths ----------------------------------------------------------------------
+    def after_feature(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """The output features of an embedding, Linear or Conv1d that is tried as a width: its own units."""
+        if self.inside_recurrent or not isinstance(output, Tensor) or not output.is_floating_point():
+            return
+        path = self.names.get(id(module), "?")
+        mine = [r for r in self.flow.ranges if r.module == path]
+        if not mine:
+            mine = [UnitRange(path, 0, 0, "feature", feature_width(module), self.next_unit)]
+            self.flow.ranges.extend(mine)
+            self.flow.modules[path] = module
+            self.next_unit += mine[0].size
+        units = torch.arange(mine[0].first, mine[0].first + mine[0].size)
+        axis = feature_axis(module, output)
+        shape = [1] * output.dim()
+        shape[axis] = -1
+        self.set_label(output, units.reshape(shape).expand(output.shape).contiguous())
+
     # ----- module names for messages ---------------------------------------------------------
     def enter(self, module: nn.Module, args: Any) -> None:
         if not isinstance(module, RECURRENT):
@@ -154,32 +175,52 @@ def _state_labels(ranges: list[UnitRange], directions: int, state: Tensor, cell:
     return per_row.reshape(shape).expand(state.shape).contiguous()
 
 
-def _hooks(tracer: _Tracer, model: nn.Module) -> Iterator[Any]:
+def _hooks(tracer: _Tracer, model: nn.Module, features: tuple[str, ...]) -> Iterator[Any]:
     yield nn.modules.module.register_module_forward_pre_hook(tracer.enter)
     yield nn.modules.module.register_module_forward_hook(tracer.leave)
     for module in model.modules():
         if isinstance(module, RECURRENT):
             yield module.register_forward_pre_hook(tracer.before_recurrent, with_kwargs=True)
             yield module.register_forward_hook(tracer.after_recurrent, with_kwargs=True)
+    for path in features:
+        yield model.get_submodule(path).register_forward_hook(tracer.after_feature)
 
 
-def follow(model: nn.Module, example_inputs: tuple) -> Flow:
+def feature_candidates(model: nn.Module) -> list[str]:
+    """The embeddings, Linears and Conv1ds whose output width could be a group set: not inside a recurrent module,
+    not grouped convolutions, and not an embedding that shares its weight (a tied decoder's columns are the last
+    layer's units already)."""
+    seen: set[int] = set()
+    shared: set[int] = set()
+    for _, p in model.named_parameters(remove_duplicate=False):
+        (shared if id(p) in seen else seen).add(id(p))
+    inside = {name for path, m in model.named_modules() if isinstance(m, RECURRENT)
+              for name, _ in m.named_modules(prefix=path) if name != path}
+    return [path for path, m in model.named_modules()
+            if type(m) in FEATURE_MODULES and path and path not in inside
+            and getattr(m, "groups", 1) == 1 and id(m.weight) not in shared]
+
+
+
+def follow(model: nn.Module, example_inputs: tuple, features: tuple[str, ...] = ()) -> Flow:
     """Run ``model(*example_inputs)`` (in eval mode, without gradients) and return what it found. A weight shared by
     an embedding and a reader of units (a tied decoder) takes a second run, in which the embedding's features carry
-    the units of its columns.
+    the units of its columns. ``features``: the paths of embeddings, Linears and Conv1ds whose output features are
+    units too (:func:`feature_candidates`).
 
     The labels live on the CPU, so a model on an accelerator is followed as a CPU copy (names and shapes, which
     are all a plan keeps, are the same)."""
     if any(p.device.type != "cpu" for p in model.parameters()):
         model = copy.deepcopy(model).cpu()
         example_inputs = tree_map(lambda v: v.cpu() if isinstance(v, Tensor) else v, example_inputs)
-    flow = _follow_once(model, example_inputs, {})
+    flow = _follow_once(model, example_inputs, {}, features)
     if flow.tied_columns:
-        flow = _follow_once(model, example_inputs, flow.tied_columns)
+        flow = _follow_once(model, example_inputs, flow.tied_columns, features)
     return flow
 
 
-def _follow_once(model: nn.Module, example_inputs: tuple, tied_columns: dict[int, Tensor]) -> Flow:
+def _follow_once(model: nn.Module, example_inputs: tuple, tied_columns: dict[int, Tensor],
+                 features: tuple[str, ...]) -> Flow:
     tracer = _Tracer(model)
     tracer.tied_columns = tied_columns
     tracer.input_leaves = {id(leaf): index for index, leaf in enumerate(tree_flatten(example_inputs)[0])
@@ -188,7 +229,7 @@ def _follow_once(model: nn.Module, example_inputs: tuple, tied_columns: dict[int
     was_training = model.training
     model.eval()
     try:
-        handles = list(_hooks(tracer, model))
+        handles = list(_hooks(tracer, model, features))
         with torch.no_grad(), tracer:
             output = model(*example_inputs)
         tracer.flow.output_labels = _labels_like(tracer, output)

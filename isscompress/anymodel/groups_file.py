@@ -40,6 +40,7 @@ class SetEntry(_Entry):
     members: list[MemberEntry] = Field(min_length=1)
     same_width_as: Optional[str] = None
     narrower_than: Optional[str] = None
+    kind: Literal["recurrent", "feature"] = "recurrent"  # feature: an embedding dimension, a Linear's output unit
 
 
 class GroupsFile(_Entry):
@@ -99,7 +100,7 @@ def parse_groups(text: str, where: str) -> tuple[GroupSet, ...]:
         raise GroupsFileError(f"{where}: " + " ".join(problems[:4]), HINT) from None
     _check_distinct(data.sets, where, lines)
     return tuple(GroupSet(s.name, s.size, tuple(Member(m.key, m.axis, tuple(m.starts)) for m in s.members),
-                          s.same_width_as or "", s.narrower_than or "", label=s.name) for s in data.sets)
+                          s.same_width_as or "", s.narrower_than or "", label=s.name, kind=s.kind) for s in data.sets)
 
 
 def read_groups_text(path: Path) -> str:

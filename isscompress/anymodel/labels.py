@@ -65,13 +65,28 @@ eq __eq__ ne __ne__ lt __lt__ le __le__ gt __gt__ ge __ge__ isnan isinf isfinite
 """.split())
 FILLS = frozenset("masked_fill masked_fill_ __setitem__".split())  # constants written into features
 RECURRENT = RECURRENT_MODULES  # PyTorch's layers and cells (stepped by the model's loop), the cell table's own
+# Modules whose output features are a width too (an embedding dimension, a Linear's or Conv1d's output unit): each
+# is tried as a set of its own, kept where its features reach only weights through exact operations
+FEATURE_MODULES = (nn.Embedding, nn.Linear, nn.Conv1d)
+
+
+def feature_axis(module: nn.Module, output: Tensor) -> int:
+    """The axis of ``output`` that holds the module's output features: channels of a Conv1d, else the last."""
+    return -2 if isinstance(module, nn.Conv1d) else -1
+
+
+def feature_width(module: nn.Module) -> int:
+    if isinstance(module, nn.Embedding):
+        return module.embedding_dim
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
 
 
 @dataclass(frozen=True)
 class UnitRange:
     """The units of one direction of one layer of a recurrent module: global ids ``first .. first+size-1``.
 
-    ``kind`` is ``hidden`` (the cells) or ``proj`` (an LSTM's projected outputs, ``proj_size``)."""
+    ``kind`` is ``hidden`` (the cells), ``proj`` (an LSTM's projected outputs, ``proj_size``) or ``feature`` (the
+    output features of an nn.Embedding, nn.Linear or nn.Conv1d: embedding dimensions, MLP hidden units)."""
 
     module: str
     layer: int
@@ -82,6 +97,8 @@ class UnitRange:
 
     @property
     def name(self) -> str:
+        if self.kind == "feature":
+            return self.module
         where = f"{self.module}.l{self.layer}" if self.module else f"l{self.layer}"
         return where + (".reverse" if self.direction else "") + (".proj" if self.kind == "proj" else "")
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from pydantic import ValidationError
 
+from ..core.groups import chosen_sets
 from ..core.regularizer import group_norms, penalty
 from ..core.thresholding import kept_widths
 from ..recipe import IssSection
@@ -32,20 +33,25 @@ class GroupLasso:
     penalty's gradient goes through your optimizer (and clipping); otherwise :meth:`step` applies it as a
     plain gradient step. ``method="one-shot"``: no penalty; the weakest units are zeroed here, down to
     ``targets``, and :meth:`step` keeps them at zero while your loop recovers the rest. ``targets``: per set name,
-    stop shrinking at this many alive units.
+    stop shrinking at this many alive units. ``widths="all"``: also the plan's other widths (embedding dimensions,
+    MLP units), not only its recurrent layers.
     """
 
     def __init__(self, model: nn.Module, plan: Plan, lam: float, method: str = "proximal", *,
                  targets: Mapping[str, int] | None = None, multipliers: Mapping[str, float] | None = None,
-                 reweight: float = 0.0, freeze_dead: bool = True, zero_threshold: float = 1e-4) -> None:
-        names = {gs.name for gs in plan.group_sets}
+                 reweight: float = 0.0, freeze_dead: bool = True, zero_threshold: float = 1e-4,
+                 widths: str = "recurrent") -> None:
+        names = {gs.name for gs in chosen_sets(plan.group_sets, widths)}
         unknown = sorted((set(targets or {}) | set(multipliers or {})) - names)
         if unknown:
-            raise ValueError(f"GroupLasso: no group set named {', '.join(unknown)}; the plan has {', '.join(sorted(names))}")
+            others = {gs.name for gs in plan.group_sets} - names
+            hint = " (pass widths='all' for the widths that are not recurrent layers')" if set(unknown) & others else ""
+            raise ValueError(f"GroupLasso: no group set named {', '.join(unknown)}; the plan has "
+                             f"{', '.join(sorted(names))}{hint}")
         try:
             self.iss = IssSection(lambda_=lam, method=method, target_widths=dict(targets or {}),
                                   layer_multipliers=dict(multipliers or {}), reweight=reweight,
-                                  freeze_dead=freeze_dead, zero_threshold=zero_threshold)
+                                  freeze_dead=freeze_dead, zero_threshold=zero_threshold, widths=widths)
         except ValidationError as err:  # the recipe's own rules, said in this function's argument names
             names = {"lambda": "lam", "lambda_": "lam", "target_widths": "targets", "layer_multipliers": "multipliers"}
             problems = "; ".join(f"{names.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']} (got {e.get('input')!r})"

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+import torch
 from torch import Tensor, nn
 
 from ..core.cells import cell_of_module
 from ..core.groups import GroupSet, Member
 from ..io.files import atomic_write, check_output_path
 from .groups_file import GROUPS_FORMAT, check_plan_members, parse_groups, read_groups_text
-from .flow import HINT, Flow, Position, TraceError, UnitRange, follow, recurrent_shape
+from .flow import HINT, Flow, Position, TraceError, UnitRange, feature_candidates, follow, recurrent_shape
 from .labels import weight_name
 
 @dataclass
@@ -60,7 +61,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         return {"format": GROUPS_FORMAT, "sets": [
             {"name": gs.name, "size": gs.size, "same_width_as": gs.same_width_as, "narrower_than": gs.narrower_than,
-             "members": [{"key": m.key, "axis": m.axis, "starts": list(m.starts)} for m in gs.members]}
+             "kind": gs.kind, "members": [{"key": m.key, "axis": m.axis, "starts": list(m.starts)} for m in gs.members]}
             for gs in self.group_sets]}
 
     def save(self, path: str | Path, *, force: bool = True, inputs: tuple[Path, ...] = ()) -> Path:
@@ -90,9 +91,13 @@ def own_positions(r: UnitRange, module_path: str, module: nn.Module, unit: int) 
     """The positions a recurrent layer's own weights hold for its unit ``unit`` (0-based in the range), read off the
     cell table's parameter declarations as the language-model stack reads them: the rows of every gate block (or of
     the projection) it produces, the columns that read it back, and the next layer's input columns."""
+    prefix = f"{module_path}." if module_path else ""
+    if r.kind == "feature":  # an embedding's column, or a Linear's / Conv1d's output row and its bias
+        if isinstance(module, nn.Embedding):
+            return {(prefix + "weight", 1, unit)}
+        return {(prefix + "weight", 0, unit)} | ({(prefix + "bias", 0, unit)} if module.bias is not None else set())
     layers, directions, hidden, proj, gates = recurrent_shape(module)
     cell = cell_of_module(module)
-    prefix = f"{module_path}." if module_path else ""
     shape = SimpleNamespace(input_size=0, hidden_size=hidden, proj_size=proj, depth=getattr(module, "depth", 1))
     params = cell.layer_params(shape, bias=bool(module.bias))  # nn.RNNBase, its cells and ours keep a bias flag
     key = lambda name, layer=r.layer, direction=r.direction: prefix + weight_name(module, name, layer, direction)  # noqa: E731
@@ -180,11 +185,14 @@ def build_plan(flow: Flow) -> Plan:
         members = tuple(Member(key, axis, tuple(sorted(starts))) for (key, axis), starts in sorted(grouped.items()))
         r0 = head_ranges[0]
         narrower = width_root(_width_key(r0, "hidden")) if r0.kind == "proj" else ""
-        sets.append(GroupSet(name, len(chain), members, width_root(_width_key(r0)), narrower, label=name))
+        feature = r0.kind == "feature"  # a width of its own (no module forces it equal to another)
+        sets.append(GroupSet(name, len(chain), members, "" if feature else width_root(_width_key(r0)), narrower,
+                             label=name, kind="feature" if feature else "recurrent"))
         for index, root in enumerate(chain):
             for unit in classes[root]:
                 unit_sets[unit] = (name, index)
     _check_uniform(flow, sets, unit_sets)
+    sets.sort(key=lambda gs: gs.kind == "feature")  # the recurrent layers first, as before other widths had sets
     return Plan(tuple(sets), list(flow.ranges), flow.consumers, flow.output_labels, unit_sets, flow.input_labels,
                 flow.aliases)
 
@@ -210,13 +218,33 @@ def _check_uniform(flow: Flow, sets: list[GroupSet], unit_sets: dict[int, tuple[
                              "could not keep one hidden size after shrinking.", HINT)
 
 
-def discover(model: nn.Module, example_inputs: Any) -> Plan:
-    """Every ISS group of every recurrent layer of ``model``, with the weights that read it.
+def discover(model: nn.Module, example_inputs: Any, features: bool = True) -> Plan:
+    """Every ISS group of every recurrent layer of ``model``, with the weights that read it; with ``features``, also
+    every other width whose units can go exactly (embedding dimensions, MLP hidden units).
 
-    Runs ``model(*example_inputs)`` once (eval mode, no gradients) and follows each unit's output."""
+    Runs ``model(*example_inputs)`` (eval mode, no gradients) and follows each unit's output: once for the recurrent
+    layers, whose refusal is the model's, then once per embedding, Linear and Conv1d tried as a width of its own. A
+    width is kept when its features reach nothing but weights through exact operations; one whose features reach the
+    model's outputs (output classes, a vocabulary), or meet an operation that mixes them (LayerNorm, softmax), is
+    left whole, not refused."""
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     flow = follow(model, inputs)
     if not flow.ranges:
         raise TraceError("The model called no nn.LSTM, nn.GRU or nn.RNN on the example inputs, so it has no ISS "
                          "groups to find.", "Pass inputs that run its recurrent layers.")
-    return build_plan(flow)
+    plan, accepted = build_plan(flow), ()
+    for candidate in feature_candidates(model) if features else []:
+        try:
+            tried = follow(model, inputs, (*accepted, candidate))
+            if candidate in {r.module for r in tried.ranges} and not _reaches_outputs(tried, candidate):
+                plan, accepted = build_plan(tried), (*accepted, candidate)
+        except TraceError:
+            continue  # its features meet something ISS cannot follow: the width stays whole
+    return plan
+
+
+def _reaches_outputs(flow: Flow, module: str) -> bool:
+    """Whether any output position of the model carries a feature of ``module`` (an output class is never a unit)."""
+    ids = {u for r in flow.ranges if r.module == module for u in range(r.first, r.first + r.size)}
+    return any(labels is not None and bool(torch.isin(labels, torch.tensor(sorted(ids))).any())
+               for labels in flow.output_labels or [])
