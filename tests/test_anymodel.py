@@ -157,6 +157,27 @@ def test_a_plan_missing_a_reader_is_caught_by_the_float64_check():
         isscompress.shrink_module(masked, inputs, threshold=0.0, plan=broken)
 
 
+@pytest.mark.parametrize("module", ["pre", "out"], ids=["features a LayerNorm mixes", "the output classes"])
+def test_a_width_declared_where_units_cannot_go_is_refused_by_the_float64_check(tmp_path, module):
+    """The tracer leaves these widths whole; declared by hand in a groups file (rows of the Linear, columns of its
+    reader), removing their zero units would change what the model computes, and the check says so."""
+    model, inputs = ZOO["mlp_tagger"]
+    plan = isscompress.discover(model, inputs)
+    assert module not in {gs.name for gs in plan.group_sets}
+    linear = getattr(model, module)
+    members = [isscompress.Member(f"{module}.weight", 0, (0,)), isscompress.Member(f"{module}.bias", 0, (0,))]
+    if module == "pre":
+        members.append(isscompress.Member("out.weight", 1, (model.fc1.out_features,)))
+    declared = isscompress.Plan(plan.group_sets + (isscompress.GroupSet(module, linear.out_features, tuple(members),
+                                                                         kind="feature"),))
+    masked = copy.deepcopy(model)
+    with torch.no_grad():  # one unit of the declared width exactly zero, as group Lasso would leave it
+        for member in members:
+            dict(masked.named_parameters())[member.key].select(member.axis, member.starts[0] + 1).zero_()
+    with pytest.raises(ShrinkError):
+        isscompress.shrink_module(masked, inputs, threshold=0.0, plan=declared)
+
+
 def test_resize_to_loads_a_shrunk_state_dict_into_the_original_class():
     model, inputs = ZOO["packed_tagger"]
     plan = isscompress.discover(model, inputs)

@@ -555,3 +555,21 @@ def test_save_groups_is_for_a_user_models_names_not_a_language_models_canonical_
     result = runner.invoke(app, ["inspect", str(source), "--save-groups", str(tmp_path / "g.yaml")])
     clean_failure(result, "--save-groups writes a user model's groups in its own tensor names")
     assert not (tmp_path / "g.yaml").exists()
+
+
+def test_shrink_narrows_every_width_or_only_the_recurrent_layers(tmp_path, clean_failure):
+    """The embedding's zero dimension goes with --widths all (the default) and stays with --widths recurrent; a
+    choice that is neither is refused by name, before anything is written."""
+    masked, inputs = checkpoint_with_dead_units(tmp_path)
+    ckpt, arch = tmp_path / "tagger.safetensors", f"{tmp_path / 'arch.py'}:make"
+    for widths, dimensions in (("all", 4), ("recurrent", 5)):
+        out = tmp_path / f"small-{widths}.safetensors"
+        result = runner.invoke(app, ["shrink", str(ckpt), "--arch", arch, "--widths", widths, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        small = isscompress.resize_to(GRUTagger(), load_file(out))
+        assert small.gru.hidden_size == 4 and small.emb.embedding_dim == dimensions
+        torch.testing.assert_close(small(*inputs), masked(*inputs), rtol=1e-5, atol=1e-6)
+    (tmp_path / "out").mkdir()
+    result = runner.invoke(app, ["shrink", str(ckpt), "--arch", arch, "--widths", "embedding", "-o",
+                                 str(tmp_path / "out" / "x.safetensors")])
+    clean_failure(result, "Unknown widths choice 'embedding'", folder=tmp_path / "out", empty=True)

@@ -60,3 +60,26 @@ def test_lambda_warmup_ramps_the_shrinking(tmp_path, small_lm):
         hook.step = step
         seen.append(float(hook._lambdas(norms)["layer0"]))
     assert seen == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+def test_a_parameter_budget_over_every_width_narrows_the_embedding_too(tmp_path, small_lm):
+    """Most of a language model's parameters are its embedding and decoder: with iss.widths all, a budget of half
+    the parameters falls on the embedding's dimensions too (one-shot: the weakest relative to each set's median),
+    and the shrunk file is smaller than the recurrent-only shrink meeting the same budget is."""
+    original = isscompress.load_checkpoint(small_lm)
+    files = {}
+    for widths in ("recurrent", "all"):
+        recipe = _recipe(tmp_path, method="one-shot", iss_extra=f"target: {{parameters: 0.5}}\n  widths: {widths}")
+        tuned = finetune(small_lm, recipe, tmp_path / f"tuned-{widths}.safetensors")
+        small = isscompress.shrink(tuned.output, tmp_path / f"small-{widths}.safetensors", 0.0001, widths=widths)
+        assert small.checked and small.widths_after == tuned.widths
+        files[widths] = small
+    every, recurrent = files["all"], files["recurrent"]
+    assert every.widths_after["embedding"] < 16 and recurrent.widths_after["embedding"] == 16
+    cost, limit, _ = budget_cost(original.spec, BudgetSection(parameters=0.5))
+    assert cost(every.widths_after) <= limit and every.after.total_parameters <= 0.5 * every.before.total_parameters
+    assert every.after.file_bytes < recurrent.after.file_bytes
+    # the embedding's dimensions left alone unless asked for, by the recipe's line
+    recipe = _recipe(tmp_path, method="one-shot", iss_extra="target_widths: {embedding: 8}")
+    with pytest.raises(RecipeError, match="iss.target_widths names embedding.*widths: all"):
+        finetune(small_lm, recipe)

@@ -30,29 +30,32 @@ class Example:
     iss_lambda: float = 30.0  # group Lasso strength of the ISS methods (proximal, subgradient) in the comparison
 
 
-def recipe_for(example: Example, method: str, budget: float, out: Path, epochs: int | None = None) -> Path:
+def recipe_for(example: Example, method: str, budget: float, out: Path, epochs: int | None = None,
+               target: str = "macs", widths: str = "recurrent") -> Path:
     base = yaml.safe_load((example.folder / "recipe.yaml").read_text())
     if epochs is not None:
         base["finetune"]["epochs"] = epochs
     iss = base.get("iss", {})
-    base["iss"] = {"method": "one-shot", "target": {"macs": budget}} if method == "one-shot" else \
-        {**{k: v for k, v in iss.items() if k != "method"}, "method": method, "lambda": example.iss_lambda,
-         "warmup_steps": 20, "target": {"macs": budget}}
+    base["iss"] = {"method": "one-shot", "target": {target: budget}, "widths": widths} if method == "one-shot" else \
+        {**{k: v for k, v in iss.items() if k not in ("method", "target")}, "method": method,
+         "lambda": example.iss_lambda, "warmup_steps": 20, "target": {target: budget}, "widths": widths}
     base.setdefault("distill", {})["teacher"] = str(example.model)
-    path = out / f"recipe-{method}-{budget}.yaml"
+    path = out / f"recipe-{method}-{target}-{widths}-{budget}.yaml"
     path.write_text(yaml.safe_dump(base, sort_keys=False))
     return path
 
 
-def one_run(example: Example, method: str, budget: float, out: Path, recover: bool, epochs: int | None = None) -> dict:
-    recipe = recipe_for(example, method, budget, out, epochs)
-    tuned, small, recovered = (out / f"{stage}-{method}-{budget}.safetensors" for stage in ("tuned", "shrunk", "recovered"))
+def one_run(example: Example, method: str, budget: float, out: Path, recover: bool, epochs: int | None = None,
+            target: str = "macs", widths: str = "recurrent") -> dict:
+    recipe = recipe_for(example, method, budget, out, epochs, target, widths)
+    tuned, small, recovered = (out / f"{stage}-{method}-{target}-{widths}-{budget}.safetensors"
+                               for stage in ("tuned", "shrunk", "recovered"))
     times = {}
     start = time.perf_counter()
     isscompress.finetune(example.model, recipe, tuned, arch=example.arch, force=True)
     times["finetune"] = time.perf_counter() - start
     start = time.perf_counter()
-    isscompress.shrink(tuned, small, 0.0, arch=example.arch, force=True)
+    isscompress.shrink(tuned, small, 0.0, arch=example.arch, force=True, widths=widths)
     times["shrink"] = time.perf_counter() - start
     final = small
     if recover:
@@ -61,18 +64,19 @@ def one_run(example: Example, method: str, budget: float, out: Path, recover: bo
         times["recover"] = time.perf_counter() - start
         final = recovered
     report = isscompress.report(example.model, final, arch=example.arch, repeats=9)
-    label = method + (f", {epochs} epochs" if epochs else "") + (" + recover" if recover else "")
-    return {"method": label, "budget": budget, "report": report, "times": times}
+    label = method + (f", {epochs} epochs" if epochs else "") + (" + recover" if recover else "") + \
+        (", every width" if widths == "all" else "")
+    return {"method": label, "budget": f"{budget} of {target}", "report": report, "times": times}
 
 
 def table(example: Example, rows: list[dict]) -> str:
     name = example.metric
-    lines = [f"| method | MAC budget | widths | {name} | half A | half B | MAC ratio | params | file | speed-up | "
+    lines = [f"| method | budget | widths | {name} | half A | half B | MAC ratio | params | file | speed-up | "
              "time (finetune / shrink / recover) |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         r = row["report"]
         m = r.metrics
-        widths = "/".join(dict.fromkeys(str(after) for _, after in r.widths.values()))
+        widths = "/".join(str(after) for _, after in r.widths.values())  # every set, feature widths last
         ratio = lambda a, b: f"{a / b:.2f}x"  # noqa: E731
         lines.append(
             f"| {row['method']} | {row['budget']} | {widths} | {m[name][0]:.4g} → {m[name][1]:.4g} | "
@@ -90,6 +94,9 @@ def main(example: Example) -> None:
     parser.add_argument("--methods", nargs="+", default=["one-shot"], help="one-shot, proximal, subgradient")
     parser.add_argument("--recover", action="store_true", help="Also the recipe's recover stage after the shrink.")
     parser.add_argument("--epochs", type=int, help="Fine-tuning epochs instead of the recipe's.")
+    parser.add_argument("--target", choices=["macs", "parameters"], default="macs", help="What the budget counts.")
+    parser.add_argument("--widths", nargs="+", choices=["recurrent", "all"], default=["recurrent"],
+                        help="What ISS narrows: the recurrent layers, or every width (embedding, MLP units).")
     parser.add_argument("--out", type=Path, default=example.folder / "out")
     args = parser.parse_args()
     apply_threads(None)  # as the CLI does: one thread on a small machine, where more collapse beside other work
@@ -101,6 +108,8 @@ def main(example: Example) -> None:
     rows = []
     for method in args.methods:
         for budget in args.budgets:
-            rows.append(one_run(example, method, budget, args.out, args.recover, args.epochs))
+            for widths in args.widths:
+                rows.append(one_run(example, method, budget, args.out, args.recover, args.epochs, args.target,
+                                    widths))
             print(table(example, rows[-1:]).splitlines()[-1], flush=True)
     print(table(example, rows))

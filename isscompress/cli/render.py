@@ -219,6 +219,9 @@ def render_report(report, console: Console) -> None:
     if not report.layers:
         for layer in b.layers:
             table.add_row(f"width {escape(layer.name) or f'layer {layer.index}'}", str(layer.width), "", "")
+    for name in report.feature_sets:  # embedding dimensions, MLP units: widths beside the recurrent layers'
+        before, after = report.widths[name]
+        table.add_row(f"width {escape(name)}", str(before), str(after), f"{after / before:.0%} kept")
     _cost_rows(table, b, a, per_part_macs=True)
     pb, pa = report.perplexity_before, report.perplexity_after
     if pb is not None:

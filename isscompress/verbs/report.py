@@ -50,6 +50,7 @@ class Report:
     shrunk: ModelSummary | None = None
     layers: list[LayerChange] = field(default_factory=list)
     widths: dict[str, tuple[int, int]] = field(default_factory=dict)  # units per group set, before and after
+    feature_sets: tuple[str, ...] = ()  # the sets of ``widths`` that are not recurrent layers (embedding, MLP units)
     norms: tuple[NormStats, ...] = ()
     perplexity_before: Perplexity | None = None
     perplexity_after: Perplexity | None = None
@@ -229,6 +230,7 @@ def report(
         result.layers = _layer_changes(before, result.shrunk)
         after = {gs.name: gs.size for gs in shrunk.group_sets}
         result.widths = {gs.name: (gs.size, after.get(gs.name, 0)) for gs in original.group_sets}
+        result.feature_sets = tuple(gs.name for gs in original.group_sets if gs.kind == "feature")
     batches = None
     if data is not None:
         section = vocab_source or DataSection(test=Path(data), vocab=vocab, level=original.metadata.level or "word")
