@@ -83,3 +83,17 @@ def test_a_parameter_budget_over_every_width_narrows_the_embedding_too(tmp_path,
     recipe = _recipe(tmp_path, method="one-shot", iss_extra="target_widths: {embedding: 8}")
     with pytest.raises(RecipeError, match="iss.target_widths names embedding.*widths: all"):
         finetune(small_lm, recipe)
+
+
+def test_a_budget_the_chosen_widths_cannot_meet_is_refused_before_training(tmp_path, small_lm):
+    """The embedding alone is 42% of this model's parameters: a third of them cannot be reached by the recurrent
+    layers (one-shot once cut every layer to a unit on g2pM, at 16% accuracy, and still missed); said before any
+    work, with what would reach it."""
+    out = tmp_path / "tuned.safetensors"
+    recipe = _recipe(tmp_path, method="one-shot", iss_extra="target: {parameters: 0.33}")
+    with pytest.raises(RecipeError, match="even with one unit left in every set.*Add `widths: all`"):
+        finetune(small_lm, recipe, out)
+    assert not out.exists() and not list(tmp_path.glob("tuned*"))
+    recipe = _recipe(tmp_path, method="one-shot", iss_extra="target: {parameters: 0.01}\n  widths: all")
+    with pytest.raises(RecipeError, match="Give a budget above"):
+        finetune(small_lm, recipe, out)

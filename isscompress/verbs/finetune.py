@@ -119,7 +119,7 @@ def lasso_hook(checkpoint: Checkpoint, recipe: Recipe) -> GroupLassoHook:
     """The recipe's group Lasso for a checkpoint of any architecture, with its budget (iss.target) when set."""
     budget = None
     if recipe.iss.target is not None:
-        cost, limit, _ = budget_cost(checkpoint.spec, recipe.iss.target)
+        cost, limit, _ = budget_cost(checkpoint.spec, recipe.iss.target, recipe.iss.widths)
         budget = (cost, limit)
     return GroupLassoHook(checkpoint.group_sets, recipe.iss, recipe.shrink.threshold, budget)
 
