@@ -12,7 +12,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, Sequence, get_args
+from typing import Any, Literal, Optional, Sequence, get_args
 
 import yaml
 from pydantic import (

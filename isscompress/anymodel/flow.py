@@ -149,7 +149,7 @@ class _Tracer(Tracer):
             self.flow.modules[path] = module
             self.next_unit += mine[0].size
         units = torch.arange(mine[0].first, mine[0].first + mine[0].size)
-        axis = feature_axis(module, output)
+        axis = feature_axis(module)
         shape = [1] * output.dim()
         shape[axis] = -1
         self.set_label(output, units.reshape(shape).expand(output.shape).contiguous())
@@ -199,7 +199,6 @@ def feature_candidates(model: nn.Module) -> list[str]:
     return [path for path, m in model.named_modules()
             if type(m) in FEATURE_MODULES and path and path not in inside
             and getattr(m, "groups", 1) == 1 and id(m.weight) not in shared]
-
 
 
 def follow(model: nn.Module, example_inputs: tuple, features: tuple[str, ...] = ()) -> Flow:

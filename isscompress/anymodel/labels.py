@@ -70,12 +70,13 @@ RECURRENT = RECURRENT_MODULES  # PyTorch's layers and cells (stepped by the mode
 FEATURE_MODULES = (nn.Embedding, nn.Linear, nn.Conv1d)
 
 
-def feature_axis(module: nn.Module, output: Tensor) -> int:
-    """The axis of ``output`` that holds the module's output features: channels of a Conv1d, else the last."""
+def feature_axis(module: nn.Module) -> int:
+    """The axis of the module's output that holds its features: a Conv1d's channels, else the last."""
     return -2 if isinstance(module, nn.Conv1d) else -1
 
 
 def feature_width(module: nn.Module) -> int:
+    """How many output features the module makes: embedding dimensions, output units or channels."""
     if isinstance(module, nn.Embedding):
         return module.embedding_dim
     return module.out_features if isinstance(module, nn.Linear) else module.out_channels

@@ -90,7 +90,8 @@ def check_plan(plan: Plan, state: Mapping[str, Tensor], where: str) -> None:
 def own_positions(r: UnitRange, module_path: str, module: nn.Module, unit: int) -> set[Position]:
     """The positions a recurrent layer's own weights hold for its unit ``unit`` (0-based in the range), read off the
     cell table's parameter declarations as the language-model stack reads them: the rows of every gate block (or of
-    the projection) it produces, the columns that read it back, and the next layer's input columns."""
+    the projection) it produces, the columns that read it back, and the next layer's input columns. A feature unit's
+    own position is its embedding column, or its Linear's or Conv1d's output row and bias element."""
     prefix = f"{module_path}." if module_path else ""
     if r.kind == "feature":  # an embedding's column, or a Linear's / Conv1d's output row and its bias
         if isinstance(module, nn.Embedding):

@@ -81,9 +81,9 @@ class GroupSet:
 WIDTHS = ("all", "recurrent")  # which sets ISS and shrink act on: every width, or the recurrent layers' only
 
 
-def chosen_sets(sets: Sequence[GroupSet], groups: str) -> tuple[GroupSet, ...]:
+def chosen_sets(sets: Sequence[GroupSet], widths: str) -> tuple[GroupSet, ...]:
     """The sets ISS acts on: ``"all"`` of them, or only the recurrent layers' (``"recurrent"``, the paper's ISS)."""
-    return tuple(gs for gs in sets if groups == "all" or gs.kind == "recurrent")
+    return tuple(gs for gs in sets if widths == "all" or gs.kind == "recurrent")
 
 
 def member_slice(tensor: Tensor, member: Member, start: int, size: int) -> Tensor:
