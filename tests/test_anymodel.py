@@ -716,3 +716,19 @@ def test_group_lasso_one_shot_removes_the_weakest_units_at_once_and_keeps_them_r
             p.add_(0.01)
     reg.step(lr=0.1)
     assert reg.widths() == targets
+
+
+def test_a_heads_multiply_adds_count_as_often_as_it_runs_per_time_step():
+    """A tagger's head runs at every token, a classifier's once per sequence: the per-token count of a user model
+    is its recurrent layers' plus each Linear's weights times its runs per time step of the first recurrent layer."""
+    from isscompress.architectures.traced import TracedModel
+
+    model, inputs = ZOO["attention_classifier"]  # 3 sequences of 7 tokens; score per token, out per sequence
+    spec = TracedModel.of(model, isscompress.discover(model, inputs), inputs)
+    lstm = sum(p.numel() for p in model.lstm.parameters() if p.dim() == 2)
+    assert spec.macs_per_token() == {"recurrent": lstm, "other": round(12 * 1 + 12 * 3 / 7)}
+    model, inputs = ZOO["mlp_tagger"]  # conv (3 taps) and both Linears at every token
+    spec = TracedModel.of(model, isscompress.discover(model, inputs), inputs)
+    assert spec.macs_per_token()["other"] == 5 * 6 * 3 + 7 * 4 + 3 * 4 + 3 * 10
+    narrower = spec.with_kept({"fc1": 2})  # an MLP unit fewer: its row of fc1 and its column of out
+    assert narrower.macs_per_token()["other"] == 5 * 6 * 3 + 2 * 4 + 3 * 4 + 3 * 5

@@ -68,6 +68,9 @@ class _Tracer(Tracer):
             ranges = self.ranges_for(path, module)
             layers, directions, hidden, proj, _ = recurrent_shape(module)
             x = args[0] if args else kwargs.get("input")
+            data = x.data if isinstance(x, PackedSequence) else x
+            if isinstance(data, Tensor) and data.dim():
+                self.flow.positions[path] = self.flow.positions.get(path, 0) + data.numel() // data.shape[-1]
             labels = self.label_of(x)
             if labels is not None:
                 for direction in range(directions):
@@ -154,6 +157,13 @@ class _Tracer(Tracer):
         shape[axis] = -1
         self.set_label(output, units.reshape(shape).expand(output.shape).contiguous())
 
+    def count_positions(self, module: nn.Module, args: tuple, output: Any) -> None:
+        """Output positions of a Linear or Conv1d (rows it computed), for its multiply-adds per token."""
+        if not self.inside_recurrent and isinstance(output, Tensor) and output.dim():
+            path = self.names.get(id(module), "?")
+            self.flow.positions[path] = self.flow.positions.get(path, 0) + \
+                output.numel() // max(1, output.shape[feature_axis(module)])
+
     # ----- module names for messages ---------------------------------------------------------
     def enter(self, module: nn.Module, args: Any) -> None:
         if not isinstance(module, RECURRENT):
@@ -184,6 +194,9 @@ def _hooks(tracer: _Tracer, model: nn.Module, features: tuple[str, ...]) -> Iter
             yield module.register_forward_hook(tracer.after_recurrent, with_kwargs=True)
     for path in features:
         yield model.get_submodule(path).register_forward_hook(tracer.after_feature)
+    for module in model.modules():
+        if type(module) in (nn.Linear, nn.Conv1d):
+            yield module.register_forward_hook(tracer.count_positions)
 
 
 def feature_candidates(model: nn.Module) -> list[str]:

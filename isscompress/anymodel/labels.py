@@ -125,6 +125,9 @@ class Flow:
     # every other name is an alias the surgery gives the same slices; columns read by units, per shared weight
     aliases: dict[str, str] = field(default_factory=dict)
     tied_columns: dict[int, Tensor] = field(default_factory=dict)  # id(parameter) -> unit per column (-1: none)
+    # positions each nn.Linear / nn.Conv1d (module path) and each recurrent module computed on the example inputs:
+    # how often a head runs per time step of the recurrent layers, for its multiply-adds per token
+    positions: dict[str, int] = field(default_factory=dict)
 
     def find(self, unit: int) -> int:
         root = unit

@@ -36,6 +36,7 @@ class Plan:
     unit_sets: dict[int, tuple[str, int]] = field(default_factory=dict)  # unit id -> (set name, index in set)
     input_labels: dict[int, Tensor] = field(default_factory=dict)  # example-input leaf -> its units (passed states)
     aliases: dict[str, str] = field(default_factory=dict)  # another name of a shared weight -> its member name
+    positions: dict[str, int] = field(default_factory=dict)  # positions each Linear/Conv1d/recurrent module computed
 
     def __str__(self) -> str:
         return self.describe()
@@ -195,7 +196,7 @@ def build_plan(flow: Flow) -> Plan:
     _check_uniform(flow, sets, unit_sets)
     sets.sort(key=lambda gs: gs.kind == "feature")  # the recurrent layers first, as before other widths had sets
     return Plan(tuple(sets), list(flow.ranges), flow.consumers, flow.output_labels, unit_sets, flow.input_labels,
-                flow.aliases)
+                flow.aliases, flow.positions)
 
 
 def _width_key(r: UnitRange, kind: str | None = None) -> str:

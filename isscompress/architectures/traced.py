@@ -220,13 +220,25 @@ class TracedModel:
         return counts
 
     def macs_per_token(self) -> dict[str, int]:
-        """The recurrent layers' multiply-adds per time step, one per matrix weight (what ISS removes); other layers
-        run a number of times per sequence that only the model's code knows."""
+        """Multiply-adds per time step: the recurrent layers' (one per matrix weight), and every nn.Linear's and
+        nn.Conv1d's times how often it ran per time step of the first recurrent layer on the example inputs (a tagger's
+        head once per token, a classifier's once per sequence); embedding lookups are free. A model described only by
+        a groups file has not run: its other layers count 0."""
         if self.module is None:
             return {}
-        recurrent = self._recurrent_keys()
-        return {"recurrent": sum(math.prod(shape) for key, shape in self._shapes().items()
-                                 if key in recurrent and len(shape) == 2)}
+        recurrent, shapes = self._recurrent_keys(), self._shapes()
+        other = sum(runs * math.prod(shapes[self.aliases.get(f"{path}.weight", f"{path}.weight")])
+                    for path, runs in self._runs_per_token().items())
+        return {"recurrent": sum(math.prod(shape) for key, shape in shapes.items()
+                                 if key in recurrent and len(shape) == 2), "other": round(other)}
+
+    def _runs_per_token(self) -> dict[str, float]:
+        """Positions each nn.Linear / nn.Conv1d computed per position of the first recurrent layer called."""
+        positions = self.plan.positions
+        layers = list(dict.fromkeys(r.module for r in self.plan.ranges if r.kind != "feature" and r.module in positions))
+        if not layers:
+            return {}
+        return {path: count / positions[layers[0]] for path, count in positions.items() if path not in layers}
 
     def to_dict(self) -> dict[str, Any]:
         return {"sets": {gs.name: gs.size for gs in self.plan.group_sets}}
