@@ -111,5 +111,5 @@ def main(example: Example) -> None:
             for widths in args.widths:
                 rows.append(one_run(example, method, budget, args.out, args.recover, args.epochs, args.target,
                                     widths))
-            print(table(example, rows[-1:]).splitlines()[-1], flush=True)
+                print(table(example, rows[-1:]).splitlines()[-1], flush=True)
     print(table(example, rows))
