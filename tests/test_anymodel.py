@@ -102,6 +102,7 @@ def test_every_width_whose_features_only_reach_weights_is_a_set_and_the_others_s
                 for name in ZOO}
     assert features["mlp_tagger"] == ["emb", "conv", "fc1"]
     assert features["seq2seq"] == ["src", "tgt"] and features["projected_classifier"] == []
+    assert features["packed_tagger"] == ["emb"]  # its Conv1d makes the tags: output classes
     assert features["attention_classifier"] == ["emb"]  # `score` meets a softmax over time: its one unit stays
     mlp = {gs.name: gs for gs in isscompress.discover(*ZOO["mlp_tagger"]).group_sets}
     assert {(m.key, m.axis) for m in mlp["fc1"].members} == {("fc1.weight", 0), ("fc1.bias", 0), ("out.weight", 1)}
@@ -307,6 +308,7 @@ def test_a_decoder_tied_to_its_embedding_shrinks_exactly_and_stays_tied():
     data = tokens(6, 3)
     plan = isscompress.discover(model, (data,))
     assert plan.aliases == {"decoder.weight": "encoder.weight"}
+    assert [gs.kind for gs in plan.group_sets] == ["recurrent", "recurrent"]  # the tied embedding: no set of its own
     last = next(gs for gs in plan.group_sets if gs.name == "rnn.l1")
     assert {(m.key, m.axis) for m in last.members} >= {("encoder.weight", 1), ("rnn.weight_ih_l0", 1)}
     masked = zero_random_groups(model, plan, 4, 0.5)

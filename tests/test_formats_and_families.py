@@ -136,6 +136,9 @@ def test_expected_group_set_of_a_two_layer_word_language_model(tmp_path) -> None
         GroupSet("embedding", 6, (Member("encoder.weight", 1, (0,)), Member("layers.0.weight_ih_l0", 1, (0,))),
                  same_width_as="embedding", label="the embedding", kind="feature"),
     )
+    tied = tmp_path / "tied.pt"  # tied, the embedding's dimensions are the last layer's units: no set of their own
+    torch.save(make_rnn_model("LSTM", ntoken=23, ninp=5, nhid=5, nlayers=2, tie=True).state_dict(), tied)
+    assert [gs.name for gs in isscompress.load_checkpoint(tied).group_sets] == ["layer0", "layer1"]
 
 
 def test_group_norms_count_shared_diagonal_once() -> None:
