@@ -54,9 +54,9 @@ ONE_SHOT = ("finetune: {epochs: 2, lr: 0.01, optimizer: adam, seed: 1}\n"
             "iss: {method: one-shot, target: {macs: 0.5}}\ndistill: {alpha: 1.0}\n")
 
 
-def _pipeline(tmp_path: Path, source: Path, arch: str) -> dict:
+def _pipeline(tmp_path: Path, source: Path, arch: str, recipe_text: str = ONE_SHOT) -> dict:
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(ONE_SHOT)
+    recipe.write_text(recipe_text)
     tuned, small = tmp_path / "tuned.safetensors", tmp_path / "small.safetensors"
     for args in (["finetune", str(source), "--arch", arch, "-r", str(recipe), "-o", str(tuned)],
                  ["shrink", str(tuned), "--arch", arch, "-o", str(small)]):
@@ -79,7 +79,7 @@ def test_languageidentifier_stand_in_from_its_kind_of_file_to_a_smaller_model(tm
     (tmp_path / "lid_arch.py").write_text(LID_FACTORY.format(folder=REAL / "languageidentifier"))
     report = _pipeline(tmp_path, source, f"{tmp_path / 'lid_arch.py'}:make")
     # one nn.LSTM: both layers and directions keep one width, cut in step to meet the budget
-    recurrent = {name: pair for name, pair in report["widths"].items() if name != "char_embeddings"}
+    recurrent = {name: pair for name, pair in report["widths"].items() if name not in report["feature_sets"]}
     assert len(set(tuple(pair) for pair in recurrent.values())) == 1
     assert report["widths"]["char_embeddings"] == [6, 6]  # a width too, which iss.widths: recurrent leaves whole
     assert report["mac_ratio"] >= 2.0 and report["metrics"]["accuracy"][1] is not None
@@ -198,5 +198,10 @@ def test_g2pm_stand_in_from_a_pickle_of_numpy_arrays_to_a_smaller_model(tmp_path
     source = tmp_path / "np_ckpt.pkl"  # as the package ships it: a plain pickle of numpy arrays
     source.write_bytes(pickle.dumps({k: v.detach().numpy() for k, v in shipped.state_dict().items()}))
     (tmp_path / "pm_arch.py").write_text(G2PM_FACTORY.format(folder=REAL / "g2pm"))
-    report = _pipeline(tmp_path, source, f"{tmp_path / 'pm_arch.py'}:make")
+    # its recipe's budget, over every width: the head makes most multiply-adds, the embedding holds most parameters
+    report = _pipeline(tmp_path, source, f"{tmp_path / 'pm_arch.py'}:make",
+                       ONE_SHOT.replace("macs: 0.5}", "macs: 0.5}, widths: all"))
     assert report["mac_ratio"] >= 2.0 and report["widths"]["lstm.l0"] == report["widths"]["lstm.l0.reverse"]
+    assert report["feature_sets"] == ["embedding", "logit_layer.0"]
+    assert all(after < before for before, after in report["widths"].values())
+    assert report["parameter_ratio"] > 1.5  # (the file of so small a model is mostly its metadata)

@@ -102,7 +102,7 @@ class Report:
         return {
             "original": self.original.to_dict(), "shrunk": maybe(self.shrunk),
             "layers": [{**c.__dict__, "kept": c.kept} for c in self.layers],
-            "widths": {name: list(pair) for name, pair in self.widths.items()},
+            "widths": {name: list(pair) for name, pair in self.widths.items()}, "feature_sets": list(self.feature_sets),
             "parameter_ratio": (self.original.total_parameters / self.shrunk.total_parameters) if self.shrunk else None,
             "mac_ratio": self.mac_ratio,
             "file_size_ratio": (self.original.file_bytes / self.shrunk.file_bytes)
