@@ -236,7 +236,7 @@ class TracedModel:
         """Positions each nn.Linear / nn.Conv1d computed per position of the first recurrent layer called."""
         positions = self.plan.positions
         layers = list(dict.fromkeys(r.module for r in self.plan.ranges if r.kind != "feature" and r.module in positions))
-        if not layers:
+        if not layers or not positions[layers[0]]:
             return {}
         return {path: count / positions[layers[0]] for path, count in positions.items() if path not in layers}
 

@@ -93,7 +93,8 @@ def shrink_checkpoint(
 ) -> ShrinkResult:
     """The smaller, checked checkpoint in memory.
 
-    ``widths="recurrent"`` narrows only the recurrent layers (every embedding dimension and MLP unit kept). ``in_place`` lets the check mask ``checkpoint``'s tensors in place (for a caller that is done
+    ``widths="recurrent"`` narrows only the recurrent layers (every embedding dimension and MLP unit kept).
+    ``in_place`` lets the check mask ``checkpoint``'s tensors in place (for a caller that is done
     with them), so memory stays near one model. ``source_sha256`` is asked for the source's hash
     only once the work is done (a caller may be computing it meanwhile)."""
     _check_threshold(threshold)
