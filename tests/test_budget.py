@@ -97,3 +97,21 @@ def test_a_budget_the_chosen_widths_cannot_meet_is_refused_before_training(tmp_p
     recipe = _recipe(tmp_path, method="one-shot", iss_extra="target: {parameters: 0.01}\n  widths: all")
     with pytest.raises(RecipeError, match="Give a budget above"):
         finetune(small_lm, recipe, out)
+
+
+def test_one_shot_ranks_units_within_their_own_set_when_kinds_mix():
+    """Raw norms compare a layer's units with each other; an embedding column of thousands of values against a unit's
+    gate rows says nothing. With both kinds in play each unit counts relative to its set's median, so equally weak
+    units (for their set) go in turn; with one kind the raw norms still decide (published one-shot results)."""
+    from isscompress.core.groups import GroupSet, Member
+    from isscompress.training.hooks import one_shot_removal
+
+    norms = {"layer0": torch.tensor([1.0, 2.0, 3.0, 4.0]), "embedding": torch.tensor([10.0, 20.0, 30.0, 40.0])}
+    budget = (lambda alive: float(sum(alive.values())), 4.0)  # keep 4 of the 8 units
+    iss = IssSection(method="one-shot", target=BudgetSection(parameters=4), widths="all")
+    for kind, expected in (("feature", {"layer0": 2, "embedding": 2}), ("recurrent", {"layer0": 1, "embedding": 3})):
+        sets = (GroupSet("layer0", 4, (Member("a", 0, (0,)),)), GroupSet("embedding", 4, (Member("b", 0, (0,)),),
+                                                                          kind=kind))
+        dead = one_shot_removal(norms, sets, iss, 0.0, budget)
+        assert {name: int((~mask).sum()) for name, mask in dead.items()} == expected, kind
+        assert bool(dead["layer0"][0]) and bool(dead["embedding"][0])  # each set's weakest goes first
