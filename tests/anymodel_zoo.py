@@ -160,6 +160,23 @@ class MLPTagger(nn.Module):
         return self.out(torch.cat([self.drop(torch.relu(self.fc1(h))), self.norm(self.pre(h))], dim=-1))
 
 
+class SelfAttentionTagger(nn.Module):
+    """Single-head self-attention over an LSTM's outputs: query and key projections meet only in their scores (one
+    width together), the value projection is read by the output layer (a width of its own)."""
+
+    def __init__(self, vocab: int = 20, emb: int = 6, hidden: int = 5, key: int = 4, value: int = 3,
+                 tags: int = 2) -> None:
+        super().__init__()
+        self.emb, self.lstm = nn.Embedding(vocab, emb), nn.LSTM(emb, hidden, batch_first=True)
+        self.q, self.k, self.v = nn.Linear(hidden, key), nn.Linear(hidden, key), nn.Linear(hidden, value)
+        self.out = nn.Linear(value, tags)
+
+    def forward(self, tokens):
+        h, _ = self.lstm(self.emb(tokens))
+        scores = self.q(h) @ self.k(h).transpose(1, 2) / 2.0
+        return self.out(torch.softmax(scores, -1) @ self.v(h))
+
+
 def tokens(*shape: int, vocab: int = 20, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
 
@@ -181,6 +198,7 @@ def zoo() -> dict[str, tuple[nn.Module, tuple]]:
         "pooled_attention": (PooledAttentionClassifier(), (tokens(3, 7),)),
         "highway_tagger": (HighwayTagger(), (tokens(6, 2),)),
         "mlp_tagger": (MLPTagger(), (tokens(3, 6),)),
+        "self_attention": (SelfAttentionTagger(), (tokens(2, 5),)),
     }
 
 

@@ -96,13 +96,15 @@ def test_plans_find_the_readers_and_couplings_of_each_model():
 
 
 def test_every_width_whose_features_only_reach_weights_is_a_set_and_the_others_stay_whole():
-    """Embedding dimensions, a Conv1d's channels and an MLP's hidden units are sets; output classes (a classifier,
+    """Embedding dimensions, a Conv1d's channels, an MLP's hidden units and attention projections are sets; output
+    classes (a classifier,
     a vocabulary projection, a tag head), a Linear whose features a LayerNorm mixes, and a tied embedding are not."""
     features = {name: [gs.name for gs in isscompress.discover(*ZOO[name]).group_sets if gs.kind == "feature"]
                 for name in ZOO}
     assert features["mlp_tagger"] == ["emb", "conv", "fc1"]
     assert features["seq2seq"] == ["src", "tgt"] and features["projected_classifier"] == []
     assert features["packed_tagger"] == ["emb"]  # its Conv1d makes the tags: output classes
+    assert features["self_attention"] == ["emb", "q+k", "v"]  # a query unit with its key: they meet only in scores
     assert features["attention_classifier"] == ["emb"]  # `score` meets a softmax over time: its one unit stays
     mlp = {gs.name: gs for gs in isscompress.discover(*ZOO["mlp_tagger"]).group_sets}
     assert {(m.key, m.axis) for m in mlp["fc1"].members} == {("fc1.weight", 0), ("fc1.bias", 0), ("out.weight", 1)}

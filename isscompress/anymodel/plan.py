@@ -9,13 +9,14 @@ group. Runs of consecutive units whose groups are the same positions shifted by 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Mapping
 
-import yaml
 import torch
+import yaml
 from torch import Tensor, nn
 
 from ..core.cells import cell_of_module
@@ -234,15 +235,29 @@ def discover(model: nn.Module, example_inputs: Any, features: bool = True) -> Pl
     if not flow.ranges:
         raise TraceError("The model called no nn.LSTM, nn.GRU or nn.RNN on the example inputs, so it has no ISS "
                          "groups to find.", "Pass inputs that run its recurrent layers.")
-    plan, accepted = build_plan(flow), ()
+    plan, accepted, refused = build_plan(flow), (), []
     for candidate in feature_candidates(model) if features else []:
         try:
-            tried = follow(model, inputs, (*accepted, candidate))
-            if candidate in {r.module for r in tried.ranges} and not _reaches_outputs(tried, candidate):
-                plan, accepted = build_plan(tried), (*accepted, candidate)
+            plan, accepted = _with_widths(model, inputs, accepted, (candidate,)), (*accepted, candidate)
         except TraceError:
-            continue  # its features meet something ISS cannot follow: the width stays whole
+            refused.append(candidate)  # its features meet something ISS cannot follow: the width stays whole...
+    for pair in itertools.combinations(refused, 2):  # ...unless another's make it exact: attention's queries and keys
+        if not set(pair) & set(accepted):
+            try:
+                plan, accepted = _with_widths(model, inputs, accepted, pair), (*accepted, *pair)
+            except TraceError:
+                continue
     return plan
+
+
+def _with_widths(model: nn.Module, inputs: tuple, accepted: tuple[str, ...], tried: tuple[str, ...]) -> Plan:
+    """The plan with the ``tried`` modules' output widths as sets beside the ``accepted`` ones; TraceError where
+    their features reach the outputs, meet an operation ISS cannot follow, or never appear."""
+    flow = follow(model, inputs, (*accepted, *tried))
+    found = {r.module for r in flow.ranges}
+    if not set(tried) <= found or any(_reaches_outputs(flow, module) for module in tried):
+        raise TraceError(f"{', '.join(tried)}: not a width of its own", HINT)
+    return build_plan(flow)
 
 
 def _reaches_outputs(flow: Flow, module: str) -> bool:
