@@ -736,3 +736,33 @@ def test_a_heads_multiply_adds_count_as_often_as_it_runs_per_time_step():
     assert spec.macs_per_token()["other"] == 5 * 6 * 3 + 7 * 4 + 3 * 4 + 3 * 10
     narrower = spec.with_kept({"fc1": 2})  # an MLP unit fewer: its row of fc1 and its column of out
     assert narrower.macs_per_token()["other"] == 5 * 6 * 3 + 2 * 4 + 3 * 4 + 3 * 5
+
+
+class CaptionDecoder(nn.Module):
+    """pytorch-tutorial's image-captioning sampler, in small: an image feature is the LSTM's first input, word
+    embeddings the next ones. The LSTM's input columns read the embedding at some steps and the image at another."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.lstm, self.linear = nn.Embedding(20, 6), nn.LSTM(6, 5, batch_first=True), nn.Linear(5, 20)
+
+    def forward(self, features):
+        inputs, states, words = features.unsqueeze(1), None, []
+        for _ in range(4):
+            hiddens, states = self.lstm(inputs, states)
+            word = self.linear(hiddens.squeeze(1)).argmax(1)
+            words.append(word)
+            inputs = self.embed(word).unsqueeze(1)
+        return torch.stack(words, 1), states[0]
+
+
+def test_a_column_read_by_a_width_and_by_other_values_stays_with_neither():
+    """Found on pytorch-tutorial's DecoderRNN.sample: removing an embedding dimension would cut the LSTM's input
+    column that also reads the image feature. The embedding is left whole, the LSTM still shrinks exactly."""
+    torch.manual_seed(0)
+    model, inputs = CaptionDecoder().eval(), (torch.randn(3, 6),)
+    plan = isscompress.discover(model, inputs)
+    assert [gs.name for gs in plan.group_sets] == ["lstm.l0"]
+    masked = zero_random_groups(model, plan, 1, 0.5)
+    small = isscompress.shrink_module(masked, inputs, threshold=0.0)
+    assert small.lstm.hidden_size < 5 and small.embed.embedding_dim == 6

@@ -72,10 +72,12 @@ class _Tracer(Tracer):
             if isinstance(data, Tensor) and data.dim():
                 self.flow.positions[path] = self.flow.positions.get(path, 0) + data.numel() // data.shape[-1]
             labels = self.label_of(x)
-            if labels is not None:
-                for direction in range(directions):
-                    key = weight_name(module, "weight_ih", 0, direction)
-                    self.read_by_weight(x, getattr(module, key), 1, -1, type(module).__name__)
+            for direction in range(directions):
+                weight = getattr(module, weight_name(module, "weight_ih", 0, direction))
+                if labels is not None:
+                    self.read_by_weight(x, weight, 1, -1, type(module).__name__)
+                else:
+                    self.read_foreign(weight)
             hx = args[1] if len(args) > 1 else kwargs.get("hx")
             if hx is None:
                 return

@@ -138,6 +138,10 @@ def _class_positions(flow: Flow, classes: dict[int, list[int]]) -> dict[int, fro
             seen_ranges[r.name] = unit - r.first
             found |= own_positions(r, r.module, flow.modules[r.module], unit - r.first)
             found |= flow.readers.get(unit, set())
+            for key, axis, index in sorted(flow.readers.get(unit, set()) & flow.foreign)[:1]:
+                raise TraceError(f"`{key}` reads the features of `{r.name}` (its {'column' if axis else 'row'} "
+                                 f"{index}) in one call and values that are no unit's in another, so that "
+                                 "position cannot be removed with the unit.", HINT)
         positions[root] = frozenset(found)
     return positions
 

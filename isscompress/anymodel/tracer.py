@@ -126,6 +126,8 @@ class Tracer(WriteRules, SumRules, TorchFunctionMode):
             return
         leaves = tree_flatten((args, kwargs))[0]
         labeled = [v for v in leaves if isinstance(v, Tensor) and self.label_of(v) is not None]
+        if name in ("linear", "conv1d") and args and self.label_of(args[0]) is None:
+            self.read_foreign(kwargs.get("weight", args[1] if len(args) > 1 else None))
         if not labeled:
             return
         if name == "__get__":
@@ -271,6 +273,13 @@ class Tracer(WriteRules, SumRules, TorchFunctionMode):
         for index, unit in enumerate(columns.tolist()):
             if unit >= 0:
                 self.add_reader(unit, (names[0], weight_axis, index), reader)
+            elif unit == UNLABELED:
+                self.flow.foreign.add((names[0], weight_axis, index))
+
+    def read_foreign(self, weight: Any) -> None:
+        """``weight`` read values that are no unit's features along its input axis (1) in this call."""
+        for name in self.param_names.get(id(weight), [])[:1]:
+            self.flow.foreign.update((name, 1, index) for index in range(weight.shape[1]))
 
     def hold_by_weight(self, weight: nn.Parameter, labels: Tensor, op: str) -> None:
         """An elementwise ``h * w`` or ``h + b`` with a parameter: each element of the parameter meets one unit
