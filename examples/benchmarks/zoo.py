@@ -132,8 +132,10 @@ def isscompress_case(case: Case) -> str:
                     worst, compared = max(worst, float((a.double() - b.double()).abs().max())), compared + 1
     if not compared or worst > 1e-4:
         return f"WRONG: largest difference {worst:.2g} over {compared} outputs"
-    return (f"shrunk exactly: widths {widths(model)} -> {widths(small)}, largest difference {worst:.1e} "
-            "(example and fresh inputs)")
+    kept = isscompress.select_kept(isscompress.all_unit_norms(masked.state_dict(), plan.group_sets), plan.group_sets, 0)
+    others = ", ".join(f"{gs.name} {gs.size} -> {len(kept[gs.name])}" for gs in plan.group_sets if gs.kind == "feature")
+    return (f"shrunk exactly: widths {widths(model)} -> {widths(small)}" + (f" (and {others})" if others else "")
+            + f", largest difference {worst:.1e} (example and fresh inputs)")
 
 
 def shrink_zero_states(inputs: tuple, plan, small: nn.Module) -> tuple:
