@@ -14,7 +14,7 @@ from torch.utils._pytree import tree_flatten
 import isscompress
 from anymodel_zoo import AttentionClassifier, tokens, zoo
 from isscompress.anymodel import GroupsFileError, TraceError
-from isscompress.anymodel.resize import with_shared
+from isscompress.anymodel.sharing import with_shared
 from isscompress.core.groups import all_unit_norms
 from isscompress.core.surgery import mask_state_dict
 from isscompress.core.thresholding import select_kept

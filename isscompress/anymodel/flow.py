@@ -25,6 +25,7 @@ from ..errors import IsscompressError
 from .labels import (
     FEATURE_MODULES,
     HINT,
+    MATRIX_MODULES,
     RECURRENT,
     UNLABELED,
     Flow,
@@ -37,6 +38,7 @@ from .labels import (
     recurrent_shape,
     weight_name,
 )
+from .sharing import shared_names
 from .tracer import Tracer
 
 __all__ = ["HINT", "Flow", "Position", "TraceError", "UnitRange", "follow", "recurrent_shape"]
@@ -197,7 +199,7 @@ def _hooks(tracer: _Tracer, model: nn.Module, features: tuple[str, ...]) -> Iter
     for path in features:
         yield model.get_submodule(path).register_forward_hook(tracer.after_feature)
     for module in model.modules():
-        if type(module) in (nn.Linear, nn.Conv1d):
+        if type(module) in MATRIX_MODULES:
             yield module.register_forward_hook(tracer.count_positions)
 
 
@@ -205,10 +207,8 @@ def feature_candidates(model: nn.Module) -> list[str]:
     """The embeddings, Linears and Conv1ds whose output width could be a group set: not inside a recurrent module,
     not grouped convolutions, and not an embedding that shares its weight (a tied decoder's columns are the last
     layer's units already)."""
-    seen: set[int] = set()
-    shared: set[int] = set()
-    for _, p in model.named_parameters(remove_duplicate=False):
-        (shared if id(p) in seen else seen).add(id(p))
+    firsts = set(shared_names(model).values())
+    shared = {id(p) for name, p in model.named_parameters() if name in firsts}
     inside = {name for path, m in model.named_modules() if isinstance(m, RECURRENT)
               for name, _ in m.named_modules(prefix=path) if name != path}
     return [path for path, m in model.named_modules()

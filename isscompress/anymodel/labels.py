@@ -67,12 +67,22 @@ FILLS = frozenset("masked_fill masked_fill_ __setitem__".split())  # constants w
 RECURRENT = RECURRENT_MODULES  # PyTorch's layers and cells (stepped by the model's loop), the cell table's own
 # Modules whose output features are a width too (an embedding dimension, a Linear's or Conv1d's output unit): each
 # is tried as a set of its own, kept where its features reach only weights through exact operations
-FEATURE_MODULES = (nn.Embedding, nn.Linear, nn.Conv1d)
+MATRIX_MODULES = (nn.Linear, nn.Conv1d)  # their multiply-adds are counted per run (heads, projections)
+FEATURE_MODULES = (nn.Embedding, *MATRIX_MODULES)
 
 
 def feature_axis(module: nn.Module) -> int:
     """The axis of the module's output that holds its features: a Conv1d's channels, else the last."""
     return -2 if isinstance(module, nn.Conv1d) else -1
+
+
+def feature_positions(module: nn.Module, path: str, unit: int) -> set[Position]:
+    """What output feature ``unit`` of the module owns: an embedding's column, or a Linear's / Conv1d's output row and
+    its bias element (the unit's output is then exactly zero)."""
+    prefix = f"{path}." if path else ""
+    if isinstance(module, nn.Embedding):
+        return {(prefix + "weight", 1, unit)}
+    return {(prefix + "weight", 0, unit)} | ({(prefix + "bias", 0, unit)} if module.bias is not None else set())
 
 
 def feature_width(module: nn.Module) -> int:

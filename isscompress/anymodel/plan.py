@@ -24,7 +24,7 @@ from ..core.groups import GroupSet, Member
 from ..io.files import atomic_write, check_output_path
 from .groups_file import GROUPS_FORMAT, check_plan_members, parse_groups, read_groups_text
 from .flow import HINT, Flow, Position, TraceError, UnitRange, feature_candidates, follow, recurrent_shape
-from .labels import weight_name
+from .labels import feature_positions, weight_name
 
 @dataclass
 class Plan:
@@ -94,13 +94,11 @@ def own_positions(r: UnitRange, module_path: str, module: nn.Module, unit: int) 
     cell table's parameter declarations as the language-model stack reads them: the rows of every gate block (or of
     the projection) it produces, the columns that read it back, and the next layer's input columns. A feature unit's
     own position is its embedding column, or its Linear's or Conv1d's output row and bias element."""
-    prefix = f"{module_path}." if module_path else ""
-    if r.kind == "feature":  # an embedding's column, or a Linear's / Conv1d's output row and its bias
-        if isinstance(module, nn.Embedding):
-            return {(prefix + "weight", 1, unit)}
-        return {(prefix + "weight", 0, unit)} | ({(prefix + "bias", 0, unit)} if module.bias is not None else set())
+    if r.kind == "feature":
+        return feature_positions(module, module_path, unit)
     layers, directions, hidden, proj, gates = recurrent_shape(module)
     cell = cell_of_module(module)
+    prefix = f"{module_path}." if module_path else ""
     shape = SimpleNamespace(input_size=0, hidden_size=hidden, proj_size=proj, depth=getattr(module, "depth", 1))
     params = cell.layer_params(shape, bias=bool(module.bias))  # nn.RNNBase, its cells and ours keep a bias flag
     key = lambda name, layer=r.layer, direction=r.direction: prefix + weight_name(module, name, layer, direction)  # noqa: E731

@@ -22,6 +22,7 @@ from ..core.surgery import shrink_state_dict
 from ..core.thresholding import select_kept
 from ..errors import ShrinkError
 from .plan import Plan, check_plan, discover
+from .sharing import shared_names, with_shared
 
 
 def _rebuilt(module: nn.Module, state: Mapping[str, Tensor]) -> nn.Module | None:
@@ -129,25 +130,6 @@ def _stored_widths(resized: nn.Module, path: str, old: int, new: int) -> None:
         for name in WIDTH_ATTRIBUTES & holder.__dict__.keys():
             if type(holder.__dict__[name]) is int and holder.__dict__[name] == old:
                 holder.__dict__[name] = new
-
-
-def shared_names(module: nn.Module) -> dict[str, str]:
-    """Every other name of a tensor the module holds under several names -> its first name (a tied decoder): the one
-    place shared tensors are found, as safetensors' ``_find_shared_tensors`` finds them."""
-    first: dict[int, str] = {}
-    aliases = {}
-    for name, tensor in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
-        if id(tensor) in first:
-            aliases[name] = first[id(tensor)]
-        else:
-            first[id(tensor)] = name
-    return aliases
-
-
-def with_shared(state: Mapping[str, Tensor], aliases: Mapping[str, str]) -> dict[str, Tensor]:
-    """``state`` with every other name of a shared tensor holding its first name's tensor (a file written with one
-    name per tensor, or a surgery that cut only the first name)."""
-    return {**state, **{alias: state[name] for alias, name in aliases.items() if name in state}}
 
 
 def _tie_again(model: nn.Module, resized: nn.Module) -> None:

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from ..anymodel.labels import ZERO, is_cell, recurrent_shape
 from ..anymodel.plan import Plan
 from ..anymodel.probe import float64_outputs
-from ..anymodel.resize import inputs_for, kept_mask, resize_to, shared_names, with_shared
+from ..anymodel.resize import inputs_for, kept_mask, resize_to
+from ..anymodel.sharing import shared_names, with_shared
 from ..core.architecture import LayerInfo
 from ..core.cells import CellKind, cell_of_module
 from ..core.groups import GroupSet

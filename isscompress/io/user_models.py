@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
 from ..anymodel import TraceError, discover, load_groups, resize_to
-from ..anymodel.resize import inputs_for, shared_names, with_shared
+from ..anymodel.resize import inputs_for
+from ..anymodel.sharing import shared_names, with_shared
 from ..architectures.traced import KIND, TracedModel
 from ..core.cells import cell_of_module
 from ..errors import CheckpointError, IsscompressError
