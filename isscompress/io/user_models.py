@@ -126,10 +126,13 @@ def _inputs_for_shrunk(model: nn.Module, inputs: tuple, metadata: Metadata) -> t
               if isinstance(leaf, Tensor) and leaf.is_floating_point() and leaf.dim() and leaf.shape[-1] in widths]
     if not metadata.kept or not states:  # no input can be a layer's state: nothing to cut, no trace needed
         return inputs
-    plan = discover(model, inputs)  # the factory's model: the original's sizes, which the inputs fit
-    if not plan.input_labels or not set(metadata.kept) <= {gs.name for gs in plan.group_sets}:
+    # the factory's model: the original's sizes, which the inputs fit; a state holds recurrent units only, so the
+    # other widths need not be traced
+    plan = discover(model, inputs, features=False)
+    names = {gs.name for gs in plan.group_sets}
+    if not plan.input_labels or not names <= set(metadata.kept):
         return inputs
-    return inputs_for(plan, inputs, {name: torch.tensor(kept) for name, kept in metadata.kept.items()})[1]
+    return inputs_for(plan, inputs, {name: torch.tensor(metadata.kept[name]) for name in names})[1]
 
 
 def _first_batch(batches: Any) -> tuple[tuple, ...]:
