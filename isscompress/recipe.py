@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, get_args
 
@@ -27,6 +26,7 @@ from pydantic import (
     field_validator,
 )
 
+from .cache import private_folder, write_private
 from .core.groups import GroupSet, chosen_sets
 from .data import file_problem
 from .errors import RecipeError
@@ -199,6 +199,13 @@ class Recipe(Section):
         """Which widths ISS acts on, and so which a shrink after it narrows (the recurrent layers' without ISS)."""
         return self.iss.widths if self.iss is not None else "recurrent"
 
+    def input_files(self) -> tuple[Path, ...]:
+        """The files the recipe reads (data, vocabulary, teacher): no output may overwrite one."""
+        paths = [self.data.train, self.data.valid, self.data.test, self.data.split]
+        named = [self.data.vocab if self.data.vocab not in ("auto", "corpus") else None,
+                 self.distill.teacher if self.distill is not None and self.distill.teacher != "source" else None]
+        return tuple(Path(p) for p in (*paths, *named) if p is not None)
+
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
         return yaml.safe_dump(data, sort_keys=False)
@@ -294,7 +301,16 @@ def resolve_paths(recipe: Recipe, base: Path, source: str, text: str = "") -> Re
             raise RecipeError(f"recipe {source}: data.vocab file {resolved} {problem}.",
                               "Use 'auto', 'corpus', or the path of a vocabulary file (one word per line).")
         updates["vocab"] = str(resolved)
-    return recipe.model_copy(update={"data": recipe.data.model_copy(update=updates)})
+    recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update=updates)})
+    distill = recipe.distill
+    if distill is not None and distill.teacher != "source":
+        teacher = Path(distill.teacher) if Path(distill.teacher).is_absolute() else base / distill.teacher
+        if (problem := file_problem(teacher)) is not None:
+            line = lines.get(("distill", "teacher"))
+            raise RecipeError(f"recipe {source}{f', line {line}' if line else ''}: distill.teacher file {teacher} "
+                              f"{problem}.", "Paths are relative to the recipe's folder; or write 'source'.")
+        recipe = recipe.model_copy(update={"distill": distill.model_copy(update={"teacher": str(teacher)})})
+    return recipe
 
 
 def _with_split(recipe: Recipe, base: Path, source: str, lines: dict) -> Recipe:
@@ -312,22 +328,24 @@ def _with_split(recipe: Recipe, base: Path, source: str, lines: dict) -> Recipe:
     if (problem := file_problem(path)) is not None:
         raise RecipeError(f"recipe {source}{at}: data.split file {path} {problem}.",
                           "Paths are relative to the recipe's folder.")
-    raw = path.read_bytes()
-    digest = hashlib.sha256(raw + f"{first},{second}".encode()).hexdigest()[:16]
-    folder = Path(tempfile.gettempdir()) / "isscompress-splits" / digest
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError(f"recipe {source}{at}: data.split file {path} is not UTF-8 text.",
+                          "Convert it to UTF-8, e.g. with iconv.") from None
+    cuts = [text.find("\n", int(len(text) * f)) + 1 or len(text) for f in (first, first + second)]
+    parts = (text[:cuts[0]], text[cuts[0]:cuts[1]], text[cuts[1]:])
+    if not all(parts):
+        raise RecipeError(f"recipe {source}{at}: data.split file {path} is too short to split into three parts.",
+                          "Use a longer text, or give train/valid/test files.")
+    digest = hashlib.sha256(text.encode("utf-8") + f"{first},{second}".encode()).hexdigest()[:16]
+    folder = private_folder("splits", digest)
     names = ("train.txt", "valid.txt", "test.txt")
-    if not all((folder / name).is_file() for name in names):
-        text = raw.decode("utf-8")
-        cuts = [text.find("\n", int(len(text) * f)) + 1 or len(text) for f in (first, first + second)]
-        parts = (text[:cuts[0]], text[cuts[0]:cuts[1]], text[cuts[1]:])
-        if not all(parts):
-            raise RecipeError(f"recipe {source}{at}: data.split file {path} is too short to split into three parts.",
-                              "Use a longer text, or give train/valid/test files.")
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, part in zip(names, parts):
-            temporary = folder / f".{name}.{os.getpid()}"
-            temporary.write_text(part, encoding="utf-8")
-            os.replace(temporary, folder / name)
+    for name, part in zip(names, parts):  # a cached part is used only when it is exactly this text's part
+        cached = folder / name
+        if cached.is_symlink() or not cached.is_file() or cached.read_text(encoding="utf-8", errors="replace") != part:
+            cached.unlink(missing_ok=True)
+            write_private(folder, name, part)
     split = {key: folder / name for key, name in zip(("train", "valid", "test"), names)}
     return recipe.model_copy(update={"data": data.model_copy(update={**split, "split": None})})
 

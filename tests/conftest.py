@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -142,3 +143,11 @@ recover:
   bptt: 20
 {extra}""")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory) -> Path:
+    """Derived files (data.split's parts) go to a cache folder of the test run, never the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("xdg-cache")
+    os.environ["XDG_CACHE_HOME"] = str(folder)
+    return folder

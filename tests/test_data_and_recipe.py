@@ -86,8 +86,13 @@ def test_recipe_data_paths_must_exist(tmp_path) -> None:
 def test_every_example_recipe_is_valid(path) -> None:
     recipe = parse_recipe(path.read_text(), str(path))  # the schema, always
     assert parse_recipe(recipe.to_yaml()) == recipe  # what we store in metadata reads back the same
-    if "shared/" not in path.read_text() or PTB.exists():  # data paths too, where the data is here
+    teacher = recipe.distill.teacher if recipe.distill is not None else "source"
+    fetched = teacher == "source" or (path.parent / teacher).exists()  # examples/real fetch their models first
+    if ("shared/" not in path.read_text() or PTB.exists()) and fetched:  # data paths too, where the data is here
         load_recipe(path)
+    elif not fetched:
+        with pytest.raises(RecipeError, match=f"distill.teacher file .*{Path(teacher).name} does not exist"):
+            load_recipe(path)
 
 
 def test_recipe_reference_in_docs_matches_the_schema() -> None:

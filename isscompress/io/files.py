@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import stat
 import struct
 import tempfile
 from dataclasses import dataclass, field
@@ -217,6 +218,8 @@ def check_output_path(output: str | os.PathLike, *, force: bool, inputs: tuple[P
                               f"Name it {corrected.name}.")
     if any(output.resolve() == Path(source).resolve() for source in inputs):
         raise CheckpointError(f"The output {output} is the input file.", "Write to a new file.")
+    if output.is_dir():
+        raise CheckpointError(f"The output {output} is a folder.", "Give a file name inside it.")
     if output.exists() and not force:
         raise CheckpointError(f"{output} already exists.", "Choose another output, or pass --force to overwrite it.")
     if not output.parent.is_dir():
@@ -246,10 +249,30 @@ def atomic_write(output: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def refuse_link(path: Path) -> None:
+    """A side file isscompress appends to must be its own: a symbolic link there would send the writes elsewhere."""
+    if path.is_symlink():
+        raise CheckpointError(f"{path} is a symbolic link; isscompress writes its logs only into its own files, never "
+                              "through a link (which could point at anyone's file).", f"Remove {path}, then rerun.")
+
+
 def append_line(path: Path, line: str) -> None:
-    """Append one line to a log, whole or not at all: a full disk mid-line leaves the log as it was."""
+    """Append one line to a log, whole or not at all: a full disk mid-line leaves the log as it was. The log is
+    opened without following a symbolic link."""
     data = (line + "\n").encode("utf-8")
-    with open(path, "ab", buffering=0) as log:  # unbuffered: nothing is left to fail when the file closes
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT  # never through a link; a pipe fails instead of blocking
+    flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+    refuse_link(path)
+    try:
+        descriptor = os.open(path, flags, 0o644)
+    except OSError as err:
+        if path.is_symlink():
+            refuse_link(path)
+        raise CheckpointError(f"Could not open the log {path}: {err.strerror or err}.",
+                              "Check that it is a file in a writable folder (not a folder or a link).") from None
+    with open(descriptor, "ab", buffering=0) as log:  # unbuffered: nothing is left to fail when the file closes
+        if stat.S_ISFIFO(os.fstat(descriptor).st_mode) or stat.S_ISSOCK(os.fstat(descriptor).st_mode):
+            raise CheckpointError(f"The log {path} is a pipe or socket, not a file.", f"Remove {path}, then rerun.")
         start = log.tell()
         try:
             if log.write(data) != len(data):

@@ -9,13 +9,56 @@ keys of our own record that a newer isscompress added.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ..errors import CheckpointError
+from ..json_text import parse_json
+from ..yaml_lines import shown
 
 METADATA_KEY = "isscompress"
 FORMAT_VERSION = 1
+
+
+def _is_int(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_str_map(value: Any, item: Callable[[Any], bool]) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and item(v) for k, v in value.items())
+
+
+# Every field that says how tensors are read or what a model is, with the JSON type it must have: a claim of the
+# wrong type (the string "false" for a boolean) is refused, never read by Python's truthiness.
+FIELD_TYPES: dict[str, Callable[[Any], bool]] = {
+    "format_version": _is_int,
+    "family": lambda v: isinstance(v, str),
+    "architecture": lambda v: isinstance(v, str),
+    "spec": lambda v: isinstance(v, dict),
+    "stage": lambda v: isinstance(v, str),
+    "recipe": lambda v: isinstance(v, str),
+    "vocabulary": lambda v: isinstance(v, list) and all(isinstance(w, str) for w in v),
+    "level": lambda v: v in ("word", "char"),
+    "threshold": _is_number,
+    "widths_before": lambda v: _is_str_map(v, _is_int),
+    "widths_after": lambda v: _is_str_map(v, _is_int),
+    "kept": lambda v: _is_str_map(v, lambda k: isinstance(k, list) and all(_is_int(i) for i in k)),
+    "max_abs_diff": _is_number,
+    "source": lambda v: _is_str_map(v, lambda s: s is None or isinstance(s, str)),
+    "lineage": lambda v: isinstance(v, list) and all(isinstance(step, dict) for step in v),
+}
+FIELD_DESCRIPTIONS = {
+    "format_version": "a whole number", "spec": "a JSON object", "vocabulary": "a list of strings",
+    "level": "'word' or 'char'", "threshold": "a finite number", "max_abs_diff": "a finite number",
+    "widths_before": "an object of whole numbers", "widths_after": "an object of whole numbers",
+    "kept": "an object of lists of unit indices", "source": "an object of strings", "lineage": "a list of objects",
+}
+FIELD_DESCRIPTIONS.update({name: "a string" for name in FIELD_TYPES if name not in FIELD_DESCRIPTIONS})
 
 
 @dataclass(frozen=True)
@@ -47,20 +90,27 @@ class Metadata:
         raw = header.get(METADATA_KEY)
         if not raw:
             return cls(foreign=foreign)
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{where}: its isscompress metadata is not valid JSON ({err.msg}).",
-                                  "The header was edited or damaged; shrink or fine-tune from the source again.") from None
+        hint = "The header was edited or damaged; shrink or fine-tune from the source again."
+        record = parse_json(raw, f"{where}: its isscompress metadata", CheckpointError, hint)
+        if not isinstance(record, dict):
+            raise CheckpointError(f"{where}: its isscompress metadata is a {type(record).__name__}, not a JSON object.",
+                                  hint)
         version = record.get("format_version", 1)
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise CheckpointError(f"{where}: its isscompress metadata has format_version {shown(version)}, which is "
+                                  "not a format version (a whole number from 1).", hint)
+        if version > FORMAT_VERSION:
             raise CheckpointError(f"{where} was written by a newer isscompress (metadata format {version}; this "
                                   f"version reads up to {FORMAT_VERSION}).", "Upgrade isscompress to read it.")
         known = {f.name for f in fields(cls)} - {"unknown", "foreign"}
         values = {k: v for k, v in record.items() if k in known}
+        for name, value in values.items():
+            if value is not None and not FIELD_TYPES[name](value):
+                raise CheckpointError(f"{where}: its isscompress metadata field '{name}' is {shown(value)}, not "
+                                      f"{FIELD_DESCRIPTIONS[name]}.", hint)
         if values.get("vocabulary") is not None:
             values["vocabulary"] = tuple(values["vocabulary"])
-        values["lineage"] = tuple(values.get("lineage", ()))
+        values["lineage"] = tuple(values.get("lineage") or ())
         return cls(**values, unknown={k: v for k, v in record.items() if k not in known}, foreign=foreign)
 
     def to_header(self) -> dict[str, str]:

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import Diverged, Interrupted
+from ..errors import CheckpointError, Diverged, Interrupted
 from ..recipe import Schedule
 from .distributed import Distributed
 from .hooks import Event, Hook
@@ -112,11 +112,21 @@ def fit_task(
     inner = model.to(dist.device)
     loop = Loop(inner, dist.wrap(inner), _optimizer(inner, schedule), schedule, dist,
                 state or TrainState(lr=schedule.lr), task, tuple(hooks))
-    if loop.state.optimizer:
-        loop.optimizer.load_state_dict(loop.state.optimizer)
-    if loop.state.rng is not None:
-        torch.set_rng_state(loop.state.rng)
-    else:
+    try:  # a resumed state was type-checked when read; whether it fits this model's optimizer shows only here
+        if loop.state.optimizer:
+            loop.optimizer.load_state_dict(loop.state.optimizer)
+        if loop.state.rng is not None:
+            torch.set_rng_state(loop.state.rng)
+        for param, values in loop.optimizer.state.items():
+            for name, value in values.items():
+                if isinstance(value, Tensor) and value.dim() and value.shape != param.shape:
+                    raise ValueError(f"optimizer state '{name}' of shape {tuple(value.shape)} for a weight of shape "
+                                     f"{tuple(param.shape)}")
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+        kind = type(err).__name__
+        raise CheckpointError(f"The training state to resume from does not fit this model and schedule ({kind}: "
+                              f"{str(err)[:200]}).", "Start again without --resume.") from None
+    if loop.state.rng is None:
         torch.manual_seed(schedule.seed)
     loop.params = dict(inner.named_parameters())
     for hook in loop.hooks:

@@ -20,6 +20,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from ..architectures.stack_module import detach_hidden
 from ..data import bptt_windows, window_count
+from ..errors import CheckpointError
 from ..measure.perplexity import perplexity
 from .objectives import Objective, distillation_divergence
 
@@ -59,6 +60,7 @@ class LanguageModelTask:
     def __init__(self, columns: Tensor, valid: Tensor | None, bptt: int, objective: Objective, eval_bptt: int) -> None:
         self.columns, self.valid, self.bptt = columns, valid, bptt
         self.objective, self.eval_bptt = objective, eval_bptt
+        self.hidden_checked = False
 
     def count(self) -> int:
         return window_count(self.columns, self.bptt)
@@ -71,8 +73,22 @@ class LanguageModelTask:
     def loss(self, loop: "Loop", batch: Any) -> tuple[Tensor, int]:
         inputs, targets = (t.to(loop.dist.device) for t in batch)
         hidden = detach_hidden(loop.state.hidden) if loop.state.hidden is not None else None
+        if hidden is not None and loop.state.window and not self.hidden_checked:
+            self._check_resumed_hidden(loop, inputs, hidden)
         outputs, loop.state.hidden = loop.runner(inputs, hidden)
         return self.objective.loss(inputs, outputs, targets), targets.numel()
+
+    def _check_resumed_hidden(self, loop: "Loop", inputs: Tensor, hidden: Any) -> None:
+        """A hidden state read back from a resume file must have the shapes the model makes: one token's run says."""
+        training = loop.inner.training
+        with torch.no_grad():  # in eval mode: dropout would draw random numbers and change the resumed run
+            _, fresh = loop.inner.eval()(inputs[:1], None)
+        loop.inner.train(training)
+        shapes = [[tuple(t.shape) for t in (h if isinstance(h, tuple) else (h,))] for h in hidden]
+        if shapes != [[tuple(t.shape) for t in (h if isinstance(h, tuple) else (h,))] for h in fresh]:
+            raise CheckpointError(f"The training state to resume from carries a hidden state of shapes {shapes}, "
+                                  "which this model and batch size do not make.", "Start again without --resume.")
+        self.hidden_checked = True
 
     def start_epoch(self, loop: "Loop") -> None:
         self.objective.reset()

@@ -23,7 +23,7 @@ from ..core.groups import all_unit_norms
 from ..core.thresholding import kept_widths
 from ..data import Vocabulary, build_vocabulary, read_vocabulary
 from ..errors import CheckpointError, Interrupted, RecipeError
-from ..io.files import append_line, atomic_write, check_checkpoint_output, check_output_path, write_checkpoint
+from ..io.files import append_line, check_checkpoint_output, check_output_path, refuse_link, write_checkpoint
 from ..io.loading import Checkpoint, as_checkpoint, source_files
 from ..io.metadata import Metadata
 from ..recipe import Recipe, Schedule, check_layer_names, load_recipe
@@ -31,6 +31,7 @@ from ..training.budget import budget_cost
 from ..training.distributed import Distributed
 from ..training.hooks import Event, GroupLassoHook, Hook, Report, Save
 from ..training.loop import TrainState, fit
+from ..training.state_file import read_train_state, write_train_state
 from ..training.objectives import Distillation, Objective
 from .preparation import resolve_vocabulary, training_batches
 
@@ -61,12 +62,13 @@ def side_files(output: Path) -> tuple[Path, Path]:
     return output.with_name(output.name + ".train-state.pt"), output.with_name(output.name + ".log.jsonl")
 
 
-def check_training_outputs(output: Path, force: bool, inputs: tuple[Path, ...]) -> None:
+def check_training_outputs(output: Path, force: bool, inputs: tuple[Path, ...], resume: bool = False) -> None:
     """Every file a training run writes (the checkpoint, its resume state, its log) is an output: never an
-    input, and replaced only with ``force``."""
-    check_checkpoint_output(output, force=force, inputs=inputs)
+    input, and replaced only with ``force``. Resuming continues this run's own files, so they may exist."""
+    check_checkpoint_output(output, force=force or resume, inputs=inputs)
     for path in side_files(output):
-        check_output_path(path, force=force, inputs=inputs)
+        check_output_path(path, force=force or resume, inputs=inputs)
+        refuse_link(path)
 
 
 def stage_schedule(recipe: Recipe, stage: str) -> Schedule:
@@ -75,44 +77,60 @@ def stage_schedule(recipe: Recipe, stage: str) -> Schedule:
     return recipe.finetune
 
 
-def resume_state(state_file: Path, recipe: Recipe) -> tuple[dict, TrainState]:
-    """Weights and training state from the last save (one file, written atomically)."""
-    if not state_file.is_file():
-        raise CheckpointError(f"Nothing to resume: {state_file} is missing.",
-                              "Run without --resume to start the fine-tuning.")
-    try:
-        saved = torch.load(state_file, weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{state_file} could not be read ({err}).", "Start again without --resume.") from None
-    if saved.pop("recipe", None) != recipe.to_yaml():
-        raise CheckpointError(f"{state_file} was made with a different recipe.",
-                              "Resume with the same recipe, or start again without --resume.")
-    weights = saved.pop("model")
-    return weights, TrainState(**saved)
+def resume_weights(output: Path | None, resume: bool, recipe: Recipe,
+                   reference: dict[str, Tensor]) -> tuple[dict[str, Tensor] | None, TrainState | None]:
+    """With ``resume``: the weights and training state of the last save beside ``output`` (checked against
+    ``reference``, the weights of the model being resumed); else nothing (a fresh start)."""
+    if not resume:
+        return None, None
+    if output is None:
+        raise CheckpointError("Resuming needs the output file of the run to resume.", "Pass the output path.")
+    return read_train_state(side_files(output)[0], recipe.to_yaml(), reference)
 
 
 class TrainingFiles(Hook):
     """The file edge of a training run: the checkpoint and its resume state at every save point, and
     the JSON-lines log of every event (main process only). ``weights`` gives what a model's file holds
-    (a language-model stack's canonical layout, a user model's own state dict)."""
+    (a language-model stack's canonical layout, a user model's own state dict). A fresh run starts a new log;
+    a run that fails before its first save removes the log it started, so a plain retry is not refused."""
 
     def __init__(self, output: Path, metadata: Metadata, recipe: Recipe, stage: str, dist: Distributed,
-                 weights: Callable[[nn.Module], dict[str, Tensor]] = lambda model: model.canonical_state()) -> None:
+                 weights: Callable[[nn.Module], dict[str, Tensor]] = lambda model: model.canonical_state(),
+                 resume: bool = False) -> None:
         self.output, self.metadata, self.recipe, self.stage, self.dist = output, metadata, recipe, stage, dist
         self.weights = weights
         self.state_file, self.log_file = side_files(output)
+        self.saved = resume  # a resumed run's files were saved before: they are never this run's to remove
+        if not resume and dist.is_main:
+            self.log_file.unlink(missing_ok=True)
 
     def on_event(self, event: Event) -> None:
         if self.dist.is_main:
             append_line(self.log_file, json.dumps({"stage": self.stage, **event}))
 
     def on_checkpoint(self, loop) -> None:
-        # The state file alone is enough to resume (weights included), so a kill between the two
-        # writes never pairs weights with the wrong position.
         weights = {k: v.detach() for k, v in self.weights(loop.inner).items()}
-        resume_data = {**loop.state.to_dict(), "model": weights, "recipe": self.recipe.to_yaml()}
-        atomic_write(self.state_file, lambda tmp: torch.save(resume_data, tmp))
+        write_train_state(self.state_file, loop.state, weights, self.recipe.to_yaml())
         write_checkpoint(self.output, weights, self.metadata)
+        self.saved = True
+
+    def discard_unsaved(self) -> None:
+        """After a failure: the log of a run that saved nothing is not worth keeping, and would refuse a retry."""
+        if not self.saved and self.dist.is_main:
+            self.log_file.unlink(missing_ok=True)
+
+
+def run_training(train: Callable[[], object], files: TrainingFiles | None) -> None:
+    """Run ``train``; on a failure other than an interruption (whose saved state is the point), remove what a
+    run that saved nothing left behind."""
+    try:
+        train()
+    except Interrupted:
+        raise
+    except BaseException:
+        if files is not None:
+            files.discard_unsaved()
+        raise
 
 
 def lasso_hook(checkpoint: Checkpoint, recipe: Recipe) -> GroupLassoHook:
@@ -170,8 +188,8 @@ def finetune(
     if stage not in STAGES:
         raise RecipeError(f"Unknown stage '{stage}'.", f"Use one of: {', '.join(STAGES)}.")
     output = Path(output) if output is not None else None
-    if output is not None and not resume:
-        check_training_outputs(output, force, source_files(source))
+    if output is not None:
+        check_training_outputs(output, force, source_files(source) + recipe.input_files(), resume)
     checkpoint = as_checkpoint(source, recipe.model.family if arch is None else None, arch, groups)
     if stage == "finetune":  # the ISS section applies to this stage only (recovery runs on the shrunk model)
         check_layer_names(recipe, checkpoint.group_sets, "")
@@ -196,24 +214,19 @@ def _finetune_language_model(checkpoint: Checkpoint, recipe: Recipe, output: Pat
     metadata = replace(checkpoint.metadata.derived(stage, checkpoint.name, checkpoint.sha256, checkpoint.family),
                        architecture=checkpoint.spec.kind, spec=checkpoint.spec.to_dict(), recipe=recipe.to_yaml(),
                        vocabulary=vocabulary.words, level=recipe.data.level)
-    weights, state = checkpoint.state, None
-    if resume:
-        if output is None:
-            raise CheckpointError("Resuming needs the output file of the run to resume.", "Pass the output path.")
-        weights, state = resume_state(side_files(output)[0], recipe)
-    elif output is not None:
-        side_files(output)[1].unlink(missing_ok=True)
-    model = checkpoint.spec.build({k: v.float().clone() for k, v in weights.items()}, dropout=schedule.dropout,
-                                  variational=schedule.variational_dropout)
+    weights, state = resume_weights(output, resume, recipe, checkpoint.state)
+    model = checkpoint.spec.build({k: v.float().clone() for k, v in (weights or checkpoint.state).items()},
+                                  dropout=schedule.dropout, variational=schedule.variational_dropout)
     dist = Distributed.from_environment(schedule.device)
     result = FinetuneResult(checkpoint, stage)
+    files = TrainingFiles(output, metadata, recipe, stage, dist, resume=resume) if output is not None else None
     hooks: list[Hook] = [lasso_hook(checkpoint, recipe)] if stage == "finetune" and recipe.iss is not None else []
-    hooks += [TrainingFiles(output, metadata, recipe, stage, dist)] if output is not None else []
+    hooks += [files] if files is not None else []
     hooks.append(Report(lambda event: (result.events.append(event), on_event(event))))
     objective = _objective(recipe, stage, checkpoint, dist.device, teacher)
     try:
-        fit(model, train_data, valid, schedule, objective=objective, hooks=hooks, dist=dist, state=state,
-            eval_bptt=recipe.evaluate.bptt)
+        run_training(lambda: fit(model, train_data, valid, schedule, objective=objective, hooks=hooks, dist=dist,
+                                 state=state, eval_bptt=recipe.evaluate.bptt), files)
     finally:
         dist.close()
     result.checkpoint = _trained(model, checkpoint.spec, checkpoint.family, metadata, output)

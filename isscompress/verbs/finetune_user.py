@@ -17,7 +17,7 @@ from ..training.distributed import Distributed
 from ..training.hooks import Event, Hook, Report
 from ..training.loop import fit_task
 from ..training.tasks import LabelFreeTask
-from .finetune import FinetuneResult, TrainingFiles, lasso_hook, resume_state, side_files, stage_schedule
+from .finetune import FinetuneResult, TrainingFiles, lasso_hook, resume_weights, run_training, stage_schedule
 
 # (section, field, why it cannot apply to a user model): set in a recipe, each is refused by name
 INAPPLICABLE = (
@@ -75,24 +75,22 @@ def finetune_traced(checkpoint: Checkpoint, recipe: Recipe, output: Path | None,
     if teacher is None and distill.teacher != "source":
         teacher = as_checkpoint(distill.teacher, arch=spec.arch)
     teacher_model = teacher.model().eval() if teacher is not None else copy.deepcopy(model).eval()
-    state = None
-    if resume:
-        if output is None:
-            raise RecipeError("Resuming needs the output file of the run to resume.", "Pass the output path.")
-        weights, state = resume_state(side_files(output)[0], recipe)
+    weights, state = resume_weights(output, resume, recipe, model.state_dict())
+    if weights is not None:
         model.load_state_dict(weights)
-    elif output is not None:
-        side_files(output)[1].unlink(missing_ok=True)
     hooks: list[Hook] = [lasso_hook(checkpoint, recipe)] if lasso else []
     metadata = replace(checkpoint.metadata.derived(stage, checkpoint.name, checkpoint.sha256, checkpoint.family),
                        architecture=spec.kind, recipe=recipe.to_yaml())
+    files = None
     if output is not None:
-        hooks.append(TrainingFiles(output, metadata, recipe, stage, dist, weights=lambda trained: trained.state_dict()))
+        files = TrainingFiles(output, metadata, recipe, stage, dist, weights=lambda trained: trained.state_dict(),
+                              resume=resume)
+        hooks.append(files)
     result = FinetuneResult(checkpoint, stage)
     hooks.append(Report(lambda event: (result.events.append(event), on_event(event))))
     task = LabelFreeTask(spec.batches, teacher_model, distill.temperature, distill.loss, distill.alpha, spec.task_loss)
     try:
-        fit_task(model, task, schedule, hooks=hooks, dist=dist, state=state)
+        run_training(lambda: fit_task(model, task, schedule, hooks=hooks, dist=dist, state=state), files)
     finally:
         dist.close()
     model = model.cpu().eval()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -11,6 +12,7 @@ from typing import Callable
 from ..errors import CheckpointError, Interrupted
 from ..io.files import atomic_write
 from ..io.loading import Checkpoint, as_checkpoint
+from ..json_text import parse_json
 from ..recipe import Recipe, load_recipe
 from ..training.hooks import Event
 from .finetune import finetune, side_files
@@ -19,6 +21,8 @@ from .shrink import ShrinkResult, shrink
 
 OUTPUTS = ("finetuned.safetensors", "shrunk.safetensors", "recovered.safetensors", "report.json", "report.md")
 RUN_STATE = "run-state.json"  # the stages that finished, so that --resume knows where to continue
+TRAINING_STAGES = ("finetune", "recover")
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -101,18 +105,24 @@ class RunLedger:
         if not path.is_file():
             raise CheckpointError(f"Nothing to resume in {folder}: it has no {RUN_STATE} (the run did not start, or "
                                   "was made by another version).", "Run without --resume (with --force to start again).")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            ledger = cls(folder, str(data["recipe"]), data.get("source_sha256"), list(data["done"]), resuming=True)
-        except (ValueError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{path} is damaged ({type(err).__name__}).", "Start again with --force.") from None
+        data = parse_json(path.read_bytes(), str(path), CheckpointError, "Start again with --force.")
+        if not isinstance(data, dict) or set(data) != {"recipe", "source_sha256", "done"}:
+            raise CheckpointError(f"{path} is not the record of a run (it must hold recipe, source_sha256 and done).",
+                                  "Start again with --force.")
+        recipe_text, source, done = data["recipe"], data["source_sha256"], data["done"]
+        if not isinstance(recipe_text, str) or not (isinstance(source, str) and SHA256.fullmatch(source)) or not (
+                isinstance(done, list) and all(stage in TRAINING_STAGES for stage in done)):
+            raise CheckpointError(f"{path} is damaged: recipe must be text, source_sha256 the source's sha256 "
+                                  f"(64 hex digits), done a list of stages from {list(TRAINING_STAGES)}.",
+                                  "Start again with --force.")
+        ledger = cls(folder, recipe_text, source, list(done), resuming=True)
         if ledger.recipe != recipe.to_yaml():
             raise CheckpointError(f"The run in {folder} was made with a different recipe.",
                                   "Resume with the same recipe, or start again with --force.")
         return ledger
 
     def check_source(self, checkpoint: Checkpoint) -> None:
-        if self.source_sha256 is not None and checkpoint.sha256 != self.source_sha256:
+        if checkpoint.sha256 != self.source_sha256:
             raise CheckpointError(f"The run in {self.folder} was made from another source checkpoint (sha256 "
                                   f"{self.source_sha256[:12]}…).", "Resume with the same checkpoint, or start again "
                                   "with --force.")

@@ -8,6 +8,9 @@ metadata, and re-derived from shapes when the metadata is missing (a plain state
 from __future__ import annotations
 
 from ...architectures.stack import LAYER_KEY
+from ...core.cells import CELLS
+from ...errors import CheckpointError
+from ...yaml_lines import shown
 from ..files import RawCheckpoint
 from .base import Canonical, Family, same_tensor
 
@@ -16,19 +19,39 @@ def matches(tensors) -> bool:
     return any(LAYER_KEY.match(key) for key in tensors)
 
 
+def _stored_claims(raw: RawCheckpoint) -> tuple[bool | None, str | None]:
+    """The metadata's ``tied`` and ``cell``, each strictly of its type (a claim, checked against the tensors next)."""
+    stored = raw.record.spec
+    if stored is None:
+        return None, None
+    tied, cell = stored.get("tied"), stored.get("cell")
+    if not isinstance(tied, bool):
+        raise CheckpointError(f"{raw.path}: its isscompress metadata says tied is {shown(tied)}, not true or false.",
+                              "The header was edited or damaged; shrink or fine-tune from the source again.")
+    if cell not in CELLS:
+        raise CheckpointError(f"{raw.path}: its isscompress metadata names the cell {shown(cell)}, which isscompress "
+                              f"does not know (it knows {', '.join(CELLS)}).",
+                              "The header was edited or damaged, or a newer isscompress wrote it.")
+    return tied, cell
+
+
 def convert(raw: RawCheckpoint) -> Canonical:
     tensors = dict(raw.tensors)
-    record = raw.record
-    stored = record.spec
-    if stored is not None:
-        tied, cell = bool(stored["tied"]), stored["cell"]
-    else:
-        encoder, decoder = tensors.get("encoder.weight"), tensors.get("decoder.weight")
-        tied = encoder is not None and (decoder is None or same_tensor(decoder, encoder))
-        cell = None
+    claimed, cell = _stored_claims(raw)
+    encoder, decoder = tensors.get("encoder.weight"), tensors.get("decoder.weight")
+    holds_tie = encoder is not None and (decoder is None or same_tensor(decoder, encoder))
+    # an untied model may hold two equal matrices (both read, the same function); a tied one never two different
+    tied = holds_tie if claimed is None else claimed
+    if tied and not holds_tie or not tied and encoder is not None and decoder is None:
+        held = ("a decoder.weight of its own, unlike encoder.weight" if decoder is not None else
+                "no encoder.weight" if encoder is None else "no decoder.weight")
+        raise CheckpointError(f"{raw.path}: its isscompress metadata says the model is {'' if tied else 'not '}tied, "
+                              f"but its tensors hold {held}. The tensors are the model; metadata that disagrees with "
+                              "them was edited or damaged.",
+                              "Shrink or fine-tune from the source again, or remove the isscompress header entry.")
     if tied:
         tensors.pop("decoder.weight", None)
-    return Canonical(tensors, cell_hint=cell, tied=tied, architecture=record.architecture)
+    return Canonical(tensors, cell_hint=cell, tied=tied, architecture=raw.record.architecture)
 
 
 FAMILY = Family(
