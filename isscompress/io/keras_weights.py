@@ -35,17 +35,39 @@ def is_weights_only(attrs: Any) -> bool:
     return "model_config" not in attrs and "layer_names" in attrs
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+MAX_LAYERS = 10_000  # a real model has hundreds at most; a crafted list of millions would take minutes to walk
+MAX_WEIGHTS = 64  # per layer: a Keras layer holds a handful of arrays (a Bidirectional LSTM six)
+
+
+def _text(value: Any, path: Path, what: str) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{path}: the {what} is not UTF-8 text.",
+                                  "The file is damaged or was not written by Keras; save the weights again.") from None
+    return str(value)
+
+
+def _names(values: Any, path: Path, what: str, limit: int) -> list[str]:
+    names = [_text(name, path, what) for name in numpy.atleast_1d(values)]
+    if len(names) > limit:
+        raise CheckpointError(f"{path}: the file lists {len(names):,} {what}s, more than any Keras model has "
+                              f"(at most {limit:,} are read).", "The file is damaged or crafted; save the weights again.")
+    return names
 
 
 def _version_default(version: str) -> str:
-    parts = [int(p) for p in version.split(".")[:2] if p.isdigit()]
+    parts = [int(p) for p in version.split(".")[:2] if p.isascii() and p.isdigit()]
     return "hard_sigmoid" if parts and tuple(parts) < (2, 3) else "sigmoid"
 
 
 def _recurrent(path: Path, layer: str, arrays: dict[str, numpy.ndarray], version: str) -> dict[str, Tensor]:
     kernel, recurrent = arrays["kernel"], arrays["recurrent_kernel"]
+    if kernel.ndim != 2 or recurrent.ndim != 2 or 0 in kernel.shape or 0 in recurrent.shape:
+        raise CheckpointError(f"{path}: weights-only layer '{layer}' has a kernel of shape {kernel.shape} and a "
+                              f"recurrent kernel of shape {recurrent.shape}; a recurrent layer's are non-empty "
+                              "matrices.", "The file is damaged or crafted; save the weights again.")
     units = recurrent.shape[0]
     gates, bias = recurrent.shape[1] // units, arrays.get("bias")
     cudnn = bias is not None and bias.shape == (2 * gates * units,)
@@ -87,19 +109,28 @@ def read_weights_only(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     budget = ReadBudget(path)
     tensors: dict[str, Tensor] = {}
     with h5py.File(path, "r") as f:
-        version = _text(f.attrs.get("keras_version", "unknown"))
-        for layer in (_text(name) for name in numpy.atleast_1d(f.attrs["layer_names"])):
+        version = _text(f.attrs.get("keras_version", "unknown"), path, "keras_version")
+        for layer in _names(f.attrs["layer_names"], path, "layer name", MAX_LAYERS):
             group = child(f, layer, path)
-            names = [_text(n) for n in numpy.atleast_1d(group.attrs.get("weight_names", []))] if group else []
+            names = _names(group.attrs.get("weight_names", []), path, "weight name", MAX_WEIGHTS) if group else []
             arrays: dict[str, numpy.ndarray] = {}
             for name in names:
                 if "forward_" in name or "backward_" in name:
                     raise CheckpointError(f"{path}: weights-only layer '{layer}' is a Bidirectional wrapper, whose "
                                           "directions a weights-only file does not describe.",
                                           "Save the whole model (model.save), so that its configuration is in the file.")
-                arrays[name.rsplit("/", 1)[-1].split(":")[0]] = read_dataset(group, name, budget, path)
-            if arrays:
-                tensors.update(_layer_tensors(path, layer, arrays, version))
+                short = name.rsplit("/", 1)[-1].split(":")[0]
+                if short in arrays:  # out/kernel:0 beside x/kernel:0: which one the layer uses is not in the file
+                    raise CheckpointError(f"{path}: weights-only layer '{layer}' lists two weights named '{short}' "
+                                          f"({', '.join(n for n in names if n.rsplit('/', 1)[-1].split(':')[0] == short)}"
+                                          "); the file does not say which one the layer uses.",
+                                          "Save the whole model (model.save), so that its configuration is in the file.")
+                arrays[short] = read_dataset(group, name, budget, path)
+            for key, value in _layer_tensors(path, layer, arrays, version).items() if arrays else ():
+                if key in tensors:
+                    raise CheckpointError(f"{path}: two weights-only layers both give the weight '{key}'.",
+                                          "Save the whole model (model.save), so that its configuration is in the file.")
+                tensors[key] = value
     if not tensors:
         raise CheckpointError(f"{path} is a Keras weights-only file without weights.", "Point to the model's weights.")
     return tensors, {"keras": f"Keras HDF5 weights only (save_weights), Keras {version}"}

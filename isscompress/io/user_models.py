@@ -28,6 +28,7 @@ from ..errors import CheckpointError, IsscompressError
 from .files import read_checkpoint
 from .loading import Checkpoint
 from .metadata import Metadata
+from .user_hooks import guarded, guarded_batches, guarded_task_loss
 
 
 class ArchError(IsscompressError):
@@ -96,10 +97,33 @@ def load_factory(arch: str) -> Factory:
                                                                  for k, v in keys.items())):
         raise ArchError(f"--arch: CHECKPOINT_KEYS in {path} is not a dict of file names to model names.",
                         "Write it as {'enc_w_ih': 'encoder.weight_ih', ...}.")
+    if keys is not None and len(set(keys.values())) != len(keys):
+        targets = [value for value in keys.values()]
+        twice = sorted({value for value in targets if targets.count(value) > 1})
+        sources = [key for key, value in keys.items() if value == twice[0]]
+        raise ArchError(f"--arch: CHECKPOINT_KEYS in {path} maps {', '.join(map(repr, sources))} all to "
+                        f"{twice[0]!r}; one model weight can come from only one tensor of the file.",
+                        "Map each file tensor to its own model name.")
     task_loss = getattr(module, "task_loss", None)
     if task_loss is not None and not callable(task_loss):
         raise ArchError(f"--arch: task_loss in {path} is not a function.", "Define task_loss(outputs, batch).")
-    return Factory(model, inputs if isinstance(inputs, tuple) else (inputs,), batches, evaluate, keys, task_loss)
+    evaluate = guarded(f"{name}()'s evaluate(model)", path, evaluate) if evaluate is not None else None
+    return Factory(model, inputs if isinstance(inputs, tuple) else (inputs,), guarded_batches(batches, path),
+                   evaluate, keys, guarded_task_loss(task_loss, path))
+
+
+def _renamed(tensors: dict[str, Tensor], keys: dict[str, str], checkpoint: Path, arch: str) -> dict[str, Tensor]:
+    """The file's tensors under the model's names (CHECKPOINT_KEYS); two tensors for one name are refused."""
+    renamed: dict[str, Tensor] = {}
+    origin: dict[str, str] = {}
+    for key, value in tensors.items():
+        name = keys.get(key, key)
+        if name in renamed:
+            raise CheckpointError(f"{checkpoint}: its tensors '{origin[name]}' and '{key}' both become the model's "
+                                  f"'{name}' under CHECKPOINT_KEYS of {arch}; which one the model should hold is "
+                                  "not said.", "Map the file's tensors to distinct model names.")
+        renamed[name], origin[name] = value, key
+    return renamed
 
 
 def _fit(model: nn.Module, tensors: dict[str, Tensor], checkpoint: Path, stored_widths: bool = False) -> nn.Module:
@@ -156,7 +180,7 @@ def open_user_model(checkpoint: str | os.PathLike, arch: str | None = None,
     if arch is not None:
         factory = load_factory(arch)
         factory_model, inputs, batches, evaluate = factory.model, factory.inputs, factory.batches, factory.evaluate
-        tensors = {(factory.keys or {}).get(key, key): value for key, value in tensors.items()}
+        tensors = _renamed(tensors, factory.keys or {}, raw.path, arch)
         inputs = _inputs_for_shrunk(factory_model, inputs, metadata)
         model = _fit(factory_model, tensors, raw.path)
     if groups is not None:

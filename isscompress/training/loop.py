@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, Diverged, Interrupted
+from ..errors import CheckpointError, DataError, Diverged, Interrupted
 from ..recipe import Schedule
 from .distributed import Distributed
 from .hooks import Event, Hook
@@ -174,6 +174,9 @@ class Loop:
                                           "Run the same command with --resume to continue.")
                     if schedule.max_steps and state.step >= schedule.max_steps:
                         break
+                if done == 0 and state.window == 0:  # (a resumed epoch may have had its last batch already)
+                    raise DataError(f"Epoch {state.epoch} had no batches to train on, so nothing was learned.",
+                                    "Give training data: the recipe's data.train, or the --arch factory's batches.")
                 self.end_epoch(loss_sum / max(done, 1), time.perf_counter() - started)
                 if schedule.max_steps and state.step >= schedule.max_steps:
                     break

@@ -1,0 +1,192 @@
+"""Trust, round 4: a claim in a file (metadata, weight names, a name mapping) is checked against the tensors, and
+two sources for one target are refused — never a silently wrong model. What a user's own functions raise or
+return wrongly is reported as theirs (exit 1, the hook named), never as a bug of isscompress."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from test_bad_input_matrix import SPEC, WORDS
+from test_keras import FIXTURES, _weights_only
+from typer.testing import CliRunner
+
+import isscompress
+from anymodel_zoo import GRUTagger, tokens
+from isscompress.architectures.stack_module import RecurrentModel
+from isscompress.cli import app
+from isscompress.errors import CheckpointError
+from isscompress.io.files import read_checkpoint, write_checkpoint
+from isscompress.io.metadata import Metadata
+
+runner = CliRunner()
+
+
+def _clean_error(result, pattern: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    assert pattern in " ".join(result.stderr.split()), result.stderr
+
+
+def _untied_file(tmp_path, record: dict) -> "Path":
+    torch.manual_seed(0)
+    path = tmp_path / "m.safetensors"
+    state = RecurrentModel(SPEC).canonical_state()
+    assert "decoder.weight" in state and not torch.equal(state["decoder.weight"], state["encoder.weight"])
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"isscompress": json.dumps(record)})
+    return path
+
+
+@pytest.mark.parametrize("tied, message", [(True, "says the model is tied, but its tensors hold a decoder.weight"),
+                                           ("false", "says tied is 'false', not true or false"),
+                                           (1, "says tied is 1, not true or false")])
+def test_a_tied_claim_that_the_tensors_deny_is_refused_and_nothing_is_written(tmp_path, tied, message) -> None:
+    spec = {**SPEC.to_dict(), "tied": tied}
+    path = _untied_file(tmp_path, {"family": "isscompress", "spec": spec, "vocabulary": WORDS})
+    out = tmp_path / "small.safetensors"
+    _clean_error(runner.invoke(app, ["shrink", str(path), "-o", str(out), "--threshold", "0"]), message)
+    assert not out.exists()
+
+
+def test_the_claim_that_agrees_still_reads_and_an_untied_pair_of_equal_matrices_stays_untied(tmp_path) -> None:
+    path = _untied_file(tmp_path, {"family": "isscompress", "spec": SPEC.to_dict()})
+    assert not isscompress.load_checkpoint(path).spec.tied and "decoder.weight" in isscompress.load_checkpoint(
+        path).state
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"format_version": "2"}, "format_version '2', which is not a format version"),
+    ({"format_version": 9}, "written by a newer isscompress"),
+    ({"kept": {"layer0": "0,1"}}, "field 'kept' is"),
+    ({"widths_after": {"layer0": -3}}, "field 'widths_after' is"),
+    ({"vocabulary": "a b c"}, "field 'vocabulary' is"),
+    ({"level": "byte"}, "field 'level' is"),
+    ({"threshold": "small"}, "field 'threshold' is"),
+    ({"lineage": [1, 2]}, "field 'lineage' is"),
+    ({"spec": [1]}, "field 'spec' is"),
+    ({"spec": {**SPEC.to_dict(), "cell": "Transformer"}}, "names the cell 'Transformer'"),
+    ([1, 2], "is a list, not a JSON object"),
+])
+def test_metadata_of_the_wrong_json_type_is_refused_by_field(tmp_path, record, message) -> None:
+    _clean_error(runner.invoke(app, ["inspect", str(_untied_file(tmp_path, record))]), message)
+
+
+def test_deeply_nested_metadata_is_a_clean_error(tmp_path) -> None:
+    path = tmp_path / "deep.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"isscompress": "[" * 50_000 + "]" * 50_000})
+    _clean_error(runner.invoke(app, ["inspect", str(path)]), "nests its JSON too deeply")
+
+
+def _spoil_weights_only(path, layer_index: int, change) -> None:
+    with h5py.File(path, "r+") as f:
+        layer = [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]][layer_index]
+        change(f, f[layer])
+
+
+def test_weights_only_keras_names_that_clash_are_refused_not_one_silently_kept(tmp_path) -> None:
+    path = _weights_only(FIXTURES / "k2_cudnn_lstm.h5", tmp_path / "w.h5")
+    read_checkpoint(path)  # the file as Keras wrote it reads
+
+    def second_kernel(f, group) -> None:
+        names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
+        kernel = next(n for n in names if n.endswith("/kernel:0"))
+        group.copy(group[kernel], "out/kernel:0")  # another dataset whose last path part is the same
+        group.attrs["weight_names"] = np.array([*names, "out/kernel:0"], dtype="S")
+
+    _spoil_weights_only(path, -1, second_kernel)
+    with pytest.raises(CheckpointError, match="lists two weights named 'kernel'"):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda f, g: f.attrs.__setitem__("keras_version", np.bytes_(b"2.\xff\xfe")), "keras_version is not UTF-8"),
+    (lambda f, g: f.attrs.__setitem__("layer_names", np.array([b"x"] * 20_001)), "20,001 layer names"),
+    (lambda f, g: _rank_one_kernel(g), "a recurrent layer's are non-empty matrices"),
+])
+def test_weights_only_keras_files_of_wrong_kinds_are_clean_errors(tmp_path, change, message) -> None:
+    path = _weights_only(FIXTURES / "k2_cudnn_lstm.h5", tmp_path / "w.h5")
+    with h5py.File(path) as f:
+        names = [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]]
+    recurrent = next(i for i, n in enumerate(names) if "lstm" in n.lower())
+    _spoil_weights_only(path, recurrent, change)
+    _clean_error(runner.invoke(app, ["inspect", str(path)]), message)
+
+
+def _rank_one_kernel(group) -> None:
+    names: list[str] = []
+    group.visititems(lambda name, item: names.append(name) if name.endswith("/kernel:0") else None)
+    kernel = next(name for name in names if "recurrent" not in name)
+    data = group[kernel][()]
+    del group[kernel]
+    group[kernel] = data.reshape(-1)
+
+
+ARCH = '''
+import torch
+from anymodel_zoo import GRUTagger, tokens
+
+CHECKPOINT_KEYS = {KEYS}
+
+def make():
+    torch.manual_seed(0)
+    return GRUTagger(), (tokens(5, 3),), {BATCHES}
+
+def task_loss(outputs, batch):
+    return {LOSS}
+'''
+
+
+def _arch(tmp_path, keys="None", batches="[(tokens(5, 3, seed=s),) for s in range(3)]",
+          loss="outputs.float().mean() * 0 + 1.0") -> str:
+    (tmp_path / "arch.py").write_text(ARCH.replace("{KEYS}", keys).replace("{BATCHES}", batches)
+                                      .replace("{LOSS}", loss))
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in GRUTagger().state_dict().items()}, str(tmp_path / "m.safetensors"))
+    return f"{tmp_path / 'arch.py'}:make"
+
+
+def test_checkpoint_keys_mapping_two_tensors_to_one_name_are_refused(tmp_path) -> None:
+    arch = _arch(tmp_path, keys="{'emb.weight': 'tag.weight', 'tag.weight': 'tag.weight'}")
+    _clean_error(runner.invoke(app, ["inspect", str(tmp_path / "m.safetensors"), "--arch", arch]),
+                 "maps 'emb.weight', 'tag.weight' all to 'tag.weight'")
+    arch = _arch(tmp_path, keys="{'emb.weight': 'tag.weight'}")  # renamed onto a name the file already has
+    _clean_error(runner.invoke(app, ["inspect", str(tmp_path / "m.safetensors"), "--arch", arch]),
+                 "both become the model's 'tag.weight'")
+
+
+def _finetune_user(tmp_path, arch: str, recipe_text: str):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text)
+    return runner.invoke(app, ["finetune", str(tmp_path / "m.safetensors"), "--arch", arch, "-r", str(recipe),
+                               "-o", str(tmp_path / "out.safetensors")])
+
+
+LABELLED = "finetune: {epochs: 1, lr: 0.001}\niss: {lambda: 0.001}\ndistill: {alpha: 0.5}\n"
+
+
+@pytest.mark.parametrize("loss, message", [
+    ("1.5", "returned float, not a scalar tensor"),
+    ("torch.tensor(1.5)", "does not depend on the outputs"),
+    ("outputs.sum(-1)", "returned a tensor of shape (5, 3)"),
+    ("batch[7]", "task_loss(outputs, batch) in"),
+])
+def test_a_task_loss_that_raises_or_returns_no_loss_is_the_users_error(tmp_path, loss, message) -> None:
+    result = _finetune_user(tmp_path, _arch(tmp_path, loss=loss), LABELLED)
+    _clean_error(result, message)
+    assert not (tmp_path / "out.safetensors").exists()
+    assert not (tmp_path / "out.safetensors.log.jsonl").exists()
+
+
+@pytest.mark.parametrize("batches, message", [
+    ("lambda: (1 / 0 for _ in range(3))", "the iterable batches() returned in"),
+    ("lambda: 1 / 0", "batches() in"),
+    ("lambda: []", "Epoch 1 had no batches to train on"),
+    ("[]", "Epoch 1 had no batches to train on"),
+])
+def test_batches_that_raise_or_are_empty_are_clean_errors(tmp_path, batches, message) -> None:
+    recipe = "finetune: {epochs: 1, lr: 0.001}\niss: {lambda: 0.001}\n"
+    _clean_error(_finetune_user(tmp_path, _arch(tmp_path, batches=batches), recipe), message)
