@@ -8,7 +8,6 @@ evaluate with the ids they were trained with.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .errors import DataError
+from .json_text import parse_json
 
 EOS = "<eos>"
 UNK = "<unk>"
@@ -82,12 +82,10 @@ def read_vocabulary(path: str | os.PathLike) -> Vocabulary:
     path = Path(path)
     text = _text(path)
     if text.lstrip().startswith("["):
-        try:
-            words = tuple(json.loads(text))
-        except json.JSONDecodeError as err:
-            raise DataError(f"Vocabulary {path} starts like a JSON list but is not one ({err.msg}, line {err.lineno}).",
-                            "Write a JSON list of strings, or one word per line.") from None
-        if not all(isinstance(word, str) for word in words):
+        listed = parse_json(text, f"Vocabulary {path} starts like a JSON list but", DataError,
+                            "Write a JSON list of strings, or one word per line.")
+        words = tuple(listed) if isinstance(listed, list) else ()
+        if not isinstance(listed, list) or not all(isinstance(word, str) for word in words):
             raise DataError(f"Vocabulary {path}: every entry of the JSON list must be a string.")
     else:
         words = tuple(line.strip() for line in text.splitlines() if line.strip())

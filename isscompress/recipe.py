@@ -30,7 +30,7 @@ from .cache import private_folder, write_private
 from .core.groups import GroupSet, chosen_sets
 from .data import file_problem
 from .errors import RecipeError
-from .yaml_lines import compose, key_lines, line_of, shown
+from .yaml_lines import MAX_BYTES, compose, construct, key_lines, line_of, shown
 
 
 class Section(BaseModel):
@@ -87,7 +87,8 @@ class Schedule(Section):
         "(Gal & Ghahramani; Zilly et al.'s RHN), instead of a new one per element."))
     clip: Optional[PositiveFloat] = Field(0.25, description="Gradient norm clip; null for none.")
     seed: int = Field(1111, ge=0, lt=2**32, description="Seeds initialisation order and dropout; same seed, same run.")
-    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d{1,3})?)$",
+                        description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
     save_every: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: at each epoch end only).")
     log_every: PositiveInt = Field(50, description="Steps between progress log lines.")
 
@@ -251,7 +252,7 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
         lines = key_lines(root, error=RecipeError)
     except RecipeError as err:
         raise RecipeError(f"recipe {source}, {err.message}", err.hint) from None
-    data: Any = yaml.safe_load(text)
+    data: Any = construct(root)
     for name, value in data.items():
         if value is None and name in SECTIONS:
             raise RecipeError(f"recipe {source}, line {lines[(name,)]}: section '{name}' is empty.",
@@ -269,6 +270,9 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     path = Path(path)
     if (problem := file_problem(path)) is not None:
         raise RecipeError(f"recipe {path} {problem}.", "Check the --recipe path.")
+    if path.stat().st_size > MAX_BYTES:  # before reading: YAML of that size would take gigabytes to parse
+        raise RecipeError(f"recipe {path} is {path.stat().st_size:,} bytes; a recipe is a few kilobytes (at most "
+                          f"{MAX_BYTES:,} are read).", "Check the --recipe path.")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -279,7 +283,7 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
 
 def resolve_paths(recipe: Recipe, base: Path, source: str, text: str = "") -> Recipe:
     """Data paths relative to ``base``; each must exist."""
-    lines = key_lines(yaml.compose(text), error=RecipeError) if text else {}
+    lines = key_lines(compose(text, f"recipe {source}", RecipeError), error=RecipeError) if text else {}
     updates: dict[str, Any] = {}
     if recipe.data.split is not None:
         recipe = _with_split(recipe, base, source, lines)

@@ -22,7 +22,7 @@ def resolve_threads(requested: int | None = None) -> int | None:
     """The thread count to use (None: torch's own default), from the option, the environment or the machine."""
     if requested is None and os.environ.get(ENVIRONMENT, "").strip():
         text = os.environ[ENVIRONMENT].strip()
-        if not text.isdigit() or int(text) < 1:
+        if not (text.isascii() and text.isdigit()) or len(text) > 9 or int(text) < 1:
             raise IsscompressError(f"{ENVIRONMENT}={text!r} is not a positive whole number of threads.",
                                    f"Set it to e.g. 1 or 2, or unset it ({ENVIRONMENT} applies to every command).")
         requested = int(text)
@@ -30,6 +30,11 @@ def resolve_threads(requested: int | None = None) -> int | None:
         if requested < 1:
             raise IsscompressError(f"--threads {requested} is not a positive number of threads.",
                                    "Give --threads 1 or more.")
+        cpus = os.cpu_count() or 1
+        if requested > cpus:  # torch allocates per-thread state up front: a huge count crashes the process
+            raise IsscompressError(f"{requested:,} threads were asked for (--threads or {ENVIRONMENT}), but this "
+                                   f"machine has {cpus} CPUs; more threads than CPUs only wait for each other.",
+                                   f"Give at most {cpus}.")
         return requested
     return 1 if (os.cpu_count() or 1) <= SMALL_MACHINE else None
 

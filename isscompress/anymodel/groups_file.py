@@ -8,13 +8,12 @@ import difflib
 from pathlib import Path
 from typing import Literal, Mapping, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError
 from torch import Tensor
 
 from ..core.groups import GroupSet, Member
 from ..errors import IsscompressError
-from ..yaml_lines import compose, key_lines, line_of, shown
+from ..yaml_lines import MAX_BYTES, compose, construct, key_lines, line_of, shown
 
 GROUPS_FORMAT = "isscompress-groups/1"
 HINT = "Write one with isscompress.Plan.save (or inspect --arch ... --save-groups) and edit it."
@@ -83,13 +82,33 @@ def _check_distinct(sets: list[SetEntry], where: str, lines: dict[tuple, int]) -
                                       "Each weight position belongs to one unit's group; remove the duplicate.")
 
 
+def _check_width_rules(sets: list[SetEntry], where: str, lines: dict[tuple, int]) -> None:
+    """``narrower_than`` names the width of other sets with more units. Sizes falling strictly along every rule is
+    also what rules out a circle (A narrower than B narrower than A), which no widths could satisfy."""
+    keys = {entry.same_width_as or entry.name: entry for entry in sets}
+    for index, entry in enumerate(sets):
+        key, wider = entry.same_width_as or entry.name, entry.narrower_than
+        if not wider:
+            continue
+        at = f"{where}, line {lines.get(('sets', index, 'narrower_than'), '?')}"
+        if wider not in keys:
+            raise GroupsFileError(f"{at}: set '{entry.name}' is narrower_than '{wider}', which is no set's name or "
+                                  "same_width_as key.", f"Name one of: {', '.join(keys)}.")
+        if wider == key:
+            raise GroupsFileError(f"{at}: set '{entry.name}' is narrower_than its own width '{wider}'.",
+                                  "Remove narrower_than, or name the wider set.")
+        if entry.size >= keys[wider].size:
+            raise GroupsFileError(f"{at}: set '{entry.name}' ({entry.size} units) is narrower_than '{wider}', which "
+                                  f"has {keys[wider].size}.", "A narrower set has fewer units than the wider one.")
+
+
 def parse_groups(text: str, where: str) -> tuple[GroupSet, ...]:
     """Group sets from groups-file text; every problem a GroupsFileError naming the line."""
     root = compose(text, where, GroupsFileError)
     if root is None:
         raise GroupsFileError(f"{where} is empty.", HINT)
     lines = key_lines(root, error=GroupsFileError)
-    raw = yaml.safe_load(text)
+    raw = construct(root)
     if not isinstance(raw, dict) or raw.get("format") != GROUPS_FORMAT:
         raise GroupsFileError(f"{where} is not an isscompress groups file (it needs `format: {GROUPS_FORMAT}` and a "
                               "`sets` list).", HINT)
@@ -99,6 +118,7 @@ def parse_groups(text: str, where: str) -> tuple[GroupSet, ...]:
         problems = [_describe(e, lines) for e in err.errors()]
         raise GroupsFileError(f"{where}: " + " ".join(problems[:4]), HINT) from None
     _check_distinct(data.sets, where, lines)
+    _check_width_rules(data.sets, where, lines)
     return tuple(GroupSet(s.name, s.size, tuple(Member(m.key, m.axis, tuple(m.starts)) for m in s.members),
                           s.same_width_as or "", s.narrower_than or "", label=s.name, kind=s.kind) for s in data.sets)
 
@@ -106,7 +126,7 @@ def parse_groups(text: str, where: str) -> tuple[GroupSet, ...]:
 def read_groups_text(path: Path) -> str:
     if not path.is_file():
         raise GroupsFileError(f"Groups file {path} does not exist or is not a file.", "Check the --groups path.")
-    if path.stat().st_size > 16 * 2**20:
+    if path.stat().st_size > MAX_BYTES:
         raise GroupsFileError(f"Groups file {path} is {path.stat().st_size:,} bytes; a groups file is a few kilobytes.",
                               HINT)
     try:

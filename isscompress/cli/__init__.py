@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from contextlib import contextmanager
@@ -14,7 +13,9 @@ from rich.console import Console
 from rich.text import Text
 
 from ..errors import Interrupted, IsscompressError
+from ..json_text import finite_json
 from . import render as _render
+from .console import SafeConsole, printable
 
 app = typer.Typer(
     name="isscompress",
@@ -40,11 +41,11 @@ GroupsOption = typer.Option(None, "--groups", help="Your model's ISS groups as a
 
 
 def _stdout() -> Console:
-    return Console()
+    return SafeConsole()
 
 
 def _stderr() -> Console:
-    return Console(stderr=True)
+    return SafeConsole(stderr=True)
 
 
 @contextmanager
@@ -58,7 +59,7 @@ def _user_errors(threads: int | None = None, compute: bool = False) -> Iterator[
             apply_threads(threads)
         yield
     except IsscompressError as err:
-        _stderr().print(Text.assemble(("error: ", "bold red"), str(err)), soft_wrap=True)
+        _stderr().print(Text.assemble(("error: ", "bold red"), printable(str(err))), soft_wrap=True)
         raise typer.Exit(EXIT_INTERRUPTED if isinstance(err, Interrupted) else EXIT_ERROR) from None
     except KeyboardInterrupt:
         _stderr().print("interrupted")
@@ -66,16 +67,17 @@ def _user_errors(threads: int | None = None, compute: bool = False) -> Iterator[
     except (typer.Exit, typer.Abort):
         raise
     except Exception as err:  # a bug of ours: still one paragraph, and a distinct exit code
-        _stderr().print(Text.assemble(("internal error: ", "bold red"), f"{type(err).__name__}: {err}. This is a bug in "
-                                      "isscompress; please report it with the command and the file's layout. "
-                                      "Set ISSCOMPRESS_DEBUG=1 for the traceback."), soft_wrap=True)
+        what = printable(f"{type(err).__name__}: {err}")
+        _stderr().print(Text.assemble(("internal error: ", "bold red"), f"{what}. This is a bug in isscompress; please "
+                                      "report it with the command and the file's layout. Set ISSCOMPRESS_DEBUG=1 for "
+                                      "the traceback."), soft_wrap=True)
         if os.environ.get("ISSCOMPRESS_DEBUG"):
             raise
         raise typer.Exit(EXIT_INTERNAL) from None
 
 
 def _print_json(data: dict) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    sys.stdout.write(finite_json(data, indent=2) + "\n")
 
 
 @app.command()

@@ -20,8 +20,13 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise IsscompressError(f"Unknown device '{name}'.", "Use auto, cpu, cuda or cuda:N.") from None
+    if device.type not in ("cpu", "cuda"):  # meta holds no values; mps, xpu, ... are not what isscompress is tested on
+        raise IsscompressError(f"Device '{name}' is not one isscompress trains on.", "Use auto, cpu, cuda or cuda:N.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise IsscompressError(f"Device '{name}' was requested but CUDA is not available.", "Use device: auto or cpu.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise IsscompressError(f"Device '{name}' was requested but this machine has {torch.cuda.device_count()} CUDA "
+                               "devices.", "Use cuda:0 or device: auto.")
     return device
 
 

@@ -12,7 +12,7 @@ from typing import Callable
 from ..errors import CheckpointError, Interrupted
 from ..io.files import atomic_write
 from ..io.loading import Checkpoint, as_checkpoint
-from ..json_text import parse_json
+from ..json_text import finite_json, parse_json
 from ..recipe import Recipe, load_recipe
 from ..training.hooks import Event
 from .finetune import finetune, side_files
@@ -167,7 +167,7 @@ def _run(source, recipe: Recipe, folder: Path, resumed: RunLedger | None, speed_
     data = recipe.data.test or recipe.data.valid
     result = report(original, current, data=data, vocab_source=recipe.data, evaluate=recipe.evaluate,
                     max_tokens=recipe.data.max_eval_tokens, repeats=speed_repeats, on_progress=on_progress)
-    text = {"report.json": json.dumps(result.to_dict(), indent=2) + "\n", "report.md": report_markdown(result)}
+    text = {"report.json": finite_json(result.to_dict(), indent=2) + "\n", "report.md": report_markdown(result)}
     for name, content in text.items():
         atomic_write(folder / name, lambda temporary, content=content: temporary.write_text(content, encoding="utf-8"))
     return RunResult(folder, shrunk_result, current.path, result)
