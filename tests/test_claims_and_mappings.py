@@ -190,3 +190,58 @@ def test_a_task_loss_that_raises_or_returns_no_loss_is_the_users_error(tmp_path,
 def test_batches_that_raise_or_are_empty_are_clean_errors(tmp_path, batches, message) -> None:
     recipe = "finetune: {epochs: 1, lr: 0.001}\niss: {lambda: 0.001}\n"
     _clean_error(_finetune_user(tmp_path, _arch(tmp_path, batches=batches), recipe), message)
+
+
+@pytest.mark.parametrize("rnn_type, tied", [("LSTM", False), ("GRU", False), ("LSTM", True)])
+def test_a_shrunk_word_language_model_runs_through_its_own_init_hidden(tmp_path, rnn_type, tied) -> None:
+    """pytorch/examples' main.py and generate.py call model.init_hidden(bsz), which reads self.nhid."""
+    from conftest import make_rnn_model
+
+    model = make_rnn_model(rnn_type, ntoken=23, ninp=8, nhid=8, tie=tied)
+    inputs = (tokens(5, 3, vocab=23), model.init_hidden(3))
+    plan = isscompress.discover(model, inputs)
+    kept = {gs.name: torch.arange(0, gs.size, 2) for gs in plan.group_sets}
+    model.load_state_dict(isscompress.mask_state_dict(model.state_dict(), plan.group_sets, kept))
+    small = isscompress.shrink_module(model, inputs, threshold=0.0)
+    assert small.rnn.hidden_size == 4 and small.nhid == 4
+    fresh = tokens(5, 2, vocab=23, seed=3)
+    output, _ = small(fresh, small.init_hidden(2))  # as the user's scripts call it
+    expected, _ = model(fresh, model.init_hidden(2))
+    torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-6)
+
+
+class LiteralWidth(torch.nn.Module):
+    """A speech-style block whose Linear width is also written as a literal in the forward (a reshape to 16): that
+    width cannot go, but the recurrent layer after it can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(20, 8)
+        self.pre = torch.nn.Linear(8, 16)
+        self.rnn = torch.nn.LSTM(16, 6, bidirectional=True)
+        self.out = torch.nn.Linear(12, 5)
+
+    def forward(self, ids):
+        steps, batch = ids.shape
+        features = self.pre(self.emb(ids)).reshape(steps * batch, 16).reshape(steps, batch, 16)
+        return self.out(self.rnn(features)[0])
+
+
+def test_an_optional_width_that_cannot_shrink_exactly_is_left_whole_not_the_whole_model_refused(tmp_path) -> None:
+    model, inputs = LiteralWidth().eval(), (tokens(5, 3, vocab=20),)
+    plan = isscompress.discover(model, inputs)
+    names = {gs.name for gs in plan.group_sets}
+    assert {"rnn.l0", "rnn.l0.reverse", "emb"} <= names and not any(name.startswith("pre") for name in names)
+    assert "shrinking it is not exact" in plan.left_whole["pre"]
+    kept = {gs.name: torch.arange(0, gs.size, 2) for gs in plan.group_sets}
+    model.load_state_dict(isscompress.mask_state_dict(model.state_dict(), plan.group_sets, kept))
+    small = isscompress.shrink_module(model, inputs, threshold=0.0)
+    assert small.rnn.hidden_size == 3 and small.emb.embedding_dim == 4 and small.pre.out_features == 16
+    (tmp_path / "arch.py").write_text("import torch\nfrom test_claims_and_mappings import LiteralWidth\n"
+                                      "from anymodel_zoo import tokens\n\ndef make():\n"
+                                      "    return LiteralWidth().eval(), (tokens(5, 3, vocab=20),)\n")
+    save_file({k: v.contiguous() for k, v in LiteralWidth().state_dict().items()}, str(tmp_path / "m.safetensors"))
+    result = runner.invoke(app, ["inspect", str(tmp_path / "m.safetensors"), "--arch", f"{tmp_path / 'arch.py'}:make"])
+    assert result.exit_code == 0, result.output
+    assert "Left whole: pre: shrinking it is not exact" in " ".join(result.stdout.split())

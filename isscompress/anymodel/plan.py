@@ -38,6 +38,7 @@ class Plan:
     input_labels: dict[int, Tensor] = field(default_factory=dict)  # example-input leaf -> its units (passed states)
     aliases: dict[str, str] = field(default_factory=dict)  # another name of a shared weight -> its member name
     positions: dict[str, int] = field(default_factory=dict)  # positions each Linear/Conv1d/recurrent module computed
+    left_whole: dict[str, str] = field(default_factory=dict)  # a candidate width not offered -> why (for inspect)
 
     def __str__(self) -> str:
         return self.describe()
@@ -237,29 +238,56 @@ def discover(model: nn.Module, example_inputs: Any, features: bool = True) -> Pl
     if not flow.ranges:
         raise TraceError("The model called no nn.LSTM, nn.GRU or nn.RNN on the example inputs, so it has no ISS "
                          "groups to find.", "Pass inputs that run its recurrent layers.")
-    plan, accepted, refused = build_plan(flow), (), []
+    plan, accepted, refused = build_plan(flow), (), {}
     for candidate in feature_candidates(model) if features else []:
         try:
-            plan, accepted = _with_widths(model, inputs, accepted, (candidate,)), (*accepted, candidate)
-        except TraceError:
-            refused.append(candidate)  # its features meet something ISS cannot follow: the width stays whole...
+            plan, accepted = _with_widths(model, inputs, plan, accepted, (candidate,)), (*accepted, candidate)
+        except TraceError as err:
+            refused[candidate] = err.message  # its features meet something ISS cannot follow: the width stays whole...
     for pair in itertools.combinations(refused, 2):  # ...unless another's make it exact: attention's queries and keys
         if not set(pair) & set(accepted):
             try:
-                plan, accepted = _with_widths(model, inputs, accepted, pair), (*accepted, *pair)
+                plan, accepted = _with_widths(model, inputs, plan, accepted, pair), (*accepted, *pair)
             except TraceError:
                 continue
+    plan.left_whole = {name: why for name, why in refused.items() if name not in accepted}
     return plan
 
 
-def _with_widths(model: nn.Module, inputs: tuple, accepted: tuple[str, ...], tried: tuple[str, ...]) -> Plan:
+def _with_widths(model: nn.Module, inputs: tuple, before: Plan, accepted: tuple[str, ...],
+                 tried: tuple[str, ...]) -> Plan:
     """The plan with the ``tried`` modules' output widths as sets beside the ``accepted`` ones; TraceError where
-    their features reach the outputs, meet an operation ISS cannot follow, or never appear."""
+    their features reach the outputs, meet an operation ISS cannot follow, never appear — or where removing half of
+    their units fails the float64 check on the example inputs (the size is used elsewhere in the forward, a reshape
+    by a literal): an optional width is offered only when it can really go, so it never costs the model the widths
+    that can."""
     flow = follow(model, inputs, (*accepted, *tried))
     found = {r.module for r in flow.ranges}
-    if not set(tried) <= found or any(_reaches_outputs(flow, module) for module in tried):
-        raise TraceError(f"{', '.join(tried)}: not a width of its own", HINT)
-    return build_plan(flow)
+    if not set(tried) <= found:
+        raise TraceError(f"{', '.join(tried)}: its features never reached a weight on the example inputs", HINT)
+    if any(_reaches_outputs(flow, module) for module in tried):
+        raise TraceError(f"{', '.join(tried)}: its features reach the model's outputs (output classes, a "
+                         "vocabulary), which are never units", HINT)
+    plan = build_plan(flow)
+    known = {gs.name for gs in before.group_sets}
+    _check_removable(model, inputs, plan, [gs.name for gs in plan.group_sets if gs.name not in known], tried)
+    return plan
+
+
+def _check_removable(model: nn.Module, inputs: tuple, plan: Plan, new_sets: list[str], tried: tuple[str, ...]
+                     ) -> None:
+    """Shrink the ``new_sets`` to every other unit (the rest whole) and run the exactness check; a failure is a
+    TraceError naming why, so the width is left whole."""
+    from ..errors import ShrinkError
+    from .resize import shrink_module_to  # it builds the architecture, which is made of this module's plans
+
+    kept = {gs.name: torch.arange(0, gs.size, 2) if gs.name in new_sets else torch.arange(gs.size)
+            for gs in plan.group_sets}
+    try:
+        shrink_module_to(model, inputs, plan, kept)
+    except ShrinkError as err:
+        raise TraceError(f"{', '.join(tried)}: shrinking it is not exact ({' '.join(err.message.split())[:160]})",
+                         HINT) from None
 
 
 def _reaches_outputs(flow: Flow, module: str) -> bool:

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten
 
 from ..anymodel.labels import ZERO, is_cell, recurrent_shape
 from ..anymodel.plan import Plan
@@ -130,18 +131,25 @@ class TracedModel:
                                                  indices), self.aliases)
         inputs = inputs_for(self.plan, self.inputs, indices)[1] if self.inputs is not None else None
         small = replace(self, module=resize_to(self.module, template), inputs=inputs, made_by_shrink=True)
-        if small.runnable and not small._runs():
-            small = replace(small, module=resize_to(self.module, template, stored_widths=True), stored_widths=True)
+        stored = replace(small, module=resize_to(self.module, template, stored_widths=True), stored_widths=True)
+        if not small.runnable:
+            return small
+        # Attributes such as self.nhid are resized with their layers whenever the model computes the same with them,
+        # so its own methods (init_hidden) make states of the new width; kept as they were only where resizing them
+        # breaks the forward or changes what it computes (an unrelated attribute of the same value).
+        plain_outputs, stored_outputs = small._outputs(), stored._outputs()
+        if stored_outputs is not None and (plain_outputs is None or _same(plain_outputs, stored_outputs)):
+            return stored
         return small
 
-    def _runs(self) -> bool:
+    def _outputs(self) -> list[Tensor] | None:
+        """The module's floating outputs on every example batch; None when its forward fails."""
         try:
             with torch.no_grad():
-                for batch in (self.inputs, *self.more_inputs):
-                    self.module.eval()(*batch)
+                return [t for batch in (self.inputs, *self.more_inputs)
+                        for t in tree_flatten(self.module.eval()(*batch))[0] if isinstance(t, Tensor)]
         except Exception:  # noqa: BLE001 - any failure of the user's forward: the other reading is tried
-            return False
-        return True
+            return None
 
     def check(self, state: Mapping[str, Tensor]) -> None:
         if self.module is None:
@@ -242,5 +250,11 @@ class TracedModel:
         return {path: count / positions[layers[0]] for path, count in positions.items() if path not in layers}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sets": {gs.name: gs.size for gs in self.plan.group_sets}}
+        """What the file records: the sets' widths, and whether width attributes (``self.nhid``) were resized with
+        the layers — how the user's code reopens it: ``resize_to(model, tensors, stored_widths=...)``."""
+        return {"sets": {gs.name: gs.size for gs in self.plan.group_sets}, "stored_widths": self.stored_widths}
 
+
+
+def _same(first: list[Tensor], second: list[Tensor]) -> bool:
+    return len(first) == len(second) and all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, second))

@@ -182,7 +182,8 @@ def open_user_model(checkpoint: str | os.PathLike, arch: str | None = None,
         factory_model, inputs, batches, evaluate = factory.model, factory.inputs, factory.batches, factory.evaluate
         tensors = _renamed(tensors, factory.keys or {}, raw.path, arch)
         inputs = _inputs_for_shrunk(factory_model, inputs, metadata)
-        model = _fit(factory_model, tensors, raw.path)
+        stored = bool((metadata.spec or {}).get("stored_widths") is True)  # as the shrink that wrote it chose
+        model = _fit(factory_model, tensors, raw.path, stored_widths=stored)
     if groups is not None:
         plan = load_groups(groups, tensors)
     else:

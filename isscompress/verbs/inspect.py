@@ -22,6 +22,7 @@ class Inspection:
     equations: str  # what the cells are taken to compute (a state dict alone cannot say)
     ignored: tuple[str, ...] = ()  # entries of a training checkpoint that are not the model's weights
     readers: dict[str, list[str]] = field(default_factory=dict)  # set -> modules reading its units (traced models)
+    left_whole: dict[str, str] = field(default_factory=dict)  # a width not offered as a set -> why (traced models)
 
     def to_dict(self) -> dict:
         return {
@@ -31,6 +32,7 @@ class Inspection:
             "model": self.summary.to_dict(),
             "group_norms": [stats.to_dict() for stats in self.norms],
             "readers": self.readers,
+            "left_whole": self.left_whole,
             "isscompress_metadata": self.metadata.shown(),
             "file_metadata": self.metadata.foreign,
         }
@@ -55,4 +57,5 @@ def inspect(source: Checkpoint | str | os.PathLike, family: str | None = None, *
     stats = tuple(norm_stats(name, values) for name, values in norms.items())
     readers = {gs.name: plan.readers(gs.name) for gs in checkpoint.group_sets} if plan is not None else {}
     return Inspection(checkpoint.path, summarize_checkpoint(checkpoint), stats, checkpoint.metadata,
-                      checkpoint.spec.equations, checkpoint.ignored, readers)
+                      checkpoint.spec.equations, checkpoint.ignored, readers,
+                      dict(plan.left_whole) if plan is not None else {})

@@ -1,5 +1,7 @@
 """A stand-in for pytorch/examples word_language_model's ``model.py`` (module ``model``, class
-``RNNModel``, same attribute names), so tests can pickle a whole model the way main.py does."""
+``RNNModel``, same attribute names), so tests can pickle a whole model the way main.py does. ``init_hidden``
+builds its states from ``self.nhid`` and ``self.nlayers`` as upstream's does (examples@77f55b9,
+word_language_model/model.py), which is what a shrunk model must still answer to."""
 
 import torch.nn as nn
 
@@ -26,3 +28,8 @@ class RNNModel(nn.Module):
         emb = self.drop(self.encoder(input))
         output, hidden = self.rnn(emb, hidden)
         return self.decoder(self.drop(output)), hidden
+
+    def init_hidden(self, bsz):
+        weight = next(self.parameters())
+        shape = (self.nlayers, bsz, self.nhid)
+        return (weight.new_zeros(shape), weight.new_zeros(shape)) if self.rnn_type == "LSTM" else weight.new_zeros(shape)
