@@ -245,3 +245,16 @@ def test_an_optional_width_that_cannot_shrink_exactly_is_left_whole_not_the_whol
     result = runner.invoke(app, ["inspect", str(tmp_path / "m.safetensors"), "--arch", f"{tmp_path / 'arch.py'}:make"])
     assert result.exit_code == 0, result.output
     assert "Left whole: pre: shrinking it is not exact" in " ".join(result.stdout.split())
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: torch.cat([t, t[:1]]), "is never larger or of another rank"),
+    (lambda t: t.reshape(-1), "is never larger or of another rank"),
+])
+def test_an_arch_checkpoint_wider_than_the_model_or_of_another_rank_is_refused(tmp_path, change, message) -> None:
+    arch = _arch(tmp_path)
+    torch.manual_seed(0)
+    state = {k: v.contiguous() for k, v in GRUTagger().state_dict().items()}
+    state["tag.weight"] = change(state["tag.weight"]).contiguous()
+    save_file(state, str(tmp_path / "m.safetensors"))
+    _clean_error(runner.invoke(app, ["inspect", str(tmp_path / "m.safetensors"), "--arch", arch]), message)

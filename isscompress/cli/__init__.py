@@ -153,7 +153,8 @@ def finetune(
             progress.set_stage(stage if not arch else f"label-free {stage}")
             result = run_finetune(checkpoint, recipe, output, stage=stage, resume=resume, force=force,
                                   on_event=progress, arch=arch, groups=groups)
-    _stderr().print(f"wrote {result.output}")
+    _stderr().print(f"wrote {result.output}" if result.written else
+                    f"nothing to write: the run in {result.output} had already finished (nothing left to resume)")
 
 
 @app.command("run")

@@ -139,6 +139,12 @@ def _fit(model: nn.Module, tensors: dict[str, Tensor], checkpoint: Path, stored_
             if unexpected else "") if part)
         raise CheckpointError(f"{checkpoint} does not match the model from --arch: {detail}.",
                               "Save the model's state_dict() with the same module names.")
+    for key, value in tensors.items():  # a shrink only narrows: another rank or a wider size is another model
+        if value.dim() != own[key].dim() or any(a > b for a, b in zip(value.shape, own[key].shape)):
+            raise CheckpointError(f"{checkpoint}: '{key}' has shape {tuple(value.shape)}, but the model from --arch "
+                                  f"holds it as {tuple(own[key].shape)}; a checkpoint of this model (or a shrunk one) "
+                                  "is never larger or of another rank.",
+                                  "Make the factory build the model the checkpoint was trained as (its sizes).")
     return resize_to(model, {k: v.to(own[k].dtype) for k, v in tensors.items()}, stored_widths)
 
 

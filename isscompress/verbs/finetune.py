@@ -22,7 +22,7 @@ from ..core.architecture import language_model_facts
 from ..core.groups import all_unit_norms
 from ..core.thresholding import kept_widths
 from ..data import Vocabulary, build_vocabulary, read_vocabulary
-from ..errors import CheckpointError, Interrupted, RecipeError
+from ..errors import CheckpointError, Interrupted, IsscompressError, RecipeError
 from ..io.files import append_line, check_checkpoint_output, check_output_path, refuse_link, write_checkpoint
 from ..io.loading import Checkpoint, as_checkpoint, source_files
 from ..io.metadata import Metadata
@@ -44,6 +44,7 @@ class FinetuneResult:
     stage: str
     events: list[Event] = field(default_factory=list)
     widths: dict[str, int] = field(default_factory=dict)  # units per set a shrink at the recipe's threshold keeps
+    written: bool = False  # whether this call wrote the output (a resume with nothing left to train writes nothing)
 
     @property
     def output(self) -> Path | None:
@@ -100,7 +101,7 @@ class TrainingFiles(Hook):
         self.output, self.metadata, self.recipe, self.stage, self.dist = output, metadata, recipe, stage, dist
         self.weights = weights
         self.state_file, self.log_file = side_files(output)
-        self.saved = resume  # a resumed run's files were saved before: they are never this run's to remove
+        self.resumed, self.wrote = resume, False  # a resumed run's files were saved before: never this run's to remove
         if not resume and dist.is_main:
             self.log_file.unlink(missing_ok=True)
 
@@ -112,11 +113,11 @@ class TrainingFiles(Hook):
         weights = {k: v.detach() for k, v in self.weights(loop.inner).items()}
         write_train_state(self.state_file, loop.state, weights, self.recipe.to_yaml())
         write_checkpoint(self.output, weights, self.metadata)
-        self.saved = True
+        self.wrote = True
 
     def discard_unsaved(self) -> None:
         """After a failure: the log of a run that saved nothing is not worth keeping, and would refuse a retry."""
-        if not self.saved and self.dist.is_main:
+        if not self.wrote and not self.resumed and self.dist.is_main:
             self.log_file.unlink(missing_ok=True)
 
 
@@ -230,6 +231,7 @@ def _finetune_language_model(checkpoint: Checkpoint, recipe: Recipe, output: Pat
     finally:
         dist.close()
     result.checkpoint = _trained(model, checkpoint.spec, checkpoint.family, metadata, output)
+    result.written = files is not None and files.wrote
     return result
 
 
@@ -266,7 +268,13 @@ def train(
     vocabulary = _vocabulary(recipe)
     spec = replace(spec, vocab_size=len(vocabulary))
     torch.manual_seed(recipe.finetune.seed)
-    model = _initialise(spec, recipe.finetune)
+    try:
+        model = _initialise(spec, recipe.finetune)
+    except (MemoryError, RuntimeError) as err:  # a width of billions: the allocation itself fails
+        said = " ".join(str(err).split())[:240]
+        raise IsscompressError(f"A model of widths {[layer.hidden_size for layer in spec.layers]} and "
+                               f"{spec.vocab_size:,} tokens could not be allocated ({type(err).__name__}: {said}).",
+                               "Choose smaller widths (-w) or embedding (-e).") from None
     schedule = recipe.finetune
     train_data, valid = training_batches(recipe, vocabulary, schedule)
     metadata = Metadata(family="isscompress", architecture=spec.kind, spec=spec.to_dict(), stage="train",

@@ -97,4 +97,5 @@ def finetune_traced(checkpoint: Checkpoint, recipe: Recipe, output: Path | None,
     state_after = spec.canonical({k: v.detach() for k, v in model.state_dict().items()})
     result.checkpoint = Checkpoint(replace(spec, module=model), state_after, checkpoint.family, checkpoint.layout,
                                    metadata, output)
+    result.written = files is not None and files.wrote
     return result
