@@ -163,8 +163,8 @@ class IssSection(Section):
 
 class DistillSection(Section):
     teacher: str = Field("source", description=(
-        "'source' (the checkpoint being fine-tuned, before this stage) or a checkpoint file (e.g. the dense "
-        "original, to teach the recovery of a shrunk model)."))
+        "'source' (the checkpoint being fine-tuned, before this stage) or a checkpoint file, relative to the "
+        "recipe's folder like every path here (e.g. the dense original, to teach the recovery of a shrunk model)."))
     temperature: PositiveFloat = Field(1.0, description="Softens both distributions; the KL term is scaled by T^2.")
     alpha: float = Field(0.5, ge=0, le=1, description=(
         "Weight of the teacher term; 1 - alpha weighs the labels' cross-entropy. 1 = label-free: only inputs "

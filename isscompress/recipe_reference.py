@@ -26,8 +26,15 @@ def reference_markdown() -> str:
     """docs/recipe.md, generated from the schema (a test keeps the file and the schema equal)."""
     lines = ["# Recipe reference", "",
              "Generated from `isscompress/recipe.py` (`python -m isscompress.recipe_reference > docs/recipe.md`). Every key",
-             "is optional; unknown keys are errors. Paths are relative to the recipe's folder. `recover` takes the",
-             "same keys as `finetune` and runs after shrinking, without ISS; without a `recover` section there is none.",
+             "is optional; unknown keys are errors. Paths (data files, the vocabulary, `distill.teacher`) are relative",
+             "to the recipe's folder, never the working directory. `recover` takes the same keys as `finetune` and",
+             "runs after shrinking, without ISS; without a `recover` section there is none.",
+             "",
+             "A recipe is plain YAML of at most 1 MB (100,000 values, 64 levels deep): anchors and aliases, merge keys",
+             "(`<<`), explicit tags (`!!set`, `!!python/...`), complex keys and duplicate keys are refused by line.",
+             "`data.split` writes its three parts to a private cache (`$XDG_CACHE_HOME/isscompress/splits`, else",
+             "`~/.cache/...`; folders 0700, files 0600, checked to be yours), and reuses a part only when it is",
+             "exactly that text's.",
              ""]
     for name, model in REFERENCE.items():
         lines += [f"## `{name}`", "", "| key | type | default | meaning |", "|---|---|---|---|"]

@@ -119,3 +119,17 @@ def test_report_json_stays_valid_json_when_a_metric_is_not_finite(monkeypatch) -
 
     data = {"perplexity_after": float("inf"), "delta": float("nan"), "rows": [1.5, float("-inf")]}
     assert json.loads(finite_json(data)) == {"perplexity_after": None, "delta": None, "rows": [1.5, None]}
+
+
+def test_a_vocabulary_nested_too_deeply_or_a_width_too_large_to_allocate_is_a_clean_error(world, tmp_path) -> None:
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text("[" * 100_000 + "]" * 100_000)
+    world["recipe"].write_text(world["recipe"].read_text().replace("data:\n", f"data:\n  vocab: {vocab}\n"))
+    result = runner.invoke(app, ["finetune", str(world["model"]), "-r", str(world["recipe"]), "-o",
+                                 str(world["out"] / "t.safetensors")])
+    _clean_error(result, "nests its JSON too deeply")
+    world["recipe"].write_text(world["recipe"].read_text().replace(f"  vocab: {vocab}\n", ""))
+    result = runner.invoke(app, ["train", "-r", str(world["recipe"]), "-o", str(world["out"] / "n.safetensors"),
+                                 "-w", "3000000000", "-e", "3000000000"])
+    _clean_error(result, "could not be allocated")
+    assert not (world["out"] / "n.safetensors").exists()

@@ -258,3 +258,14 @@ def test_an_arch_checkpoint_wider_than_the_model_or_of_another_rank_is_refused(t
     state["tag.weight"] = change(state["tag.weight"]).contiguous()
     save_file(state, str(tmp_path / "m.safetensors"))
     _clean_error(runner.invoke(app, ["inspect", str(tmp_path / "m.safetensors"), "--arch", arch]), message)
+
+
+def test_an_awd_lstm_file_with_two_trained_recurrent_weights_for_one_layer_is_refused(tmp_path) -> None:
+    from conftest import AwdLstm
+
+    state = AwdLstm().weight_drop_state()
+    raw = next(key for key in state if key.endswith("weight_hh_l0_raw"))
+    state[raw.replace(".module.", ".")] = state[raw] * 2  # the same layer's weight again, without the wrapper
+    path = tmp_path / "awd.safetensors"
+    save_file({k: v.clone().contiguous() for k, v in state.items() if k != "decoder.weight"}, str(path))
+    _clean_error(runner.invoke(app, ["inspect", str(path)]), "Two tensors hold the trained recurrent weight")

@@ -168,3 +168,10 @@ def test_the_teacher_is_resolved_against_the_recipe_folder_not_the_working_direc
         load_recipe(recipe)
     (recipes / "teacher.safetensors").write_bytes(world["model"].read_bytes())
     assert load_recipe(recipe).distill.teacher == str(recipes / "teacher.safetensors")
+
+
+def test_a_folder_where_the_log_goes_is_refused_before_any_work(world) -> None:
+    out = world["out"] / "tuned.safetensors"
+    out.with_name(out.name + ".log.jsonl").mkdir()
+    _clean_error(_finetune(world, out, "--force"), "is a folder")
+    assert not out.exists()

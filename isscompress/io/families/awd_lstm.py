@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from torch import Tensor
+
 from ...errors import CheckpointError
 from ..files import RawCheckpoint
 from ._rename import rename_layers
@@ -27,7 +29,14 @@ def convert(raw: RawCheckpoint) -> Canonical:
             del tensors[key]
     # With weight drop the trained weight is weight_hh_l0_raw; a plain weight_hh_l0 beside it is a
     # dropped-out copy of it and is ignored.
-    kept = {f"rnns.{m[1]}.weight_hh_l0{m[3] or ''}": v for k, v in tensors.items() if (m := RAW.match(k))}
+    kept: dict[str, Tensor] = {}
+    for key, value in tensors.items():
+        if (m := RAW.match(key)) is not None:
+            target = f"rnns.{m[1]}.weight_hh_l0{m[3] or ''}"
+            if target in kept:  # rnns.0.module.weight_hh_l0_raw beside rnns.0.weight_hh_l0_raw: which one trained?
+                raise CheckpointError(f"Two tensors hold the trained recurrent weight of rnns.{m[1]} (one is "
+                                      f"'{key}').", "Keep only one of them in the checkpoint.")
+            kept[target] = value
     for key, value in tensors.items():
         m = PATTERN.match(key)
         if RAW.match(key) or (m and m[2] == "weight_hh" and f"rnns.{m[1]}.weight_hh_l0{m[3] or ''}" in kept):
