@@ -67,6 +67,7 @@ def test_the_claim_that_agrees_still_reads_and_an_untied_pair_of_equal_matrices_
     ({"level": "byte"}, "field 'level' is"),
     ({"threshold": "small"}, "field 'threshold' is"),
     ({"lineage": [1, 2]}, "field 'lineage' is"),
+    ({"lineage": [{"stage": 5}]}, "field 'lineage' is"),
     ({"spec": [1]}, "field 'spec' is"),
     ({"spec": {**SPEC.to_dict(), "cell": "Transformer"}}, "names the cell 'Transformer'"),
     ([1, 2], "is a list, not a JSON object"),

@@ -284,6 +284,7 @@ def _report_notes(report, console: Console) -> None:
         console.print(norms_table(report.norms))
     prov = report.provenance
     if prov.get("lineage"):
-        steps = " → ".join(f"{s['from']} ({s['sha256'][:8]}, then {s['stage']})" for s in prov["lineage"])
+        steps = " → ".join(f"{s['from']} ({(s['sha256'] or 'in memory')[:9]}, then {s['stage']})"
+                           for s in prov["lineage"])
         threshold = f"; shrink threshold {prov['threshold']:g}" if "threshold" in prov else ""
         console.print(f"Lineage: {escape(steps)}{threshold}")

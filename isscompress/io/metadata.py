@@ -33,6 +33,12 @@ def _is_str_map(value: Any, item: Callable[[Any], bool]) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) and item(v) for k, v in value.items())
 
 
+def _is_step(step: Any) -> bool:
+    """One lineage step as :meth:`Metadata.derived` writes it: stage and source file, and the source's sha256."""
+    return (isinstance(step, dict) and isinstance(step.get("stage"), str) and isinstance(step.get("from"), str)
+            and (step.get("sha256") is None or isinstance(step.get("sha256"), str)) and "sha256" in step)
+
+
 # Every field that says how tensors are read or what a model is, with the JSON type it must have: a claim of the
 # wrong type (the string "false" for a boolean) is refused, never read by Python's truthiness.
 FIELD_TYPES: dict[str, Callable[[Any], bool]] = {
@@ -50,13 +56,14 @@ FIELD_TYPES: dict[str, Callable[[Any], bool]] = {
     "kept": lambda v: _is_str_map(v, lambda k: isinstance(k, list) and all(_is_int(i) for i in k)),
     "max_abs_diff": _is_number,
     "source": lambda v: _is_str_map(v, lambda s: s is None or isinstance(s, str)),
-    "lineage": lambda v: isinstance(v, list) and all(isinstance(step, dict) for step in v),
+    "lineage": lambda v: isinstance(v, list) and all(_is_step(step) for step in v),
 }
 FIELD_DESCRIPTIONS = {
     "format_version": "a whole number", "spec": "a JSON object", "vocabulary": "a list of strings",
     "level": "'word' or 'char'", "threshold": "a finite number", "max_abs_diff": "a finite number",
     "widths_before": "an object of whole numbers", "widths_after": "an object of whole numbers",
-    "kept": "an object of lists of unit indices", "source": "an object of strings", "lineage": "a list of objects",
+    "kept": "an object of lists of unit indices", "source": "an object of strings",
+    "lineage": "a list of steps {stage, from, sha256}",
 }
 FIELD_DESCRIPTIONS.update({name: "a string" for name in FIELD_TYPES if name not in FIELD_DESCRIPTIONS})
 

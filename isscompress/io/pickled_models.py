@@ -51,7 +51,11 @@ def _module_parameters(record: _ModuleRecord, prefix: str = "") -> dict[str, Ten
             found[prefix + name] = value
     for name, child in (getattr(record, "_modules", None) or {}).items():
         if isinstance(child, _ModuleRecord):
-            found.update(_module_parameters(child, f"{prefix}{name}."))
+            for key, value in _module_parameters(child, f"{prefix}{name}.").items():
+                if key in found:  # a parameter named "rnn.weight_ih_l0" beside module rnn's own: which one is it?
+                    raise CheckpointError(f"The pickled model names two parameters '{key}'.",
+                                          "Save model.state_dict() instead, and read that.")
+                found[key] = value
     return found
 
 

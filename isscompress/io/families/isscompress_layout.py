@@ -26,10 +26,10 @@ def _stored_claims(raw: RawCheckpoint) -> tuple[bool | None, str | None]:
         return None, None
     tied, cell = stored.get("tied"), stored.get("cell")
     if not isinstance(tied, bool):
-        raise CheckpointError(f"{raw.path}: its isscompress metadata says tied is {shown(tied)}, not true or false.",
+        raise CheckpointError(f"its isscompress metadata says tied is {shown(tied)}, not true or false.",
                               "The header was edited or damaged; shrink or fine-tune from the source again.")
     if cell not in CELLS:
-        raise CheckpointError(f"{raw.path}: its isscompress metadata names the cell {shown(cell)}, which isscompress "
+        raise CheckpointError(f"its isscompress metadata names the cell {shown(cell)}, which isscompress "
                               f"does not know (it knows {', '.join(CELLS)}).",
                               "The header was edited or damaged, or a newer isscompress wrote it.")
     return tied, cell
@@ -45,7 +45,7 @@ def convert(raw: RawCheckpoint) -> Canonical:
     if tied and not holds_tie or not tied and encoder is not None and decoder is None:
         held = ("a decoder.weight of its own, unlike encoder.weight" if decoder is not None else
                 "no encoder.weight" if encoder is None else "no decoder.weight")
-        raise CheckpointError(f"{raw.path}: its isscompress metadata says the model is {'' if tied else 'not '}tied, "
+        raise CheckpointError(f"its isscompress metadata says the model is {'' if tied else 'not '}tied, "
                               f"but its tensors hold {held}. The tensors are the model; metadata that disagrees with "
                               "them was edited or damaged.",
                               "Shrink or fine-tune from the source again, or remove the isscompress header entry.")
