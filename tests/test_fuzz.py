@@ -241,3 +241,32 @@ def test_npz_reader_never_crashes_on_mutated_headers(members) -> None:
         for name, data in members.items():
             archive.writestr(name, data)
     _read_path(path)
+
+
+# --- our own metadata record, with every field given values of every JSON type ----------------------------------
+
+METADATA_FIELDS = ["format_version", "family", "architecture", "spec", "stage", "recipe", "vocabulary", "level",
+                   "threshold", "widths_before", "widths_after", "kept", "max_abs_diff", "source", "lineage"]
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False)
+                           | st.sampled_from(["LSTM", "GRU", "word", "false", "1", "layer0", "recurrent_stack"]),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                               st.sampled_from(["tied", "cell", "layer0", "stage", "from", "sha256", "file", "layers"]),
+                               inner, max_size=3), max_leaves=8)
+METADATA_SEED = FOLDER / "metadata-seed.safetensors"
+
+
+@settings(max_examples=200, **FUZZ)
+@given(st.dictionaries(st.sampled_from(METADATA_FIELDS), JSON_VALUES, max_size=4))
+def test_any_metadata_record_loads_or_is_refused_by_name(record) -> None:
+    """A tampered record either reads (and shows) or is our one-paragraph error; never another exception."""
+    from isscompress.io.metadata import Metadata
+
+    state = make_rnn_model(ntoken=11, ninp=3, nhid=3, nlayers=1).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(METADATA_SEED),
+              metadata={"isscompress": json.dumps(record)})
+    try:
+        checkpoint = load_checkpoint(METADATA_SEED)
+        checkpoint.metadata.shown()
+        assert isinstance(Metadata.from_header(checkpoint.metadata.to_header()), Metadata)
+    except IsscompressError as err:
+        assert str(err).strip()
