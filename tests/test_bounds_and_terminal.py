@@ -37,7 +37,7 @@ def _clean_error(result, pattern: str) -> None:
     ("finetune:\n  <<: {epochs: 2}\n  lr: 1\n", "line 2: a YAML merge key (<<) is not accepted"),
     ("finetune: {epochs: 1}\niss: " + "[" * 70 + "]" * 70 + "\n", "line 2: values nested more than 64 deep"),
     ("finetune:\n  seed: [" + ", ".join(["1"] * 120_000) + "]\n", "more than 100,000 YAML values"),
-])
+], ids=["set-tag", "float-tag", "complex-key", "merge-key", "deep", "many-values"])
 def test_yaml_features_no_recipe_needs_are_refused_by_line(text, message) -> None:
     with pytest.raises(RecipeError) as caught:
         parse_recipe(text, "r.yaml")
