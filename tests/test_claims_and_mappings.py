@@ -270,3 +270,18 @@ def test_an_awd_lstm_file_with_two_trained_recurrent_weights_for_one_layer_is_re
     path = tmp_path / "awd.safetensors"
     save_file({k: v.clone().contiguous() for k, v in state.items() if k != "decoder.weight"}, str(path))
     _clean_error(runner.invoke(app, ["inspect", str(path)]), "Two tensors hold the trained recurrent weight")
+
+
+def test_masking_a_tied_weight_masks_every_name_it_has_so_loading_it_back_stays_masked() -> None:
+    from conftest import make_rnn_model
+
+    model = make_rnn_model("LSTM", ntoken=23, ninp=8, nhid=8, tie=True)
+    plan = isscompress.discover(model, (tokens(5, 3, vocab=23),))
+    assert plan.aliases == {"decoder.weight": "encoder.weight"}
+    kept = {gs.name: torch.arange(0, gs.size, 2) for gs in plan.group_sets}
+    for state, aliases in ((model.state_dict(), None),  # one storage under two names: found by storage
+                           ({k: v.clone() for k, v in model.state_dict().items()}, plan.aliases)):  # copies: named
+        masked = isscompress.mask_state_dict(state, plan.group_sets, kept, aliases=aliases)
+        copy = make_rnn_model("LSTM", ntoken=23, ninp=8, nhid=8, tie=True)
+        copy.load_state_dict(masked)
+        assert bool((copy.encoder.weight[:, 1::2] == 0).all()) and copy.decoder.weight is copy.encoder.weight

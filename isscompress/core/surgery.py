@@ -50,12 +50,20 @@ def mask_state_dict(
     kept: Mapping[str, Tensor],
     *,
     in_place: bool = False,
+    aliases: Mapping[str, str] | None = None,
 ) -> dict[str, Tensor]:
-    """``state`` with every weight of every dropped unit set to zero (a copy unless ``in_place``)."""
+    """``state`` with every weight of every dropped unit set to zero (a copy unless ``in_place``).
+
+    A tensor held under several names (a decoder tied to its embedding: ``model.state_dict()`` lists both) is masked
+    under every name: the names that view the same storage as a masked member are found here, and ``aliases`` (other
+    name -> member name, a plan's ``aliases``) names them in a state dict of copies (cloned, or read from a file).
+    Otherwise ``load_state_dict`` would load the other name's unmasked values back over the masked ones."""
     masked = dict(state)
+    changed: dict[str, Tensor] = {}  # member name -> its tensor before masking
     for (key, axis), positions in dropped_positions(group_sets, kept).items():
         if positions.numel() == 0:  # nothing to zero here: no pass over the tensor
             continue
+        changed.setdefault(key, masked[key])
         tensor = masked[key] if in_place else masked[key].clone()
         dropped = torch.zeros(tensor.shape[axis], dtype=torch.bool)
         dropped[positions] = True
@@ -64,7 +72,19 @@ def mask_state_dict(
         with torch.no_grad():  # a broadcast mask: 4x faster than index_fill_ on columns
             tensor.masked_fill_(dropped.view(view).to(tensor.device), 0)
         masked[key] = tensor
+    for name, value in state.items():
+        member = (aliases or {}).get(name) or next((key for key, before in changed.items()
+                                                    if key != name and _same_view(value, before)), None)
+        if member in changed:
+            masked[name] = masked[member]
     return masked
+
+
+def _same_view(a: Tensor, b: Tensor) -> bool:
+    """Whether two tensors are one parameter under two names: the same bytes of the same storage, seen alike."""
+    return (a.numel() > 0 and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+            and a.storage_offset() == b.storage_offset()
+            and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
 
 
 def shrink_state_dict(
