@@ -64,6 +64,7 @@ def test_the_claim_that_agrees_still_reads_and_an_untied_pair_of_equal_matrices_
     ({"kept": {"layer0": "0,1"}}, "field 'kept' is"),
     ({"widths_after": {"layer0": -3}}, "field 'widths_after' is"),
     ({"vocabulary": "a b c"}, "field 'vocabulary' is"),
+    ({"vocabulary": ["a", "b", "a"]}, "not a list of distinct strings"),  # two ids for one word: wrong tokens
     ({"level": "byte"}, "field 'level' is"),
     ({"threshold": "small"}, "field 'threshold' is"),
     ({"lineage": [1, 2]}, "field 'lineage' is"),

@@ -48,7 +48,7 @@ FIELD_TYPES: dict[str, Callable[[Any], bool]] = {
     "spec": lambda v: isinstance(v, dict),
     "stage": lambda v: isinstance(v, str),
     "recipe": lambda v: isinstance(v, str),
-    "vocabulary": lambda v: isinstance(v, list) and all(isinstance(w, str) for w in v),
+    "vocabulary": lambda v: isinstance(v, list) and all(isinstance(w, str) for w in v) and len(set(v)) == len(v),
     "level": lambda v: v in ("word", "char"),
     "threshold": _is_number,
     "widths_before": lambda v: _is_str_map(v, _is_int),
@@ -59,7 +59,7 @@ FIELD_TYPES: dict[str, Callable[[Any], bool]] = {
     "lineage": lambda v: isinstance(v, list) and all(_is_step(step) for step in v),
 }
 FIELD_DESCRIPTIONS = {
-    "format_version": "a whole number", "spec": "a JSON object", "vocabulary": "a list of strings",
+    "format_version": "a whole number", "spec": "a JSON object", "vocabulary": "a list of distinct strings",
     "level": "'word' or 'char'", "threshold": "a finite number", "max_abs_diff": "a finite number",
     "widths_before": "an object of whole numbers", "widths_after": "an object of whole numbers",
     "kept": "an object of lists of unit indices", "source": "an object of strings",
