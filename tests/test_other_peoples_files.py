@@ -175,3 +175,16 @@ def test_a_folder_where_the_log_goes_is_refused_before_any_work(world) -> None:
     out.with_name(out.name + ".log.jsonl").mkdir()
     _clean_error(_finetune(world, out, "--force"), "is a folder")
     assert not out.exists()
+
+
+def test_report_plots_replace_a_link_at_their_name_instead_of_writing_through_it(world, tmp_path) -> None:
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    victim = tmp_path / "someone-elses.txt"
+    victim.write_text("theirs\n")
+    (plots / "group_norms.png").symlink_to(victim)
+    result = runner.invoke(app, ["report", str(world["model"]), "--no-speed", "--plot", str(plots)])
+    assert result.exit_code == 0, result.output
+    assert victim.read_text() == "theirs\n"
+    assert not (plots / "group_norms.png").is_symlink()
+    assert (plots / "group_norms.png").read_bytes().startswith(b"\x89PNG")

@@ -240,7 +240,8 @@ def report(
         if plot is not None:
             from .plots import write_plots
 
-            for path in write_plots(result, plot):
+            given = (original, shrunk, data, None if vocab in ("auto", "corpus") else Path(vocab))
+            for path in write_plots(result, plot, inputs=tuple(p for p in given if p is not None)):
                 _stderr().print(f"wrote {path}")
     if as_json:
         _print_json(result.to_dict())

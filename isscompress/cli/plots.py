@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import IsscompressError
+from ..io.files import atomic_write, check_output_path
 from ..measure.summary import NORM_THRESHOLDS
 from ..verbs.report import Report
 
@@ -25,8 +26,10 @@ def _pyplot():
     return plt
 
 
-def write_plots(report: Report, folder: str | Path, threshold: float | None = None) -> list[Path]:
-    """Write ``group_norms.png`` and (with a shrunk model) ``widths.png``; returns their paths."""
+def write_plots(report: Report, folder: str | Path, threshold: float | None = None,
+                inputs: tuple[Path, ...] = ()) -> list[Path]:
+    """Write ``group_norms.png`` and (with a shrunk model) ``widths.png``; returns their paths. Each is written
+    atomically (a link placed at its name is replaced, never written through) and never over one of ``inputs``."""
     plt = _pyplot()
     folder = Path(folder)
     try:
@@ -34,10 +37,13 @@ def write_plots(report: Report, folder: str | Path, threshold: float | None = No
     except OSError as err:
         raise IsscompressError(f"Cannot create the plot folder {folder}: {err.strerror}.", "Choose another folder.") from None
     threshold = threshold if threshold is not None else report.provenance.get("threshold", NORM_THRESHOLDS["1e-4"])
-    written = [_norm_histograms(plt, report, folder / "group_norms.png", threshold)]
+    figures = [(folder / "group_norms.png", lambda path: _norm_histograms(plt, report, path, threshold))]
     if report.shrunk is not None:
-        written.append(_widths(plt, report, folder / "widths.png"))
-    return written
+        figures.append((folder / "widths.png", lambda path: _widths(plt, report, path)))
+    for path, draw in figures:
+        check_output_path(path, force=True, inputs=inputs)
+        atomic_write(path, lambda temporary, draw=draw: draw(temporary))
+    return [path for path, _ in figures]
 
 
 def _norm_histograms(plt, report: Report, path: Path, threshold: float) -> Path:
@@ -57,7 +63,7 @@ def _norm_histograms(plt, report: Report, path: Path, threshold: float) -> Path:
         axis.legend(fontsize=8)
     axes[-1, 0].set_xlabel("ISS group L2 norm (log scale)")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, format="png")
     plt.close(figure)
     return path
 
@@ -75,6 +81,6 @@ def _widths(plt, report: Report, path: Path) -> Path:
     axis.set_title(f"Widths before and after ISS (multiply-adds {report.mac_ratio:.2f}x fewer)", fontsize=10)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, format="png")
     plt.close(figure)
     return path
