@@ -137,6 +137,14 @@ class IssSection(Section):
         "Which group sets ISS acts on: 'recurrent' (the recurrent layers' units, the paper's ISS) or 'all' (also "
         "every other width the model has: embedding dimensions, MLP hidden units; docs/iss.md), so a budget over the "
         "whole model can fall on the embedding too."))
+    reach_by: Optional[float] = Field(None, gt=0, le=1, description=(
+        "With a target: steer lambda so the alive units' cost follows a schedule (cubic, as Zhu & Gupta's gradual "
+        "pruning) that reaches the target by this fraction of the stage's steps: lambda grows while the model is "
+        "behind the schedule and holds when it is ahead. Unset: lambda stays as given until the target is met."))
+    unmet: Literal["complete", "fail"] = Field("complete", description=(
+        "A target (target, target_widths) still unmet when the stage ends: 'complete' removes the weakest "
+        "remaining units until it is met (said in the output and the log), 'fail' stops with an error naming the "
+        "target. Either way a stage never ends silently above its budget."))
     warmup_steps: int = Field(0, ge=0, description=(
         "Ramp lambda linearly from 0 over this many steps, so the fine-tuning settles before units start dying."))
     zero_threshold: float = Field(1e-4, ge=0, description="subgradient: weights below this become 0 each step.")

@@ -8,7 +8,7 @@ from conftest import _recipe
 
 import isscompress
 from isscompress.core.groups import all_unit_norms
-from isscompress.errors import RecipeError
+from isscompress.errors import RecipeError, ShrinkError
 from isscompress.recipe import BudgetSection, IssSection
 from isscompress.training.budget import budget_cost
 from isscompress.training.hooks import GroupLassoHook
@@ -115,3 +115,82 @@ def test_one_shot_ranks_units_within_their_own_set_when_kinds_mix():
         dead = one_shot_removal(norms, sets, iss, 0.0, budget)
         assert {name: int((~mask).sum()) for name, mask in dead.items()} == expected, kind
         assert bool(dead["layer0"][0]) and bool(dead["embedding"][0])  # each set's weakest goes first
+
+
+# --- a target is always met: lambda steered to it, or what is left completed (or refused) at the end ------------
+
+def _budget_run(tmp_path, extra: str, lam: float = 1e-5):
+    from test_bad_input_matrix import SPEC, WORDS
+
+    from isscompress.architectures.stack_module import RecurrentModel
+    from isscompress.io.files import write_checkpoint
+    from isscompress.io.metadata import Metadata
+
+    torch.manual_seed(0)
+    model = tmp_path / "model.safetensors"
+    write_checkpoint(model, RecurrentModel(SPEC).canonical_state(),
+                     Metadata(family="isscompress", spec=SPEC.to_dict(), vocabulary=tuple(WORDS)))
+    text = tmp_path / "text.txt"
+    text.write_text(" a b c \n b a \n" * 50)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data: {{train: {text}, valid: {text}}}\nfinetune: {{epochs: 3, batch_size: 4, bptt: 5, lr: 1.0}}"
+                      f"\niss:\n  lambda: {lam}\n  method: proximal\n  target: {{macs: 0.5}}\n{extra}")
+    return isscompress.load_checkpoint(model), recipe
+
+
+def _macs(checkpoint, widths) -> float:
+    from isscompress.core.thresholding import legal_widths
+
+    sets = checkpoint.group_sets
+    return sum(checkpoint.spec.with_kept(legal_widths({**{gs.name: gs.size for gs in sets}, **widths}, sets))
+               .macs_per_token().values())
+
+
+def test_a_budget_lambda_cannot_reach_is_completed_at_the_end_and_said(tmp_path) -> None:
+    checkpoint, recipe = _budget_run(tmp_path, "")
+    full = _macs(checkpoint, {})
+    result = isscompress.finetune(checkpoint, recipe)
+    warnings = [e["text"] for e in result.events if e["event"] == "warning"]
+    assert any("or set iss.reach_by" in text for text in warnings)  # the start says what to do, not "give a budget"
+    assert not any("give a budget (iss.target)" in text for text in warnings)
+    done = [e for e in result.events if e["event"] == "target_completed"]
+    assert len(done) == 1 and done[0]["removed"] and any("were removed to meet it" in t for t in warnings)
+    assert _macs(checkpoint, result.widths) <= 0.5 * full  # not a silent 1.00x: the shrink meets the budget
+    small = isscompress.shrink(result.checkpoint, threshold=1e-4)
+    assert sum(small.checkpoint.spec.macs_per_token().values()) <= 0.5 * full
+
+
+def test_an_unmet_budget_fails_the_stage_when_the_recipe_says_so(tmp_path) -> None:
+    checkpoint, recipe = _budget_run(tmp_path, "  unmet: fail\n")
+    with pytest.raises(ShrinkError, match="had not met its target.*above iss.target's"):
+        isscompress.finetune(checkpoint, recipe)
+
+
+def test_lambda_steered_by_reach_by_meets_the_budget_without_completion(tmp_path) -> None:
+    checkpoint, recipe = _budget_run(tmp_path, "  reach_by: 0.6\n")
+    full = _macs(checkpoint, {})
+    result = isscompress.finetune(checkpoint, recipe)
+    assert not [e for e in result.events if e["event"] == "target_completed"]  # group Lasso got there itself
+    assert not [e for e in result.events if e["event"] == "warning"]  # a small lambda is what steering raises
+    scales = [e["lambda_scale"] for e in result.events if "lambda_scale" in e]
+    assert scales and max(scales) > 100  # lambda 1e-5 had to grow by orders of magnitude
+    assert _macs(checkpoint, result.widths) <= 0.5 * full
+
+
+def test_a_user_models_budget_is_completed_too(tmp_path) -> None:
+    from anymodel_zoo import GRUTagger, tokens
+    from safetensors.torch import save_file
+
+    (tmp_path / "arch.py").write_text("import torch\nfrom anymodel_zoo import GRUTagger, tokens\n\ndef make():\n"
+                                      "    torch.manual_seed(0)\n    return GRUTagger(), (tokens(5, 3),), "
+                                      "[(tokens(5, 3, seed=s),) for s in range(6)]\n")
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in GRUTagger().state_dict().items()}, str(tmp_path / "m.safetensors"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("finetune: {epochs: 1, lr: 0.001}\niss: {lambda: 0.00001, method: proximal, target: {macs: 0.5}}\n")
+    arch = f"{tmp_path / 'arch.py'}:make"
+    result = isscompress.finetune(tmp_path / "m.safetensors", recipe, arch=arch)
+    assert [e for e in result.events if e["event"] == "target_completed"]
+    small = isscompress.shrink(result.checkpoint, threshold=1e-4)
+    before, after = (sum(c.spec.macs_per_token().values()) for c in (result.checkpoint, small.checkpoint))
+    assert after <= 0.5 * before

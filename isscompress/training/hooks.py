@@ -26,7 +26,9 @@ from ..core.regularizer import (
     zero_small_weights,
 )
 from ..recipe import IssSection
+from ..errors import ShrinkError
 from .budget import Cost
+from .budget_control import STATE_KEY, LambdaSteering
 
 if TYPE_CHECKING:
     from .loop import Loop
@@ -55,6 +57,10 @@ class Hook:
     def on_checkpoint(self, loop: "Loop") -> None:
         """A save point (every ``save_every`` steps, each epoch end, a stop signal); main process only."""
 
+    def finish(self, loop: "Loop") -> bool:
+        """Training is over (not interrupted); True when the hook changed the weights, so the loop saves again."""
+        return False
+
 
 class Report(Hook):
     """Hands every event to a callback (progress bars, a JSON-lines log)."""
@@ -76,7 +82,8 @@ class Save(Hook):
         self.save(loop.inner, loop.state)
 
 
-def lambda_scale_warning(norms: dict[str, Tensor], lam: float, lr: float, steps: int) -> str | None:
+def lambda_scale_warning(norms: dict[str, Tensor], lam: float, lr: float, steps: int, iss: IssSection | None = None
+                         ) -> str | None:
     """Whether ``lam`` can do anything in ``steps`` proximal steps at ``lr``: each step shrinks a group's norm by
     ``lr * lam`` (before the loss pulls back), so ``lr * lam * steps`` against the median group norm is the scale
     of lambda. None when it is in a sensible range; else what to try (the loss's gradients fight the shrinkage,
@@ -88,9 +95,15 @@ def lambda_scale_warning(norms: dict[str, Tensor], lam: float, lr: float, steps:
     travel = lr * lam * steps
     suggested = 3 * median / (lr * steps)
     if travel < 0.5 * median:
+        goal = iss is not None and (iss.target is not None or bool(iss.target_widths))
+        if goal and iss.reach_by is not None:
+            return None  # lambda is steered to the target: a small start is what the steering raises
+        tail = (f"or set iss.reach_by (e.g. 0.75) to steer lambda to the target; as it is, what group Lasso leaves "
+                f"above the target at the end is {'removed weakest-first' if iss.unmet == 'complete' else 'an error'}"
+                if goal else "or give a budget (iss.target) or target widths")
         return (f"iss.lambda {lam:g} can shrink a group's norm by at most {travel:.3g} in this run ({steps} steps at lr "
                 f"{lr:g}), against a median group norm of {median:.3g}: it will remove few or no units. Try lambda "
-                f"around {suggested:.3g} (3 x median / (lr x steps)), or give a budget (iss.target) or target widths.")
+                f"around {suggested:.3g} (3 x median / (lr x steps)), {tail}.")
     if lr * lam > median:
         return (f"iss.lambda {lam:g} shrinks a group's norm by {lr * lam:.3g} in one step at lr {lr:g}, more than the "
                 f"median group norm {median:.3g}: most units die in the first steps. Try lambda around "
@@ -114,6 +127,7 @@ class GroupLassoHook(Hook):
         self.norms: dict[str, Tensor] | None = None  # the norms of the last step, for logging
         self.params: dict[str, Tensor] = {}
         self.step = 0  # steps taken (for the lambda warm-up)
+        self.steering: LambdaSteering | None = None  # iss.reach_by: lambda's scale, steered to the budget
 
     def start(self, loop: "Loop") -> None:
         self.params = loop.params
@@ -127,9 +141,16 @@ class GroupLassoHook(Hook):
             return
         schedule, task = getattr(loop, "schedule", None), getattr(loop, "task", None)
         count = task.count() if task is not None else None
-        if schedule is not None and count and self.iss.method == "proximal" and self.step == 0:
-            steps = min(schedule.max_steps or 10**12, schedule.epochs * count)
-            text = lambda_scale_warning(norms, self.iss.lambda_, loop.state.lr, steps)
+        steps = min(schedule.max_steps or 10**12, schedule.epochs * count) if schedule is not None and count else None
+        if self.iss.reach_by is not None and self.budget is not None:
+            if steps is None:
+                loop.emit({"event": "warning", "text": "iss.reach_by needs the stage's number of steps, which "
+                           "batches given by a function do not say: lambda is not steered (set finetune.max_steps)."})
+            else:
+                scale = float(loop.state.hooks.get(STATE_KEY, 1.0))
+                self.steering = LambdaSteering.for_stage(*self.budget, steps, self.iss.reach_by, scale)
+        if steps is not None and self.iss.method == "proximal" and self.step == 0:
+            text = lambda_scale_warning(norms, self.iss.lambda_, loop.state.lr, steps, self.iss)
             if text is not None:
                 loop.emit({"event": "warning", "text": text})
 
@@ -150,6 +171,8 @@ class GroupLassoHook(Hook):
             self.current = {name: 0.0 for name in norms}
             return self.current
         base = self.lambdas
+        if self.steering is not None:
+            base = {name: lam * self.steering.scale for name, lam in base.items()}
         if self.iss.warmup_steps and self.step < self.iss.warmup_steps:
             ramp = (self.step + 1) / self.iss.warmup_steps
             base = {name: lam * ramp for name, lam in base.items()}
@@ -233,6 +256,41 @@ class GroupLassoHook(Hook):
             if self.iss.zero_threshold > 0:
                 zero_small_weights(params, self.keys, self.iss.zero_threshold)
         self.step += 1
+        if self.steering is not None and self.norms is not None:
+            self.steering.update(self.step, {name: int(self._alive(name, norm).sum()) for name, norm in
+                                             self.norms.items()})
+            loop.state.hooks[STATE_KEY] = self.steering.scale
+
+    def finish(self, loop: "Loop") -> bool:
+        """A target group Lasso left unmet: the weakest remaining units removed (``iss.unmet: complete``, said and
+        logged) or the stage refused (``fail``)."""
+        if self.iss.method == "one-shot" or (self.budget is None and not self.iss.target_widths):
+            return False
+        norms = group_norms(self.params, self.sets)
+        before = {name: int(self._alive(name, norm).sum()) for name, norm in norms.items()}
+        over_widths = {name: width for name, width in self.iss.target_widths.items() if before[name] > width}
+        over_budget = self.budget is not None and self.budget[0](before) > self.budget[1]
+        if not over_widths and not over_budget:
+            return False
+        what = "; ".join([*(f"{name} keeps {before[name]} units, above its target_widths {width}"
+                            for name, width in over_widths.items()),
+                          *([f"the alive units cost {self.budget[0](before):,.0f}, above iss.target's "
+                             f"{self.budget[1]:,.0f}"] if over_budget else [])])
+        if self.iss.unmet == "fail":
+            raise ShrinkError(f"At the end of the stage group Lasso had not met its target: {what}.",
+                              "Raise iss.lambda, set iss.reach_by (e.g. 0.75) to steer lambda to the target, train "
+                              "longer, or set iss.unmet: complete to remove the weakest remaining units.")
+        frozen = {name: norm.masked_fill(~self._alive(name, norm), 0.0) for name, norm in norms.items()}
+        self.dead = one_shot_removal(frozen, self.sets, self.iss, self.alive_threshold, self.budget)
+        self._zero_dead()
+        after = {name: int((~dead).sum()) for name, dead in self.dead.items()}
+        removed = {name: before[name] - after[name] for name in before if before[name] != after[name]}
+        loop.emit({"event": "warning", "text": f"group Lasso had not met its target at the end of the stage ({what}); "
+                   f"the weakest remaining units were removed to meet it: "
+                   + ", ".join(f"{name} {before[name]} -> {after[name]}" for name in removed)
+                   + ". Set iss.reach_by to let lambda get there itself, or iss.unmet: fail to stop instead."})
+        loop.emit({"event": "target_completed", "step": loop.state.step, "removed": removed, "kept": after})
+        return True
 
     def alive(self, norms: dict[str, Tensor]) -> dict[str, int]:
         return {name: int((values > self.alive_threshold).sum()) for name, values in norms.items()}
@@ -240,9 +298,11 @@ class GroupLassoHook(Hook):
     def annotate(self, loop: "Loop", event: Event) -> None:
         if event["event"] == "epoch":
             event["alive"] = self.alive(group_norms(self.params, self.sets))
-        elif self.norms is not None:
+        elif event["event"] == "step" and self.norms is not None:
             event["penalty"] = penalty(self.norms, self.current or self.lambdas)
             event["alive"] = self.alive(self.norms)
+            if self.steering is not None:
+                event["lambda_scale"] = self.steering.scale
 
 
 def one_shot_removal(norms: dict[str, Tensor], sets: tuple[GroupSet, ...], iss: IssSection, alive_threshold: float,

@@ -41,6 +41,7 @@ class TrainState:
     optimizer: dict = field(default_factory=dict)
     rng: Tensor | None = None
     hidden: list | None = None
+    hooks: dict = field(default_factory=dict)  # numbers a hook carries across a resume (lambda's steered scale)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -180,6 +181,8 @@ class Loop:
                 self.end_epoch(loss_sum / max(done, 1), time.perf_counter() - started)
                 if schedule.max_steps and state.step >= schedule.max_steps:
                     break
+        if any([hook.finish(self) for hook in self.hooks]):  # every hook finishes; a change is saved
+            self.checkpoint()
 
     def step(self, batch: Any) -> tuple[float, int]:
         """One batch: forward and loss (the task's), backward, hooks around clip and optimizer step."""

@@ -89,6 +89,7 @@ def read_train_state(path: Path, recipe_yaml: str, reference: Mapping[str, Tenso
     saved = _load(path)
     if not isinstance(saved, dict) or not all(isinstance(key, str) for key in saved):
         raise _refuse(path, f"it holds a {type(saved).__name__}, not the dict of a training state")
+    saved.setdefault("hooks", {})  # a state written before hooks kept numbers across a resume
     if set(saved) != SAVED_KEYS:
         missing, extra = sorted(SAVED_KEYS - set(saved)), sorted(set(saved) - SAVED_KEYS)
         raise _refuse(path, "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
@@ -120,4 +121,8 @@ def read_train_state(path: Path, recipe_yaml: str, reference: Mapping[str, Tenso
     if rng is not None and not (isinstance(rng, Tensor) and rng.dtype == torch.uint8 and rng.dim() == 1):
         raise _refuse(path, "'rng' is not a random generator's state")
     _check_hidden(path, saved["hidden"])
+    hooks = saved["hooks"]
+    if not isinstance(hooks, dict) or not all(isinstance(k, str) and isinstance(v, float) and math.isfinite(v) and v > 0
+                                              for k, v in hooks.items()):
+        raise _refuse(path, "'hooks' is not a mapping of names to positive numbers")
     return weights, TrainState(**{name: saved[name] for name in STATE_FIELDS})
