@@ -137,6 +137,11 @@ class IssSection(Section):
         "Which group sets ISS acts on: 'recurrent' (the recurrent layers' units, the paper's ISS) or 'all' (also "
         "every other width the model has: embedding dimensions, MLP hidden units; docs/iss.md), so a budget over the "
         "whole model can fall on the embedding too."))
+    importance: Literal["norm", "taylor"] = Field("norm", description=(
+        "How the units that one-shot (and a completed target) removes are ranked: 'norm' (the group's L2 norm) or "
+        "'taylor' (Molchanov et al. 2019: (sum of gradient x weight over the group)^2, the first-order change of the "
+        "stage's own loss when the group is removed, averaged over importance_batches batches)."))
+    importance_batches: PositiveInt = Field(8, description="Batches the Taylor importance is accumulated over.")
     reach_by: Optional[float] = Field(None, gt=0, le=1, description=(
         "With a target: steer lambda so the alive units' cost follows a schedule (cubic, as Zhu & Gupta's gradual "
         "pruning) that reaches the target by this fraction of the stage's steps: lambda grows while the model is "

@@ -104,7 +104,7 @@ def test_one_shot_ranks_units_within_their_own_set_when_kinds_mix():
     gate rows says nothing. With both kinds in play each unit counts relative to its set's median, so equally weak
     units (for their set) go in turn; with one kind the raw norms still decide (published one-shot results)."""
     from isscompress.core.groups import GroupSet, Member
-    from isscompress.training.hooks import one_shot_removal
+    from isscompress.training.removal import one_shot_removal
 
     norms = {"layer0": torch.tensor([1.0, 2.0, 3.0, 4.0]), "embedding": torch.tensor([10.0, 20.0, 30.0, 40.0])}
     budget = (lambda alive: float(sum(alive.values())), 4.0)  # keep 4 of the 8 units

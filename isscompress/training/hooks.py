@@ -29,6 +29,7 @@ from ..recipe import IssSection
 from ..errors import ShrinkError
 from .budget import Cost
 from .budget_control import STATE_KEY, LambdaSteering
+from .removal import accumulated_taylor, one_shot_removal
 
 if TYPE_CHECKING:
     from .loop import Loop
@@ -136,7 +137,8 @@ class GroupLassoHook(Hook):
         # Groups already exactly zero count as dead from the start (the same on a fresh and a resumed run).
         self.dead = {name: norm == 0 for name, norm in norms.items()}
         if self.iss.method == "one-shot":
-            self.dead = one_shot_removal(norms, self.sets, self.iss, self.alive_threshold, self.budget)
+            self.dead = one_shot_removal(norms, self.sets, self.iss, self.alive_threshold, self.budget,
+                                         self._scores(loop))
             self._zero_dead()
             return
         schedule, task = getattr(loop, "schedule", None), getattr(loop, "task", None)
@@ -233,6 +235,12 @@ class GroupLassoHook(Hook):
                 counts[name] -= 1
         return lams
 
+    def _scores(self, loop: "Loop") -> dict[str, Tensor] | None:
+        """What ranks the units to remove: None for their norms, else their Taylor importance on the stage's loss."""
+        if self.iss.importance != "taylor" or getattr(loop, "task", None) is None:
+            return None
+        return accumulated_taylor(loop, self.sets, self.iss.importance_batches)
+
     def _zero_dead(self) -> None:
         kept = {name: (~dead).nonzero().squeeze(1).cpu() for name, dead in self.dead.items()}
         with torch.no_grad():
@@ -281,7 +289,8 @@ class GroupLassoHook(Hook):
                               "Raise iss.lambda, set iss.reach_by (e.g. 0.75) to steer lambda to the target, train "
                               "longer, or set iss.unmet: complete to remove the weakest remaining units.")
         frozen = {name: norm.masked_fill(~self._alive(name, norm), 0.0) for name, norm in norms.items()}
-        self.dead = one_shot_removal(frozen, self.sets, self.iss, self.alive_threshold, self.budget)
+        self.dead = one_shot_removal(frozen, self.sets, self.iss, self.alive_threshold, self.budget,
+                                     self._scores(loop))
         self._zero_dead()
         after = {name: int((~dead).sum()) for name, dead in self.dead.items()}
         removed = {name: before[name] - after[name] for name in before if before[name] != after[name]}
@@ -303,37 +312,3 @@ class GroupLassoHook(Hook):
             event["alive"] = self.alive(self.norms)
             if self.steering is not None:
                 event["lambda_scale"] = self.steering.scale
-
-
-def one_shot_removal(norms: dict[str, Tensor], sets: tuple[GroupSet, ...], iss: IssSection, alive_threshold: float,
-                     budget: "tuple[Cost, float] | None") -> dict[str, Tensor]:
-    """The units ``iss.method: one-shot`` removes: the weakest first, one at a time, until every set is at its
-    ``target_widths`` entry and the budget is met. Sets that must keep one width lose units in step (only a set at
-    the widest count of its family can lose one), so no unit is removed that a shrink would keep as zeros."""
-    alive = {name: norm > alive_threshold for name, norm in norms.items()}
-    now = {name: int(mask.sum()) for name, mask in alive.items()}
-    # Norms of one kind of set (a layer's units) compare across sets; an embedding column and a gate row do not, so
-    # with both kinds each set's norms count relative to its own median (its weakest units go first either way).
-    mixed = len({gs.kind for gs in sets}) > 1
-    scale = {gs.name: float(norms[gs.name][alive[gs.name]].median()) if mixed and bool(alive[gs.name].any()) else 1.0
-             for gs in sets}
-
-    def wanted() -> bool:
-        over_width = any(now[name] > width for name, width in iss.target_widths.items())
-        return over_width or (budget is not None and budget[0](now) > budget[1])
-
-    while wanted():
-        widest = widest_per_key(now, sets)
-        candidates = []
-        for gs in sets:
-            norm, floor = norms[gs.name], iss.target_widths.get(gs.name, 0 if iss.target is not None else gs.size)
-            if now[gs.name] > max(1, floor) and now[gs.name] == widest[gs.width_key]:
-                index = int(torch.where(alive[gs.name], norm, torch.inf).argmin())
-                candidates.append((float(norm[index]) / (scale[gs.name] or 1.0), gs.name, index))
-        if not candidates:
-            break
-        _, name, index = min(candidates)
-        alive[name][index] = False
-        now[name] -= 1
-    return {name: ~mask for name, mask in alive.items()}
-
