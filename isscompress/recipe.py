@@ -142,6 +142,11 @@ class IssSection(Section):
         "'taylor' (Molchanov et al. 2019: (sum of gradient x weight over the group)^2, the first-order change of the "
         "stage's own loss when the group is removed, averaged over importance_batches batches)."))
     importance_batches: PositiveInt = Field(8, description="Batches the Taylor importance is accumulated over.")
+    reconstruct: bool = Field(False, description=(
+        "When units are chosen (one-shot, a completed target): before they are zeroed, fit the removed units from "
+        "the kept ones by least squares on their values over reconstruct_batches batches (no labels) and fold the "
+        "fit into every reader's weights and biases (He et al. 2017's reconstruction, on ISS groups)."))
+    reconstruct_batches: PositiveInt = Field(8, description="Batches the units' values are recorded on.")
     reach_by: Optional[float] = Field(None, gt=0, le=1, description=(
         "With a target: steer lambda so the alive units' cost follows a schedule (cubic, as Zhu & Gupta's gradual "
         "pruning) that reaches the target by this fraction of the stage's steps: lambda grows while the model is "

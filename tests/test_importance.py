@@ -69,3 +69,43 @@ def _rewritten(path, old: str, new: str):
     other = path.with_name("other.yaml")
     other.write_text(path.read_text().replace(old, new))
     return other
+
+
+def _duplicated_unit_model(tmp_path):
+    """A 1-layer LSTM language model whose unit 3 computes exactly what unit 0 does (the same rows in every gate
+    block), read weakly (small columns), so one-shot removes it."""
+    from isscompress.io.files import write_checkpoint
+    from isscompress.io.metadata import Metadata
+
+    torch.manual_seed(0)
+    words = ["a", "b", "c", "<unk>", "<eos>"]
+    spec = ModelSpec("LSTM", (LayerSpec(4, 4),), vocab_size=len(words))
+    state = RecurrentModel(spec).canonical_state()
+    with torch.no_grad():
+        for key in ("layers.0.weight_ih_l0", "layers.0.weight_hh_l0", "layers.0.bias_ih_l0", "layers.0.bias_hh_l0"):
+            for gate in range(4):
+                state[key][gate * 4 + 3] = state[key][gate * 4 + 0]
+        state["layers.0.weight_hh_l0"][:, 3] *= 0.01
+        state["decoder.weight"][:, 3] *= 0.01
+    path = tmp_path / "dup.safetensors"
+    write_checkpoint(path, state, Metadata(family="isscompress", spec=spec.to_dict(), vocabulary=tuple(words)))
+    text = tmp_path / "text.txt"
+    text.write_text(" a b c \n b a \n" * 50)
+    return isscompress.load_checkpoint(path), text
+
+
+@pytest.mark.parametrize("reconstruct", [True, False])
+def test_reconstruction_removes_a_duplicated_unit_exactly(tmp_path, reconstruct) -> None:
+    checkpoint, text = _duplicated_unit_model(tmp_path)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data: {{train: {text}}}\nfinetune: {{epochs: 1, max_steps: 1, lr: 1.0e-12, optimizer: sgd, "
+                      f"batch_size: 4, bptt: 5}}\niss: {{method: one-shot, target_widths: {{layer0: 3}}, "
+                      f"reconstruct: {str(reconstruct).lower()}, reconstruct_batches: 2}}\n")
+    result = isscompress.finetune(checkpoint, recipe)
+    assert result.widths["layer0"] == 3 and float(result.checkpoint.state["layers.0.weight_ih_l0"][3].abs().sum()) == 0
+    tokens = torch.randint(0, 5, (9, 2), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before, _ = checkpoint.model()(tokens)
+        after, _ = result.checkpoint.model()(tokens)
+    gap = float((before - after).abs().max())
+    assert (gap < 1e-6) if reconstruct else (gap > 1e-4)  # without it, the unit's share of every reader is lost

@@ -30,6 +30,7 @@ from ..errors import ShrinkError
 from .budget import Cost
 from .budget_control import STATE_KEY, LambdaSteering
 from .removal import accumulated_taylor, one_shot_removal
+from .repair import reconstruct
 
 if TYPE_CHECKING:
     from .loop import Loop
@@ -139,6 +140,8 @@ class GroupLassoHook(Hook):
         if self.iss.method == "one-shot":
             self.dead = one_shot_removal(norms, self.sets, self.iss, self.alive_threshold, self.budget,
                                          self._scores(loop))
+            if self.step == 0:  # a resumed run's removed units are already zero: nothing left to carry over
+                self._repair(loop)
             self._zero_dead()
             return
         schedule, task = getattr(loop, "schedule", None), getattr(loop, "task", None)
@@ -241,6 +244,16 @@ class GroupLassoHook(Hook):
             return None
         return accumulated_taylor(loop, self.sets, self.iss.importance_batches)
 
+    def _repair(self, loop: "Loop") -> None:
+        """``iss.reconstruct``: the kept units take over what the chosen ones carried, before those are zeroed."""
+        if not self.iss.reconstruct or getattr(loop, "task", None) is None:
+            return
+        unrecorded = reconstruct(loop, self.sets, self.dead, self.iss.reconstruct_batches)
+        if unrecorded:
+            loop.emit({"event": "warning", "text": f"iss.reconstruct left {', '.join(unrecorded)} as they were: no "
+                       "module reads their units as its input features (a lower layer of one multi-layer nn.LSTM "
+                       "is read only inside it)."})
+
     def _zero_dead(self) -> None:
         kept = {name: (~dead).nonzero().squeeze(1).cpu() for name, dead in self.dead.items()}
         with torch.no_grad():
@@ -291,6 +304,7 @@ class GroupLassoHook(Hook):
         frozen = {name: norm.masked_fill(~self._alive(name, norm), 0.0) for name, norm in norms.items()}
         self.dead = one_shot_removal(frozen, self.sets, self.iss, self.alive_threshold, self.budget,
                                      self._scores(loop))
+        self._repair(loop)
         self._zero_dead()
         after = {name: int((~dead).sum()) for name, dead in self.dead.items()}
         removed = {name: before[name] - after[name] for name in before if before[name] != after[name]}

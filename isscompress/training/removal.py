@@ -5,7 +5,8 @@ the stage's own loss (:mod:`isscompress.core.importance`)."""
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import Tensor
@@ -21,27 +22,38 @@ if TYPE_CHECKING:
     from .loop import Loop
 
 
-def accumulated_taylor(loop: "Loop", sets: tuple[GroupSet, ...], batches: int) -> dict[str, Tensor]:
-    """Taylor importance averaged over the stage's first ``batches`` batches, on the stage's own loss (distillation,
-    the task's labels, or both). The model's carried state, its gradients and the random stream are left as they
-    were, so a run that scores is the same run, resumed or not."""
-    hidden, total, count = loop.state.hidden, None, 0
-    device = loop.dist.device
+@contextmanager
+def side_pass(loop: "Loop") -> Iterator[None]:
+    """Batches run for a measurement, not for training: the random stream, the carried state and the gradients are
+    left as they were, so a run that measures is the same run, resumed or not."""
+    hidden, device = loop.state.hidden, loop.dist.device
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         loop.task.start_epoch(loop)
-        for _, batch in itertools.islice(loop.task.batches(0), batches):
+        yield
+    loop.optimizer.zero_grad(set_to_none=True)
+    loop.state.hidden = hidden
+
+
+def first_batches(loop: "Loop", count: int, why: str) -> list:
+    batches = [batch for _, batch in itertools.islice(loop.task.batches(0), count)]
+    if not batches:
+        raise DataError(f"{why} needs batches to run on, and the stage has none.", "Give training data.")
+    return batches
+
+
+def accumulated_taylor(loop: "Loop", sets: tuple[GroupSet, ...], batches: int) -> dict[str, Tensor]:
+    """Taylor importance averaged over the stage's first ``batches`` batches, on the stage's own loss (distillation,
+    the task's labels, or both)."""
+    total: dict[str, Tensor] | None = None
+    with side_pass(loop):
+        chosen = first_batches(loop, batches, "iss.importance: taylor")
+        for batch in chosen:
             loop.optimizer.zero_grad(set_to_none=True)
             loss, _ = loop.task.loss(loop, batch)
             loss.backward()
             scores = taylor_scores(loop.params, sets)
             total = scores if total is None else {name: total[name] + scores[name] for name in total}
-            count += 1
-    loop.optimizer.zero_grad(set_to_none=True)
-    loop.state.hidden = hidden
-    if total is None:
-        raise DataError("iss.importance: taylor needs batches to score the units on, and the stage has none.",
-                        "Give training data, or use importance: norm.")
-    return {name: value / count for name, value in total.items()}
+    return {name: value / len(chosen) for name, value in total.items()}
 
 
 def one_shot_removal(norms: dict[str, Tensor], sets: tuple[GroupSet, ...], iss: IssSection, alive_threshold: float,
