@@ -251,8 +251,8 @@ class GroupLassoHook(Hook):
         unrecorded = reconstruct(loop, self.sets, self.dead, self.iss.reconstruct_batches)
         if unrecorded:
             loop.emit({"event": "warning", "text": f"iss.reconstruct left {', '.join(unrecorded)} as they were: no "
-                       "module reads their units as its input features (a lower layer of one multi-layer nn.LSTM "
-                       "is read only inside it)."})
+                       "module reads their units as its input features (a lower layer of one multi-layer nn.LSTM or "
+                       "nn.GRU is read only inside it)."})
 
     def _zero_dead(self) -> None:
         kept = {name: (~dead).nonzero().squeeze(1).cpu() for name, dead in self.dead.items()}
