@@ -177,6 +177,8 @@ class TrainingProgress:
         if event["event"] == "warning":
             self.console.print(f"[bold yellow]warning:[/] {escape(event['text'])}")
             return
+        if event["event"] not in ("step", "epoch"):  # other events (a completed target) are for the log
+            return
         key = (self.stage, event["epoch"])
         if event["event"] == "step":
             if key not in self.tasks:

@@ -25,8 +25,8 @@ from ..core.regularizer import (
     zero_dead_groups,
     zero_small_weights,
 )
-from ..recipe import IssSection
 from ..errors import ShrinkError
+from ..recipe import IssSection
 from .budget import Cost
 from .budget_control import STATE_KEY, LambdaSteering
 from .removal import accumulated_taylor, one_shot_removal
