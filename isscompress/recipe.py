@@ -116,11 +116,14 @@ class IssSection(Section):
     lambda_: PositiveFloat = Field(0.00245, alias="lambda", description="Group Lasso strength.")
     layer_multipliers: dict[str, PositiveFloat] = Field(
         default_factory=dict, description="Per group set (e.g. layer0, layer1.proj): multiply lambda by this.")
-    method: Literal["subgradient", "proximal", "one-shot"] = Field(
+    method: Literal["subgradient", "proximal", "one-shot", "gradual"] = Field(
         "subgradient", description="'subgradient' (the paper; zero small weights after each step), "
-                                  "'proximal' (group soft-thresholding: exact zeros), or 'one-shot' (no "
+                                  "'proximal' (group soft-thresholding: exact zeros), 'one-shot' (no "
                                   "regularisation: the weakest groups are zeroed at the start, down to iss.target or "
-                                  "iss.target_widths, kept at zero, and the stage recovers the rest). Unset: "
+                                  "iss.target_widths, kept at zero, and the stage recovers the rest), or 'gradual' "
+                                  "(the weakest groups zeroed in removal_rounds steps along Zhu & Gupta's cubic "
+                                  "schedule, reaching the target at reach_by (default 0.75) of the stage, training "
+                                  "in between). Unset: "
                                   "one-shot when the section gives a goal and no lambda (the method that won most "
                                   "often, docs/results.md), else subgradient.")
     target_widths: dict[str, PositiveInt] = Field(default_factory=dict, description=(
@@ -142,6 +145,7 @@ class IssSection(Section):
         "'taylor' (Molchanov et al. 2019: (sum of gradient x weight over the group)^2, the first-order change of the "
         "stage's own loss when the group is removed, averaged over importance_batches batches)."))
     importance_batches: PositiveInt = Field(8, description="Batches the Taylor importance is accumulated over.")
+    removal_rounds: PositiveInt = Field(10, description="gradual: how many times units are removed.")
     reconstruct: bool = Field(False, description=(
         "When units are chosen (one-shot, a completed target): before they are zeroed, fit the removed units from "
         "the kept ones by least squares on their values over reconstruct_batches batches (no labels) and fold the "
@@ -173,9 +177,9 @@ class IssSection(Section):
 
     @model_validator(mode="after")
     def _one_shot_has_a_goal(self) -> "IssSection":
-        if self.method == "one-shot" and self.target is None and not self.target_widths:
-            raise ValueError("method one-shot removes units down to a goal: give target (e.g. {macs: 0.5}) or "
-                             "target_widths")
+        if self.method in ("one-shot", "gradual") and self.target is None and not self.target_widths:
+            raise ValueError(f"method {self.method} removes units down to a goal: give target (e.g. {{macs: 0.5}}) "
+                             "or target_widths")
         return self
 
 

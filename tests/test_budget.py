@@ -194,3 +194,19 @@ def test_a_user_models_budget_is_completed_too(tmp_path) -> None:
     small = isscompress.shrink(result.checkpoint, threshold=1e-4)
     before, after = (sum(c.spec.macs_per_token().values()) for c in (result.checkpoint, small.checkpoint))
     assert after <= 0.5 * before
+
+
+def test_gradual_removal_reaches_the_budget_in_rounds_along_the_cubic_schedule(tmp_path) -> None:
+    checkpoint, recipe = _budget_run(tmp_path, "")
+    recipe.write_text(recipe.read_text().replace("  lambda: 1e-05\n  method: proximal\n",
+                                                 "  method: gradual\n  removal_rounds: 4\n  reach_by: 0.5\n"))
+    full = _macs(checkpoint, {})
+    result = isscompress.finetune(checkpoint, recipe)
+    rounds = [e for e in result.events if e["event"] == "removal"]
+    assert [e["step"] for e in rounds] == [7, 14, 20, 27]  # 4 rounds over the first half of 54 steps
+    costs = [_macs(checkpoint, e["kept"]) for e in rounds]
+    assert costs == sorted(costs, reverse=True) and costs[0] < full and costs[-1] <= 0.5 * full
+    first = 1 - (1 - 7 / 27) ** 3  # the cubic schedule's progress after the first round
+    assert costs[0] <= full - (full - 0.5 * full) * first  # removed at least as far as the schedule says
+    assert not [e for e in result.events if e["event"] == "target_completed"]
+    assert _macs(checkpoint, result.widths) <= 0.5 * full

@@ -41,6 +41,9 @@ class GroupLasso:
                  targets: Mapping[str, int] | None = None, multipliers: Mapping[str, float] | None = None,
                  reweight: float = 0.0, freeze_dead: bool = True, zero_threshold: float = 1e-4,
                  widths: str = "recurrent") -> None:
+        if method == "gradual":  # its rounds are spread over a stage's steps, which only the training loop knows
+            raise ValueError("GroupLasso: method 'gradual' spreads its removals over a fine-tuning stage; run it "
+                             "with isscompress.finetune (iss: {method: gradual, ...}), or use 'one-shot' here")
         names = {gs.name for gs in chosen_sets(plan.group_sets, widths)}
         unknown = sorted((set(targets or {}) | set(multipliers or {})) - names)
         if unknown:

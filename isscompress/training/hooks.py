@@ -28,7 +28,8 @@ from ..core.regularizer import (
 from ..errors import ShrinkError
 from ..recipe import IssSection
 from .budget import Cost
-from .budget_control import STATE_KEY, LambdaSteering
+from .budget_control import (DEFAULT_REACH_BY, STATE_KEY, LambdaSteering, cubic_progress, round_steps,
+                             scheduled_goal)
 from .removal import accumulated_taylor, one_shot_removal
 from .repair import reconstruct
 
@@ -130,6 +131,8 @@ class GroupLassoHook(Hook):
         self.params: dict[str, Tensor] = {}
         self.step = 0  # steps taken (for the lambda warm-up)
         self.steering: LambdaSteering | None = None  # iss.reach_by: lambda's scale, steered to the budget
+        self.rounds: list[int] = []  # method gradual: the steps after which units are removed
+        self.deadline = 1.0  # method gradual: the step by which the targets are reached
 
     def start(self, loop: "Loop") -> None:
         self.params = loop.params
@@ -147,6 +150,13 @@ class GroupLassoHook(Hook):
         schedule, task = getattr(loop, "schedule", None), getattr(loop, "task", None)
         count = task.count() if task is not None else None
         steps = min(schedule.max_steps or 10**12, schedule.epochs * count) if schedule is not None and count else None
+        if self.iss.method == "gradual":
+            if steps is None:
+                raise ShrinkError("iss.method gradual spreads its removals over the stage's steps, which batches "
+                                  "given by a function do not say.", "Set finetune.max_steps, or use one-shot.")
+            reach_by = self.iss.reach_by or DEFAULT_REACH_BY
+            self.rounds, self.deadline = round_steps(steps, reach_by, self.iss.removal_rounds), reach_by * steps
+            return
         if self.iss.reach_by is not None and self.budget is not None:
             if steps is None:
                 loop.emit({"event": "warning", "text": "iss.reach_by needs the stage's number of steps, which "
@@ -172,7 +182,7 @@ class GroupLassoHook(Hook):
 
         With ``lr`` (the proximal step) a set may lose at most its units above target in one step:
         the strongest of the units that would reach zero are spared this step."""
-        if self.iss.method == "one-shot":  # no penalty: the removed units were chosen at the start
+        if self.iss.method in ("one-shot", "gradual"):  # no penalty: the removed units are chosen, not driven
             self.current = {name: 0.0 for name in norms}
             return self.current
         base = self.lambdas
@@ -238,6 +248,17 @@ class GroupLassoHook(Hook):
                 counts[name] -= 1
         return lams
 
+    def _removal_round(self, loop: "Loop", done: int) -> None:
+        """``method: gradual``: remove the weakest units down to where the cubic schedule is after ``done`` steps."""
+        norms = group_norms(self.params, self.sets)
+        frozen = {name: norm.masked_fill(self.dead[name].to(norm.device), 0.0) for name, norm in norms.items()}
+        iss, budget = scheduled_goal(self.iss, {gs.name: gs.size for gs in self.sets}, self.budget,
+                                     cubic_progress(done, self.deadline))
+        self.dead = one_shot_removal(frozen, self.sets, iss, self.alive_threshold, budget, self._scores(loop))
+        self._repair(loop)
+        loop.emit({"event": "removal", "step": done, "kept": {name: int((~dead).sum())
+                                                              for name, dead in self.dead.items()}})
+
     def _scores(self, loop: "Loop") -> dict[str, Tensor] | None:
         """What ranks the units to remove: None for their norms, else their Taylor importance on the stage's loss."""
         if self.iss.importance != "taylor" or getattr(loop, "task", None) is None:
@@ -262,7 +283,9 @@ class GroupLassoHook(Hook):
     def after_step(self, loop: "Loop") -> None:
         """Zeros after the optimizer step; keeps the norms to log (one norm pass per step in all)."""
         params, lr = self.params, loop.state.lr
-        if self.iss.method == "one-shot":  # the removed groups stay removed; the rest recovers
+        if self.iss.method in ("one-shot", "gradual"):  # the removed groups stay removed; the rest recovers
+            if self.iss.method == "gradual" and self.step + 1 in self.rounds:
+                self._removal_round(loop, self.step + 1)
             self._zero_dead()
             self.norms = group_norms(params, self.sets)
         elif self.iss.method == "proximal":
