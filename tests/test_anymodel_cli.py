@@ -575,3 +575,27 @@ def test_shrink_narrows_every_width_or_only_the_recurrent_layers(tmp_path, clean
     result = runner.invoke(app, ["shrink", str(ckpt), "--arch", arch, "--widths", "embedding", "-o",
                                  str(tmp_path / "out" / "x.safetensors")])
     clean_failure(result, "Unknown widths choice 'embedding'", folder=tmp_path / "out", empty=True)
+
+
+def test_a_factorys_metrics_say_which_way_is_better_and_report_warns_beyond_their_noise(tmp_path):
+    from isscompress.verbs.report import Report
+
+    lower = {"PER": {"better": "lower", "noise": 0.01}}
+    assert Report(None, metrics={"PER": (0.10, 0.13)}, metric_rules=lower).warnings  # 3 points worse, noise 1
+    assert not Report(None, metrics={"PER": (0.10, 0.105)}, metric_rules=lower).warnings  # within noise
+    assert not Report(None, metrics={"PER": (0.10, 0.05)}, metric_rules=lower).warnings  # better
+    higher = {"accuracy": {"better": "higher"}}  # no noise given: 1% of the original is the bar, as for perplexity
+    assert "accuracy got worse, 0.9 -> 0.85 (higher is better)" in Report(
+        None, metrics={"accuracy": (0.9, 0.85)}, metric_rules=higher).warnings[0]
+    assert not Report(None, metrics={"accuracy": (0.9, 0.95)}, metric_rules=higher).warnings
+    # from an --arch file's METRICS, through report --json; a malformed declaration is refused by name
+    source, arch, recipe = _user_setup(tmp_path, LABEL_FREE)
+    arch_file = tmp_path / "arch.py"
+    arch_file.write_text(arch_file.read_text() + "\nMETRICS = {'tag accuracy': {'better': 'higher', 'noise': 0.0}}\n")
+    arch = arch.replace(":with_batches", ":with_metric")
+    result = runner.invoke(app, ["report", str(source), str(source), "--arch", arch, "--json", "--no-speed"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["metric_rules"] == {"tag accuracy": {"better": "higher", "noise": 0.0}}
+    arch_file.write_text(arch_file.read_text().replace("'better': 'higher'", "'better': 'up'"))
+    refused = runner.invoke(app, ["report", str(source), "--arch", arch, "--no-speed"])
+    assert refused.exit_code == 1 and "METRICS in" in refused.stderr and "which way is better" in refused.stderr

@@ -89,3 +89,30 @@ def guarded_task_loss(task_loss: Callable[..., Any] | None, path: Path) -> Calla
         return loss
 
     return checked
+
+
+class TaskMetrics:
+    """A factory's ``evaluate(model) -> {metric: value}``, with what its file says of each metric in ``METRICS``:
+    which way is better and, optionally, its noise (a standard error, or the spread of two halves) — so that
+    ``report`` can tell a loss beyond noise from noise, as it does for perplexity."""
+
+    def __init__(self, evaluate: Callable[..., Any], rules: dict[str, dict[str, Any]]) -> None:
+        self.evaluate, self.rules = evaluate, rules  # report names the model evaluate failed on
+
+    def __call__(self, model: Any) -> Any:
+        return self.evaluate(model)
+
+
+def metric_rules(declared: Any, path: Path) -> dict[str, dict[str, Any]]:
+    """``METRICS = {"accuracy": {"better": "higher", "noise": 0.003}, "PER": {"better": "lower"}}``, checked."""
+    if declared is None:
+        return {}
+    shape = "METRICS = {'accuracy': {'better': 'higher', 'noise': 0.003}} (noise optional, in the metric's units)"
+    if not isinstance(declared, dict) or not all(
+            isinstance(name, str) and isinstance(rule, dict) and rule.get("better") in ("higher", "lower")
+            and set(rule) <= {"better", "noise"} and (rule.get("noise") is None or (
+                isinstance(rule["noise"], (int, float)) and not isinstance(rule["noise"], bool) and rule["noise"] >= 0))
+            for name, rule in declared.items()):
+        raise UserCodeError(f"--arch: METRICS in {path} does not say, for each metric, which way is better.",
+                            f"Write it as {shape}.")
+    return {name: dict(rule) for name, rule in declared.items()}

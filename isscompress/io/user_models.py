@@ -28,7 +28,7 @@ from ..errors import CheckpointError, IsscompressError
 from .files import read_checkpoint
 from .loading import Checkpoint
 from .metadata import Metadata
-from .user_hooks import guarded, guarded_batches, guarded_task_loss
+from .user_hooks import TaskMetrics, guarded_batches, guarded_task_loss, metric_rules
 
 
 class ArchError(IsscompressError):
@@ -107,7 +107,8 @@ def load_factory(arch: str) -> Factory:
     task_loss = getattr(module, "task_loss", None)
     if task_loss is not None and not callable(task_loss):
         raise ArchError(f"--arch: task_loss in {path} is not a function.", "Define task_loss(outputs, batch).")
-    evaluate = guarded(f"{name}()'s evaluate(model)", path, evaluate) if evaluate is not None else None
+    rules = metric_rules(getattr(module, "METRICS", None), path)
+    evaluate = TaskMetrics(evaluate, rules) if evaluate is not None else None
     return Factory(model, inputs if isinstance(inputs, tuple) else (inputs,), guarded_batches(batches, path),
                    evaluate, keys, guarded_task_loss(task_loss, path))
 

@@ -56,6 +56,11 @@ def task_metrics(original: Checkpoint, shrunk: Checkpoint | None, before: nn.Mod
     return {name: (value, second.get(name)) for name, value in first.items()}
 
 
+def metric_rules(original: Checkpoint) -> dict[str, dict[str, Any]]:
+    """What the factory's file says of its metrics (``METRICS``): which way is better, and their noise."""
+    return dict(getattr(getattr(original.spec, "evaluate", None), "rules", None) or {})
+
+
 def speed_samples(before: nn.Module, after: nn.Module, calls: tuple[Call, Call] | None, repeats: int,
                   path: str) -> list[SpeedSample]:
     """A stack (forward(inputs, hidden)) is timed on time steps: decoding one at a time, and a batch; another model

@@ -20,7 +20,7 @@ from ..measure.speed import SpeedSample, measure_speed
 from ..measure.summary import ModelSummary, NormStats, norm_stats, summarize_checkpoint
 from ..recipe import DataSection, EvaluateSection
 from ..measure.output_gap import AGREEMENT_WARNING, GAP_WARNING, OutputGap
-from .comparison import output_gap, own_input_calls, speed_samples, task_metrics
+from .comparison import metric_rules, output_gap, own_input_calls, speed_samples, task_metrics
 from .preparation import resolve_vocabulary, token_batches
 
 
@@ -60,6 +60,7 @@ class Report:
     int8: "Int8Column | None" = None  # the shrunk model after int8 quantisation, against the original
     output_gap: OutputGap | None = None  # a model without perplexity: its outputs against the original's
     metrics: dict[str, tuple[float, float | None]] = field(default_factory=dict)  # the task's own, before and after
+    metric_rules: dict[str, dict[str, Any]] = field(default_factory=dict)  # which way is better, and the noise
     provenance: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
 
@@ -79,6 +80,18 @@ class Report:
                          f"({self.perplexity_before.perplexity:.2f} -> {self.perplexity_after.perplexity:.2f}): the "
                          "shrunk model is measurably worse. Recover longer (recover.epochs), give ISS a target it can "
                          "reach (iss.target, iss.target_widths), or remove fewer units.")
+        for name, (before, after) in self.metrics.items():
+            rule = self.metric_rules.get(name)
+            if rule is None or after is None:
+                continue
+            loss = (before - after) if rule["better"] == "higher" else (after - before)
+            noise = rule.get("noise")
+            allowed = noise if noise is not None else QUALITY_WARNING * abs(before)
+            if loss > allowed:
+                within = f"its noise {noise:.3g}" if noise is not None else f"{QUALITY_WARNING:.0%} of the original's"
+                found.append(f"{name} got worse, {before:.4g} -> {after:.4g} ({rule['better']} is better), beyond "
+                             f"{within}: the shrunk model is measurably worse at its task. Recover longer, remove "
+                             "fewer units, or try another method (docs/iss.md).")
         # Without the task's own metric, the outputs on the example inputs are the only evidence; with it, they are not
         # (they include positions the task never reads, such as a tagger's markers), so the metric speaks instead.
         gap = self.output_gap if not self.metrics else None
@@ -111,7 +124,7 @@ class Report:
                            "after": maybe(self.perplexity_after), "delta": self.perplexity_delta},
             "speed": [s.to_dict() for s in self.speed],
             "int8": maybe(self.int8), "output_gap": maybe(self.output_gap),
-            "metrics": {name: list(pair) for name, pair in self.metrics.items()},
+            "metrics": {name: list(pair) for name, pair in self.metrics.items()}, "metric_rules": self.metric_rules,
             "group_norms": [n.to_dict() for n in self.norms],
             "provenance": self.provenance, "environment": self.environment, "warnings": self.warnings,
         }
@@ -240,6 +253,7 @@ def report(
     if calls is not None:
         result.output_gap = output_gap(*calls)
     result.metrics = task_metrics(original, shrunk, before_model, after_model)
+    result.metric_rules = metric_rules(original)
     if speed and shrunk is not None:
         if on_progress:
             on_progress("speed", 0, 1)
