@@ -210,3 +210,13 @@ def test_gradual_removal_reaches_the_budget_in_rounds_along_the_cubic_schedule(t
     assert costs[0] <= full - (full - 0.5 * full) * first  # removed at least as far as the schedule says
     assert not [e for e in result.events if e["event"] == "target_completed"]
     assert _macs(checkpoint, result.widths) <= 0.5 * full
+
+
+def test_the_steered_lambda_scale_is_carried_in_the_resume_state(tmp_path) -> None:
+    checkpoint, recipe = _budget_run(tmp_path, "  reach_by: 0.6\n")
+    out = tmp_path / "tuned.safetensors"
+    isscompress.finetune(checkpoint, recipe, out)
+    saved = torch.load(out.with_name(out.name + ".train-state.pt"), weights_only=True)
+    assert saved["hooks"]["lambda_scale"] > 100
+    resumed = isscompress.finetune(checkpoint, recipe, out, resume=True)  # nothing left to train: the same model
+    assert not resumed.written and resumed.widths == isscompress.finetune(checkpoint, recipe).widths

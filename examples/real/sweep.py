@@ -30,13 +30,22 @@ class Example:
     iss_lambda: float = 30.0  # group Lasso strength of the ISS methods (proximal, subgradient) in the comparison
 
 
+# Methods that choose their units (no lambda): the recipe's iss section for each
+CHOSEN = {
+    "one-shot": {"method": "one-shot"},
+    "one-shot-taylor": {"method": "one-shot", "importance": "taylor"},
+    "one-shot-taylor-ls": {"method": "one-shot", "importance": "taylor", "reconstruct": True},
+    "gradual-taylor": {"method": "gradual", "importance": "taylor"},
+}
+
+
 def recipe_for(example: Example, method: str, budget: float, out: Path, epochs: int | None = None,
                target: str = "macs", widths: str = "recurrent") -> Path:
     base = yaml.safe_load((example.folder / "recipe.yaml").read_text())
     if epochs is not None:
         base["finetune"]["epochs"] = epochs
     iss = base.get("iss", {})
-    base["iss"] = {"method": "one-shot", "target": {target: budget}, "widths": widths} if method == "one-shot" else \
+    base["iss"] = {**CHOSEN[method], "target": {target: budget}, "widths": widths} if method in CHOSEN else \
         {**{k: v for k, v in iss.items() if k not in ("method", "target")}, "method": method,
          "lambda": example.iss_lambda, "warmup_steps": 20, "target": {target: budget}, "widths": widths}
     base.setdefault("distill", {})["teacher"] = str(example.model)
@@ -91,7 +100,8 @@ def table(example: Example, rows: list[dict]) -> str:
 def main(example: Example) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.75, 0.5, 0.35, 0.25])
-    parser.add_argument("--methods", nargs="+", default=["one-shot"], help="one-shot, proximal, subgradient")
+    parser.add_argument("--methods", nargs="+", default=["one-shot"],
+                        help=f"{', '.join(CHOSEN)}, proximal, subgradient")
     parser.add_argument("--recover", action="store_true", help="Also the recipe's recover stage after the shrink.")
     parser.add_argument("--epochs", type=int, help="Fine-tuning epochs instead of the recipe's.")
     parser.add_argument("--target", choices=["macs", "parameters"], default="macs", help="What the budget counts.")
