@@ -220,3 +220,22 @@ def test_the_steered_lambda_scale_is_carried_in_the_resume_state(tmp_path) -> No
     assert saved["hooks"]["lambda_scale"] > 100
     resumed = isscompress.finetune(checkpoint, recipe, out, resume=True)  # nothing left to train: the same model
     assert not resumed.written and resumed.widths == isscompress.finetune(checkpoint, recipe).widths
+
+
+def test_gradual_removal_counts_a_user_models_batches_given_by_a_function(tmp_path) -> None:
+    from anymodel_zoo import GRUTagger
+    from safetensors.torch import save_file
+
+    (tmp_path / "arch.py").write_text("import torch\nfrom anymodel_zoo import GRUTagger, tokens\n\ndef make():\n"
+                                      "    torch.manual_seed(0)\n    return GRUTagger(), (tokens(5, 3),), "
+                                      "lambda: ((tokens(5, 3, seed=s),) for s in range(8))\n")
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in GRUTagger().state_dict().items()}, str(tmp_path / "m.safetensors"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("finetune: {epochs: 2, lr: 0.001}\niss: {method: gradual, removal_rounds: 3, target: {macs: 0.5},"
+                      " importance: taylor, importance_batches: 2}\n")
+    result = isscompress.finetune(tmp_path / "m.safetensors", recipe, arch=f"{tmp_path / 'arch.py'}:make")
+    assert [e["step"] for e in result.events if e["event"] == "removal"] == [4, 8, 12]  # 16 steps, 3/4 of them
+    small = isscompress.shrink(result.checkpoint, threshold=1e-4)
+    assert sum(small.checkpoint.spec.macs_per_token().values()) <= 0.5 * sum(
+        result.checkpoint.spec.macs_per_token().values())

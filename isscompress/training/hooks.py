@@ -30,7 +30,7 @@ from ..recipe import IssSection
 from .budget import Cost
 from .budget_control import (DEFAULT_REACH_BY, STATE_KEY, LambdaSteering, cubic_progress, round_steps,
                              scheduled_goal)
-from .removal import accumulated_taylor, one_shot_removal
+from .removal import accumulated_taylor, one_shot_removal, stage_steps
 from .repair import reconstruct
 
 if TYPE_CHECKING:
@@ -147,20 +147,20 @@ class GroupLassoHook(Hook):
                 self._repair(loop)
             self._zero_dead()
             return
-        schedule, task = getattr(loop, "schedule", None), getattr(loop, "task", None)
-        count = task.count() if task is not None else None
-        steps = min(schedule.max_steps or 10**12, schedule.epochs * count) if schedule is not None and count else None
+        schedule = getattr(loop, "schedule", None)
+        scheduled = self.iss.method == "gradual" or (self.iss.reach_by is not None and self.budget is not None)
+        steps = stage_steps(loop, count_batches=scheduled) if schedule is not None else None
         if self.iss.method == "gradual":
             if steps is None:
-                raise ShrinkError("iss.method gradual spreads its removals over the stage's steps, which batches "
-                                  "given by a function do not say.", "Set finetune.max_steps, or use one-shot.")
+                raise ShrinkError("iss.method gradual spreads its removals over the stage's steps, and the stage "
+                                  "has no batches to count.", "Give training data, or use one-shot.")
             reach_by = self.iss.reach_by or DEFAULT_REACH_BY
             self.rounds, self.deadline = round_steps(steps, reach_by, self.iss.removal_rounds), reach_by * steps
             return
         if self.iss.reach_by is not None and self.budget is not None:
             if steps is None:
-                loop.emit({"event": "warning", "text": "iss.reach_by needs the stage's number of steps, which "
-                           "batches given by a function do not say: lambda is not steered (set finetune.max_steps)."})
+                loop.emit({"event": "warning", "text": "iss.reach_by needs the stage's number of steps, and the "
+                           "stage has no batches to count: lambda is not steered."})
             else:
                 scale = float(loop.state.hooks.get(STATE_KEY, 1.0))
                 self.steering = LambdaSteering.for_stage(*self.budget, steps, self.iss.reach_by, scale)

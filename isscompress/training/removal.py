@@ -34,6 +34,18 @@ def side_pass(loop: "Loop") -> Iterator[None]:
     loop.state.hidden = hidden
 
 
+def stage_steps(loop: "Loop", count_batches: bool = False) -> int | None:
+    """The steps this stage takes (epochs x batches, capped by max_steps). Batches given by a function do not say
+    how many there are: with ``count_batches`` they are counted by running the function once (a side pass)."""
+    schedule, count = loop.schedule, loop.task.count()
+    if count is None and count_batches:
+        with side_pass(loop):
+            count = sum(1 for _ in loop.task.batches(0))
+    if not count:
+        return None
+    return min(schedule.max_steps or 10**12, schedule.epochs * count)
+
+
 def first_batches(loop: "Loop", count: int, why: str) -> list:
     batches = [batch for _, batch in itertools.islice(loop.task.batches(0), count)]
     if not batches:
