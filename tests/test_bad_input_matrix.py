@@ -175,7 +175,7 @@ RECIPES = [
     ("missing data file", "data:\n  train: nowhere.txt\n", ["line 2", "data.train file", "does not exist"]),
     ("multiplier for a missing layer", "data:\n  train: text.txt\niss:\n  layer_multipliers: {layer7: 2}\n",
      ["'layer7'", "does not have", "layer0, layer1"]),
-    ("unknown method", "iss:\n  method: l1\n", ["'iss.method'", "'subgradient', 'proximal' or 'one-shot'"]),
+    ("unknown method", "iss:\n  method: l1\n", ["'iss.method'", "'subgradient', 'proximal', 'one-shot' or 'gradual'"]),
     ("target for a missing layer", "data:\n  train: text.txt\niss:\n  target_widths: {layr1: 2}\n",
      ["iss.target_widths", "'layr1'", "did you mean 'layer1'?"]),
     ("target as wide as the layer", "data:\n  train: text.txt\niss:\n  target_widths: {layer0: 999}\n",

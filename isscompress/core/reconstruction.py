@@ -40,11 +40,12 @@ def fold_into_readers(state: Mapping[str, Tensor], readers: Mapping[Member, str 
     with torch.no_grad():
         for member, bias in readers.items():
             weight = state[member.key]
+            fit, shift = a.to(weight.device), c.to(weight.device)  # the fit is made on the CPU; the model may not be
             for start in member.starts:
-                lost = weight[:, start + removed].double()
-                weight[:, start + kept] += (lost @ a).to(weight.dtype)
+                lost = weight[:, start + removed.to(weight.device)].double()
+                weight[:, start + kept.to(weight.device)] += (lost @ fit).to(weight.dtype)
                 if bias is not None:
-                    state[bias] += (lost @ c).to(weight.dtype)
+                    state[bias] += (lost @ shift).to(weight.dtype)
 
 
 def column_readers(group_set: GroupSet, state: Mapping[str, Tensor], producers: set[str]) -> dict[Member, str | None]:

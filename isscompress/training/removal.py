@@ -76,7 +76,7 @@ def one_shot_removal(norms: dict[str, Tensor], sets: tuple[GroupSet, ...], iss: 
     ``alive_threshold`` is already gone. Sets that must keep one width lose units in step (only a set at the widest
     count of its family can lose one), so no unit is removed that a shrink would keep as zeros."""
     alive = {name: norm > alive_threshold for name, norm in norms.items()}
-    ranking = scores if scores is not None else norms
+    ranking = {name: scores[name].to(norm.device) for name, norm in norms.items()} if scores is not None else norms
     now = {name: int(mask.sum()) for name, mask in alive.items()}
     # Scores of one kind of set (a layer's units) compare across sets; an embedding column and a gate row do not, so
     # with both kinds each set's scores count relative to its own median (its weakest units go first either way).
