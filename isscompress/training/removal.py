@@ -47,6 +47,7 @@ def stage_steps(loop: "Loop", count_batches: bool = False) -> int | None:
 
 
 def first_batches(loop: "Loop", count: int, why: str) -> list:
+    """The stage's first ``count`` batches, for a measurement (``why`` names it in the error when there are none)."""
     batches = [batch for _, batch in itertools.islice(loop.task.batches(0), count)]
     if not batches:
         raise DataError(f"{why} needs batches to run on, and the stage has none.", "Give training data.")
