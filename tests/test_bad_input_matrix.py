@@ -32,6 +32,10 @@ SPEC = ModelSpec("LSTM", (LayerSpec(4, 6), LayerSpec(6, 5)), vocab_size=len(WORD
 @pytest.fixture
 def world(tmp_path) -> dict[str, Path]:
     """A good model, a good recipe and good text; each case spoils one thing."""
+    return make_world(tmp_path)
+
+
+def make_world(tmp_path: Path) -> dict[str, Path]:
     torch.manual_seed(0)
     model = tmp_path / "model.safetensors"
     write_checkpoint(model, RecurrentModel(SPEC).canonical_state(),

@@ -120,22 +120,27 @@ def test_one_shot_ranks_units_within_their_own_set_when_kinds_mix():
 # --- a target is always met: lambda steered to it, or what is left completed (or refused) at the end ------------
 
 def _budget_run(tmp_path, extra: str, lam: float = 1e-5):
-    from test_bad_input_matrix import SPEC, WORDS
+    from test_bad_input_matrix import make_world
 
-    from isscompress.architectures.stack_module import RecurrentModel
-    from isscompress.io.files import write_checkpoint
-    from isscompress.io.metadata import Metadata
-
-    torch.manual_seed(0)
-    model = tmp_path / "model.safetensors"
-    write_checkpoint(model, RecurrentModel(SPEC).canonical_state(),
-                     Metadata(family="isscompress", spec=SPEC.to_dict(), vocabulary=tuple(WORDS)))
-    text = tmp_path / "text.txt"
-    text.write_text(" a b c \n b a \n" * 50)
-    recipe = tmp_path / "r.yaml"
+    world = make_world(tmp_path)
+    recipe, text = world["recipe"], world["text"]
     recipe.write_text(f"data: {{train: {text}, valid: {text}}}\nfinetune: {{epochs: 3, batch_size: 4, bptt: 5, lr: 1.0}}"
                       f"\niss:\n  lambda: {lam}\n  method: proximal\n  target: {{macs: 0.5}}\n{extra}")
-    return isscompress.load_checkpoint(model), recipe
+    return isscompress.load_checkpoint(world["model"]), recipe
+
+
+def _tagger(tmp_path, batches: str, recipe_text: str) -> tuple:
+    """The GRU tagger of the any-model zoo behind an --arch file whose factory gives ``batches`` (Python source)."""
+    from anymodel_zoo import GRUTagger
+    from safetensors.torch import save_file
+
+    (tmp_path / "arch.py").write_text("import torch\nfrom anymodel_zoo import GRUTagger, tokens\n\ndef make():\n"
+                                      f"    torch.manual_seed(0)\n    return GRUTagger(), (tokens(5, 3),), {batches}\n")
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in GRUTagger().state_dict().items()}, str(tmp_path / "m.safetensors"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text)
+    return tmp_path / "m.safetensors", recipe, f"{tmp_path / 'arch.py'}:make"
 
 
 def _macs(checkpoint, widths) -> float:
@@ -178,18 +183,10 @@ def test_lambda_steered_by_reach_by_meets_the_budget_without_completion(tmp_path
 
 
 def test_a_user_models_budget_is_completed_too(tmp_path) -> None:
-    from anymodel_zoo import GRUTagger, tokens
-    from safetensors.torch import save_file
-
-    (tmp_path / "arch.py").write_text("import torch\nfrom anymodel_zoo import GRUTagger, tokens\n\ndef make():\n"
-                                      "    torch.manual_seed(0)\n    return GRUTagger(), (tokens(5, 3),), "
-                                      "[(tokens(5, 3, seed=s),) for s in range(6)]\n")
-    torch.manual_seed(0)
-    save_file({k: v.contiguous() for k, v in GRUTagger().state_dict().items()}, str(tmp_path / "m.safetensors"))
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("finetune: {epochs: 1, lr: 0.001}\niss: {lambda: 0.00001, method: proximal, target: {macs: 0.5}}\n")
-    arch = f"{tmp_path / 'arch.py'}:make"
-    result = isscompress.finetune(tmp_path / "m.safetensors", recipe, arch=arch)
+    source, recipe, arch = _tagger(tmp_path, "[(tokens(5, 3, seed=s),) for s in range(6)]",
+                                   "finetune: {epochs: 1, lr: 0.001}\niss: {lambda: 0.00001, method: proximal, "
+                                   "target: {macs: 0.5}}\n")
+    result = isscompress.finetune(source, recipe, arch=arch)
     assert [e for e in result.events if e["event"] == "target_completed"]
     small = isscompress.shrink(result.checkpoint, threshold=1e-4)
     before, after = (sum(c.spec.macs_per_token().values()) for c in (result.checkpoint, small.checkpoint))
@@ -223,18 +220,10 @@ def test_the_steered_lambda_scale_is_carried_in_the_resume_state(tmp_path) -> No
 
 
 def test_gradual_removal_counts_a_user_models_batches_given_by_a_function(tmp_path) -> None:
-    from anymodel_zoo import GRUTagger
-    from safetensors.torch import save_file
-
-    (tmp_path / "arch.py").write_text("import torch\nfrom anymodel_zoo import GRUTagger, tokens\n\ndef make():\n"
-                                      "    torch.manual_seed(0)\n    return GRUTagger(), (tokens(5, 3),), "
-                                      "lambda: ((tokens(5, 3, seed=s),) for s in range(8))\n")
-    torch.manual_seed(0)
-    save_file({k: v.contiguous() for k, v in GRUTagger().state_dict().items()}, str(tmp_path / "m.safetensors"))
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("finetune: {epochs: 2, lr: 0.001}\niss: {method: gradual, removal_rounds: 3, target: {macs: 0.5},"
-                      " importance: taylor, importance_batches: 2}\n")
-    result = isscompress.finetune(tmp_path / "m.safetensors", recipe, arch=f"{tmp_path / 'arch.py'}:make")
+    source, recipe, arch = _tagger(tmp_path, "lambda: ((tokens(5, 3, seed=s),) for s in range(8))",
+                                   "finetune: {epochs: 2, lr: 0.001}\niss: {method: gradual, removal_rounds: 3, "
+                                   "target: {macs: 0.5}, importance: taylor, importance_batches: 2}\n")
+    result = isscompress.finetune(source, recipe, arch=arch)
     assert [e["step"] for e in result.events if e["event"] == "removal"] == [4, 8, 12]  # 16 steps, 3/4 of them
     small = isscompress.shrink(result.checkpoint, threshold=1e-4)
     assert sum(small.checkpoint.spec.macs_per_token().values()) <= 0.5 * sum(

@@ -43,6 +43,13 @@ METHODS = {
 }
 
 
+def perplexities(checkpoint: isscompress.Checkpoint, tokens: int = MEASURED) -> str:
+    """Perplexity on the first ``tokens`` of valid and of test, as two Markdown cells (their spread is the noise)."""
+    measured = (isscompress.evaluate(checkpoint, PTB / f"ptb.{split}.txt", vocab=str(MODEL / "vocab.txt"),
+                                     max_tokens=tokens) for split in ("valid", "test"))
+    return " | ".join(f"{result.perplexity:.1f}" for result in measured)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=200000, help="training tokens of the one fine-tuning epoch")
@@ -54,12 +61,6 @@ def main() -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     vocab = MODEL / "vocab.txt"
     original = isscompress.load_checkpoint(MODEL / "model.safetensors")
-
-    def perplexities(checkpoint) -> str:
-        measured = (isscompress.evaluate(checkpoint, PTB / f"ptb.{split}.txt", vocab=str(vocab), max_tokens=MEASURED)
-                    for split in ("valid", "test"))
-        return " | ".join(f"{result.perplexity:.1f}" for result in measured)
-
     print("| method | widths | MACs ratio | valid ppl | test ppl | seconds |\n|---|---|---|---|---|---|")
     print(f"| (original) | {list(original.spec.widths)} | 1.00x | {perplexities(original)} | |", flush=True)
     full = sum(original.spec.macs_per_token().values())

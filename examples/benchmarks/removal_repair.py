@@ -21,11 +21,8 @@ import time
 from pathlib import Path
 
 import isscompress
-
-ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared"
-MODEL = SHARED / "models" / "ptb-small-lstm"
-PTB = SHARED / "data" / "ptb"
+from methods import MODEL, PTB
+from methods import perplexities as ptb_perplexities
 
 RECIPE = """data: {{train: {train}, vocab: {vocab}, max_train_tokens: {tokens}}}
 finetune: {{epochs: 1, max_steps: 1, lr: 1.0e-12, optimizer: sgd, batch_size: 20, bptt: 35}}
@@ -46,10 +43,8 @@ def main() -> None:
     vocab = MODEL / "vocab.txt"
     original = isscompress.load_checkpoint(MODEL / "model.safetensors")
 
-    def perplexities(checkpoint) -> str:
-        measured = (isscompress.evaluate(checkpoint, PTB / f"ptb.{split}.txt", vocab=str(vocab), max_tokens=args.tokens)
-                    for split in ("valid", "test"))
-        return " | ".join(f"{result.perplexity:.1f}" for result in measured)
+    def perplexities(checkpoint: isscompress.Checkpoint) -> str:
+        return ptb_perplexities(checkpoint, args.tokens)
 
     recovered = " | valid after recovery | test after recovery" if args.recover else ""
     print(f"| ranking | repair | widths | valid ppl | test ppl | seconds{recovered} |")
