@@ -599,3 +599,21 @@ def test_a_factorys_metrics_say_which_way_is_better_and_report_warns_beyond_thei
     arch_file.write_text(arch_file.read_text().replace("'better': 'higher'", "'better': 'up'"))
     refused = runner.invoke(app, ["report", str(source), "--arch", arch, "--no-speed"])
     assert refused.exit_code == 1 and "METRICS in" in refused.stderr and "which way is better" in refused.stderr
+
+
+def test_run_takes_arch_the_whole_recipe_for_a_user_model_and_resumes(tmp_path):
+    source, arch, recipe = _user_setup(tmp_path, "finetune: {epochs: 1, lr: 0.003}\niss: {method: gradual, "
+                                       "removal_rounds: 2, target: {macs: 0.5}}\nrecover: {epochs: 1, lr: 0.001}\n"
+                                       "distill: {alpha: 1.0}\n")
+    folder = tmp_path / "run"
+    args = ["run", str(source), "-r", str(recipe), "-o", str(folder), "--arch", arch, "--repeats", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((folder / "report.json").read_text())
+    assert report["mac_ratio"] >= 2.0 and {"finetuned.safetensors", "shrunk.safetensors", "recovered.safetensors"} <= {
+        p.name for p in folder.iterdir()}
+    small = isscompress.resize_to(GRUTagger(), load_file(folder / "recovered.safetensors"))
+    assert small.gru.hidden_size < 6
+    again = runner.invoke(app, args + ["--resume"])  # the finished stages are read back through the factory
+    assert again.exit_code == 0, again.output
+    assert json.loads((folder / "report.json").read_text())["mac_ratio"] == report["mac_ratio"]

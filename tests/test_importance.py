@@ -109,3 +109,25 @@ def test_reconstruction_removes_a_duplicated_unit_exactly(tmp_path, reconstruct)
         after, _ = result.checkpoint.model()(tokens)
     gap = float((before - after).abs().max())
     assert (gap < 1e-6) if reconstruct else (gap > 1e-4)  # without it, the unit's share of every reader is lost
+
+
+@pytest.mark.parametrize("cell, bidirectional, proj, tied", [("LSTM", False, 0, False), ("GRU", True, 0, False),
+                                                             ("LSTM", True, 2, False), ("LSTM", False, 0, True)])
+def test_shrunk_group_sets_are_the_group_sets_of_the_shrunk_model(cell, bidirectional, proj, tied) -> None:
+    """Two derivations agree: the sets moved by the union rule, and the sets the shrunk architecture declares."""
+    from isscompress.architectures.stack import shrunk_spec
+    from isscompress.core.surgery import shrunk_group_sets
+
+    directions = 2 if bidirectional else 1
+    out = proj or 5
+    spec = ModelSpec(cell, (LayerSpec(4, 5, proj), LayerSpec(out * directions, 4 if tied else 5)), bidirectional,
+                     vocab_size=7, tied=tied)
+    sets = group_sets(spec)
+    generator = torch.Generator().manual_seed(3)
+    kept = {}
+    for gs in sets:  # directions of one layer keep one width; a projection stays narrower than its cells
+        count = {"layer0": 3, "layer0.proj": 1, "layer1": 2, "embedding": 3}.get(gs.width_key, 2)
+        kept[gs.name] = torch.randperm(gs.size, generator=generator)[:count].sort().values
+    small = shrunk_spec(spec, {name: len(indices) for name, indices in kept.items()})
+    expected = {gs.name: (gs.size, set(gs.members)) for gs in group_sets(small)}
+    assert {gs.name: (gs.size, set(gs.members)) for gs in shrunk_group_sets(sets, kept)} == expected

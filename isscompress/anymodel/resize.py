@@ -204,6 +204,6 @@ def shrink_module_to(model: nn.Module, inputs: tuple, plan: Plan, kept: Mapping[
     spec = TracedModel.of(model, plan, inputs, more_inputs)
     state = spec.canonical({k: v.detach() for k, v in model.state_dict().items()})
     small_state = shrink_state_dict(state, plan.group_sets, kept)
-    small = spec.with_kept(kept)
+    small = spec.with_kept(kept, replan=False)  # a module is returned: the smaller model's plan is not needed
     check_shrunk(spec, state, small, small_state, kept)
     return small.build(small_state)

@@ -20,15 +20,16 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
 from ..anymodel.labels import ZERO, is_cell, recurrent_shape
-from ..anymodel.plan import Plan
+from ..anymodel.flow import TraceError
+from ..anymodel.plan import Plan, discover
 from ..anymodel.probe import float64_outputs
 from ..anymodel.resize import inputs_for, kept_mask, resize_to
 from ..anymodel.sharing import shared_names, with_shared
 from ..core.architecture import LayerInfo
 from ..core.cells import CellKind, cell_of_module
 from ..core.groups import GroupSet
-from ..core.surgery import shrink_state_dict
-from ..errors import CheckpointError, ShapeError
+from ..core.surgery import shrink_state_dict, shrunk_group_sets
+from ..errors import CheckpointError, ShapeError, ShrinkError
 from .stack import LayerSpec
 
 KIND = "user-model"
@@ -117,11 +118,13 @@ class TracedModel:
     def group_sets(self) -> tuple[GroupSet, ...]:
         return self.plan.group_sets
 
-    def with_kept(self, kept: Mapping[str, int] | Mapping[str, Tensor]) -> "TracedModel":
+    def with_kept(self, kept: Mapping[str, int] | Mapping[str, Tensor], replan: bool = True) -> "TracedModel":
         """With the kept units' indices: the module with its layers resized, as written; when that cannot run its
         inputs, with attributes such as ``self.hidden_size`` around the layers resized too (the check then proves
         which reading is exact). With counts: a view that only costs the smaller model (a budget asks this at every
-        step; the shapes follow from the group sets without building anything)."""
+        step; the shapes follow from the group sets without building anything). ``replan``: also find the smaller
+        module's own plan (for a checkpoint that may be fine-tuned or shrunk again); a trial shrink that only runs
+        the module does without."""
         if all(isinstance(value, int) for value in kept.values()):
             return replace(self, sizes=dict(kept))
         indices = dict(kept)
@@ -139,8 +142,17 @@ class TracedModel:
         # breaks the forward or changes what it computes (an unrelated attribute of the same value).
         plain_outputs, stored_outputs = small._outputs(), stored._outputs()
         if stored_outputs is not None and (plain_outputs is None or _same(plain_outputs, stored_outputs)):
-            return stored
-        return small
+            small = stored
+        return replace(small, plan=small._replanned(self.plan, indices)) if replan else small
+
+    def _replanned(self, plan: Plan, kept: Mapping[str, Tensor]) -> Plan:
+        """The shrunk module's own plan, so it can be fine-tuned or shrunk again in memory: found again by the tracer
+        (as reopening the file would), else the original plan's sets resized to the kept units."""
+        features = any(gs.kind == "feature" for gs in plan.group_sets)
+        try:
+            return discover(self.module, self.inputs, features=features)
+        except (TraceError, ShrinkError):
+            return Plan(shrunk_group_sets(plan.group_sets, kept), aliases=plan.aliases)
 
     def _outputs(self) -> list[Tensor] | None:
         """The module's floating outputs on every example batch; None when its forward fails."""

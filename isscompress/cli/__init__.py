@@ -165,6 +165,7 @@ def run_all(
     force: bool = typer.Option(False, "--force", help="Overwrite outputs in the folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in the folder."),
     repeats: int = typer.Option(5, help="Speed measurement repetitions."),
+    arch: Optional[str] = ArchOption,
     threads: Optional[int] = ThreadsOption,
 ) -> None:
     """The whole recipe: fine-tune with ISS, shrink, recover, report."""
@@ -173,7 +174,7 @@ def run_all(
     with _user_errors(threads, compute=True):
         with _render.TrainingProgress(_stderr()) as progress:
             result = run_recipe(checkpoint, recipe, output, force=force, resume=resume, speed_repeats=repeats,
-                                on_event=progress, on_stage=progress.set_stage)
+                                on_event=progress, on_stage=progress.set_stage, arch=arch)
     _render.render_shrink(result.shrink, _stderr())
     _render.render_report(result.report, _stdout())
     _stdout().print(f"Outputs in {result.folder}: {result.final.name}, report.json, report.md")

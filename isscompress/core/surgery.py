@@ -10,6 +10,7 @@ offsets of later members (the backward half of a bidirectional layer) and corrup
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from typing import Mapping
 
 import torch
@@ -98,3 +99,18 @@ def shrink_state_dict(
         keep[positions] = False
         shrunk[key] = tensor.index_select(axis, keep.nonzero().squeeze(1).to(tensor.device))
     return shrunk
+
+
+def shrunk_group_sets(group_sets: tuple[GroupSet, ...], kept: Mapping[str, Tensor]) -> tuple[GroupSet, ...]:
+    """The group sets of the shrunk model: each set as many units as it kept, and every member's start moved down by
+    the positions removed before it on its (key, axis) — the union rule :func:`shrink_state_dict` cuts by — so a
+    backward direction's columns, which started at H, start at the forward direction's new width."""
+    removed = dropped_positions(group_sets, kept)
+    sets = []
+    for group_set in group_sets:
+        size = len(kept[group_set.name]) if group_set.name in kept else group_set.size
+        members = tuple(Member(m.key, m.axis, tuple(start - int((removed.get((m.key, m.axis), torch.zeros(0)) < start)
+                                                                .sum()) for start in m.starts))
+                        for m in group_set.members)
+        sets.append(replace(group_set, size=size, members=members))
+    return tuple(sets)

@@ -44,10 +44,12 @@ def run(
     on_event: Callable[[Event], None] = lambda event: None,
     on_stage: Callable[[str], None] = lambda stage: None,
     on_progress: Callable[[str, int, int], None] | None = None,
+    arch: str | None = None,
 ) -> RunResult:
     """Fine-tune ``source`` with ISS, shrink, recover (when the recipe has ``recover``), and report
     against ``source``; every file goes into ``folder``. ``resume`` continues an interrupted run in ``folder``:
-    finished training stages are read back, an interrupted one continues from its saved state."""
+    finished training stages are read back, an interrupted one continues from its saved state. ``arch``
+    (FILE.py:FACTORY) runs the whole recipe for a user's own model, label-free on the factory's batches."""
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -61,7 +63,7 @@ def run(
     ledger = RunLedger.read(folder, recipe) if resume else None
     created = _FolderLedger(folder)
     try:
-        return _run(source, recipe, folder, ledger, speed_repeats, on_event, on_stage, on_progress)
+        return _run(source, recipe, folder, ledger, speed_repeats, on_event, on_stage, on_progress, arch)
     except Interrupted:
         raise  # what was saved is the point of an interruption
     except BaseException:
@@ -134,26 +136,28 @@ class RunLedger:
         atomic_write(self.folder / RUN_STATE, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
-def _stage(ledger: RunLedger, stage: str, output: Path, train: Callable[[bool], Checkpoint]) -> Checkpoint:
+def _stage(ledger: RunLedger, stage: str, output: Path, train: Callable[[bool], Checkpoint],
+           arch: str | None = None) -> Checkpoint:
     """A training stage: read back when it finished, continued when it was interrupted after a save, else run."""
     if stage in ledger.done:
-        return as_checkpoint(output)
+        return as_checkpoint(output, arch=arch)
     current = train(ledger.resuming and side_files(output)[0].is_file())
     ledger.finished(stage)
     return current
 
 
 def _run(source, recipe: Recipe, folder: Path, resumed: RunLedger | None, speed_repeats: int, on_event, on_stage,
-         on_progress) -> RunResult:
+         on_progress, arch: str | None) -> RunResult:
     finetuned, shrunk, recovered = (folder / name for name in OUTPUTS[:3])
-    original = as_checkpoint(source, recipe.model.family)  # read, recognised and hashed once
+    original = as_checkpoint(source, recipe.model.family if arch is None else None, arch)  # read and hashed once
     if resumed is not None:
         resumed.check_source(original)
     ledger = resumed or RunLedger(folder, recipe.to_yaml(), original.sha256, [])
     ledger.finished()
     on_stage("finetune")
     current = _stage(ledger, "finetune", finetuned, lambda resume: finetune(
-        original, recipe, finetuned, stage="finetune", force=True, resume=resume, on_event=on_event).checkpoint)
+        original, recipe, finetuned, stage="finetune", force=True, resume=resume, on_event=on_event).checkpoint,
+        arch)
     on_stage("shrink")
     shrunk_result = shrink(current, shrunk, recipe.shrink.threshold, force=True, widths=recipe.widths)  # cheap: redone
     current = shrunk_result.checkpoint
@@ -162,7 +166,7 @@ def _run(source, recipe: Recipe, folder: Path, resumed: RunLedger | None, speed_
         teacher = original if recipe.distill is not None and recipe.distill.teacher == "source" else None
         current = _stage(ledger, "recover", recovered, lambda resume: finetune(
             current, recipe, recovered, stage="recover", force=True, resume=resume, on_event=on_event,
-            teacher=teacher).checkpoint)
+            teacher=teacher).checkpoint, arch)
     on_stage("report")
     data = recipe.data.test or recipe.data.valid
     result = report(original, current, data=data, vocab_source=recipe.data, evaluate=recipe.evaluate,
