@@ -617,3 +617,17 @@ def test_run_takes_arch_the_whole_recipe_for_a_user_model_and_resumes(tmp_path):
     again = runner.invoke(app, args + ["--resume"])  # the finished stages are read back through the factory
     assert again.exit_code == 0, again.output
     assert json.loads((folder / "report.json").read_text())["mac_ratio"] == report["mac_ratio"]
+
+
+def test_eval_takes_arch_and_measures_the_factorys_own_metrics(tmp_path):
+    source, arch, _ = _user_setup(tmp_path, LABEL_FREE)
+    arch = arch.replace(":with_batches", ":with_metric")
+    result = runner.invoke(app, ["eval", str(source), "--arch", arch, "--json"])
+    assert result.exit_code == 0, result.output
+    model = GRUTagger()
+    model.load_state_dict(load_file(source))
+    with torch.no_grad():
+        expected = float((model.eval()(tokens(5, 3)).argmax(-1) == tokens(5, 3, vocab=4, seed=9)).float().mean())
+    assert json.loads(result.stdout)["metrics"] == {"tag accuracy": pytest.approx(expected)}
+    without = runner.invoke(app, ["eval", str(source), "--arch", arch.replace(":with_metric", ":with_batches")])
+    assert without.exit_code == 1 and "gives no evaluate function" in " ".join(without.stderr.split())

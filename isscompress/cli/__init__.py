@@ -183,22 +183,37 @@ def run_all(
 @app.command("eval")
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="Checkpoint to evaluate."),
-    data: Path = typer.Option(..., "--data", "-d", help="Text file, one sentence per line."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Text file, one sentence per line (a language "
+                                                                   "model; not with --arch)."),
     vocab: str = typer.Option("auto", help="'auto', 'corpus' or a vocabulary file."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="Take vocabulary and batching from here."),
     char: bool = typer.Option(False, "--char", help="A character-level model: every character is a token; "
                                                     "reports bits per character."),
     family: Optional[str] = FamilyOption,
+    arch: Optional[str] = ArchOption,
     as_json: bool = JsonOption,
     threads: Optional[int] = ThreadsOption,
 ) -> None:
-    """Perplexity of a checkpoint on a text file (word_language_model's measurement), or bits per character."""
+    """Perplexity of a checkpoint on a text file (word_language_model's measurement), or bits per character; with
+    --arch, a user model's own metrics (its factory's evaluate)."""
     from rich.progress import Progress
 
     from ..recipe import load_recipe
     from ..verbs.evaluate import evaluate as evaluate_checkpoint
+    from ..verbs.evaluate import evaluate_task
 
+    if arch is not None:
+        with _user_errors(threads, compute=True):
+            metrics = evaluate_task(checkpoint, arch)
+        if as_json:
+            _print_json({"checkpoint": str(checkpoint), "metrics": metrics})
+        else:
+            _render.render_metrics(str(checkpoint), metrics, _stdout())
+        return
     with _user_errors(threads, compute=True):
+        if data is None:
+            raise IsscompressError("eval needs --data (a text file) to measure a language model's perplexity.",
+                                   "Give --data FILE, or --arch FILE.py:FACTORY for a model of your own.")
         loaded = load_recipe(recipe) if recipe else None
         with Progress(console=_stderr(), transient=True) as bar:
             task = bar.add_task("evaluating", total=None)

@@ -200,6 +200,12 @@ class TrainingProgress:
                                f"{valid}{alive_text} ({event['seconds']:.0f} s)")
 
 
+def render_metrics(name: str, metrics: dict[str, float], console: Console) -> None:
+    """A user model's own metrics (its factory's evaluate), one line each."""
+    for metric, value in metrics.items():
+        console.print(f"{escape(name)}: {escape(metric)} [bold]{value:.4g}[/]")
+
+
 def render_perplexity(name: str, result, console: Console) -> None:
     if result.level == "char":
         console.print(f"{escape(name)}: [bold]{result.bits_per_token:.3f}[/] bits per character (perplexity "

@@ -11,6 +11,7 @@ from ..errors import DataError
 from ..io.loading import Checkpoint, as_checkpoint
 from ..measure.perplexity import Perplexity, perplexity
 from ..recipe import DataSection, EvaluateSection, Recipe
+from .comparison import task_metrics
 from .preparation import resolve_vocabulary, token_batches
 
 
@@ -39,3 +40,15 @@ def evaluate(
     batches = token_batches(Path(data), vocabulary, settings.batch_size, max_tokens, level=level)
     result = perplexity(checkpoint.model(), batches, settings.bptt, on_window=on_window, level=level)
     return replace(result, vocabulary=origin)
+
+
+def evaluate_task(source: Checkpoint | str | os.PathLike, arch: str) -> dict[str, float]:
+    """A user model's own metrics (its ``--arch`` factory's ``evaluate``) on a checkpoint: the original, or a shrunk
+    one (reopened through the same factory)."""
+    checkpoint = as_checkpoint(source, arch=arch)
+    if getattr(checkpoint.spec, "evaluate", None) is None:
+        raise DataError(f"--arch {arch}: the factory gives no evaluate function, so there is nothing to measure.",
+                        "Return (model, example_inputs, batches, evaluate) from the factory, where evaluate(model) "
+                        "returns {metric name: value}.")
+    measured = task_metrics(checkpoint, None, checkpoint.model(), None)
+    return {name: before for name, (before, _) in measured.items()}
