@@ -40,8 +40,12 @@ ThreadsOption = typer.Option(None, "--threads", min=1, help="CPU threads for tor
 GroupsOption = typer.Option(None, "--groups", help="Your model's ISS groups as a YAML groups file (docs/any-model.md).")
 
 
+PIPED_WIDTH = 160  # a table printed into a pipe or file is read whole: Rich's 80 columns would cut its cells ("un…")
+
+
 def _stdout() -> Console:
-    return SafeConsole()
+    piped = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
+    return SafeConsole(width=PIPED_WIDTH if piped else None)
 
 
 def _stderr() -> Console:
