@@ -25,7 +25,7 @@ def _check_owned(folder: Path) -> None:
     info = folder.lstat()
     if not stat.S_ISDIR(info.st_mode):
         raise DataError(f"The cache folder {folder} is not a folder (a file or a link).",
-                        f"Remove it; isscompress creates it again as a private folder.")
+                        "Remove it; isscompress creates it again as a private folder.")
     if hasattr(os, "getuid") and info.st_uid != os.getuid():
         raise DataError(f"The cache folder {folder} belongs to another user, so its files cannot be trusted.",
                         "Remove it, or set XDG_CACHE_HOME to a folder of your own.")

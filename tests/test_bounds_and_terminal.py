@@ -4,12 +4,11 @@ refused by line, thread counts and devices are checked, and a file's names never
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import pytest
 import torch
-from test_bad_input_matrix import SPEC, WORDS, world  # noqa: F401  (the fixture: a model, a recipe, text)
+from test_bad_input_matrix import SPEC, world  # noqa: F401  (the fixture: a model, a recipe, text)
 from typer.testing import CliRunner
 
 from isscompress.anymodel.groups_file import parse_groups

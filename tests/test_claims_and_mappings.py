@@ -5,6 +5,7 @@ return wrongly is reported as theirs (exit 1, the hook named), never as a bug of
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -20,8 +21,7 @@ from anymodel_zoo import GRUTagger, tokens
 from isscompress.architectures.stack_module import RecurrentModel
 from isscompress.cli import app
 from isscompress.errors import CheckpointError
-from isscompress.io.files import read_checkpoint, write_checkpoint
-from isscompress.io.metadata import Metadata
+from isscompress.io.files import read_checkpoint
 
 runner = CliRunner()
 
@@ -32,7 +32,7 @@ def _clean_error(result, pattern: str) -> None:
     assert pattern in " ".join(result.stderr.split()), result.stderr
 
 
-def _untied_file(tmp_path, record: dict) -> "Path":
+def _untied_file(tmp_path, record: dict) -> Path:
     torch.manual_seed(0)
     path = tmp_path / "m.safetensors"
     state = RecurrentModel(SPEC).canonical_state()
