@@ -1,4 +1,4 @@
-"""The labels the any-model tracer keeps beside a model's values, and what one run of it finds.
+r"""The labels the any-model tracer keeps beside a model's values, and what one run of it finds.
 
 A label tensor has the shape of the value it follows: element ``[...]`` is the id of the recurrent unit whose
 output that element is, ``UNLABELED`` for values that are not a unit's output, or ``ZERO`` for values that are
