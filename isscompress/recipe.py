@@ -176,6 +176,25 @@ class IssSection(Section):
         return data
 
     @model_validator(mode="after")
+    def _every_setting_applies(self) -> "IssSection":
+        """A setting that would do nothing with the rest of the section is refused, never ignored."""
+        # set = not its default (a recipe dumped with every field, as metadata stores it, reads back the same)
+        given = {name for name, info in type(self).model_fields.items() if getattr(self, name) != info.get_default(
+            call_default_factory=True)}
+        goal = self.target is not None or bool(self.target_widths)
+        if "removal_rounds" in given and self.method != "gradual":
+            raise ValueError(f"removal_rounds is for method gradual; this section's method is {self.method}")
+        if "reach_by" in given and self.method != "gradual" and self.target is None:
+            raise ValueError("reach_by steers lambda to a budget (target) or sets gradual's deadline; give target, "
+                             "or use method gradual")
+        chooses = self.method in ("one-shot", "gradual") or (goal and self.unmet == "complete")
+        for name in ("importance", "importance_batches", "reconstruct", "reconstruct_batches"):
+            if name in given and not chooses:
+                raise ValueError(f"{name} ranks or repairs units that are chosen (method one-shot or gradual, or a "
+                                 "target completed at the end with unmet: complete); this section chooses none")
+        return self
+
+    @model_validator(mode="after")
     def _one_shot_has_a_goal(self) -> "IssSection":
         if self.method in ("one-shot", "gradual") and self.target is None and not self.target_widths:
             raise ValueError(f"method {self.method} removes units down to a goal: give target (e.g. {{macs: 0.5}}) "
