@@ -83,4 +83,8 @@ def reconstruct(loop: "Loop", sets: tuple[GroupSet, ...], dead: dict[str, Tensor
         readers: dict[Member, str | None] = column_readers(group_set, loop.params, producers)
         a, c = fit_removed(values[group_set.name], kept, removed)
         fold_into_readers(loop.params, readers, kept, removed, a, c)
+    if loop.dist.world_size > 1:  # each process recorded its own batches: all continue from the main one's weights
+        with torch.no_grad():
+            for value in loop.params.values():
+                torch.distributed.broadcast(value.data, src=0)
     return unrecorded
