@@ -246,7 +246,7 @@ def test_an_optional_width_that_cannot_shrink_exactly_is_left_whole_not_the_whol
     save_file({k: v.contiguous() for k, v in LiteralWidth().state_dict().items()}, str(tmp_path / "m.safetensors"))
     result = runner.invoke(app, ["inspect", str(tmp_path / "m.safetensors"), "--arch", f"{tmp_path / 'arch.py'}:make"])
     assert result.exit_code == 0, result.output
-    assert "Left whole: pre: shrinking it is not exact" in " ".join(result.stdout.split())
+    assert "Left whole: pre — shrinking it is not exact" in " ".join(result.stdout.split())
 
 
 @pytest.mark.parametrize("change, message", [

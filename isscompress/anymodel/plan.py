@@ -264,18 +264,17 @@ def _with_widths(model: nn.Module, inputs: tuple, before: Plan, accepted: tuple[
     flow = follow(model, inputs, (*accepted, *tried))
     found = {r.module for r in flow.ranges}
     if not set(tried) <= found:
-        raise TraceError(f"{', '.join(tried)}: its features never reached a weight on the example inputs", HINT)
+        raise TraceError("its features never reached a weight on the example inputs", HINT)
     if any(_reaches_outputs(flow, module) for module in tried):
-        raise TraceError(f"{', '.join(tried)}: its features reach the model's outputs (output classes, a "
-                         "vocabulary), which are never units", HINT)
+        raise TraceError("its features reach the model's outputs (output classes, a vocabulary), which are never "
+                         "units", HINT)
     plan = build_plan(flow)
     known = {gs.name for gs in before.group_sets}
-    _check_removable(model, inputs, plan, [gs.name for gs in plan.group_sets if gs.name not in known], tried)
+    _check_removable(model, inputs, plan, [gs.name for gs in plan.group_sets if gs.name not in known])
     return plan
 
 
-def _check_removable(model: nn.Module, inputs: tuple, plan: Plan, new_sets: list[str], tried: tuple[str, ...]
-                     ) -> None:
+def _check_removable(model: nn.Module, inputs: tuple, plan: Plan, new_sets: list[str]) -> None:
     """Shrink the ``new_sets`` to every other unit (the rest whole) and run the exactness check; a failure is a
     TraceError naming why, so the width is left whole."""
     from ..errors import ShrinkError
@@ -286,8 +285,7 @@ def _check_removable(model: nn.Module, inputs: tuple, plan: Plan, new_sets: list
     try:
         shrink_module_to(model, inputs, plan, kept)
     except ShrinkError as err:
-        raise TraceError(f"{', '.join(tried)}: shrinking it is not exact ({' '.join(err.message.split())[:160]})",
-                         HINT) from None
+        raise TraceError(f"shrinking it is not exact ({' '.join(err.message.split())[:160]})", HINT) from None
 
 
 def _reaches_outputs(flow: Flow, module: str) -> bool:

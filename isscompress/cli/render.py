@@ -92,8 +92,8 @@ def render_inspection(result: Inspection, console: Console) -> None:
     console.print(layers_table(s))
     console.print(costs_table(s))
     console.print(norms_table(result.norms, result.readers))
-    for why in result.left_whole.values():
-        console.print(f"Left whole: {escape(why)}.")
+    for module, why in result.left_whole.items():
+        console.print(f"Left whole: {escape(module)} — {escape(why.rstrip('.'))}.")
 
 
 def _ratio(before: float, after: float) -> str:
