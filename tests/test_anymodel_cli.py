@@ -631,3 +631,26 @@ def test_eval_takes_arch_and_measures_the_factorys_own_metrics(tmp_path):
     assert json.loads(result.stdout)["metrics"] == {"tag accuracy": pytest.approx(expected)}
     without = runner.invoke(app, ["eval", str(source), "--arch", arch.replace(":with_metric", ":with_batches")])
     assert without.exit_code == 1 and "gives no evaluate function" in " ".join(without.stderr.split())
+
+
+def test_fine_tuning_shows_the_factorys_metrics_after_removal_and_at_each_epoch_when_it_declares_them(tmp_path):
+    source, arch, recipe = _user_setup(tmp_path, "finetune: {epochs: 2, lr: 0.003}\niss: {method: one-shot, target: "
+                                       "{macs: 0.5}}\n")
+    arch = arch.replace(":with_batches", ":with_metric")
+    plain = isscompress.finetune(source, recipe, arch=arch)
+    assert not [e for e in plain.events if "metrics" in e]  # without METRICS the stage runs no evaluation
+    (tmp_path / "arch.py").write_text((tmp_path / "arch.py").read_text()
+                                      + "\nMETRICS = {'tag accuracy': {'better': 'higher'}}\n")
+    result = isscompress.finetune(source, recipe, arch=arch)
+    start = [e for e in result.events if e["event"] == "metrics"]
+    epochs = [e for e in result.events if e["event"] == "epoch"]
+    assert len(start) == 1 and start[0]["step"] == 0 and set(start[0]["metrics"]) == {"tag accuracy"}
+    assert len(epochs) == 2 and all(set(e["metrics"]) == {"tag accuracy"} for e in epochs)
+    from isscompress.verbs.evaluate import evaluate_task
+
+    final = evaluate_task(result.checkpoint, arch)
+    assert epochs[-1]["metrics"]["tag accuracy"] == pytest.approx(final["tag accuracy"])
+    shown = runner.invoke(app, ["finetune", str(source), "-r", str(recipe), "--arch", arch, "-o",
+                                str(tmp_path / "tuned.safetensors")])
+    assert shown.exit_code == 0, shown.output
+    assert "start (after any one-shot removal): tag accuracy" in " ".join(shown.stderr.split())

@@ -177,6 +177,10 @@ class TrainingProgress:
         if event["event"] == "warning":
             self.console.print(f"[bold yellow]warning:[/] {escape(event['text'])}")
             return
+        if event["event"] == "metrics":
+            shown = ", ".join(f"{escape(k)} {v:.4g}" for k, v in event["metrics"].items())
+            self.console.print(f"{self.stage} start (after any one-shot removal): {shown}")
+            return
         if event["event"] not in ("step", "epoch"):  # other events (a completed target) are for the log
             return
         key = (self.stage, event["epoch"])
@@ -196,8 +200,9 @@ class TrainingProgress:
             alive = event.get("alive")
             alive_text = " alive " + ", ".join(f"{k} {v}" for k, v in alive.items()) if alive else ""
             loss = event["train_loss"]
+            metrics = "".join(f", {escape(k)} {v:.4g}" for k, v in event.get("metrics", {}).items())
             self.console.print(f"{self.stage} epoch {event['epoch']}: train loss {loss:.4g}"
-                               f"{valid}{alive_text} ({event['seconds']:.0f} s)")
+                               f"{valid}{metrics}{alive_text} ({event['seconds']:.0f} s)")
 
 
 def render_metrics(name: str, metrics: dict[str, float], console: Console) -> None:

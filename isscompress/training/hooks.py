@@ -5,6 +5,7 @@ A hook overrides any of :class:`Hook`'s methods; the loop calls every hook at ea
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -73,6 +74,27 @@ class Report(Hook):
 
     def on_event(self, event: Event) -> None:
         self.callback(event)
+
+
+class TaskMetricHook(Hook):
+    """A user model's own metrics (its factory's ``evaluate``) while it is fine-tuned: right after the units are
+    chosen (the hooks before this one have started) and at every epoch's end, in the events — so the effect of the
+    method is seen on the task, not only on the loss. Measured on a CPU copy in eval mode, the run untouched."""
+
+    def __init__(self, evaluate: Callable[[Any], Any]) -> None:
+        self.evaluate = evaluate
+
+    def _measure(self, loop: "Loop") -> dict[str, float]:
+        copy_ = copy.deepcopy(loop.inner).cpu().eval()
+        with torch.no_grad(), torch.random.fork_rng():
+            return {str(name): float(value) for name, value in dict(self.evaluate(copy_)).items()}
+
+    def start(self, loop: "Loop") -> None:
+        loop.emit({"event": "metrics", "step": loop.state.step, "metrics": self._measure(loop)})
+
+    def annotate(self, loop: "Loop", event: Event) -> None:
+        if event["event"] == "epoch":
+            event["metrics"] = self._measure(loop)
 
 
 class Save(Hook):

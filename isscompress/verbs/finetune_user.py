@@ -14,7 +14,7 @@ from ..io.loading import Checkpoint, as_checkpoint
 from ..io.user_models import ArchError
 from ..recipe import DistillSection, Recipe
 from ..training.distributed import Distributed
-from ..training.hooks import Event, Hook, Report
+from ..training.hooks import Event, Hook, Report, TaskMetricHook
 from ..training.loop import fit_task
 from ..training.tasks import LabelFreeTask
 from .finetune import FinetuneResult, TrainingFiles, lasso_hook, resume_weights, run_training, stage_schedule
@@ -86,6 +86,8 @@ def finetune_traced(checkpoint: Checkpoint, recipe: Recipe, output: Path | None,
         files = TrainingFiles(output, metadata, recipe, stage, dist, weights=lambda trained: trained.state_dict(),
                               resume=resume)
         hooks.append(files)
+    if getattr(spec.evaluate, "rules", None):  # the file declared METRICS: the task's own numbers as it trains
+        hooks.append(TaskMetricHook(spec.evaluate))
     result = FinetuneResult(checkpoint, stage)
     hooks.append(Report(lambda event: (result.events.append(event), on_event(event))))
     task = LabelFreeTask(spec.batches, teacher_model, distill.temperature, distill.loss, distill.alpha, spec.task_loss)
