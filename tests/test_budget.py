@@ -241,3 +241,12 @@ def test_a_method_setting_that_would_do_nothing_is_refused_by_line(iss, message)
 
     with pytest.raises(RecipeError, match=f"line 1: 'iss'.*{message}"):
         parse_recipe(f"iss: {iss}\n", "r.yaml")
+
+
+def test_progress_knows_the_length_of_batches_given_by_a_function_after_one_pass(tmp_path) -> None:
+    source, recipe, arch = _tagger(tmp_path, "lambda: ((tokens(5, 3, seed=s),) for s in range(8))",
+                                   "finetune: {epochs: 2, lr: 0.001, log_every: 1}\niss: {lambda: 0.001, method: "
+                                   "proximal}\n")
+    result = isscompress.finetune(source, recipe, arch=arch)
+    windows = {(e["epoch"], e["windows"]) for e in result.events if e["event"] == "step"}
+    assert windows == {(1, None), (2, 8)}

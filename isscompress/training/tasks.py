@@ -146,9 +146,11 @@ class LabelFreeTask:
         self.alpha, self.task_loss = alpha, task_loss
         self.fixed: list | None = None if callable(batches) else list(batches)
         self.epoch_batches = self.fixed
+        self.counted: int | None = None  # batches given by a function: counted by the first full pass
 
     def count(self) -> int | None:
-        return None if self.epoch_batches is None else len(self.epoch_batches)
+        """Batches per epoch: a list's length, or for batches given by a function what its last full pass gave."""
+        return self.counted if self.epoch_batches is None else len(self.epoch_batches)
 
     def start_epoch(self, loop: "Loop") -> None:
         self.teacher.to(loop.dist.device)
@@ -161,9 +163,12 @@ class LabelFreeTask:
 
     def batches(self, skip: int) -> Iterator[tuple[int, Any]]:
         every = self.epoch_batches if self.epoch_batches is not None else self.source()
+        index = -1
         for index, batch in enumerate(every):
             if index >= skip:
                 yield index, batch
+        if self.epoch_batches is None:  # a whole pass: from now on progress bars know their length
+            self.counted = index + 1
 
     def loss(self, loop: "Loop", batch: Any) -> tuple[Tensor, int]:
         inputs = to_device(batch if isinstance(batch, tuple) else (batch,), loop.dist.device)
