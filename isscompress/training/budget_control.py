@@ -28,6 +28,11 @@ def cubic_progress(step: float, deadline: float) -> float:
     return 1.0 - (1.0 - min(1.0, step / deadline)) ** 3
 
 
+def between(full: float, limit: float, progress: float) -> float:
+    """The cost ``progress`` (0..1) of the way from the full model's to the limit."""
+    return full - (full - limit) * progress
+
+
 def round_steps(total_steps: int, reach_by: float, rounds: int) -> list[int]:
     """The steps after which ``method: gradual`` removes units: ``rounds`` of them, evenly up to the deadline."""
     deadline = max(1.0, reach_by * total_steps)
@@ -43,8 +48,7 @@ def scheduled_goal(iss: IssSection, sizes: Mapping[str, int], budget: "tuple[Cos
     goal = None
     if budget is not None:
         cost, limit = budget
-        full = cost({})
-        goal = (cost, full - (full - limit) * progress)
+        goal = (cost, between(cost({}), limit, progress))
     return iss.model_copy(update={"target_widths": widths}), goal
 
 
@@ -67,7 +71,7 @@ class LambdaSteering:
 
     def scheduled(self, step: int) -> float:
         """The cost the alive units should have after ``step`` steps: full at 0, the limit at the deadline."""
-        return self.full - (self.full - self.limit) * cubic_progress(step, self.deadline)
+        return between(self.full, self.limit, cubic_progress(step, self.deadline))
 
     def update(self, step: int, alive: Mapping[str, int]) -> None:
         if self.cost(alive) > self.scheduled(step):

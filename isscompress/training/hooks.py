@@ -239,7 +239,7 @@ class GroupLassoHook(Hook):
         """Sets that must keep one width (the layers and directions of one nn.LSTM) shrink in step: a set with
         fewer alive units than the widest of its width key is spared, since a shrink keeps the widest count in all
         of them and its lost units would be kept as zeros — function lost, nothing removed."""
-        alive = {gs.name: int(self._alive(gs.name, norms[gs.name]).sum()) for gs in self.sets}
+        alive = self._alive_counts(norms)
         widest = widest_per_key(alive, self.sets)
         return {gs.name: 0.0 if alive[gs.name] < widest[gs.width_key] else current[gs.name] for gs in self.sets}
 
@@ -248,6 +248,10 @@ class GroupLassoHook(Hook):
         if self.iss.freeze_dead and self.dead is not None:  # the optimizer nudged them; they are zeroed again
             alive &= ~self.dead[name].to(alive.device)
         return alive
+
+    def _alive_counts(self, norms: dict[str, Tensor]) -> dict[str, int]:
+        """Units per set that count as alive (above the threshold, and not frozen dead): what a shrink keeps."""
+        return {name: int(self._alive(name, norm).sum()) for name, norm in norms.items()}
 
     def _within_budget(self, current: dict, norms: dict[str, Tensor], lr: float | None) -> dict:
         """Lambda 0 everywhere once the alive units fit the budget; with ``lr`` (the proximal step), the
@@ -323,8 +327,7 @@ class GroupLassoHook(Hook):
                 zero_small_weights(params, self.keys, self.iss.zero_threshold)
         self.step += 1
         if self.steering is not None and self.norms is not None:
-            self.steering.update(self.step, {name: int(self._alive(name, norm).sum()) for name, norm in
-                                             self.norms.items()})
+            self.steering.update(self.step, self._alive_counts(self.norms))
             loop.state.hooks[STATE_KEY] = self.steering.scale
 
     def finish(self, loop: "Loop") -> bool:
@@ -333,7 +336,7 @@ class GroupLassoHook(Hook):
         if self.iss.method == "one-shot" or (self.budget is None and not self.iss.target_widths):
             return False
         norms = group_norms(self.params, self.sets)
-        before = {name: int(self._alive(name, norm).sum()) for name, norm in norms.items()}
+        before = self._alive_counts(norms)
         over_widths = {name: width for name, width in self.iss.target_widths.items() if before[name] > width}
         over_budget = self.budget is not None and self.budget[0](before) > self.budget[1]
         if not over_widths and not over_budget:

@@ -97,7 +97,7 @@ class RunLedger:
 
     folder: Path
     recipe: str
-    source_sha256: str | None
+    source_sha256: str  # checked on --resume: a run continues only from the checkpoint it started with
     done: list[str]
     resuming: bool = False  # read back from an interrupted run (its interrupted stage continues from its state)
 
