@@ -298,8 +298,8 @@ class GroupLassoHook(Hook):
         unrecorded = reconstruct(loop, self.sets, self.dead, self.iss.reconstruct_batches)
         if unrecorded:
             loop.emit({"event": "warning", "text": f"iss.reconstruct left {', '.join(unrecorded)} as they were: no "
-                       "module reads their units as its input features (a lower layer of one multi-layer nn.LSTM or "
-                       "nn.GRU is read only inside it)."})
+                       "nn.Linear or single-layer recurrent module reads their units as its input (a lower layer of one "
+                       "multi-layer nn.LSTM/nn.GRU is read inside it; a last layer tied to the embedding, through it)."})
 
     def _zero_dead(self) -> None:
         kept = {name: (~dead).nonzero().squeeze(1).cpu() for name, dead in self.dead.items()}
