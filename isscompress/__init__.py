@@ -31,7 +31,7 @@ _PUBLIC = {
     "CellKind": "core.cells",
     # any model
     "discover": "anymodel", "GroupLasso": "anymodel", "shrink_module": "anymodel", "resize_to": "anymodel",
-    "Plan": "anymodel", "load_groups": "anymodel",
+    "Plan": "anymodel", "load_groups": "anymodel", "split_layers": "anymodel", "LayerwiseRNN": "anymodel",
     # the training loop
     "fit": "training.loop", "fit_task": "training.loop", "Hook": "training.hooks", "GroupLassoHook": "training.hooks",
     "Objective": "training.objectives", "LanguageModelLoss": "training.objectives",

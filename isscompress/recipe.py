@@ -140,6 +140,11 @@ class IssSection(Section):
         "Which group sets ISS acts on: 'recurrent' (the recurrent layers' units, the paper's ISS) or 'all' (also "
         "every other width the model has: embedding dimensions, MLP hidden units; docs/iss.md), so a budget over the "
         "whole model can fall on the embedding too."))
+    split_layers: bool = Field(False, description=(
+        "A user model's multi-layer nn.LSTM/GRU/RNN becomes a stack of single-layer ones (isscompress.LayerwiseRNN, "
+        "computing the same), so each of its layers gets the width its units earn instead of one width for all; the "
+        "file records it, and --arch (or isscompress.split_layers) rebuilds it. Its final states come back as one "
+        "tensor per layer once the widths differ."))
     importance: Literal["norm", "taylor"] = Field("norm", description=(
         "How the units that one-shot (and a completed target) removes are ranked: 'norm' (the group's L2 norm) or "
         "'taylor' (Molchanov et al. 2019: (sum of gradient x weight over the group)^2, the first-order change of the "

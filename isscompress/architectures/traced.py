@@ -74,13 +74,14 @@ class TracedModel:
     arch: str | None = None  # the factory it came from (FILE.py:FACTORY), to open its relatives (a teacher)
     task_loss: Any = None  # the factory file's task_loss(outputs, batch): its labels' loss, for distill.alpha < 1
     sizes: dict[str, int] = field(default_factory=dict)  # a view for costs: units kept per set (with_kept by counts)
+    split: tuple[str, ...] = ()  # multi-layer recurrent modules made LayerwiseRNN (iss.split_layers), as recorded
 
     @classmethod
     def of(cls, module: nn.Module | None, plan: Plan, inputs: tuple | None = None, more_inputs: tuple[tuple, ...] = (),
-           batches: Any = None, evaluate: Any = None, arch: str | None = None, task_loss: Any = None
-           ) -> "TracedModel":
+           batches: Any = None, evaluate: Any = None, arch: str | None = None, task_loss: Any = None,
+           split: tuple[str, ...] = ()) -> "TracedModel":
         return cls(module, plan, inputs, more_inputs, aliases=shared_names(module) if module is not None else {},
-                   batches=batches, evaluate=evaluate, arch=arch, task_loss=task_loss)
+                   batches=batches, evaluate=evaluate, arch=arch, task_loss=task_loss, split=tuple(split))
 
     @classmethod
     def infer(cls, state: Mapping[str, Tensor], **_: Any) -> "TracedModel":
@@ -153,6 +154,41 @@ class TracedModel:
             return discover(self.module, self.inputs, features=features)
         except (TraceError, ShrinkError):
             return Plan(shrunk_group_sets(plan.group_sets, kept), aliases=plan.aliases)
+
+    def layerwise(self) -> "TracedModel":
+        """This model with each multi-layer nn.LSTM/GRU/RNN split into layers of their own (``iss.split_layers``):
+        checked to compute the same, and tried with its first split layer one unit narrower than the next (the
+        model's own code must run layers of different widths, e.g. not stack their final states), else ShrinkError."""
+        from ..anymodel.resize import shrink_module_to
+        from ..anymodel.split import multi_layer_modules, split_layers
+
+        names = multi_layer_modules(self.module) if self.module is not None else []
+        if not names:
+            if self.split:  # split when it was fine-tuned before
+                return self
+            raise ShrinkError("The model has no nn.LSTM, nn.GRU or nn.RNN of more than one layer to split.",
+                              "Leave iss.split_layers out: each recurrent module already has its own width.")
+        if not self.runnable:
+            raise ShrinkError("A model that cannot be run (no example inputs) cannot be checked after a split.",
+                              "Give the factory's example inputs.")
+        module = split_layers(self.module, names)
+        features = any(gs.kind == "feature" for gs in self.plan.group_sets)
+        split = replace(self, module=module, plan=discover(module, self.inputs, features=features),
+                        aliases=shared_names(module), split=(*self.split, *names))
+        before, after = self._outputs(), split._outputs()
+        if before is None or after is None or not _same(before, after):
+            raise ShrinkError(f"Split into layers, {', '.join(names)} computed something else than before.",
+                              "Report it with the model's code.")
+        first = next(gs for gs in split.plan.group_sets if gs.kind != "feature")
+        trial = {gs.name: torch.arange(gs.size - (gs.width_key == first.width_key)) for gs in split.plan.group_sets}
+        try:
+            shrink_module_to(module, self.inputs, split.plan, trial, self.more_inputs)
+        except ShrinkError as err:
+            raise ShrinkError(f"With its layers of different widths the model's code does not run as before: "
+                              f"{err.message}", "Leave iss.split_layers out (its layers then share one width), or "
+                              "make the code use the states per layer (h_n[-1] works on the list it then gets)."
+                              ) from err
+        return split
 
     def _outputs(self) -> list[Tensor] | None:
         """The module's floating outputs on every example batch; None when its forward fails."""
@@ -263,8 +299,10 @@ class TracedModel:
 
     def to_dict(self) -> dict[str, Any]:
         """What the file records: the sets' widths, and whether width attributes (``self.nhid``) were resized with
-        the layers — how the user's code reopens it: ``resize_to(model, tensors, stored_widths=...)``."""
-        return {"sets": {gs.name: gs.size for gs in self.plan.group_sets}, "stored_widths": self.stored_widths}
+        the layers, and which multi-layer modules were split into layers of their own widths — how the user's code
+        reopens it: ``resize_to(split_layers(model, split), tensors, stored_widths=...)``."""
+        return {"sets": {gs.name: gs.size for gs in self.plan.group_sets}, "stored_widths": self.stored_widths,
+                **({"split": list(self.split)} if self.split else {})}
 
 
 

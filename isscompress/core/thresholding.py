@@ -47,6 +47,16 @@ def widest_per_key(counts: Mapping[str, int], group_sets: tuple[GroupSet, ...]) 
     return widest
 
 
+def targets_per_set(targets: Mapping[str, int], group_sets: tuple[GroupSet, ...]) -> dict[str, int]:
+    """``iss.target_widths`` for every set it binds: a width named for one set holds for each set that keeps one width
+    with it (both directions of a layer, the layers of one nn.LSTM), the smallest named for them if several are."""
+    per_key: dict[str, int] = {}
+    for gs in group_sets:
+        if gs.name in targets:
+            per_key[gs.width_key] = min(per_key.get(gs.width_key, targets[gs.name]), targets[gs.name])
+    return {**targets, **{gs.name: per_key[gs.width_key] for gs in group_sets if gs.width_key in per_key}}
+
+
 def legal_widths(counts: Mapping[str, int], group_sets: tuple[GroupSet, ...]) -> dict[str, int]:
     """The widths a shrink builds from ``counts[set]`` wanted units: every set of one ``same_width_as`` key at the
     widest of them, and a set's ``narrower_than`` sets at least one wider than it. The one place the width rules

@@ -22,6 +22,7 @@ from torch.utils._pytree import tree_flatten
 from ..anymodel import TraceError, discover, load_groups, resize_to
 from ..anymodel.resize import inputs_for
 from ..anymodel.sharing import shared_names, with_shared
+from ..anymodel.split import split_layers
 from ..architectures.traced import KIND, TracedModel
 from ..core.cells import cell_of_module
 from ..errors import CheckpointError, IsscompressError
@@ -149,6 +150,24 @@ def _fit(model: nn.Module, tensors: dict[str, Tensor], checkpoint: Path, stored_
     return resize_to(model, {k: v.to(own[k].dtype) for k, v in tensors.items()}, stored_widths)
 
 
+def _recorded_split(metadata: Metadata, checkpoint: Path) -> tuple[str, ...]:
+    """The multi-layer modules the file's fine-tuning split into layers of their own (``iss.split_layers``)."""
+    split = (metadata.spec or {}).get("split", [])
+    if not isinstance(split, list) or not all(isinstance(name, str) for name in split) or len(set(split)) < len(split):
+        raise CheckpointError(f"{checkpoint}: its record's spec.split is {split!r}, not a list of distinct module "
+                              "names.", "Write the file again with isscompress.")
+    return tuple(split)
+
+
+def _split(model: nn.Module, split: tuple[str, ...], checkpoint: Path) -> nn.Module:
+    try:
+        return split_layers(model, split)
+    except ValueError as err:
+        raise CheckpointError(f"{checkpoint} was fine-tuned with its multi-layer recurrent modules split into layers "
+                              f"of their own, which the model from --arch cannot be: {err}.",
+                              "Open it with the factory of the model it was made from.") from err
+
+
 def _inputs_for_shrunk(model: nn.Module, inputs: tuple, metadata: Metadata) -> tuple:
     """The factory's example inputs fit the original model; for a checkpoint that a shrink made (it records the
     kept units), a state the inputs pass in is cut to the kept units, as the shrink's own check fed it."""
@@ -188,6 +207,8 @@ def open_user_model(checkpoint: str | os.PathLike, arch: str | None = None,
         factory = load_factory(arch)
         factory_model, inputs, batches, evaluate = factory.model, factory.inputs, factory.batches, factory.evaluate
         tensors = _renamed(tensors, factory.keys or {}, raw.path, arch)
+        split = _recorded_split(metadata, raw.path)
+        factory_model = _split(factory_model, split, raw.path) if split else factory_model
         inputs = _inputs_for_shrunk(factory_model, inputs, metadata)
         stored = bool((metadata.spec or {}).get("stored_widths") is True)  # as the shrink that wrote it chose
         model = _fit(factory_model, tensors, raw.path, stored_widths=stored)
@@ -200,7 +221,7 @@ def open_user_model(checkpoint: str | os.PathLike, arch: str | None = None,
             model = _fit(factory_model, tensors, raw.path, stored_widths=True)
             plan = discover(model, inputs)
     spec = TracedModel.of(model, plan, inputs, _first_batch(batches), batches, evaluate, arch,
-                          factory.task_loss if factory is not None else None)
+                          factory.task_loss if factory is not None else None, split if arch is not None else ())
     state = spec.canonical({k: v.detach() for k, v in model.state_dict().items()}) if model is not None else tensors
     family = metadata.family or KIND
     return Checkpoint(spec, state, family, KIND, replace(metadata, architecture=KIND), raw.path)

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..core.groups import GroupSet, chosen_sets
 from ..core.surgery import mask_state_dict
-from ..core.thresholding import widest_per_key
+from ..core.thresholding import targets_per_set, widest_per_key
 from ..core.regularizer import (
     Lambdas,
     add_subgradient,
@@ -142,7 +142,8 @@ class GroupLassoHook(Hook):
 
     def __init__(self, sets: tuple[GroupSet, ...], iss: IssSection, alive_threshold: float = 0.0,
                  budget: "tuple[Cost, float] | None" = None) -> None:
-        self.sets, self.iss = chosen_sets(sets, iss.widths), iss
+        self.sets = chosen_sets(sets, iss.widths)
+        self.iss = iss.model_copy(update={"target_widths": targets_per_set(iss.target_widths, self.sets)})
         self.budget = budget  # (cost of alive units per set, its limit): iss.target
         self.alive_threshold = alive_threshold  # a unit whose group norm is at most this counts as removed
         self.lambdas = lambdas_for(self.sets, iss.lambda_, iss.layer_multipliers)

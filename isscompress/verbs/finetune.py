@@ -193,6 +193,10 @@ def finetune(
         check_training_outputs(output, force, source_files(source) + recipe.input_files(), resume)
     checkpoint = as_checkpoint(source, recipe.model.family if arch is None else None, arch, groups)
     if stage == "finetune":  # the ISS section applies to this stage only (recovery runs on the shrunk model)
+        if recipe.iss is not None and recipe.iss.split_layers:
+            from .finetune_user import layerwise
+
+            checkpoint = layerwise(checkpoint)
         check_layer_names(recipe, checkpoint.group_sets, "")
     if not language_model_facts(checkpoint.spec) and hasattr(checkpoint.spec, "batches"):
         from .finetune_user import finetune_traced  # it builds on this module's training files

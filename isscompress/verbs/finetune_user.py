@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import RecipeError
+from ..errors import RecipeError, ShrinkError
 from ..io.loading import Checkpoint, as_checkpoint
 from ..io.user_models import ArchError
 from ..recipe import DistillSection, Recipe
@@ -50,6 +50,20 @@ def _refuse_inapplicable(recipe: Recipe, stage: str, task_loss: Any) -> None:
                           "batch) in the --arch file (the loss of the task's own labels, derived from the batch).")
 
 
+def layerwise(checkpoint: Checkpoint) -> Checkpoint:
+    """``iss.split_layers``: the model with its multi-layer recurrent modules split, its state renamed to match."""
+    if not hasattr(checkpoint.spec, "layerwise"):
+        raise RecipeError("iss.split_layers is for a user model's multi-layer nn.LSTM/GRU/RNN (opened with --arch); "
+                          "the language-model stack's layers already have widths of their own.",
+                          "Remove iss.split_layers from the recipe.")
+    try:
+        spec = replace(checkpoint.spec, module=checkpoint.spec.build(checkpoint.state)).layerwise()
+    except ShrinkError as err:
+        raise RecipeError(f"iss.split_layers: {err.message}", err.hint) from err
+    state = spec.canonical({k: v.detach() for k, v in spec.module.state_dict().items()})
+    return replace(checkpoint, spec=spec, state=state)
+
+
 def finetune_traced(checkpoint: Checkpoint, recipe: Recipe, output: Path | None, *, stage: str = "finetune",
                     resume: bool = False, on_event: Callable[[Event], None] = lambda event: None,
                     teacher: Checkpoint | None = None) -> FinetuneResult:
@@ -81,6 +95,8 @@ def finetune_traced(checkpoint: Checkpoint, recipe: Recipe, output: Path | None,
     hooks: list[Hook] = [lasso_hook(checkpoint, recipe)] if lasso else []
     metadata = replace(checkpoint.metadata.derived(stage, checkpoint.name, checkpoint.sha256, checkpoint.family),
                        architecture=spec.kind, recipe=recipe.to_yaml())
+    if getattr(spec, "split", ()):  # how --arch rebuilds the model these tensors fit
+        metadata = replace(metadata, spec={**(metadata.spec or {}), "split": list(spec.split)})
     files = None
     if output is not None:
         files = TrainingFiles(output, metadata, recipe, stage, dist, weights=lambda trained: trained.state_dict(),
