@@ -91,9 +91,9 @@ class TracedModel:
     def from_dict(cls, data: Mapping[str, Any]) -> "TracedModel":
         raise CheckpointError("This checkpoint is of a user's own model (isscompress wrote it from a model opened with "
                               "--arch): its architecture is the code that built it.",
-                              "Open it with --arch FILE.py:FACTORY (the factory of the original model) in inspect, "
-                              "shrink, finetune or report, or in Python with isscompress.resize_to(model, tensors) "
-                              "(eval and export read isscompress's own language-model stacks).")
+                              "Open it with --arch FILE.py:FACTORY (the factory of the original model) in any verb "
+                              "(inspect, shrink, finetune, run, report, eval, export), or in Python with "
+                              "isscompress.resize_to(model, tensors).")
 
     @property
     def runnable(self) -> bool:

@@ -307,6 +307,7 @@ def export(
                                         "and int8 must agree on."),
     max_increase: float = typer.Option(1.0, "--max-increase", help="With --quantize and --data: the largest "
                                        "perplexity increase allowed, in percent."),
+    arch: Optional[str] = ArchOption,
     threads: Optional[int] = ThreadsOption,
 ) -> None:
     """Export a model that runs without isscompress; checked against PyTorch before writing."""
@@ -314,7 +315,7 @@ def export(
 
     with _user_errors(threads, compute=True):
         result = export_model(checkpoint, output, fmt, force=force, quantize=quantize, data=data,
-                              max_increase=max_increase)
+                              max_increase=max_increase, arch=arch)
     _stdout().print(f"wrote {result.output} ({result.format}{', ' + result.quantize if result.quantize else ''}); "
                     f"max |difference| on a probe batch {result.max_abs_diff:.2g}\ninputs: {', '.join(result.inputs)}"
                     f"\noutputs: {', '.join(result.outputs)}")

@@ -22,6 +22,7 @@ from ..deploy.flat import FlatStateModel, example_arguments, io_names
 from ..errors import IsscompressError
 from ..io.files import atomic_write, check_output_path
 from ..io.loading import Checkpoint, as_checkpoint, source_files
+from ..core.architecture import language_model_facts
 
 FORMATS = ("torchscript", "onnx")
 TOLERANCE = 1e-4
@@ -103,9 +104,26 @@ def _int8_quality(result: ExportResult, checkpoint: Checkpoint, model: torch.nn.
     return replace(result, probe_kl=probe_kl, perplexity=perplexities)
 
 
+def _export_user_model(checkpoint: Checkpoint, fmt: str, quantize: str | None) -> ExportResult:
+    from ..deploy.user_export import export_user_model
+
+    spec = checkpoint.spec
+    if quantize:
+        raise IsscompressError(f"{checkpoint.name}: int8 export is for isscompress's language-model stacks; a model "
+                               "of your own would need its own quantisation checked on its own task.",
+                               "Export it in float32, then quantise it with your runtime's tools.")
+    if not getattr(spec, "runnable", False):
+        raise IsscompressError(f"{checkpoint.name}: a model described only by a groups file cannot be run, so it "
+                               "cannot be exported.", "Give its code with --arch FILE.py:FACTORY.")
+    payload, diff, inputs, outputs = export_user_model(checkpoint.model(), spec.inputs, spec.more_inputs, fmt,
+                                                       checkpoint.name)
+    return ExportResult(None, fmt, diff, inputs, outputs, data=payload)
+
+
 def export(
     source: Checkpoint | str | os.PathLike, output: str | os.PathLike | None, fmt: str, *, force: bool = False,
     quantize: str | None = None, data: str | os.PathLike | None = None, max_increase: float = 1.0,
+    arch: str | None = None, groups: str | os.PathLike | None = None,
 ) -> ExportResult:
     """Export ``source`` as TorchScript or ONNX; refuse when outputs differ on a probe batch. The bytes
     are in the result; with ``output`` they are also written (atomically).
@@ -113,14 +131,23 @@ def export(
     ``quantize="int8"``: dynamic int8 after shrinking (TorchScript: PyTorch's kernels; ONNX: ONNX Runtime's
     quantiser applied to the checked float32 file). Its parity with float32 is a quality
     question, not a tolerance: with ``data`` the perplexity of both is measured and an increase above
-    ``max_increase`` percent is refused; without, the KL on a probe batch is reported."""
+    ``max_increase`` percent is refused; without, the KL on a probe batch is reported.
+
+    A user's own model (``arch``, FILE.py:FACTORY) is traced on its factory's example inputs and checked on them and
+    on the factory's first batch (:mod:`isscompress.deploy.user_export`); int8 is the language-model stack's."""
     if fmt not in FORMATS:
         raise IsscompressError(f"Unknown export format '{fmt}'.", f"Use one of: {', '.join(FORMATS)}.")
     if quantize not in (None, "int8"):
         raise IsscompressError(f"Unknown quantisation '{quantize}'.", "Use int8.")
     if output is not None:
         output = check_output_path(output, force=force, inputs=source_files(source))
-    checkpoint = as_checkpoint(source)
+    checkpoint = as_checkpoint(source, arch=arch, groups=groups)
+    if not language_model_facts(checkpoint.spec):
+        result = _export_user_model(checkpoint, fmt, quantize)
+        if output is None:
+            return result
+        atomic_write(output, lambda temporary: temporary.write_bytes(result.data))
+        return replace(result, output=output)
     model = checkpoint.model().float()
     _refuse_projections(fmt, checkpoint, model)
     quantized = None
