@@ -100,6 +100,9 @@ def test_a_split_fine_tuning_gives_each_layer_its_own_width_and_the_file_reopens
     from anymodel_zoo import GRUTagger, tokens
     from safetensors.torch import load_file
 
+    report = isscompress.report(model, tmp_path / "small.safetensors", arch=arch, speed=False)
+    assert report.widths == {"gru.l0": (6, 5), "gru.l0.reverse": (6, 5), "gru.l1": (6, 2), "gru.l1.reverse": (6, 2),
+                             "emb": (5, 5)}  # each layer of the original beside its own width
     mine = isscompress.resize_to(isscompress.split_layers(GRUTagger(), ["gru"]),
                                  load_file(tmp_path / "small.safetensors"))
     x = tokens(5, 3)

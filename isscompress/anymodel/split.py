@@ -5,6 +5,7 @@ give each of its layers its own width (the recipe's ``iss.split_layers``; the fi
 from __future__ import annotations
 
 import copy
+import re
 from typing import Iterable
 
 from torch import nn
@@ -37,3 +38,14 @@ def split_layers(model: nn.Module, names: Iterable[str] | None = None) -> nn.Mod
         holder = split.get_submodule(parent) if parent else split
         setattr(holder, child, LayerwiseRNN.of(getattr(holder, child)))
     return split
+
+
+def unsplit_name(name: str, split: Iterable[str]) -> str:
+    """A group set's name in a split model as the unsplit model names it (``lstm.layers.1.l0.reverse`` ->
+    ``lstm.l1.reverse``), so a report pairs each layer of the original with its own width after the split."""
+    for module in split:
+        prefix = f"{module}." if module else ""
+        match = re.fullmatch(rf"{re.escape(prefix)}layers\.(\d+)\.l0(.*)", name)
+        if match:
+            return f"{prefix}l{match.group(1)}{match.group(2)}"
+    return name

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..anymodel.split import unsplit_name
 from ..core.architecture import language_model_facts
 from ..core.groups import all_unit_norms
 from ..data import Vocabulary
@@ -241,7 +242,8 @@ def report(
     if shrunk is not None:
         result.shrunk = summarize_checkpoint(shrunk)
         result.layers = _layer_changes(before, result.shrunk)
-        after = {gs.name: gs.size for gs in shrunk.group_sets}
+        split = () if getattr(original.spec, "split", ()) else getattr(shrunk.spec, "split", ())
+        after = {unsplit_name(gs.name, split): gs.size for gs in shrunk.group_sets}  # each layer: its own width
         result.widths = {gs.name: (gs.size, after.get(gs.name, 0)) for gs in original.group_sets}
         result.feature_sets = tuple(gs.name for gs in original.group_sets if gs.kind == "feature")
     batches = None
