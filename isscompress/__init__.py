@@ -30,7 +30,7 @@ _PUBLIC = {
     "LayerSpec": "architectures", "GroupSet": "core.groups", "Member": "core.groups", "CELLS": "core.cells",
     "CellKind": "core.cells",
     # any model
-    "discover": "anymodel", "GroupLasso": "anymodel", "shrink_module": "anymodel", "resize_to": "anymodel",
+    "discover": "anymodel", "GroupLasso": "training.lasso", "shrink_module": "anymodel", "resize_to": "anymodel",
     "Plan": "anymodel", "load_groups": "anymodel", "split_layers": "anymodel", "LayerwiseRNN": "anymodel",
     # the training loop
     "fit": "training.loop", "fit_task": "training.loop", "Hook": "training.hooks", "GroupLassoHook": "training.hooks",

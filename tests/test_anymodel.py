@@ -420,7 +420,7 @@ def test_group_lasso_in_a_users_loop_reaches_target_widths_and_shrinks(optimizer
 def test_label_free_finetune_holds_the_targets_while_adam_revives_dead_units():
     """Adam's momentum moves zeroed weights off zero between steps; frozen dead units must not count as alive
     (they did once, and the sets shrank past their targets)."""
-    from isscompress.anymodel.distill import finetune_label_free
+    from isscompress.training.label_free import finetune_label_free
 
     torch.manual_seed(0)
     model, inputs = ZOO["gru_tagger"][0].__class__(), ZOO["gru_tagger"][1]

@@ -337,7 +337,7 @@ def test_run_refuses_a_file_as_its_folder_and_leaves_nothing_when_it_fails(world
 
 def test_a_log_line_is_written_whole_or_not_at_all(tmp_path) -> None:
     from isscompress.errors import CheckpointError
-    from isscompress.io.files import append_line
+    from isscompress.outputs import append_line
 
     log = tmp_path / "log.jsonl"
     append_line(log, '{"step": 1}')

@@ -30,7 +30,7 @@ from isscompress.architectures.stack import LayerSpec, ModelSpec
 from isscompress.architectures.stack_module import RecurrentModel
 from isscompress.deploy.quantize import quantize_int8
 from isscompress.deploy.runtimes import TorchScriptModel, default_path, runtime
-from isscompress.measure.kernels import rnn_kernel
+from isscompress.kernels import rnn_kernel
 from isscompress.measure.speed import run_once
 
 VOCAB = 10_000

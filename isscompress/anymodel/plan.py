@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..core.cells import cell_of_module
 from ..core.groups import GroupSet, Member
-from ..io.files import atomic_write, check_output_path
+from ..outputs import atomic_write, check_output_path
 from .groups_file import GROUPS_FORMAT, check_plan_members, parse_groups, read_groups_text
 from .flow import HINT, Flow, Position, TraceError, UnitRange, feature_candidates, follow, recurrent_shape
 from .labels import feature_positions, weight_name

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import IsscompressError
-from ..io.files import atomic_write, check_output_path
+from ..outputs import atomic_write, check_output_path
 from ..measure.summary import NORM_THRESHOLDS
 from ..verbs.report import Report
 

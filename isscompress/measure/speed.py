@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .kernels import rnn_kernel
+from ..kernels import rnn_kernel
 
 WORKLOADS = {"decode_batch1": ("native", 1, 1), "batch20x35": ("onednn", 20, 35)}
 

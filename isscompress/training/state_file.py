@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError
-from ..io.files import atomic_write
+from ..outputs import atomic_write
 from ..io.other_formats import check_zip_sizes, zip_kind
 from .loop import TrainState
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..architectures.stack_module import RecurrentModel
 from ..deploy.flat import FlatStateModel, example_arguments, io_names
 from ..errors import IsscompressError
-from ..io.files import atomic_write, check_output_path
+from ..outputs import atomic_write, check_output_path
 from ..io.loading import Checkpoint, as_checkpoint, source_files
 from ..core.architecture import language_model_facts
 

@@ -23,7 +23,8 @@ from ..core.groups import all_unit_norms
 from ..core.thresholding import kept_widths
 from ..data import Vocabulary, build_vocabulary, read_vocabulary
 from ..errors import CheckpointError, Interrupted, IsscompressError, RecipeError
-from ..io.files import append_line, check_checkpoint_output, check_output_path, refuse_link, write_checkpoint
+from ..io.files import check_checkpoint_output, write_checkpoint
+from ..outputs import append_line, check_output_path, refuse_link
 from ..io.loading import Checkpoint, as_checkpoint, source_files
 from ..io.metadata import Metadata
 from ..recipe import Recipe, Schedule, check_layer_names, load_recipe

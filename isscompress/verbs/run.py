@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import CheckpointError, Interrupted
-from ..io.files import atomic_write
+from ..outputs import atomic_write
 from ..io.loading import Checkpoint, as_checkpoint
 from ..json_text import finite_json, parse_json
 from ..recipe import Recipe, load_recipe

@@ -21,8 +21,8 @@ from ..core.groups import chosen_sets
 from ..core.regularizer import group_norms, penalty
 from ..core.thresholding import kept_widths
 from ..recipe import IssSection
-from ..training.hooks import GroupLassoHook
-from .plan import Plan
+from ..anymodel.plan import Plan
+from .hooks import GroupLassoHook
 
 
 class GroupLasso:

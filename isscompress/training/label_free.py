@@ -15,13 +15,13 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..anymodel.plan import Plan, discover
 from ..recipe import Schedule
-from ..training.distributed import Distributed
-from ..training.hooks import Event, Report
-from ..training.loop import fit_task
-from ..training.tasks import Batches, LabelFreeTask, output_gap, to_device
+from .distributed import Distributed
+from .hooks import Event, Report
 from .lasso import GroupLasso
-from .plan import Plan, discover
+from .loop import fit_task
+from .tasks import Batches, LabelFreeTask, output_gap, to_device
 
 __all__ = ["finetune_label_free", "output_gap"]
 

@@ -1,0 +1,35 @@
+"""The layers of docs/architecture.md, enforced: import-linter's contracts in pyproject.toml hold for the package, and
+an import that points up breaks them (so a wrong import fails CI, not a reviewer's eye)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT = [sys.executable, "-c", "from importlinter.cli import lint_imports_command; "
+                              "lint_imports_command.main(['--no-cache'])"]  # no cache folder left in the checkout
+
+
+def _lint(folder: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(LINT, cwd=folder, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(folder), "PATH": "/usr/bin:/bin"})
+
+
+def test_the_package_keeps_its_import_contracts() -> None:
+    result = _lint(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 kept, 0 broken" in result.stdout
+
+
+def test_an_import_that_points_up_breaks_the_contract(tmp_path) -> None:
+    shutil.copytree(ROOT / "isscompress", tmp_path / "isscompress", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    groups = tmp_path / "isscompress" / "core" / "groups.py"
+    groups.write_text(groups.read_text() + "\nfrom ..verbs.shrink import shrink  # noqa: E402 - the core reaching up\n")
+    result = _lint(tmp_path)
+    assert result.returncode != 0
+    assert "isscompress.core is not allowed to import isscompress.verbs" in result.stdout
+    assert "isscompress.core.groups -> isscompress.verbs.shrink" in result.stdout
