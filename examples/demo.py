@@ -22,7 +22,6 @@ import yaml
 HERE = Path(__file__).resolve().parent
 RECIPES = HERE / "ptb"
 QUICK = {"max_train_tokens": 20000, "max_eval_tokens": 4000}  # per recipe data section; every stage 1 epoch
-QUICK_ISS = {"lambda": 0.05, "target_widths": {"layer0": 96, "layer1": 64}}  # so that a short run still removes units
 
 
 def run(*args: str) -> None:
@@ -43,8 +42,6 @@ def recipe(name: str, folder: Path, quick: bool) -> Path:
     for stage in ("finetune", "recover"):
         if stage in data:
             data[stage]["epochs"] = 1
-    if "iss" in data:
-        data["iss"].update(QUICK_ISS)
     quick_path = folder / f"quick-{name}"
     quick_path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return quick_path

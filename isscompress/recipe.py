@@ -124,8 +124,8 @@ class IssSection(Section):
                                   "(the weakest groups zeroed in removal_rounds steps along Zhu & Gupta's cubic "
                                   "schedule, reaching the target at reach_by (default 0.75) of the stage, training "
                                   "in between). Unset: "
-                                  "one-shot when the section gives a goal and no lambda (the method that won most "
-                                  "often, docs/results.md), else subgradient.")
+                                  "gradual when the section gives a goal and no lambda (the method that won most "
+                                  "often at equal compute, docs/results.md), else subgradient.")
     target_widths: dict[str, PositiveInt] = Field(default_factory=dict, description=(
         "Per group set (e.g. layer0): stop shrinking once this many units are alive; its lambda is 0 from then "
         "on, so the rest of the fine-tuning recovers the survivors. Without it the widths follow from lambda."))
@@ -145,10 +145,11 @@ class IssSection(Section):
         "computing the same), so each of its layers gets the width its units earn instead of one width for all; the "
         "file records it, and --arch (or isscompress.split_layers) rebuilds it. Its final states come back as one "
         "tensor per layer once the widths differ."))
-    importance: Literal["norm", "taylor"] = Field("norm", description=(
-        "How the units that one-shot (and a completed target) removes are ranked: 'norm' (the group's L2 norm) or "
-        "'taylor' (Molchanov et al. 2019: (sum of gradient x weight over the group)^2, the first-order change of the "
-        "stage's own loss when the group is removed, averaged over importance_batches batches)."))
+    importance: Literal["norm", "taylor"] = Field("taylor", description=(
+        "How the units that one-shot, gradual (and a completed target) remove are ranked: 'taylor' (Molchanov et al. "
+        "2019: (sum of gradient x weight over the group)^2, the first-order change of the stage's own loss when the "
+        "group is removed, averaged over importance_batches batches; it beat norms in every comparison measured) "
+        "or 'norm' (the group's L2 norm, the paper's and the published one-shot baselines')."))
     importance_batches: PositiveInt = Field(8, description="Batches the Taylor importance is accumulated over.")
     removal_rounds: PositiveInt = Field(10, description="gradual: how many times units are removed.")
     reconstruct: bool = Field(False, description=(
@@ -177,7 +178,7 @@ class IssSection(Section):
         """A goal without a lambda asks for a width, not for group Lasso: the method that won most often."""
         if isinstance(data, dict) and "method" not in data and not {"lambda", "lambda_"} & data.keys() and (
                 data.get("target") is not None or data.get("target_widths")):
-            return {**data, "method": "one-shot"}
+            return {**data, "method": "gradual"}
         return data
 
     @model_validator(mode="after")

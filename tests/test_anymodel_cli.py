@@ -354,7 +354,8 @@ def test_a_shrunk_user_model_recovers_towards_the_original_named_as_teacher(tmp_
 def test_one_shot_removes_the_weakest_units_at_the_start_and_keeps_them_removed(tmp_path, clean_failure):
     targets = {name: 3 for name in ("gru.l0", "gru.l0.reverse", "gru.l1", "gru.l1.reverse")}
     source, arch, recipe = _user_setup(tmp_path, "finetune: {epochs: 2, lr: 0.01, optimizer: adam, seed: 3}\n"
-                                       f"iss: {{method: one-shot, target_widths: {targets}}}\ndistill: {{alpha: 1.0}}\n")
+                                       f"iss: {{method: one-shot, importance: norm, target_widths: {targets}}}\n"
+                                       "distill: {alpha: 1.0}\n")
     before = isscompress.inspect(source, arch=arch)
     done = isscompress.finetune(source, recipe, tmp_path / "tuned.safetensors", arch=arch)
     from isscompress.io.loading import as_checkpoint
@@ -363,7 +364,7 @@ def test_one_shot_removes_the_weakest_units_at_the_start_and_keeps_them_removed(
     after = isscompress.all_unit_norms(opened.state, opened.group_sets)
     original = isscompress.all_unit_norms(as_checkpoint(source, arch=arch).state,
                                           opened.group_sets)
-    for name in targets:  # each set's three weakest at the start are exactly zero; the rest trained on
+    for name in targets:  # each set's three weakest by norm at the start are exactly zero; the rest trained on
         norms = after[name]
         weakest = set(original[name].argsort()[:3].tolist())
         assert {i for i in range(6) if norms[i] == 0} == weakest, name

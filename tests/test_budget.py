@@ -233,7 +233,7 @@ def test_gradual_removal_counts_a_user_models_batches_given_by_a_function(tmp_pa
 @pytest.mark.parametrize("iss, message", [
     ("{lambda: 0.01, reach_by: 0.5}", "reach_by steers lambda to a budget"),
     ("{lambda: 0.01, removal_rounds: 3, target: {macs: 0.5}}", "removal_rounds is for method gradual"),
-    ("{lambda: 0.01, importance: taylor}", "importance ranks or repairs units that are chosen"),
+    ("{lambda: 0.01, importance: norm}", "importance ranks or repairs units that are chosen"),
     ("{lambda: 0.01, reconstruct: true, target: {macs: 0.5}, unmet: fail}", "reconstruct ranks or repairs"),
 ])
 def test_a_method_setting_that_would_do_nothing_is_refused_by_line(iss, message) -> None:

@@ -102,10 +102,10 @@ def test_recipe_reference_in_docs_matches_the_schema() -> None:
     assert docs.read_text() == reference_markdown(), "regenerate: python -m isscompress.recipe_reference > docs/recipe.md"
 
 
-def test_an_unset_method_is_one_shot_for_a_goal_without_lambda_and_group_lasso_otherwise(tmp_path) -> None:
+def test_an_unset_method_is_gradual_for_a_goal_without_lambda_and_group_lasso_otherwise(tmp_path) -> None:
     from isscompress.recipe import load_recipe
 
-    cases = {"iss:\n  target: {macs: 0.5}\n": "one-shot", "iss:\n  target_widths: {layer0: 4}\n": "one-shot",
+    cases = {"iss:\n  target: {macs: 0.5}\n": "gradual", "iss:\n  target_widths: {layer0: 4}\n": "gradual",
              "iss:\n  lambda: 0.1\n  target: {macs: 0.5}\n": "subgradient", "iss:\n  lambda: 0.1\n": "subgradient",
              "iss:\n  method: proximal\n  target: {macs: 0.5}\n": "proximal"}
     for text, method in cases.items():

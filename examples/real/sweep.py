@@ -32,10 +32,11 @@ class Example:
 
 # Methods that choose their units (no lambda): the recipe's iss section for each
 CHOSEN = {
-    "one-shot": {"method": "one-shot"},
+    "one-shot": {"method": "one-shot", "importance": "norm"},  # as the published one-shot baselines rank units
     "one-shot-taylor": {"method": "one-shot", "importance": "taylor"},
     "one-shot-taylor-ls": {"method": "one-shot", "importance": "taylor", "reconstruct": True},
     "gradual-taylor": {"method": "gradual", "importance": "taylor"},
+    "gradual-taylor-split": {"method": "gradual", "importance": "taylor", "split_layers": True},  # a multi-layer LSTM
 }
 
 
@@ -100,7 +101,7 @@ def table(example: Example, rows: list[dict]) -> str:
 def main(example: Example) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.75, 0.5, 0.35, 0.25])
-    parser.add_argument("--methods", nargs="+", default=["one-shot"],
+    parser.add_argument("--methods", nargs="+", default=["gradual-taylor"],
                         help=f"{', '.join(CHOSEN)}, proximal, subgradient")
     parser.add_argument("--recover", action="store_true", help="Also the recipe's recover stage after the shrink.")
     parser.add_argument("--epochs", type=int, help="Fine-tuning epochs instead of the recipe's.")

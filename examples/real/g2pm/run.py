@@ -4,7 +4,7 @@
     unzip -j wheels/g2pM-0.1.2.5-py3-none-any.whl '*/np_ckpt.pkl' '*/char2idx.pkl' '*/class2idx.pkl' \\
         '*/digest_cedict.pkl' -d model/
     unzip -j wheels/pypinyin-0.55.0-py2.py3-none-any.whl 'pypinyin/phrases_dict.json' -d model/
-    python run.py [--budgets 0.75 0.5 0.35 0.25] [--methods one-shot proximal] [--recover]
+    python run.py [--budgets 0.75 0.5 0.35 0.25] [--methods gradual-taylor one-shot one-shot-taylor-ls proximal] [--recover]
 """
 
 import sys

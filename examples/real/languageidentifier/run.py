@@ -2,7 +2,7 @@
 
     pip download languageidentifier==1.1.1 --no-deps -d wheels/
     unzip -j wheels/LanguageIdentifier-1.1.1-py3-none-any.whl '*/LID_mixed_model.pkl' -d model/
-    python run.py [--budgets 0.75 0.5 0.35 0.25] [--methods one-shot proximal] [--recover]
+    python run.py [--budgets 0.75 0.5 0.35 0.25] [--methods gradual-taylor one-shot one-shot-taylor-ls proximal] [--recover]
 """
 
 import sys

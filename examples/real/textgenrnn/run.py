@@ -3,7 +3,7 @@
     pip download textgenrnn==2.0.0 --no-deps -d wheels/
     tar xzf wheels/textgenrnn-2.0.0.tar.gz -C wheels/ && mkdir -p model
     cp wheels/textgenrnn-2.0.0/textgenrnn/textgenrnn_weights.hdf5 wheels/textgenrnn-2.0.0/textgenrnn/textgenrnn_vocab.json model/
-    python run.py [--budgets 0.75 0.5 0.35 0.25] [--methods one-shot proximal] [--recover]
+    python run.py [--budgets 0.75 0.5 0.35 0.25] [--methods gradual-taylor one-shot one-shot-taylor-ls proximal] [--recover]
 """
 
 import sys
