@@ -40,6 +40,7 @@ class SetEntry(_Entry):
     same_width_as: Optional[str] = None
     narrower_than: Optional[str] = None
     kind: Literal["recurrent", "feature"] = "recurrent"  # feature: an embedding dimension, a Linear's output unit
+    carried: list[MemberEntry] = Field(default_factory=list)  # cut with the units, in no norm (running statistics)
 
 
 class GroupsFile(_Entry):
@@ -119,8 +120,10 @@ def parse_groups(text: str, where: str) -> tuple[GroupSet, ...]:
         raise GroupsFileError(f"{where}: " + " ".join(problems[:4]), HINT) from None
     _check_distinct(data.sets, where, lines)
     _check_width_rules(data.sets, where, lines)
-    return tuple(GroupSet(s.name, s.size, tuple(Member(m.key, m.axis, tuple(m.starts)) for m in s.members),
-                          s.same_width_as or "", s.narrower_than or "", label=s.name, kind=s.kind) for s in data.sets)
+    def members(entries: list[MemberEntry]) -> tuple[Member, ...]:
+        return tuple(Member(m.key, m.axis, tuple(m.starts)) for m in entries)
+    return tuple(GroupSet(s.name, s.size, members(s.members), s.same_width_as or "", s.narrower_than or "", label=s.name,
+                          kind=s.kind, carried=members(s.carried)) for s in data.sets)
 
 
 def read_groups_text(path: Path) -> str:
@@ -138,7 +141,7 @@ def read_groups_text(path: Path) -> str:
 def check_plan_members(group_sets: tuple[GroupSet, ...], state: Mapping[str, Tensor], where: str) -> None:
     """Every member names a tensor of ``state`` and fits inside it."""
     for gs in group_sets:
-        for m in gs.members:
+        for m in (*gs.members, *gs.carried):
             if m.key not in state:
                 raise GroupsFileError(f"{where}: set `{gs.name}` names tensor `{m.key}`, which the model does not have.",
                                       "Use the model's state_dict keys.")

@@ -64,7 +64,9 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         return {"format": GROUPS_FORMAT, "sets": [
             {"name": gs.name, "size": gs.size, "same_width_as": gs.same_width_as, "narrower_than": gs.narrower_than,
-             "kind": gs.kind, "members": [{"key": m.key, "axis": m.axis, "starts": list(m.starts)} for m in gs.members]}
+             "kind": gs.kind, "members": [{"key": m.key, "axis": m.axis, "starts": list(m.starts)} for m in gs.members],
+             **({"carried": [{"key": m.key, "axis": m.axis, "starts": list(m.starts)} for m in gs.carried]}
+                if gs.carried else {})}
             for gs in self.group_sets]}
 
     def save(self, path: str | Path, *, force: bool = True, inputs: tuple[Path, ...] = ()) -> Path:
@@ -188,12 +190,14 @@ def build_plan(flow: Flow) -> Plan:
         grouped: dict[tuple[str, int], list[int]] = {}
         for key, axis, index in positions[chain[0]]:
             grouped.setdefault((key, axis), []).append(index)
-        members = tuple(Member(key, axis, tuple(sorted(starts))) for (key, axis), starts in sorted(grouped.items()))
+        found = [Member(key, axis, tuple(sorted(starts))) for (key, axis), starts in sorted(grouped.items())]
+        members = tuple(m for m in found if m.key not in flow.carried_keys)
+        carried = tuple(m for m in found if m.key in flow.carried_keys)
         r0 = head_ranges[0]
         narrower = width_root(_width_key(r0, "hidden")) if r0.kind == "proj" else ""
         feature = r0.kind == "feature"  # a width of its own (no module forces it equal to another)
         sets.append(GroupSet(name, len(chain), members, "" if feature else width_root(_width_key(r0)), narrower,
-                             label=name, kind="feature" if feature else "recurrent"))
+                             label=name, kind="feature" if feature else "recurrent", carried=carried))
         for index, root in enumerate(chain):
             for unit in classes[root]:
                 unit_sets[unit] = (name, index)

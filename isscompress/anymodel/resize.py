@@ -59,13 +59,18 @@ def _rebuilt(module: nn.Module, state: Mapping[str, Tensor]) -> nn.Module | None
         return nn.Embedding(rows, dim, padding_idx=module.padding_idx, max_norm=module.max_norm,
                             norm_type=module.norm_type, scale_grad_by_freq=module.scale_grad_by_freq,
                             sparse=module.sparse, **factory)
+    if type(module) is nn.BatchNorm1d:  # a per-feature scale and shift between layers: its features are units
+        return nn.BatchNorm1d(state["weight"].shape[0], module.eps, module.momentum, module.affine,
+                              module.track_running_stats, **factory)
     if type(module) is nn.Linear:
         out_features, in_features = state["weight"].shape
         return nn.Linear(in_features, out_features, bias="bias" in state, **factory)
     if type(module) is nn.Conv1d:
         out_channels, in_channels, _ = state["weight"].shape
-        return nn.Conv1d(in_channels, out_channels, module.kernel_size, module.stride, module.padding,
-                         module.dilation, module.groups, "bias" in state, module.padding_mode, **factory)
+        depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+        groups = out_channels if depthwise else module.groups  # one kernel per channel: as many groups as channels
+        return nn.Conv1d(in_channels * groups, out_channels, module.kernel_size, module.stride, module.padding,
+                         module.dilation, groups, "bias" in state, module.padding_mode, **factory)
     return None
 
 

@@ -52,6 +52,7 @@ class Tracer(WriteRules, SumRules, TorchFunctionMode):
         self.param_names: dict[int, list[str]] = {}
         for name, p in model.named_parameters(remove_duplicate=False):
             self.param_names.setdefault(id(p), []).append(name)
+        self.buffer_names = {id(b): name for name, b in model.named_buffers()}
         self.stack: list[str] = []
         self.inside_recurrent = 0
         self.busy = False
@@ -167,11 +168,17 @@ class Tracer(WriteRules, SumRules, TorchFunctionMode):
                                        "linear")
         if name == "conv1d":
             groups = kwargs.get("groups", args[6] if len(args) > 6 else 1)
+            weight = kwargs.get("weight", args[1] if len(args) > 1 else None)
+            if groups != 1 and isinstance(weight, Tensor) and groups == weight.shape[0] and weight.shape[1] == 1:
+                return self.per_feature(args[0], (weight, kwargs.get("bias", args[2] if len(args) > 2 else None)),
+                                        (), out, "a depthwise conv1d")
             if groups != 1:
                 self.refuse("a grouped conv1d reads hidden features")
-            return self.read_by_weight(args[0], kwargs.get("weight", args[1]), 1, 1, "conv1d")
+            return self.read_by_weight(args[0], weight, 1, 1, "conv1d")
         if name in POOLING:
             return self.pool(name, args, out)
+        if name == "batch_norm":
+            return self.per_feature_norm(args, kwargs, out)
         if not any(bool((self.label_of(v) >= 0).any()) for v in labeled):
             return  # only exact zeros (padding, zeros()) went in: nothing of a unit to follow
         self.refuse(f"`{name}` is applied to the hidden features of "
@@ -202,8 +209,8 @@ class Tracer(WriteRules, SumRules, TorchFunctionMode):
             value = kwargs.get("value", args[3] if len(args) > 3 else None)
             if mode != "constant" or (value or 0.0) != 0.0:
                 self.refuse(f"`pad` (mode {mode!r}, value {value}) pads hidden features with non-zeros")
-            label_kwargs.pop("value", None)
-            label_args = label_args[:2] + ["constant", ZERO]
+            widths = kwargs.get("pad", args[1] if len(args) > 1 else None)  # given by position or by name
+            label_args, label_kwargs = [label_args[0], widths, "constant", ZERO], {}
         label_out = func(*label_args, **label_kwargs)
         for value, labels in zip(tree_flatten(out)[0], tree_flatten(label_out)[0]):
             if isinstance(value, Tensor) and isinstance(labels, Tensor):
@@ -297,6 +304,45 @@ class Tracer(WriteRules, SumRules, TorchFunctionMode):
         for position, unit in enumerate(self.reduce_rows(per_element, f"`{op}` with `{names[0]}`").tolist()):
             if unit >= 0:
                 self.add_reader(unit, (names[0], axes[0] if axes else 0, position), names[0])
+
+    def per_feature_norm(self, args: tuple, kwargs: dict, out: Any) -> None:
+        """``batch_norm``: per feature (axis 1) a scale and shift, ``(x - mean) / sqrt(var + eps) * weight + bias``.
+        Its running statistics are carried (cut with the unit, in no norm)."""
+        def arg(index: int, key: str) -> Any:
+            return kwargs.get(key, args[index] if len(args) > index else None)
+
+        weight, bias = arg(3, "weight"), arg(4, "bias")
+        if weight is None or bias is None:
+            self.refuse("`batch_norm` without affine parameters (affine=False) shifts a removed unit's zero feature "
+                        "to a non-zero value")
+        statistics = tuple(self.buffer_names[id(t)] for t in (arg(1, "running_mean"), arg(2, "running_var"))
+                           if isinstance(t, Tensor) and id(t) in self.buffer_names)
+        self.per_feature(args[0], (weight, bias), statistics, out, "`batch_norm`")
+
+    def per_feature(self, x: Tensor, parameters: tuple, carried: tuple[str, ...], out: Any, op: str) -> None:
+        """An operation that maps each feature (axis 1) to itself through its own elements of ``parameters`` (a
+        BatchNorm's scale and shift, a depthwise convolution's kernel): those elements join the unit's group, so with
+        them zero a removed unit's output is exactly zero; ``carried`` tensors (running statistics) are cut with it."""
+        labels = self.label_of(x)
+        if labels.dim() < 2:
+            self.refuse(f"{op} reads hidden features without a feature axis")
+        given = [p for p in parameters if p is not None]
+        names = [self.param_names.get(id(p), [None])[0] for p in given]
+        if None in names:
+            self.refuse(f"{op} combines hidden features with tensors that are not parameters of the model")
+        channels = labels.movedim(1, -1).reshape(-1, labels.shape[1]).t()
+        reader = self.stack[-1] if self.stack and self.stack[-1] else names[0]
+        for channel, unit in enumerate(self.reduce_rows(channels, f"{op} with `{names[0]}`").tolist()):
+            if unit >= 0:
+                for key in (*names, *carried):
+                    self.add_reader(unit, (key, 0, channel), reader)
+        self.flow.carried_keys.update(carried)
+        if isinstance(out, Tensor):
+            per_channel = torch.where(channels.amax(1) >= 0, channels.amax(1), channels.amin(1))
+            shape = [1] * out.dim()
+            shape[1] = -1
+            self.set_label(out, per_channel.view(shape).expand(out.shape).contiguous()
+                           if out.shape != labels.shape else labels)
 
     def add_reader(self, unit: int, position: Position, reader: str) -> None:
         self.flow.readers.setdefault(unit, set()).add(position)

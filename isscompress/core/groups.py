@@ -41,6 +41,9 @@ class GroupSet:
     narrower_than: str = ""  # key of the sets that must stay wider than this one ("" = no rule)
     label: str = ""  # what an error calls it, e.g. "layer 0 (its projection)"
     kind: str = "recurrent"  # "recurrent" (a layer's units) or "feature" (an embedding dimension, a Linear's outputs)
+    # Tensors that follow the units without being weights (a BatchNorm's running mean and variance): a shrink cuts
+    # them with the units, but they are in no norm, penalty, score or mask (a unit is removed by its weights alone)
+    carried: tuple[Member, ...] = ()
 
     @property
     def width_key(self) -> str:

@@ -31,16 +31,17 @@ def _positions(member: Member, units: Tensor) -> Tensor:
 
 
 def dropped_positions(
-    group_sets: tuple[GroupSet, ...], kept: Mapping[str, Tensor]
+    group_sets: tuple[GroupSet, ...], kept: Mapping[str, Tensor], carried: bool = True
 ) -> dict[tuple[str, int], Tensor]:
     """Per (tensor key, axis): every position that belongs to a dropped unit of any set (a set ``kept`` does not
-    name keeps all its units: the embedding set of a model shrunk before it had one)."""
+    name keeps all its units: the embedding set of a model shrunk before it had one); with ``carried``, also the
+    positions of the tensors that follow the units (what a shrink cuts; a mask zeroes the weights only)."""
     gathered: dict[tuple[str, int], list[Tensor]] = defaultdict(list)
     for group_set in group_sets:
         if group_set.name not in kept:
             continue
         dropped = dropped_units(group_set, kept[group_set.name])
-        for member in group_set.members:
+        for member in (*group_set.members, *(group_set.carried if carried else ())):
             gathered[(member.key, member.axis)].append(_positions(member, dropped))
     return {where: torch.cat(parts).unique() for where, parts in gathered.items()}
 
@@ -61,7 +62,7 @@ def mask_state_dict(
     Otherwise ``load_state_dict`` would load the other name's unmasked values back over the masked ones."""
     masked = dict(state)
     changed: dict[str, Tensor] = {}  # member name -> its tensor before masking
-    for (key, axis), positions in dropped_positions(group_sets, kept).items():
+    for (key, axis), positions in dropped_positions(group_sets, kept, carried=False).items():
         if positions.numel() == 0:  # nothing to zero here: no pass over the tensor
             continue
         changed.setdefault(key, masked[key])
@@ -109,8 +110,9 @@ def shrunk_group_sets(group_sets: tuple[GroupSet, ...], kept: Mapping[str, Tenso
     sets = []
     for group_set in group_sets:
         size = len(kept[group_set.name]) if group_set.name in kept else group_set.size
-        members = tuple(Member(m.key, m.axis, tuple(start - int((removed.get((m.key, m.axis), torch.zeros(0)) < start)
-                                                                .sum()) for start in m.starts))
-                        for m in group_set.members)
-        sets.append(replace(group_set, size=size, members=members))
+        def moved(m: Member) -> Member:
+            return Member(m.key, m.axis, tuple(start - int((removed.get((m.key, m.axis), torch.zeros(0)) < start).sum())
+                                               for start in m.starts))
+        sets.append(replace(group_set, size=size, members=tuple(map(moved, group_set.members)),
+                            carried=tuple(map(moved, group_set.carried))))
     return tuple(sets)

@@ -157,8 +157,16 @@ def _all_finite(value: Tensor) -> bool:
     return bool(torch.isfinite(value.sum(dtype=accumulate))) or bool(torch.isfinite(value).all())
 
 
+def _is_batchnorm_counter(key: str, value: Tensor) -> bool:
+    """A BatchNorm's ``num_batches_tracked``: one non-negative int64, part of every state dict that holds one."""
+    return (key.rpartition(".")[2] == "num_batches_tracked" and value.dtype == torch.int64 and value.dim() == 0
+            and int(value) >= 0)
+
+
 def _check_values(tensors: Mapping[str, Tensor], path: Path) -> None:
     for key, value in tensors.items():
+        if _is_batchnorm_counter(key, value):
+            continue
         if value.dtype not in FLOAT_DTYPES:
             raise CheckpointError(
                 f"{path}: tensor '{key}' has dtype {value.dtype}; model weights must be floating point.",
