@@ -91,6 +91,11 @@ class Schedule(Section):
                         description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
     save_every: int = Field(0, ge=0, description="Save a checkpoint every N steps (0: at each epoch end only).")
     log_every: PositiveInt = Field(50, description="Steps between progress log lines.")
+    keep: Literal["last", "best"] = Field("last", description=(
+        "'best': at the end of the stage, the weights of the epoch that validated best are kept instead of the last "
+        "epoch's — perplexity on data.valid for a language model, the first metric of the factory's METRICS (in the "
+        "direction it declares) for a user model. For a stage whose units are fixed: recover, or finetune without "
+        "iss. After --resume, the epochs from the resume on are compared."))
 
 
 class BudgetSection(Section):
@@ -241,6 +246,13 @@ class Recipe(Section):
     recover: Optional[Schedule] = None
     distill: Optional[DistillSection] = None
     evaluate: EvaluateSection = EvaluateSection()
+
+    @model_validator(mode="after")
+    def _best_of_fixed_units(self) -> "Recipe":
+        if self.finetune.keep == "best" and self.iss is not None:
+            raise ValueError("finetune.keep: best keeps an earlier epoch, but during ISS an earlier epoch holds units "
+                             "the stage removes later; set keep: best in recover (its units are fixed)")
+        return self
 
     @property
     def widths(self) -> str:

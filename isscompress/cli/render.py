@@ -177,6 +177,9 @@ class TrainingProgress:
         if event["event"] == "warning":
             self.console.print(f"[bold yellow]warning:[/] {escape(event['text'])}")
             return
+        if event["event"] == "kept_best":
+            self.console.print(escape(event["text"]))
+            return
         if event["event"] == "metrics":
             shown = ", ".join(f"{escape(k)} {v:.4g}" for k, v in event["metrics"].items())
             self.console.print(f"{self.stage} start (after any one-shot removal): {shown}")
@@ -201,8 +204,9 @@ class TrainingProgress:
             alive_text = " alive " + ", ".join(f"{k} {v}" for k, v in alive.items()) if alive else ""
             loss = event["train_loss"]
             metrics = "".join(f", {escape(k)} {v:.4g}" for k, v in event.get("metrics", {}).items())
+            best = f" (best: epoch {event['best_epoch']})" if "best_epoch" in event else ""
             self.console.print(f"{self.stage} epoch {event['epoch']}: train loss {loss:.4g}"
-                               f"{valid}{metrics}{alive_text} ({event['seconds']:.0f} s)")
+                               f"{valid}{metrics}{alive_text}{best} ({event['seconds']:.0f} s)")
 
 
 def render_metrics(name: str, metrics: dict[str, float], console: Console) -> None:

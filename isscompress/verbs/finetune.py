@@ -31,6 +31,7 @@ from ..recipe import Recipe, Schedule, check_layer_names, load_recipe
 from ..training.budget import budget_cost
 from ..training.distributed import Distributed
 from ..training.hooks import Event, GroupLassoHook, Hook, Report, Save
+from ..training.keep_best import perplexity_keeper
 from ..training.loop import TrainState, fit
 from ..training.state_file import read_train_state, write_train_state
 from ..training.objectives import Distillation, Objective
@@ -217,6 +218,7 @@ def _finetune_language_model(checkpoint: Checkpoint, recipe: Recipe, output: Pat
     vocabulary, _ = resolve_vocabulary(checkpoint, recipe.data)
     schedule = stage_schedule(recipe, stage)
     train_data, valid = training_batches(recipe, vocabulary, schedule)
+    keeper = perplexity_keeper(schedule.keep, valid is not None, stage)
     metadata = replace(checkpoint.metadata.derived(stage, checkpoint.name, checkpoint.sha256, checkpoint.family),
                        architecture=checkpoint.spec.kind, spec=checkpoint.spec.to_dict(), recipe=recipe.to_yaml(),
                        vocabulary=vocabulary.words, level=recipe.data.level)
@@ -227,7 +229,7 @@ def _finetune_language_model(checkpoint: Checkpoint, recipe: Recipe, output: Pat
     result = FinetuneResult(checkpoint, stage)
     files = TrainingFiles(output, metadata, recipe, stage, dist, resume=resume) if output is not None else None
     hooks: list[Hook] = [lasso_hook(checkpoint, recipe)] if stage == "finetune" and recipe.iss is not None else []
-    hooks += [files] if files is not None else []
+    hooks += [hook for hook in (files, keeper) if hook is not None]
     hooks.append(Report(lambda event: (result.events.append(event), on_event(event))))
     objective = _objective(recipe, stage, checkpoint, dist.device, teacher)
     try:

@@ -15,6 +15,7 @@ from ..io.user_models import ArchError
 from ..recipe import DistillSection, Recipe
 from ..training.distributed import Distributed
 from ..training.hooks import Event, Hook, Report, TaskMetricHook
+from ..training.keep_best import metric_keeper
 from ..training.loop import fit_task
 from ..training.tasks import LabelFreeTask
 from .finetune import FinetuneResult, TrainingFiles, lasso_hook, resume_weights, run_training, stage_schedule
@@ -83,6 +84,7 @@ def finetune_traced(checkpoint: Checkpoint, recipe: Recipe, output: Path | None,
                         "Return (model, example_inputs, batches) from the --arch factory: batches is a list of input "
                         "tuples, or a function returning an iterable of them.")
     schedule = stage_schedule(recipe, stage)
+    keeper = metric_keeper(schedule.keep, getattr(spec.evaluate, "rules", None), stage)
     dist = Distributed.from_environment(schedule.device)
     model = spec.build(checkpoint.state).train()
     distill = recipe.distill or DistillSection(alpha=1.0)
@@ -104,6 +106,7 @@ def finetune_traced(checkpoint: Checkpoint, recipe: Recipe, output: Path | None,
         hooks.append(files)
     if getattr(spec.evaluate, "rules", None):  # the file declared METRICS: the task's own numbers as it trains
         hooks.append(TaskMetricHook(spec.evaluate))
+    hooks += [keeper] if keeper is not None else []  # after the metrics: it compares what they measured
     result = FinetuneResult(checkpoint, stage)
     hooks.append(Report(lambda event: (result.events.append(event), on_event(event))))
     task = LabelFreeTask(spec.batches, teacher_model, distill.temperature, distill.loss, distill.alpha, spec.task_loss)
