@@ -502,7 +502,9 @@ def test_a_model_called_as_pytorch_examples_main_py_calls_it_shrinks_and_reports
     done = json.loads(report.stdout)
     assert done["widths"]["rnn.l0"] == [8, 5] and done["output_gap"]["divergence"] < 1e-9
     assert done["output_gap"]["top1_agreement"] == 1.0
-    assert runner.invoke(app, ["inspect", str(small), "--arch", arch]).exit_code == 0
+    inspected = runner.invoke(app, ["inspect", str(small), "--arch", arch, "--json"])
+    assert inspected.exit_code == 0, inspected.output
+    assert {n["name"]: n["units"] for n in json.loads(inspected.stdout)["group_norms"]}["rnn.l0"] == 5
 
 
 def test_a_tied_model_shrinks_and_reports_from_the_command_line(tmp_path):
@@ -525,7 +527,11 @@ def test_a_tied_model_shrinks_and_reports_from_the_command_line(tmp_path):
     assert shrunk["encoder.weight"].shape == (20, 5) and "decoder.weight" not in shrunk
     reloaded = isscompress.resize_to(wlm.RNNModel("LSTM", 20, 8, 8, 2, tie_weights=True), shrunk)
     assert reloaded.decoder.weight is reloaded.encoder.weight and reloaded.encoder.weight.shape == (20, 5)
-    assert runner.invoke(app, ["report", str(source), str(small), "--arch", arch, "--json"]).exit_code == 0
+    report = runner.invoke(app, ["report", str(source), str(small), "--arch", arch, "--json", "--repeats", "1"])
+    assert report.exit_code == 0, report.output
+    done = json.loads(report.stdout)
+    assert done["widths"]["rnn.l1"] == [8, 5] and done["output_gap"]["top1_agreement"] == 1.0
+    assert done["output_gap"]["divergence"] < 1e-9  # the tied decoder shrank with its embedding, nothing else moved
 
 
 def test_a_model_reading_self_hidden_size_shrinks_and_reopens_from_the_command_line(tmp_path):

@@ -15,7 +15,7 @@ import pytest
 import test_crafted_files as crafted
 import torch
 from conftest import make_rnn_model
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from isscompress.architectures.stack import LayerSpec, ModelSpec
@@ -253,7 +253,11 @@ def test_fp16_and_bf16_are_accepted_and_reported(world) -> None:
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["model"]["dtype"] == str(dtype).replace("torch.", "")
         out = world["dir"] / f"{dtype}-small.safetensors"
-        assert runner.invoke(app, ["shrink", str(path), "-o", str(out)]).exit_code == 0
+        shrunk = runner.invoke(app, ["shrink", str(path), "-o", str(out)])
+        assert shrunk.exit_code == 0, shrunk.output
+        written = load_file(out)  # the shrink keeps the file's precision and its unchanged weights bit for bit
+        assert {t.dtype for t in written.values()} == {dtype}
+        assert torch.equal(written["encoder.weight"], state["encoder.weight"])
 
 
 OUTPUTS = [
@@ -316,10 +320,11 @@ def test_finetune_side_files_are_outputs_too(world, clean_failure) -> None:
     world["model"].rename(source)
     named_like_state = world["dir"] / "x.safetensors.train-state.pt"
     source.rename(named_like_state)
+    before = named_like_state.read_bytes()
     result = runner.invoke(app, ["finetune", str(named_like_state), "-r", str(world["recipe"]), "-o",
                                  str(world["dir"] / "x.safetensors"), "--force"])
     clean_failure(result, "is the input file")
-    assert named_like_state.stat().st_size > 0
+    assert named_like_state.read_bytes() == before
 
 
 def test_run_refuses_a_file_as_its_folder_and_leaves_nothing_when_it_fails(world, clean_failure) -> None:

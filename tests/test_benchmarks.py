@@ -157,4 +157,5 @@ def test_the_zoo_script_runs_its_cases_on_a_stand_in(tmp_path) -> None:
 
     case = zoo.Case("stand-in RNNModel", "2 layers, state passed in", build)
     assert zoo.isscompress_case(case).startswith("shrunk exactly: widths [8] -> [4]")
-    assert isinstance(zoo.torch_pruning_case(case), str)
+    said = zoo.torch_pruning_case(case)  # what Torch-Pruning did, or that it is not installed here
+    assert said == "not installed" or said.startswith(("no recurrent unit removed", "recurrent widths")) or ": " in said

@@ -150,7 +150,9 @@ def test_threshold_that_kills_a_layer(tmp_path, clean_failure) -> None:
 
 def test_family_override_and_unknown_family(tmp_path, clean_failure) -> None:
     source = _sparse_checkpoint(tmp_path, {})
-    assert run("inspect", source, "--family", "word_language_model").exit_code == 0
+    overridden = run("inspect", source, "--family", "word_language_model", "--json")
+    assert overridden.exit_code == 0, overridden.output
+    assert json.loads(overridden.stdout)["model"]["family"] == "word_language_model"
     clean_failure(run("inspect", source, "--family", "awd_lstm"), "(awd_lstm layout)", "No recurrent layer tensors")
     clean_failure(run("inspect", source, "--family", "keras"), "Unknown model family 'keras'")
 
