@@ -31,8 +31,9 @@ class GroupLasso:
     ``method="proximal"``: group soft-thresholding after the optimizer step (exact zeros).
     ``method="subgradient"`` (the paper's): call :meth:`add_gradient` after ``backward()`` so the
     penalty's gradient goes through your optimizer (and clipping); otherwise :meth:`step` applies it as a
-    plain gradient step. ``method="one-shot"``: no penalty; the weakest units are zeroed here, down to
-    ``targets``, and :meth:`step` keeps them at zero while your loop recovers the rest. ``targets``: per set name,
+    plain gradient step. ``method="one-shot"``: no penalty; the weakest units by their norms (this object sees no
+    loss to rank them by Taylor importance: ``isscompress.finetune`` does) are zeroed here, down to ``targets``, and
+    :meth:`step` keeps them at zero while your loop recovers the rest. ``targets``: per set name,
     stop shrinking at this many alive units. ``widths="all"``: also the plan's other widths (embedding dimensions,
     MLP units), not only its recurrent layers.
     """
@@ -54,7 +55,8 @@ class GroupLasso:
         try:
             self.iss = IssSection(lambda_=lam, method=method, target_widths=dict(targets or {}),
                                   layer_multipliers=dict(multipliers or {}), reweight=reweight,
-                                  freeze_dead=freeze_dead, zero_threshold=zero_threshold, widths=widths)
+                                  freeze_dead=freeze_dead, zero_threshold=zero_threshold, widths=widths,
+                                  **({"importance": "norm"} if method == "one-shot" else {}))
         except ValidationError as err:  # the recipe's own rules, said in this function's argument names
             names = {"lambda": "lam", "lambda_": "lam", "target_widths": "targets", "layer_multipliers": "multipliers"}
             problems = "; ".join(f"{names.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']} (got {e.get('input')!r})"
