@@ -5,9 +5,10 @@ The verbs a user calls from Python. Each takes a checkpoint in memory or a file 
 command of the CLI is a few lines over one of them.
 
 Names are imported on first use (PEP 562), so ``isscompress --help`` and a mistyped command answer without
-importing torch. ``__all__`` is the public API: the verbs, the load/save pairs, the types the verbs take and
-return, the any-model four and the training loop's pieces; other names (``mask_state_dict``, ``build_model``,
-``measure_speed``, ...) stay reachable here for compatibility and live in their modules.
+importing torch. ``__all__`` is the public API: the verbs and their results, load/save, the recipe types, the
+any-model calls (with unit norms and masking) and the errors a caller catches. Other names (the cell table, the
+training loop's pieces, ``build_model``, ...) stay reachable here for compatibility and for extending isscompress,
+and live in their modules.
 """
 
 from __future__ import annotations
@@ -17,31 +18,35 @@ from typing import Any
 
 # name -> module that defines it
 _PUBLIC = {
-    # verbs
+    # verbs, and what they return
     "inspect": "verbs.inspect", "finetune": "verbs.finetune", "train": "verbs.finetune", "shrink": "verbs.shrink",
     "evaluate": "verbs.evaluate", "report": "verbs.report", "report_markdown": "verbs.report", "export": "verbs.export",
-    "run": "verbs.run",
-    # load / save, and the types verbs take and return
+    "run": "verbs.run", "Inspection": "verbs.inspect", "FinetuneResult": "verbs.finetune",
+    "ShrinkResult": "verbs.shrink", "Report": "verbs.report", "ExportResult": "verbs.export", "RunResult": "verbs.run",
+    "Perplexity": "measure.perplexity",
+    # load / save
     "load": "io.loading", "load_checkpoint": "io.loading", "save_checkpoint": "io.loading", "Checkpoint": "io.loading",
-    "Metadata": "io.metadata", "load_recipe": "recipe", "Recipe": "recipe", "Schedule": "recipe",
-    "IssSection": "recipe", "Architecture": "architectures", "ModelSpec": "architectures",
-    "TracedModel": "architectures", "ShrinkResult": "verbs.shrink", "Report": "verbs.report",
-    "FinetuneResult": "verbs.finetune", "Inspection": "verbs.inspect",
-    "LayerSpec": "architectures", "GroupSet": "core.groups", "Member": "core.groups", "CELLS": "core.cells",
-    "CellKind": "core.cells",
+    "Metadata": "io.metadata",
+    # recipes
+    "load_recipe": "recipe", "Recipe": "recipe", "Schedule": "recipe", "IssSection": "recipe",
     # any model
-    "discover": "anymodel", "GroupLasso": "training.lasso", "shrink_module": "anymodel", "resize_to": "anymodel",
-    "Plan": "anymodel", "load_groups": "anymodel", "split_layers": "anymodel", "LayerwiseRNN": "anymodel",
-    # the training loop
+    "discover": "anymodel", "Plan": "anymodel", "load_groups": "anymodel", "shrink_module": "anymodel",
+    "resize_to": "anymodel", "split_layers": "anymodel", "LayerwiseRNN": "anymodel", "GroupLasso": "training.lasso",
+    "all_unit_norms": "core.groups", "mask_state_dict": "core.surgery",
+    # errors: what a caller catches (every message is one paragraph: the problem, then what to do)
+    "IsscompressError": "errors", "CheckpointError": "errors", "ShapeError": "errors", "RecipeError": "errors",
+    "DataError": "errors", "ShrinkError": "errors", "Interrupted": "errors", "Diverged": "errors",
+    "TraceError": "anymodel", "GroupsFileError": "anymodel",
+}
+_INTERNAL = {  # reachable for compatibility and for extending isscompress; documented in their modules
+    "RecurrentModel": "architectures.stack_module", "build_model": "architectures.stack_module",
+    "Architecture": "architectures", "ModelSpec": "architectures", "TracedModel": "architectures",
+    "LayerSpec": "architectures", "GroupSet": "core.groups", "Member": "core.groups", "CELLS": "core.cells",
+    "CellKind": "core.cells", "unit_norms": "core.groups", "shrink_state_dict": "core.surgery",
+    "select_kept": "core.thresholding", "measure_speed": "measure.speed", "distillation_divergence": "training.objectives",
     "fit": "training.loop", "fit_task": "training.loop", "Hook": "training.hooks", "GroupLassoHook": "training.hooks",
     "Objective": "training.objectives", "LanguageModelLoss": "training.objectives",
     "Distillation": "training.objectives",
-}
-_INTERNAL = {  # reachable for compatibility; documented in their modules
-    "RecurrentModel": "architectures.stack_module", "build_model": "architectures.stack_module",
-    "all_unit_norms": "core.groups", "unit_norms": "core.groups", "mask_state_dict": "core.surgery",
-    "shrink_state_dict": "core.surgery", "select_kept": "core.thresholding", "measure_speed": "measure.speed",
-    "distillation_divergence": "training.objectives",
 }
 __all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"

@@ -532,6 +532,9 @@ def test_a_tied_model_shrinks_and_reports_from_the_command_line(tmp_path):
     done = json.loads(report.stdout)
     assert done["widths"]["rnn.l1"] == [8, 5] and done["output_gap"]["top1_agreement"] == 1.0
     assert done["output_gap"]["divergence"] < 1e-9  # the tied decoder shrank with its embedding, nothing else moved
+    (speed,) = done["speed"]  # forward calls on the example inputs, named as such (not "tokens")
+    assert speed["unit"] == "calls" and speed["calls"] == 1 and speed["before_calls_per_s"] > 0
+    assert "tokens" not in speed and "before_tokens_per_s" not in speed
 
 
 def test_a_model_reading_self_hidden_size_shrinks_and_reopens_from_the_command_line(tmp_path):

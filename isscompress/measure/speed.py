@@ -57,8 +57,12 @@ class SpeedSample:
         return statistics.median(self.speedups)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "before_tokens_per_s": self.before_tokens_per_s,
-                "after_tokens_per_s": self.after_tokens_per_s, "speedup_median": self.speedup,
+        """Named for what is counted: ``tokens`` and ``before_tokens_per_s`` for a stack's time steps, ``calls`` and
+        ``before_calls_per_s`` for forward calls of another model on its example inputs."""
+        unit, fields = self.unit, asdict(self)
+        fields[unit] = fields.pop("tokens")
+        return {**fields, "unit": unit, f"before_{unit}_per_s": self.before_tokens_per_s,
+                f"after_{unit}_per_s": self.after_tokens_per_s, "speedup_median": self.speedup,
                 "speedup_min": min(self.speedups), "speedup_max": max(self.speedups)}
 
 
