@@ -34,10 +34,10 @@ finetune: {{epochs: 1, lr: 20, clip: 0.25, dropout: 0.2, batch_size: 20, bptt: 3
 iss: {{target: {{macs: {budget}}}, {method}}}
 """
 METHODS = {
-    "one-shot norm": "method: one-shot",
+    "one-shot norm": "method: one-shot, importance: norm",
     "one-shot taylor": "method: one-shot, importance: taylor",
     "one-shot taylor + LS": "method: one-shot, importance: taylor, reconstruct: true",
-    "gradual norm": "method: gradual",
+    "gradual norm": "method: gradual, importance: norm",
     "gradual taylor": "method: gradual, importance: taylor",
     "lasso steered": "method: proximal, lambda: 0.01, reweight: 2, reach_by: 0.75",
 }
