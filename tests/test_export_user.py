@@ -19,19 +19,9 @@ from isscompress.cli import app
 from isscompress.errors import IsscompressError
 from isscompress.io.loading import as_checkpoint
 
-REAL = Path(__file__).resolve().parents[1] / "examples" / "real"
+from test_real_examples import LID_FACTORY, REAL  # the languageidentifier stand-in's factory
+
 runner = CliRunner()
-
-LID_FACTORY = '''
-import sys, torch
-sys.path.insert(0, "{folder}")
-from lid import CharBiLSTMClassifier
-
-def make():
-    torch.manual_seed(0)
-    chars = torch.randint(1, 12, (64, 9))
-    return CharBiLSTMClassifier(12, 6, 8, 2, 3).eval(), (chars[:4],), [(chars[i:i + 8],) for i in range(0, 64, 8)]
-'''
 
 
 @pytest.fixture(scope="module")

@@ -43,10 +43,11 @@ METHODS = {
 }
 
 
-def perplexities(checkpoint: isscompress.Checkpoint, tokens: int = MEASURED) -> str:
+def perplexities(checkpoint: isscompress.Checkpoint, tokens: int = MEASURED, vocab: str | None = None) -> str:
     """Perplexity on the first ``tokens`` of valid and of test, as two Markdown cells (their spread is the noise)."""
-    measured = (isscompress.evaluate(checkpoint, PTB / f"ptb.{split}.txt", vocab=str(MODEL / "vocab.txt"),
-                                     max_tokens=tokens) for split in ("valid", "test"))
+    vocab = vocab or str(MODEL / "vocab.txt")
+    measured = (isscompress.evaluate(checkpoint, PTB / f"ptb.{split}.txt", vocab=vocab, max_tokens=tokens)
+                for split in ("valid", "test"))
     return " | ".join(f"{result.perplexity:.1f}" for result in measured)
 
 
@@ -57,12 +58,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1111)
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--output", type=Path, default=Path("runs/methods"))
+    parser.add_argument("--model", type=Path, default=MODEL / "model.safetensors",
+                        help="another PTB model (e.g. an RHN isscompress trained), its vocabulary stored in it")
     args = parser.parse_args()
     args.output.mkdir(parents=True, exist_ok=True)
-    vocab = MODEL / "vocab.txt"
-    original = isscompress.load_checkpoint(MODEL / "model.safetensors")
+    vocab = str(MODEL / "vocab.txt") if args.model == MODEL / "model.safetensors" else "auto"
+    original = isscompress.load_checkpoint(args.model)
     print("| method | widths | MACs ratio | valid ppl | test ppl | seconds |\n|---|---|---|---|---|---|")
-    print(f"| (original) | {list(original.spec.widths)} | 1.00x | {perplexities(original)} | |", flush=True)
+    print(f"| (original) | {list(original.spec.widths)} | 1.00x | {perplexities(original, vocab=vocab)} | |",
+          flush=True)
     full = sum(original.spec.macs_per_token().values())
     for name in args.methods:
         recipe = args.output / f"{name.replace(' ', '-').replace('+', 'and')}.yaml"
@@ -73,7 +77,8 @@ def main() -> None:
         seconds = time.perf_counter() - started
         small = isscompress.shrink(tuned, threshold=1e-4).checkpoint
         ratio = full / sum(small.spec.macs_per_token().values())
-        print(f"| {name} | {list(small.spec.widths)} | {ratio:.2f}x | {perplexities(small)} | {seconds:.0f} |",
+        print(f"| {name} | {list(small.spec.widths)} | {ratio:.2f}x | {perplexities(small, vocab=vocab)} | "
+              f"{seconds:.0f} |",
               flush=True)
 
 
