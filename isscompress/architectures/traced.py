@@ -179,7 +179,8 @@ class TracedModel:
         if before is None or after is None or not _same(before, after):
             raise ShrinkError(f"Split into layers, {', '.join(names)} computed something else than before.",
                               "Report it with the model's code.")
-        first = next(gs for gs in split.plan.group_sets if gs.kind != "feature")
+        prefixes = tuple(f"{name}.layers." if name else "layers." for name in names)
+        first = next(gs for gs in split.plan.group_sets if gs.kind != "feature" and gs.name.startswith(prefixes))
         trial = {gs.name: torch.arange(gs.size - (gs.width_key == first.width_key)) for gs in split.plan.group_sets}
         try:
             shrink_module_to(module, self.inputs, split.plan, trial, self.more_inputs)
