@@ -37,6 +37,7 @@ CHOSEN = {
     "one-shot-taylor-ls": {"method": "one-shot", "importance": "taylor", "reconstruct": True},
     "gradual-taylor": {"method": "gradual", "importance": "taylor"},
     "gradual-taylor-split": {"method": "gradual", "importance": "taylor", "split_layers": True},  # a multi-layer LSTM
+    "gradual-taylor-early": {"method": "gradual", "importance": "taylor", "reach_by": 0.3},  # long stages
 }
 
 
