@@ -97,11 +97,12 @@ def test_squad_example_quick(tmp_path) -> None:
     if not (SHARED / "squad" / "dev-v1.1.json").exists():
         pytest.skip("needs ../shared/data/squad")
     run_script(EXAMPLES / "squad" / "squad.py", "--limit", "200", "--epochs", "1", "--iss-epochs", "1",
-               "--recover-epochs", "1", "--lam", "1500", "--out", str(tmp_path))  # 7 steps: a strong lambda
+               "--recover-epochs", "1", "--lam", "1500", "--hidden", "16", "--embed", "32",
+               "--out", str(tmp_path))  # 7 steps: a strong lambda; half the example's width, for time
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["shrunk"] == result["before_recovery"]
     assert all(result["widths_after"][m] < result["widths_before"][m] for m in result["widths_before"])
-    assert min(result["sets_after"].values()) >= 16  # the targets (half of each set) held
+    assert min(result["sets_after"].values()) >= 8  # the targets (half of each set) held
     assert result["parameters"][1] < result["parameters"][0]
 
 
