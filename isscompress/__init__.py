@@ -41,8 +41,8 @@ _PUBLIC = {
 _INTERNAL = {  # reachable for compatibility and for extending isscompress; documented in their modules
     "RecurrentModel": "architectures.stack_module", "build_model": "architectures.stack_module",
     "Architecture": "architectures", "ModelSpec": "architectures", "TracedModel": "architectures",
-    "LayerSpec": "architectures", "GroupSet": "core.groups", "Member": "core.groups", "CELLS": "core.cells",
-    "CellKind": "core.cells", "unit_norms": "core.groups", "shrink_state_dict": "core.surgery",
+    "LayerSpec": "architectures", "GroupSet": "core.groups", "Member": "core.groups", "CELLS": "layers.cells",
+    "CellKind": "layers.cells", "unit_norms": "core.groups", "shrink_state_dict": "core.surgery",
     "select_kept": "core.thresholding", "measure_speed": "measure.speed", "distillation_divergence": "training.objectives",
     "fit": "training.loop", "fit_task": "training.loop", "Hook": "training.hooks", "GroupLassoHook": "training.hooks",
     "Objective": "training.objectives", "LanguageModelLoss": "training.objectives",

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 import isscompress
-from isscompress.core.cells import CELLS, CellKind, CellParam
+from isscompress.layers.cells import CELLS, CellKind, CellParam
 
 
 class MinimalGatedUnit(nn.Module):

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core.cells import RECURRENT_MODULES
+from ..layers.cells import RECURRENT_MODULES
 
 from ..errors import IsscompressError
 

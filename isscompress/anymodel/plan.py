@@ -19,7 +19,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from ..core.cells import cell_of_module
+from ..layers.cells import cell_of_module
 from ..core.groups import GroupSet, Member
 from ..outputs import atomic_write, check_output_path
 from .groups_file import GROUPS_FORMAT, check_plan_members, parse_groups, read_groups_text

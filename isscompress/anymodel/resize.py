@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from ..core.cells import cell_of_module
+from ..layers.cells import cell_of_module
 from ..core.groups import all_unit_norms
 from ..core.surgery import shrink_state_dict
 from ..core.thresholding import select_kept

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.architecture import LayerInfo
-from ..core.cells import CELLS, PARAM_NAMES, CellKind, CellParam
+from ..layers.cells import CELLS, PARAM_NAMES, CellKind, CellParam
 from ..core.groups import GroupSet, Member
 from ..errors import IsscompressError, ShapeError
 from ..kernels import rnn_kernel

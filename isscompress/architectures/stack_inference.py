@@ -7,7 +7,7 @@ from typing import Mapping
 
 from torch import Tensor
 
-from ..core.cells import CELLS, CellKind, CellParam, cell_for_gates
+from ..layers.cells import CELLS, CellKind, CellParam, cell_for_gates
 from ..errors import ShapeError
 from .stack import LAYER_KEY, LayerSpec, ModelSpec, check_shapes, layer_key
 

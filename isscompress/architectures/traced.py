@@ -26,7 +26,7 @@ from ..anymodel.probe import float64_outputs
 from ..anymodel.resize import inputs_for, kept_mask, resize_to
 from ..anymodel.sharing import shared_names, with_shared
 from ..core.architecture import LayerInfo
-from ..core.cells import CellKind, cell_of_module
+from ..layers.cells import CellKind, cell_of_module
 from ..core.groups import GroupSet
 from ..core.surgery import shrink_state_dict, shrunk_group_sets
 from ..errors import CheckpointError, ShapeError, ShrinkError

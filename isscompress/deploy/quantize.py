@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..architectures.stack_module import RecurrentModel
-from ..core.cells import CELLS
+from ..layers.cells import CELLS
 from ..errors import IsscompressError
 
 def quantize_int8(model: RecurrentModel) -> nn.Module:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..core.cells import CELLS
+from ..layers.cells import CELLS
 from ..errors import CheckpointError
 
 FALSY = frozenset({"", "0", "0.0", "false", "none", "null", "no", "off"})

@@ -23,7 +23,7 @@ import numpy
 import torch
 from torch import Tensor
 
-from ..core.cells import CELLS
+from ..layers.cells import CELLS
 from ..errors import CheckpointError
 from .equations import check_settings
 from .keras_files import KerasLayer, read_h5_layers, read_keras_zip_layers

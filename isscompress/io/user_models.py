@@ -24,7 +24,7 @@ from ..anymodel.resize import inputs_for
 from ..anymodel.sharing import shared_names, with_shared
 from ..anymodel.split import split_layers
 from ..architectures.traced import KIND, TracedModel
-from ..core.cells import cell_of_module
+from ..layers.cells import cell_of_module
 from ..errors import CheckpointError, IsscompressError
 from .files import read_checkpoint
 from .loading import Checkpoint

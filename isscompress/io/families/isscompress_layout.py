@@ -8,7 +8,7 @@ metadata, and re-derived from shapes when the metadata is missing (a plain state
 from __future__ import annotations
 
 from ...architectures.stack import LAYER_KEY
-from ...core.cells import CELLS
+from ...layers.cells import CELLS
 from ...errors import CheckpointError
 from ...yaml_lines import shown
 from ..files import RawCheckpoint

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ...core.cells import CELLS
+from ...layers.cells import CELLS
 from ...errors import CheckpointError
 from ..files import RawCheckpoint
 from ._rename import rename_layers

@@ -13,7 +13,7 @@ from typing import Callable, Literal, Protocol
 
 from torch import nn
 
-from ..layers.rhn import RHNLayer
+from .rhn import RHNLayer
 
 
 class LayerShape(Protocol):
