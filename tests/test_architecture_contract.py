@@ -83,3 +83,23 @@ def test_a_unit_that_is_not_zero_everywhere_is_kept(mgu) -> None:
     masked["layers.0.w_rec_l0"][:, 2] += 1e-3  # unit 2 is still read: its group is not zero
     result = isscompress.shrink(isscompress.Checkpoint(spec, masked, "test"))
     assert result.checkpoint.spec.widths == [4]
+
+
+def test_a_cell_kind_registered_later_is_seen_by_file_loading_and_tracing() -> None:
+    """Tables derived from the cell table are computed when asked, not snapshots taken at import."""
+    from torch import nn
+
+    from isscompress.architectures.stack import layer_key_pattern
+    from isscompress.layers.cells import CELLS, CellKind, CellParam, recurrent_modules
+
+    class Probe(nn.Module):
+        pass
+
+    kind = CellKind("PROBE", 1, ("h",), lambda layer, bias, bidirectional: Probe(),
+                    (CellParam("weight_px", "gates", "input"),), module_class=Probe)
+    assert not layer_key_pattern().match("layers.0.weight_px_l0") and Probe not in recurrent_modules()
+    CELLS["PROBE"] = kind
+    try:
+        assert layer_key_pattern().match("layers.0.weight_px_l0") and Probe in recurrent_modules()
+    finally:
+        del CELLS["PROBE"]

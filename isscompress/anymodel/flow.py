@@ -22,11 +22,11 @@ from torch.nn.utils.rnn import PackedSequence
 from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import IsscompressError
+from ..layers.cells import recurrent_modules
 from .labels import (
     FEATURE_MODULES,
     HINT,
     MATRIX_MODULES,
-    RECURRENT,
     UNLABELED,
     Flow,
     Position,
@@ -170,11 +170,11 @@ class _Tracer(Tracer):
 
     # ----- module names for messages ---------------------------------------------------------
     def enter(self, module: nn.Module, args: Any) -> None:
-        if not isinstance(module, RECURRENT):
+        if not isinstance(module, recurrent_modules()):
             self.stack.append(self.names.get(id(module), type(module).__name__))
 
     def leave(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not isinstance(module, RECURRENT) and self.stack:
+        if not isinstance(module, recurrent_modules()) and self.stack:
             self.stack.pop()
 
 
@@ -193,7 +193,7 @@ def _hooks(tracer: _Tracer, model: nn.Module, features: tuple[str, ...]) -> Iter
     yield nn.modules.module.register_module_forward_pre_hook(tracer.enter)
     yield nn.modules.module.register_module_forward_hook(tracer.leave)
     for module in model.modules():
-        if isinstance(module, RECURRENT):
+        if isinstance(module, recurrent_modules()):
             yield module.register_forward_pre_hook(tracer.before_recurrent, with_kwargs=True)
             yield module.register_forward_hook(tracer.after_recurrent, with_kwargs=True)
     for path in features:
@@ -209,7 +209,7 @@ def feature_candidates(model: nn.Module) -> list[str]:
     layer's units already)."""
     firsts = set(shared_names(model).values())
     shared = {id(p) for name, p in model.named_parameters() if name in firsts}
-    inside = {name for path, m in model.named_modules() if isinstance(m, RECURRENT)
+    inside = {name for path, m in model.named_modules() if isinstance(m, recurrent_modules())
               for name, _ in m.named_modules(prefix=path) if name != path}
     return [path for path, m in model.named_modules()
             if type(m) in FEATURE_MODULES and path and path not in inside

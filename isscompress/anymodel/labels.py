@@ -15,8 +15,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..layers.cells import RECURRENT_MODULES
-
 from ..errors import IsscompressError
 
 UNLABELED = -1
@@ -64,7 +62,6 @@ COMPARISONS = frozenset("""
 eq __eq__ ne __ne__ lt __lt__ le __le__ gt __gt__ ge __ge__ isnan isinf isfinite isneginf isposinf logical_not
 """.split())
 FILLS = frozenset("masked_fill masked_fill_ __setitem__".split())  # constants written into features
-RECURRENT = RECURRENT_MODULES  # PyTorch's layers and cells (stepped by the model's loop), the cell table's own
 # Modules whose output features are a width too (an embedding dimension, a Linear's or Conv1d's output unit): each
 # is tried as a set of its own, kept where its features reach only weights through exact operations
 MATRIX_MODULES = (nn.Linear, nn.Conv1d)  # their multiply-adds are counted per run (heads, projections)

@@ -19,14 +19,16 @@ import torch
 from torch import Tensor, nn
 
 from ..core.architecture import LayerInfo
-from ..layers.cells import CELLS, PARAM_NAMES, CellKind, CellParam
+from ..layers.cells import CELLS, CellKind, CellParam, param_names
 from ..core.groups import GroupSet, Member
 from ..errors import IsscompressError, ShapeError
 from ..kernels import rnn_kernel
 
 SUFFIXES = ("", "_reverse")
 EMBEDDING = "embedding"  # the group set of an untied language model's embedding dimensions
-LAYER_KEY = re.compile(rf"^layers\.(\d+)\.({'|'.join(PARAM_NAMES)})_l0(_reverse)?$")
+def layer_key_pattern() -> re.Pattern[str]:
+    """``layers.{l}.{param}_l0[_reverse]`` for every parameter of the cell table as it is now."""
+    return re.compile(rf"^layers\.(\d+)\.({'|'.join(param_names())})_l0(_reverse)?$")
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,10 @@ from typing import Mapping
 
 from torch import Tensor
 
-from ..layers.cells import CELLS, CellKind, CellParam, cell_for_gates
+from ..layers.cells import CELLS, CellKind, CellParam, cell_for_gates, gate_counts
 from ..errors import ShapeError
-from .stack import LAYER_KEY, LayerSpec, ModelSpec, check_shapes, layer_key
+from .stack import LayerSpec, ModelSpec, check_shapes, layer_key, layer_key_pattern
 
-GATE_COUNTS = " or ".join(str(g) for g in sorted({cell.gates for cell in CELLS.values()}, reverse=True))
 
 
 def _shape_of(state: Mapping[str, Tensor], key: str, dims: int) -> tuple[int, ...]:
@@ -76,7 +75,7 @@ def _infer_layer(state: Mapping[str, Tensor], index: int, names: _Names) -> tupl
     if hidden == 0 or rows % hidden or cell_for_gates(rows // hidden) is None:
         width_key = proj_key if proj_size else layer_key(index, names.recurrent)
         raise ShapeError(
-            f"Layer {index}: '{input_key}' has {rows} rows, which is not {GATE_COUNTS} "
+            f"Layer {index}: '{input_key}' has {rows} rows, which is not {gate_counts()} "
             f"times the hidden width {hidden} that '{width_key}' implies ({', '.join(CELLS)}).",
             "Check that the checkpoint holds a recurrent model of a supported cell type.",
         )
@@ -87,17 +86,18 @@ def infer_spec(
     state: Mapping[str, Tensor], *, cell_hint: str | None = None, tied: bool = False
 ) -> ModelSpec:
     """Read a ModelSpec off canonical tensors and check every shape against it."""
-    indices = sorted({int(m.group(1)) for key in state if (m := LAYER_KEY.match(key))})
+    pattern = layer_key_pattern()
+    indices = sorted({int(m.group(1)) for key in state if (m := pattern.match(key))})
     if not indices:
         raise ShapeError("No recurrent layer tensors were found.")
     if indices != list(range(len(indices))):
         raise ShapeError(f"Recurrent layers are numbered {indices}; layers must be numbered 0..N-1 without gaps.")
     names = _Names.find(state, cell_hint)
     inferred = [_infer_layer(state, i, names) for i in indices]
-    gate_counts = {gates for _, gates in inferred}
-    if len(gate_counts) != 1:
+    counts = {gates for _, gates in inferred}
+    if len(counts) != 1:
         raise ShapeError("Layers disagree on the cell type (their gate counts differ).")
-    cell = cell_for_gates(gate_counts.pop()).name
+    cell = cell_for_gates(counts.pop()).name
     if cell_hint is not None:
         if cell_hint not in CELLS or CELLS[cell_hint].gates != CELLS[cell].gates:
             raise ShapeError(f"The checkpoint says the cell is {cell_hint}, but its weights have the shape of a {cell}.")

@@ -161,13 +161,23 @@ CELLS: dict[str, CellKind] = {
 }
 
 
-# Regular-expression alternatives for every parameter name of the table (a per-depth one ends in its micro-layer).
-PARAM_NAMES = tuple(dict.fromkeys(p.name + (r"\d+" if p.per_depth else "") for cell in CELLS.values()
-                                  for p in cell.params))
+# Tables derived from CELLS are computed when asked, so a kind registered later (CELLS["X"] = CellKind(...)) is seen
+# by file loading and tracing alike.
+def param_names() -> tuple[str, ...]:
+    """Regular-expression alternatives for every parameter name of the table (a per-depth one ends in its
+    micro-layer)."""
+    return tuple(dict.fromkeys(p.name + (r"\d+" if p.per_depth else "") for cell in CELLS.values()
+                               for p in cell.params))
 
 
-OWN_MODULES = tuple(cell.module_class for cell in CELLS.values() if cell.module_class is not None)
-RECURRENT_MODULES = (nn.RNNBase, nn.RNNCellBase, *OWN_MODULES)  # what a traced model's recurrent layers can be
+def recurrent_modules() -> tuple[type[nn.Module], ...]:
+    """What a traced model's recurrent layers can be: PyTorch's layers and cells, and the table's own modules."""
+    return (nn.RNNBase, nn.RNNCellBase, *(cell.module_class for cell in CELLS.values() if cell.module_class))
+
+
+def gate_counts() -> str:
+    """The gate counts of the table's kinds, for an error that lists them ("4 or 3 or 2 or 1")."""
+    return " or ".join(str(g) for g in sorted({cell.gates for cell in CELLS.values()}, reverse=True))
 
 
 def cell_of_module(module: nn.Module) -> CellKind | None:

@@ -7,7 +7,7 @@ metadata, and re-derived from shapes when the metadata is missing (a plain state
 
 from __future__ import annotations
 
-from ...architectures.stack import LAYER_KEY
+from ...architectures.stack import layer_key_pattern
 from ...layers.cells import CELLS
 from ...errors import CheckpointError
 from ...yaml_lines import shown
@@ -16,7 +16,8 @@ from .base import Canonical, Family, same_tensor
 
 
 def matches(tensors) -> bool:
-    return any(LAYER_KEY.match(key) for key in tensors)
+    pattern = layer_key_pattern()
+    return any(pattern.match(key) for key in tensors)
 
 
 def _stored_claims(raw: RawCheckpoint) -> tuple[bool | None, str | None]:
