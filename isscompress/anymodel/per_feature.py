@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .labels import UNLABELED
+
 
 class PerFeatureRules:
     """Mixed into the tracer: it provides labels (``label_of``/``set_label``), ``refuse``, ``reduce_rows``,
@@ -40,14 +42,16 @@ class PerFeatureRules:
             self.refuse(f"{op} combines hidden features with tensors that are not parameters of the model")
         channels = labels.movedim(1, -1).reshape(-1, labels.shape[1]).t()
         reader = self.stack[-1] if self.stack and self.stack[-1] else names[0]
-        for channel, unit in enumerate(self.reduce_rows(channels, f"{op} with `{names[0]}`").tolist()):
+        units = self.reduce_rows(channels, f"{op} with `{names[0]}`")  # a unit, exact zeros, or other values
+        for channel, unit in enumerate(units.tolist()):
             if unit >= 0:
                 for key in (*names, *carried):
                     self.add_reader(unit, (key, 0, channel), reader)
         self.flow.carried_keys.update(carried)
         if isinstance(out, Tensor):
-            per_channel = torch.where(channels.amax(1) >= 0, channels.amax(1), channels.amin(1))
+            # Every position of an output channel is its unit's: a zero in (padding) comes out as the channel's shift,
+            # which is zero exactly when the unit is removed. A channel of no unit is other values (a shift of zeros).
             shape = [1] * out.dim()
             shape[1] = -1
-            self.set_label(out, per_channel.view(shape).expand(out.shape).contiguous()
-                           if out.shape != labels.shape else labels)
+            per_channel = torch.where(units >= 0, units, torch.full_like(units, UNLABELED))
+            self.set_label(out, per_channel.view(shape).expand(out.shape).contiguous())
