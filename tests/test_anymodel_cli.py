@@ -285,24 +285,29 @@ LABEL_FREE = ("finetune: {epochs: 3, lr: 0.01, optimizer: adam, seed: 3, log_eve
               "iss: {lambda: 3.0, method: proximal, warmup_steps: 4}\ndistill: {alpha: 1.0}\n")
 
 
-def test_label_free_finetune_resumes_after_sigint_to_the_uninterrupted_weights(tmp_path):
+def straight_and_resumed(source, recipe, arch: str, folder, step: int) -> tuple[dict, dict]:
+    """The tensors of a straight label-free fine-tuning and of one interrupted by SIGINT at ``step`` and resumed."""
     import os
     import signal
 
     from isscompress.errors import Interrupted
-    source, arch, recipe = _user_setup(tmp_path, LABEL_FREE)
-    straight, interrupted = tmp_path / "straight.safetensors", tmp_path / "interrupted.safetensors"
+    straight, interrupted = folder / "straight.safetensors", folder / "interrupted.safetensors"
     isscompress.finetune(source, recipe, straight, arch=arch)
 
     def interrupt(event):
-        if event["event"] == "step" and event["step"] == 10:
+        if event["event"] == "step" and event["step"] == step:
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(Interrupted):
         isscompress.finetune(source, recipe, interrupted, arch=arch, on_event=interrupt)
     assert load_file(interrupted)  # what was saved at the signal is a complete checkpoint
     isscompress.finetune(source, recipe, interrupted, arch=arch, resume=True)
-    a, b = load_file(straight), load_file(interrupted)
+    return load_file(straight), load_file(interrupted)
+
+
+def test_label_free_finetune_resumes_after_sigint_to_the_uninterrupted_weights(tmp_path):
+    source, arch, recipe = _user_setup(tmp_path, LABEL_FREE)
+    a, b = straight_and_resumed(source, recipe, arch, tmp_path, step=10)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "interrupted.safetensors.log.jsonl").read_text().count('"event": "epoch"') == 3
 

@@ -158,24 +158,10 @@ def test_the_language_model_stack_refuses_split_layers(tmp_path) -> None:
 
 def test_a_split_fine_tuning_resumes_after_sigint_to_the_uninterrupted_weights(tmp_path) -> None:
     """--resume splits the model again before reading its state: the resumed run ends where a straight one does."""
-    import os
-    import signal
-
-    from isscompress.errors import Interrupted
-    from safetensors.torch import load_file
+    from test_anymodel_cli import straight_and_resumed
 
     model, recipe, arch = _tagger(tmp_path, "{split_layers: true, target: {macs: 0.5}}")
     recipe.write_text(recipe.read_text().replace("epochs: 1", "epochs: 3, log_every: 1") + "distill: {alpha: 1.0}\n")
-    straight, interrupted = tmp_path / "straight.safetensors", tmp_path / "interrupted.safetensors"
-    isscompress.finetune(model, recipe, straight, arch=arch)
-
-    def interrupt(event):
-        if event["event"] == "step" and event["step"] == 8:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    with pytest.raises(Interrupted):
-        isscompress.finetune(model, recipe, interrupted, arch=arch, on_event=interrupt)
-    isscompress.finetune(model, recipe, interrupted, arch=arch, resume=True)
-    a, b = load_file(straight), load_file(interrupted)
+    a, b = straight_and_resumed(model, recipe, arch, tmp_path, step=8)
     assert any(".layers.1." in key for key in a)  # split, and removed in rounds (the default for a budget)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
