@@ -12,7 +12,7 @@ from .labels import UNLABELED
 
 
 class PerFeatureRules:
-    """Mixed into the tracer: it provides labels (``label_of``/``set_label``), ``refuse``, ``reduce_rows``,
+    """Mixed into the tracer: it provides labels (``label_of``/``set_label``), ``refuse``, ``units_per_element``,
     ``add_reader``, the parameter and buffer names, and the flow."""
 
     def per_feature_norm(self, args: tuple, kwargs: dict, out: Any) -> None:
@@ -40,9 +40,9 @@ class PerFeatureRules:
         names = [self.param_names.get(id(p), [None])[0] for p in given]
         if None in names:
             self.refuse(f"{op} combines hidden features with tensors that are not parameters of the model")
-        channels = labels.movedim(1, -1).reshape(-1, labels.shape[1]).t()
         reader = self.stack[-1] if self.stack and self.stack[-1] else names[0]
-        units = self.reduce_rows(channels, f"{op} with `{names[0]}`")  # a unit, exact zeros, or other values
+        per_channel_shape = (1, labels.shape[1], *[1] * (labels.dim() - 2))  # one element per feature of axis 1
+        units = self.units_per_element(per_channel_shape, labels, f"{op} with `{names[0]}`")  # unit, zeros, or other
         for channel, unit in enumerate(units.tolist()):
             if unit >= 0:
                 for key in (*names, *carried):
@@ -53,5 +53,5 @@ class PerFeatureRules:
             # which is zero exactly when the unit is removed. A channel of no unit is other values (a shift of zeros).
             shape = [1] * out.dim()
             shape[1] = -1
-            per_channel = torch.where(units >= 0, units, torch.full_like(units, UNLABELED))
-            self.set_label(out, per_channel.view(shape).expand(out.shape).contiguous())
+            own = torch.where(units >= 0, units, torch.full_like(units, UNLABELED))
+            self.set_label(out, own.view(shape).expand(out.shape).contiguous())

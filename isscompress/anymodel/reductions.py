@@ -4,6 +4,7 @@ over time."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -36,6 +37,14 @@ class SumRules:
         all_zero = (flat == ZERO).all(1)
         result = torch.where(has_unit, low, torch.where(all_zero, ZERO, UNLABELED))
         return result.reshape(rows.shape[:-1])
+
+    def units_per_element(self, shape: tuple[int, ...], labels: Tensor, what: str) -> Tensor:
+        """The unit each element of a tensor of ``shape`` meets when it is broadcast against features labelled
+        ``labels`` (a bias added to them, a per-feature scale), one label per element in order (see reduce_rows)."""
+        index = torch.arange(math.prod(shape)).reshape(shape)
+        index, labels = torch.broadcast_tensors(index, labels)
+        order = index.flatten().argsort(stable=True)
+        return self.reduce_rows(labels.flatten()[order].reshape(math.prod(shape), -1), what)
 
     def reduction(self, name: str, args: tuple, kwargs: dict, out: Any) -> None:
         x = args[0]

@@ -298,11 +298,8 @@ class Tracer(WriteRules, SumRules, PerFeatureRules, TorchFunctionMode):
         axes = [axis for axis, size in enumerate(weight.shape) if size > 1]
         if len(axes) > 1:
             self.refuse(f"`{op}` combines hidden features with `{names[0]}`, a parameter of more than one axis")
-        index = torch.arange(weight.numel()).reshape(weight.shape)
-        index, labels = torch.broadcast_tensors(index, labels)
-        order = index.flatten().argsort(stable=True)
-        per_element = labels.flatten()[order].reshape(weight.numel(), -1)
-        for position, unit in enumerate(self.reduce_rows(per_element, f"`{op}` with `{names[0]}`").tolist()):
+        for position, unit in enumerate(self.units_per_element(tuple(weight.shape), labels,
+                                                               f"`{op}` with `{names[0]}`").tolist()):
             if unit >= 0:
                 self.add_reader(unit, (names[0], axes[0] if axes else 0, position), names[0])
 

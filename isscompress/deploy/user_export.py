@@ -18,9 +18,8 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
 from ..errors import IsscompressError
+from .readback import TOLERANCE, largest_difference, torchscript_written
 from .runtimes import require_onnx
-
-TOLERANCE = 1e-4
 
 
 class FlatOutputs(nn.Module):
@@ -54,13 +53,8 @@ def _outputs(model: nn.Module, inputs: tuple[Tensor, ...], name: str) -> list[Te
 
 
 def _torchscript(model: nn.Module, example: tuple[Tensor, ...]) -> tuple[bytes, Any]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(FlatOutputs(model).eval(), example, check_trace=False)
-    buffer = io.BytesIO()
-    torch.jit.save(traced, buffer)
-    loaded = torch.jit.load(io.BytesIO(buffer.getvalue()))  # check what was written, not what is in memory
-    return buffer.getvalue(), lambda *inputs: list(loaded(*inputs))
+    payload, loaded = torchscript_written(FlatOutputs(model).eval(), example)
+    return payload, lambda *inputs: list(loaded(*inputs))
 
 
 def _onnx(model: nn.Module, example: tuple[Tensor, ...], outputs: int) -> tuple[bytes, Any]:
@@ -100,13 +94,7 @@ def export_user_model(model: nn.Module, example: tuple, more: tuple[tuple, ...],
         raise IsscompressError(f"{name}: the {fmt} exporter could not take this model: {type(err).__name__}: "
                                f"{str(err).splitlines()[0][:300] if str(err) else ''}",
                                "Try the other format, or export from your own code.") from err
-    diff = 0.0
-    for want, have in zip(expected, got):
-        if len(want) != len(have) or any(w.shape != tuple(h.shape) for w, h in zip(want, have)):
-            diff = float("inf")
-            break
-        diff = max([diff, *(float((w.float() - torch.as_tensor(h).float()).abs().max()) for w, h in zip(want, have)
-                            if w.numel())])
+    diff = max(largest_difference(want, have) for want, have in zip(expected, got))
     if not diff <= TOLERANCE:
         raise IsscompressError(f"{name}: the exported {fmt} model differs from the PyTorch model by {diff:.3g} on "
                                f"{'the example inputs and the first batch' if more else 'the example inputs'} "

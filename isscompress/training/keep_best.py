@@ -67,7 +67,7 @@ def perplexity_keeper(keep: str, validates: bool, stage: str) -> KeepBest | None
     if keep != "best":
         return None
     if not validates:
-        raise RecipeError(f"{_key(stage)}: best compares each epoch's validation perplexity, and the recipe gives no "
+        raise RecipeError(f"{stage}.keep: best compares each epoch's validation perplexity, and the recipe gives no "
                           "validation text.", "Set data.valid, or keep: last.")
     return KeepBest(lambda event: event.get("valid_ppl"), "validation perplexity")
 
@@ -77,12 +77,8 @@ def metric_keeper(keep: str, rules: dict | None, stage: str) -> KeepBest | None:
     if keep != "best":
         return None
     if not rules:
-        raise RecipeError(f"{_key(stage)}: best compares each epoch's task metric, and the --arch factory declares "
+        raise RecipeError(f"{stage}.keep: best compares each epoch's task metric, and the --arch factory declares "
                           "none.", "Define evaluate (the factory's fourth return value) and METRICS = {name: "
                           "{'better': 'higher' or 'lower'}} in the --arch file, or keep: last.")
     name, rule = next(iter(rules.items()))
     return KeepBest(lambda event: event.get("metrics", {}).get(name), name, higher=rule.get("better") == "higher")
-
-
-def _key(stage: str) -> str:
-    return f"{'finetune' if stage == 'finetune' else 'recover'}.keep"

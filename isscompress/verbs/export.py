@@ -8,9 +8,7 @@ outputs ``logits`` (``output`` for a bare stack), then ``hn_layer{l}`` (and ``cn
 
 from __future__ import annotations
 
-import io
 import os
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,13 +17,13 @@ from torch import Tensor, nn
 
 from ..architectures.stack_module import RecurrentModel
 from ..deploy.flat import FlatStateModel, example_arguments, io_names
+from ..deploy.readback import TOLERANCE, largest_difference, torchscript_written
 from ..errors import IsscompressError
 from ..outputs import atomic_write, check_output_path
 from ..io.loading import Checkpoint, as_checkpoint, source_files
 from ..architectures.traced import TracedModel
 
 FORMATS = ("torchscript", "onnx")
-TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -60,21 +58,10 @@ def _quantized_perplexity(checkpoint: Checkpoint, model: nn.Module, quantized: n
     return tuple(perplexity(m, batches, settings.bptt, level=level).perplexity for m in (model, quantized))
 
 
-def _max_diff(expected: tuple[Tensor, ...], got: list) -> float:
-    return max(float((torch.as_tensor(g) - e).abs().max()) for e, g in zip(expected, got))
-
-
 def _torchscript(wrapper: FlatStateModel, example: tuple[Tensor, ...], probe: tuple[Tensor, ...]) -> tuple[bytes, list]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(wrapper, example)
-    buffer = io.BytesIO()
-    torch.jit.save(traced, buffer)
-    buffer.seek(0)
-    loaded = torch.jit.load(buffer)  # check what was written, not what is in memory
+    payload, loaded = torchscript_written(wrapper, example)
     with torch.inference_mode():
-        got = list(loaded(*probe))
-    return buffer.getvalue(), got
+        return payload, list(loaded(*probe))
 
 
 def _onnx(model: RecurrentModel, probe) -> tuple[bytes, list]:
@@ -163,7 +150,7 @@ def export(
         expected = wrapper(*probe)
         reference = FlatStateModel(model).eval()(*probe) if quantized is not None else expected
     payload, got = _torchscript(wrapper, example, probe) if fmt == "torchscript" else _onnx(model, probe)
-    diff = _max_diff(expected, got)
+    diff = largest_difference(expected, got)
     if not diff <= TOLERANCE:
         raise IsscompressError(f"The exported {fmt} model differs from the PyTorch model by {diff:.3g} on a probe "
                                f"batch (tolerance {TOLERANCE}); nothing was written.",
