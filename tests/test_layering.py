@@ -21,7 +21,7 @@ def _lint(folder: Path) -> subprocess.CompletedProcess:
 def test_the_package_keeps_its_import_contracts() -> None:
     result = _lint(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 kept, 0 broken" in result.stdout
+    assert "3 kept, 0 broken" in result.stdout
 
 
 def test_an_import_that_points_up_breaks_the_contract(tmp_path) -> None:
@@ -33,3 +33,13 @@ def test_an_import_that_points_up_breaks_the_contract(tmp_path) -> None:
     assert result.returncode != 0
     assert "isscompress.core is not allowed to import isscompress.verbs" in result.stdout
     assert "isscompress.core.groups -> isscompress.verbs.shrink" in result.stdout
+
+
+def test_deploying_through_the_stack_class_breaks_the_contract(tmp_path) -> None:
+    shutil.copytree(ROOT / "isscompress", tmp_path / "isscompress", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    flat = tmp_path / "isscompress" / "deploy" / "flat.py"
+    flat.write_text(flat.read_text() + "\nfrom ..architectures.stack_module import RecurrentModel  # noqa: E402\n")
+    result = _lint(tmp_path)
+    assert result.returncode != 0
+    assert "isscompress.deploy.flat -> isscompress.architectures.stack_module" in result.stdout

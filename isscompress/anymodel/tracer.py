@@ -38,6 +38,7 @@ from .labels import (
     fill,
 )
 from .per_feature import PerFeatureRules
+from .sharing import parameter_names
 from .reductions import SumRules
 
 
@@ -50,9 +51,7 @@ class Tracer(WriteRules, SumRules, PerFeatureRules, TorchFunctionMode):
         self.flow = Flow()
         self.labels: dict[int, tuple[Tensor, Tensor]] = {}  # id(value) -> (value kept alive, labels)
         self.names = {id(m): name for name, m in model.named_modules(remove_duplicate=False)}
-        self.param_names: dict[int, list[str]] = {}
-        for name, p in model.named_parameters(remove_duplicate=False):
-            self.param_names.setdefault(id(p), []).append(name)
+        self.param_names = parameter_names(model)
         self.buffer_names = {id(b): name for name, b in model.named_buffers()}
         self.stack: list[str] = []
         self.inside_recurrent = 0

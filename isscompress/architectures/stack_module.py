@@ -90,11 +90,6 @@ class RecurrentModel(nn.Module):
         return state
 
 
-def detach_hidden(hidden: Hidden) -> Hidden:
-    """Cut the graph between truncated-BPTT windows, keeping the values."""
-    return [tuple(t.detach() for t in h) if isinstance(h, tuple) else h.detach() for h in hidden]
-
-
 def build_model(spec: ModelSpec, state: Mapping[str, Tensor], dropout: float = 0.0,
                 variational: bool = False) -> RecurrentModel:
     """A RecurrentModel whose parameters *are* the tensors of ``state`` (no copy), in eval mode."""
@@ -111,3 +106,15 @@ def build_model(spec: ModelSpec, state: Mapping[str, Tensor], dropout: float = 0
         if hasattr(layer, "flatten_parameters"):  # PyTorch's layers; a cell of our own may not have it
             layer.flatten_parameters()
     return model.eval()
+
+
+def initialised_model(spec: ModelSpec, dropout: float = 0.0, variational: bool = False) -> RecurrentModel:
+    """A new model to train from scratch, initialised as pytorch/examples' word_language_model's init_weights does."""
+    model = RecurrentModel(spec, dropout=dropout, variational=variational)
+    with torch.no_grad():
+        model.encoder.weight.uniform_(-0.1, 0.1)
+        if not spec.tied:
+            model.decoder.weight.uniform_(-0.1, 0.1)
+        if model.decoder.bias is not None:
+            model.decoder.bias.zero_()
+    return model

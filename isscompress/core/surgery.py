@@ -16,6 +16,7 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
+from ..tensors import same_view
 from .groups import GroupSet, Member
 
 
@@ -76,17 +77,10 @@ def mask_state_dict(
         masked[key] = tensor
     for name, value in state.items():
         member = (aliases or {}).get(name) or next((key for key, before in changed.items()
-                                                    if key != name and _same_view(value, before)), None)
+                                                    if key != name and same_view(value, before)), None)
         if member in changed:
             masked[name] = masked[member]
     return masked
-
-
-def _same_view(a: Tensor, b: Tensor) -> bool:
-    """Whether two tensors are one parameter under two names: the same bytes of the same storage, seen alike."""
-    return (a.numel() > 0 and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
-            and a.storage_offset() == b.storage_offset()
-            and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
 
 
 def shrink_state_dict(

@@ -7,16 +7,27 @@ its own width, which nested state tuples in TorchScript/ONNX signatures would no
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import torch
 from torch import Tensor, nn
 
-from ..architectures.stack_module import RecurrentModel
+from ..architectures.stack import ModelSpec
+
+
+class StateModel(Protocol):
+    """What the flat calling convention needs of a model: ``forward(inputs, hidden) -> (outputs, hidden)`` and the
+    spec that gives each layer's state widths (what a stack architecture's ``build`` returns)."""
+
+    spec: ModelSpec
+
+    def __call__(self, inputs: Tensor, hidden: Any = None) -> tuple[Tensor, Any]: ...
 
 
 class FlatStateModel(nn.Module):
-    """RecurrentModel with one tensor argument per hidden state, for tracing and ONNX."""
+    """A state model with one tensor argument per hidden state, for tracing and ONNX."""
 
-    def __init__(self, model: RecurrentModel) -> None:
+    def __init__(self, model: StateModel) -> None:
         super().__init__()
         self.model = model
         self.per_layer = len(model.spec.cell_kind.states)  # (h, c) for LSTM, h otherwise
@@ -31,7 +42,7 @@ class FlatStateModel(nn.Module):
         return tuple(flat)
 
 
-def io_names(model: RecurrentModel) -> tuple[list[str], list[str]]:
+def io_names(model: StateModel) -> tuple[list[str], list[str]]:
     lm = model.spec.is_language_model
     inputs, outputs = ["tokens" if lm else "features"], ["logits" if lm else "output"]
     for index in range(len(model.spec.layers)):
@@ -41,7 +52,7 @@ def io_names(model: RecurrentModel) -> tuple[list[str], list[str]]:
     return inputs, outputs
 
 
-def example_arguments(model: RecurrentModel, steps: int, batch: int, seed: int) -> tuple[Tensor, ...]:
+def example_arguments(model: StateModel, steps: int, batch: int, seed: int) -> tuple[Tensor, ...]:
     spec = model.spec
     generator = torch.Generator().manual_seed(seed)
     args = [spec.probe_inputs(steps=steps, batch=batch, seed=seed)]

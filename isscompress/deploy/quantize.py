@@ -15,11 +15,11 @@ import warnings
 import torch
 from torch import nn
 
-from ..architectures.stack_module import RecurrentModel
+from .flat import StateModel
 from ..layers.cells import CELLS
 from ..errors import IsscompressError
 
-def quantize_int8(model: RecurrentModel) -> nn.Module:
+def quantize_int8(model: StateModel) -> nn.Module:
     """A quantised copy of ``model`` (eval mode, CPU): int8 LSTM/GRU and Linear layers, int8 embedding rows."""
     spec = model.spec
     if not spec.cell_kind.int8:

@@ -1,4 +1,4 @@
-"""The runtimes a deployer would choose, behind RecurrentModel's ``forward(inputs, hidden)``.
+"""The runtimes a deployer would choose, behind a stack model's ``forward(inputs, hidden)``.
 
 So that one perplexity loop and one speed measurement serve them all: PyTorch eager (the model itself),
 a traced TorchScript module, and ONNX Runtime running the exported ONNX file. Each wraps the flat-state
@@ -14,9 +14,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from ..architectures.stack_module import RecurrentModel
 from ..errors import IsscompressError
-from .flat import FlatStateModel, example_arguments, io_names
+from .flat import FlatStateModel, StateModel, example_arguments, io_names
 
 PATHS = ("eager", "torchscript", "onnxruntime")
 
@@ -34,7 +33,7 @@ def require_onnx() -> None:
                                "pip install 'isscompress[onnx]'.")
 
 
-def onnx_bytes(model: RecurrentModel) -> bytes:
+def onnx_bytes(model: StateModel) -> bytes:
     """``model`` exported to ONNX with dynamic steps and batch (PyTorch's TorchScript-based exporter: the dynamo
     exporter fixed the LSTM's sequence length with torch 2.13)."""
     require_onnx()
@@ -54,7 +53,7 @@ def onnx_bytes(model: RecurrentModel) -> bytes:
 class _FlatRuntime(nn.Module):
     """``forward(inputs, hidden)`` over a callable taking and returning flat tensors."""
 
-    def __init__(self, like: RecurrentModel) -> None:
+    def __init__(self, like: StateModel) -> None:
         super().__init__()
         self.spec = like.spec
         self.states = len(like.spec.cell_kind.states)
@@ -76,7 +75,7 @@ class _FlatRuntime(nn.Module):
 class OnnxRuntimeModel(_FlatRuntime):
     """An ONNX model (bytes) in ONNX Runtime, on this process's CPU threads."""
 
-    def __init__(self, model_bytes: bytes, like: RecurrentModel) -> None:
+    def __init__(self, model_bytes: bytes, like: StateModel) -> None:
         super().__init__(like)
         require_onnx()
         import onnxruntime
@@ -94,7 +93,7 @@ class OnnxRuntimeModel(_FlatRuntime):
 class TorchScriptModel(_FlatRuntime):
     """``model`` traced to TorchScript (what ``isscompress export -f torchscript`` writes)."""
 
-    def __init__(self, model: nn.Module, like: RecurrentModel | None = None) -> None:
+    def __init__(self, model: nn.Module, like: StateModel | None = None) -> None:
         like = like if like is not None else model
         super().__init__(like)
         with warnings.catch_warnings():
@@ -105,7 +104,7 @@ class TorchScriptModel(_FlatRuntime):
         return list(self.traced(*flat))
 
 
-def runtime(model: RecurrentModel, path: str) -> nn.Module:
+def runtime(model: StateModel, path: str) -> nn.Module:
     """``model`` on the named runtime (``eager`` returns it unchanged)."""
     if path == "eager":
         return model
@@ -116,7 +115,7 @@ def runtime(model: RecurrentModel, path: str) -> nn.Module:
     raise IsscompressError(f"Unknown speed path '{path}'.", f"Use one of: {', '.join(PATHS)}, or auto.")
 
 
-def default_path(model: RecurrentModel) -> str:
+def default_path(model: StateModel) -> str:
     """The fastest float32 path measured (docs/results.md, speed benchmark): ONNX Runtime at batch 1 and at a batch
     for 2x200 to 2x1500 LSTMs on CPU, when it is installed and ONNX can express the model (PyTorch's own cells,
     no projection); PyTorch eager otherwise."""

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..errors import CheckpointError
 from ..outputs import atomic_write, check_output_path
+from ..tensors import shared_aliases
 from .metadata import Metadata
 from .pickled_models import convert_hint, read_pickled_model
 from .keras import HDF5_MAGIC
@@ -223,12 +224,8 @@ def check_checkpoint_output(output: str | os.PathLike, *, force: bool, inputs: t
 
 def write_checkpoint(output: Path, tensors: Mapping[str, Tensor], metadata: Metadata) -> None:
     """Save tensors as safetensors with the metadata in the header, atomically."""
-    payload: dict[str, Tensor] = {}
-    storages: set[int] = set()
-    for key, value in tensors.items():  # a tied weight under two names: safetensors stores each name's own copy
-        value = value.detach().contiguous().cpu()
-        storage = value.untyped_storage().data_ptr()
-        payload[key] = value.clone() if storage in storages and value.numel() else value
-        storages.add(storage)
+    payload = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
+    for alias in shared_aliases(payload.items()):  # a tied weight under two names: safetensors stores each its own copy
+        payload[alias] = payload[alias].clone()
     header = metadata.to_header()
     atomic_write(output, lambda temporary: save_file(payload, str(temporary), metadata=header))

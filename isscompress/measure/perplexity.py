@@ -11,8 +11,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..architectures.stack_module import detach_hidden
 from ..data import bptt_windows, window_count
+from ..tensors import detach_hidden
 
 
 @dataclass(frozen=True)

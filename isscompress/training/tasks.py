@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map
 
-from ..architectures.stack_module import detach_hidden
 from ..data import bptt_windows, window_count
+from ..tensors import detach_hidden
 from ..errors import CheckpointError
 from ..measure.perplexity import perplexity
 from .objectives import Objective, distillation_divergence

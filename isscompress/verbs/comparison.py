@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..architectures.stack_module import RecurrentModel
+from ..architectures.traced import TracedModel
 from ..errors import IsscompressError
 from ..io.loading import Checkpoint
 from ..measure.output_gap import OutputGap, compare_outputs
@@ -23,7 +23,7 @@ def own_input_calls(original: Checkpoint, shrunk: Checkpoint, before: nn.Module,
                     ) -> tuple[Call, Call] | None:
     """Each model's forward on its own probe inputs (a shrunk user model's are cut where they pass states in); None
     for a stack (forward(inputs, hidden)), which is measured on tokens: perplexity and token throughput."""
-    if isinstance(before, RecurrentModel):
+    if not isinstance(original.spec, TracedModel):
         return None
     first, second = original.spec.probe_inputs(), shrunk.spec.probe_inputs()
     return (lambda: before(*first)), (lambda: after(*second))

@@ -15,8 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..architectures.stack_module import RecurrentModel
-from ..deploy.flat import FlatStateModel, example_arguments, io_names
+from ..deploy.flat import FlatStateModel, StateModel, example_arguments, io_names
 from ..deploy.readback import TOLERANCE, largest_difference, torchscript_written
 from ..errors import IsscompressError
 from ..outputs import atomic_write, check_output_path
@@ -64,7 +63,7 @@ def _torchscript(wrapper: FlatStateModel, example: tuple[Tensor, ...], probe: tu
         return payload, list(loaded(*probe))
 
 
-def _onnx(model: RecurrentModel, probe) -> tuple[bytes, list]:
+def _onnx(model: StateModel, probe) -> tuple[bytes, list]:
     from ..deploy.runtimes import OnnxRuntimeModel, onnx_bytes
 
     data = onnx_bytes(model)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..architectures.stack import ModelSpec
-from ..architectures.stack_module import RecurrentModel
+from ..architectures.stack_module import initialised_model
 from ..core.architecture import language_model_facts
 from ..core.groups import all_unit_norms
 from ..core.thresholding import kept_widths
@@ -248,18 +248,6 @@ def _vocabulary(recipe: Recipe) -> Vocabulary:
     return build_vocabulary(paths, recipe.data.level) if vocab in ("auto", "corpus") else read_vocabulary(vocab)
 
 
-def _initialise(spec: ModelSpec, schedule: Schedule) -> RecurrentModel:
-    """A new model, initialised as word_language_model's init_weights does."""
-    model = RecurrentModel(spec, dropout=schedule.dropout, variational=schedule.variational_dropout)
-    with torch.no_grad():
-        model.encoder.weight.uniform_(-0.1, 0.1)
-        if not spec.tied:
-            model.decoder.weight.uniform_(-0.1, 0.1)
-        if model.decoder.bias is not None:
-            model.decoder.bias.zero_()
-    return model
-
-
 def train(
     spec: ModelSpec,
     recipe: Recipe | str | os.PathLike,
@@ -276,7 +264,7 @@ def train(
     spec = replace(spec, vocab_size=len(vocabulary))
     torch.manual_seed(recipe.finetune.seed)
     try:
-        model = _initialise(spec, recipe.finetune)
+        model = initialised_model(spec, recipe.finetune.dropout, recipe.finetune.variational_dropout)
     except (MemoryError, RuntimeError) as err:  # a width of billions: the allocation itself fails
         said = " ".join(str(err).split())[:240]
         raise IsscompressError(f"A model of widths {[layer.hidden_size for layer in spec.layers]} and "

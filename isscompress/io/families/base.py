@@ -8,6 +8,7 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor
 
+from ...tensors import same_view
 from ..files import RawCheckpoint
 
 
@@ -35,10 +36,10 @@ class Family:
 
 
 def same_tensor(a: Tensor, b: Tensor) -> bool:
-    """True when two tensors are one parameter: shared storage, or equal bit for bit."""
+    """True when two tensors are one parameter: one tensor under two names, or equal bit for bit."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    if a.data_ptr() == b.data_ptr():
+    if same_view(a, b):
         return True
     head = min(a.numel(), 4096)  # untied matrices almost always differ at once: no full pass for them
     return torch.equal(a.reshape(-1)[:head], b.reshape(-1)[:head]) and torch.equal(a, b)

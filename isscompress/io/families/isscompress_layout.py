@@ -2,7 +2,7 @@
 
 This is what ``isscompress shrink`` and ``finetune`` write; the spec is stored in the
 metadata, and re-derived from shapes when the metadata is missing (a plain state dict of
-:class:`isscompress.model.RecurrentModel`).
+the stack's own module, architectures/stack_module.py).
 """
 
 from __future__ import annotations
