@@ -21,7 +21,7 @@ _PUBLIC = {
     # verbs, and what they return
     "inspect": "verbs.inspect", "finetune": "verbs.finetune", "train": "verbs.finetune", "shrink": "verbs.shrink",
     "evaluate": "verbs.evaluate", "report": "verbs.report", "report_markdown": "verbs.report", "export": "verbs.export",
-    "run": "verbs.run", "Inspection": "verbs.inspect", "FinetuneResult": "verbs.finetune",
+    "run": "verbs.run", "Inspection": "verbs.inspect", "FinetuneResult": "verbs.stage",
     "ShrinkResult": "verbs.shrink", "Report": "verbs.report", "ExportResult": "verbs.export", "RunResult": "verbs.run",
     "Perplexity": "measure.perplexity",
     # load / save

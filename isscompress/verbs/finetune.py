@@ -7,14 +7,13 @@ write it at every save point (atomically, with a training-state file beside it f
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..architectures.stack import ModelSpec
 from ..architectures.stack_module import initialised_model
@@ -22,127 +21,21 @@ from ..core.architecture import language_model_facts
 from ..core.groups import all_unit_norms
 from ..core.thresholding import kept_widths
 from ..data import Vocabulary, build_vocabulary, read_vocabulary
-from ..errors import CheckpointError, Interrupted, IsscompressError, RecipeError
+from ..errors import Interrupted, IsscompressError, RecipeError
 from ..io.files import check_checkpoint_output, write_checkpoint
-from ..outputs import append_line, check_output_path, refuse_link
 from ..io.loading import Checkpoint, as_checkpoint, source_files
 from ..io.metadata import Metadata
-from ..recipe import Recipe, Schedule, check_layer_names, load_recipe
-from ..training.budget import budget_cost
+from ..recipe import Recipe, check_layer_names, load_recipe
 from ..training.distributed import Distributed
-from ..training.hooks import Event, GroupLassoHook, Hook, Report, Save
+from ..training.hooks import Event, Hook, Report, Save
 from ..training.keep_best import perplexity_keeper
 from ..training.loop import TrainState, fit
-from ..training.state_file import read_train_state, write_train_state
 from ..training.objectives import Distillation, Objective
+from .finetune_user import label_free_parts, layerwise
 from .preparation import resolve_vocabulary, training_batches
+from .stage import STAGES, FinetuneResult, StageParts, check_training_outputs, run_stage, side_files, stage_schedule
 
-STAGES = ("finetune", "recover")
-
-
-@dataclass
-class FinetuneResult:
-    checkpoint: Checkpoint  # the trained model (``path`` set when it was written)
-    stage: str
-    events: list[Event] = field(default_factory=list)
-    widths: dict[str, int] = field(default_factory=dict)  # units per set a shrink at the recipe's threshold keeps
-    written: bool = False  # whether this call wrote the output (a resume with nothing left to train writes nothing)
-
-    @property
-    def output(self) -> Path | None:
-        return self.checkpoint.path
-
-    @property
-    def epochs(self) -> list[Event]:
-        return [e for e in self.events if e["event"] == "epoch"]
-
-    def to_dict(self) -> dict:
-        return {"output": str(self.output), "stage": self.stage, "epochs": self.epochs, "widths": self.widths}
-
-
-def side_files(output: Path) -> tuple[Path, Path]:
-    """The training-state file (for --resume) and the JSON-lines log written beside an output."""
-    return output.with_name(output.name + ".train-state.pt"), output.with_name(output.name + ".log.jsonl")
-
-
-def check_training_outputs(output: Path, force: bool, inputs: tuple[Path, ...], resume: bool = False) -> None:
-    """Every file a training run writes (the checkpoint, its resume state, its log) is an output: never an
-    input, and replaced only with ``force``. Resuming continues this run's own files, so they may exist."""
-    check_checkpoint_output(output, force=force or resume, inputs=inputs)
-    for path in side_files(output):
-        check_output_path(path, force=force or resume, inputs=inputs)
-        refuse_link(path)
-
-
-def stage_schedule(recipe: Recipe, stage: str) -> Schedule:
-    if stage == "recover":
-        return recipe.recover or recipe.finetune
-    return recipe.finetune
-
-
-def resume_weights(output: Path | None, resume: bool, recipe: Recipe,
-                   reference: dict[str, Tensor]) -> tuple[dict[str, Tensor] | None, TrainState | None]:
-    """With ``resume``: the weights and training state of the last save beside ``output`` (checked against
-    ``reference``, the weights of the model being resumed); else nothing (a fresh start)."""
-    if not resume:
-        return None, None
-    if output is None:
-        raise CheckpointError("Resuming needs the output file of the run to resume.", "Pass the output path.")
-    return read_train_state(side_files(output)[0], recipe.to_yaml(), reference)
-
-
-class TrainingFiles(Hook):
-    """The file edge of a training run: the checkpoint and its resume state at every save point, and
-    the JSON-lines log of every event (main process only). ``weights`` gives what a model's file holds
-    (a language-model stack's canonical layout, a user model's own state dict). A fresh run starts a new log;
-    a run that fails before its first save removes the log it started, so a plain retry is not refused."""
-
-    def __init__(self, output: Path, metadata: Metadata, recipe: Recipe, stage: str, dist: Distributed,
-                 weights: Callable[[nn.Module], dict[str, Tensor]] = lambda model: model.canonical_state(),
-                 resume: bool = False) -> None:
-        self.output, self.metadata, self.recipe, self.stage, self.dist = output, metadata, recipe, stage, dist
-        self.weights = weights
-        self.state_file, self.log_file = side_files(output)
-        self.resumed, self.wrote = resume, False  # a resumed run's files were saved before: never this run's to remove
-        if not resume and dist.is_main:
-            self.log_file.unlink(missing_ok=True)
-
-    def on_event(self, event: Event) -> None:
-        if self.dist.is_main:
-            append_line(self.log_file, json.dumps({"stage": self.stage, **event}))
-
-    def on_checkpoint(self, loop) -> None:
-        weights = {k: v.detach() for k, v in self.weights(loop.inner).items()}
-        write_train_state(self.state_file, loop.state, weights, self.recipe.to_yaml())
-        write_checkpoint(self.output, weights, self.metadata)
-        self.wrote = True
-
-    def discard_unsaved(self) -> None:
-        """After a failure: the log of a run that saved nothing is not worth keeping, and would refuse a retry."""
-        if not self.wrote and not self.resumed and self.dist.is_main:
-            self.log_file.unlink(missing_ok=True)
-
-
-def run_training(train: Callable[[], object], files: TrainingFiles | None) -> None:
-    """Run ``train``; on a failure other than an interruption (whose saved state is the point), remove what a
-    run that saved nothing left behind."""
-    try:
-        train()
-    except Interrupted:
-        raise
-    except BaseException:
-        if files is not None:
-            files.discard_unsaved()
-        raise
-
-
-def lasso_hook(checkpoint: Checkpoint, recipe: Recipe) -> GroupLassoHook:
-    """The recipe's group Lasso for a checkpoint of any architecture, with its budget (iss.target) when set."""
-    budget = None
-    if recipe.iss.target is not None:
-        cost, limit, _ = budget_cost(checkpoint.spec, recipe.iss.target, recipe.iss.widths)
-        budget = (cost, limit)
-    return GroupLassoHook(checkpoint.group_sets, recipe.iss, recipe.shrink.threshold, budget)
+__all__ = ["FinetuneResult", "finetune", "side_files", "train"]
 
 
 def _objective(recipe: Recipe, stage: str, checkpoint: Checkpoint, device: torch.device,
@@ -196,50 +89,39 @@ def finetune(
     checkpoint = as_checkpoint(source, recipe.model.family if arch is None else None, arch, groups)
     if stage == "finetune":  # the ISS section applies to this stage only (recovery runs on the shrunk model)
         if recipe.iss is not None and recipe.iss.split_layers:
-            from .finetune_user import layerwise
-
             checkpoint = layerwise(checkpoint)
         check_layer_names(recipe, checkpoint.group_sets, "")
     if not language_model_facts(checkpoint.spec) and hasattr(checkpoint.spec, "batches"):
-        from .finetune_user import finetune_traced  # it builds on this module's training files
-
-        result = finetune_traced(checkpoint, recipe, output, stage=stage, resume=resume, on_event=on_event,
-                                 teacher=teacher)
+        parts = label_free_parts(checkpoint, recipe, stage, teacher)
     else:
-        result = _finetune_language_model(checkpoint, recipe, output, stage, resume, on_event, teacher)
+        parts = _language_model_parts(checkpoint, recipe, stage, teacher)
+    result = run_stage(checkpoint, recipe, stage, output, parts, resume=resume, on_event=on_event)
     sets = result.checkpoint.group_sets
     result.widths = kept_widths(all_unit_norms(result.checkpoint.state, sets), sets, recipe.shrink.threshold,
                                 recipe.widths)
     return result
 
 
-def _finetune_language_model(checkpoint: Checkpoint, recipe: Recipe, output: Path | None, stage: str, resume: bool,
-                             on_event: Callable[[Event], None], teacher: Checkpoint | None) -> FinetuneResult:
+def _language_model_parts(checkpoint: Checkpoint, recipe: Recipe, stage: str, teacher: Checkpoint | None
+                          ) -> StageParts:
+    """A language model's stage: its recipe's text in truncated-BPTT windows, validated by perplexity."""
     vocabulary, _ = resolve_vocabulary(checkpoint, recipe.data)
     schedule = stage_schedule(recipe, stage)
     train_data, valid = training_batches(recipe, vocabulary, schedule)
-    keeper = perplexity_keeper(schedule.keep, valid is not None, stage)
     metadata = replace(checkpoint.metadata.derived(stage, checkpoint.name, checkpoint.sha256, checkpoint.family),
                        architecture=checkpoint.spec.kind, spec=checkpoint.spec.to_dict(), recipe=recipe.to_yaml(),
                        vocabulary=vocabulary.words, level=recipe.data.level)
-    weights, state = resume_weights(output, resume, recipe, checkpoint.state)
-    model = checkpoint.spec.build({k: v.float().clone() for k, v in (weights or checkpoint.state).items()},
+    model = checkpoint.spec.build({k: v.float().clone() for k, v in checkpoint.state.items()},
                                   dropout=schedule.dropout, variational=schedule.variational_dropout)
-    dist = Distributed.from_environment(schedule.device)
-    result = FinetuneResult(checkpoint, stage)
-    files = TrainingFiles(output, metadata, recipe, stage, dist, resume=resume) if output is not None else None
-    hooks: list[Hook] = [lasso_hook(checkpoint, recipe)] if stage == "finetune" and recipe.iss is not None else []
-    hooks += [hook for hook in (files, keeper) if hook is not None]
-    hooks.append(Report(lambda event: (result.events.append(event), on_event(event))))
-    objective = _objective(recipe, stage, checkpoint, dist.device, teacher)
-    try:
-        run_training(lambda: fit(model, train_data, valid, schedule, objective=objective, hooks=hooks, dist=dist,
-                                 state=state, eval_bptt=recipe.evaluate.bptt), files)
-    finally:
-        dist.close()
-    result.checkpoint = _trained(model, checkpoint.spec, checkpoint.family, metadata, output)
-    result.written = files is not None and files.wrote
-    return result
+
+    def train(model: nn.Module, hooks: list[Hook], dist: Distributed, state: TrainState | None) -> None:
+        objective = _objective(recipe, stage, checkpoint, dist.device, teacher)
+        fit(model, train_data, valid, schedule, objective=objective, hooks=hooks, dist=dist, state=state,
+            eval_bptt=recipe.evaluate.bptt)
+
+    return StageParts(model, lambda trained: trained.canonical_state(), train,
+                      lambda trained, output: _trained(trained, checkpoint.spec, checkpoint.family, metadata, output),
+                      metadata, keeper=perplexity_keeper(schedule.keep, valid is not None, stage))
 
 
 def _vocabulary(recipe: Recipe) -> Vocabulary:
