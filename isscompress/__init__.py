@@ -44,7 +44,7 @@ _INTERNAL = {  # reachable for compatibility and for extending isscompress; docu
     "LayerSpec": "architectures", "GroupSet": "core.groups", "Member": "core.groups", "CELLS": "layers.cells",
     "CellKind": "layers.cells", "unit_norms": "core.groups", "shrink_state_dict": "core.surgery",
     "select_kept": "core.thresholding", "measure_speed": "measure.speed", "distillation_divergence": "training.objectives",
-    "fit": "training.loop", "fit_task": "training.loop", "Hook": "training.hooks", "GroupLassoHook": "training.hooks",
+    "fit": "training.loop", "fit_task": "training.loop", "Hook": "training.hooks", "GroupLassoHook": "training.iss_hook",
     "Objective": "training.objectives", "LanguageModelLoss": "training.objectives",
     "Distillation": "training.objectives",
 }

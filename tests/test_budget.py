@@ -11,7 +11,7 @@ from isscompress.core.groups import all_unit_norms
 from isscompress.errors import RecipeError, ShrinkError
 from isscompress.recipe import BudgetSection, IssSection
 from isscompress.training.budget import budget_cost
-from isscompress.training.hooks import GroupLassoHook
+from isscompress.training.iss_hook import GroupLassoHook
 from isscompress.verbs.finetune import finetune
 
 

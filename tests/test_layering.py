@@ -43,3 +43,19 @@ def test_deploying_through_the_stack_class_breaks_the_contract(tmp_path) -> None
     result = _lint(tmp_path)
     assert result.returncode != 0
     assert "isscompress.deploy.flat -> isscompress.architectures.stack_module" in result.stdout
+
+
+def test_modules_and_functions_stay_small_enough_to_read() -> None:
+    """docs/architecture.md's size rule: a module of at most 330 lines, a function of at most 50."""
+    import ast
+
+    too_long = []
+    for path in sorted((ROOT / "isscompress").rglob("*.py")):
+        text = path.read_text()
+        name = path.relative_to(ROOT)
+        if len(text.splitlines()) > 330:
+            too_long.append(f"{name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 50:
+                too_long.append(f"{name}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not too_long, "\n".join(too_long)

@@ -118,7 +118,7 @@ def test_reweighted_lambdas_favour_strong_groups_and_feed_the_proximal_step() ->
 
 
 def test_lambda_far_from_its_scale_is_a_warning_with_a_suggestion() -> None:
-    from isscompress.training.hooks import lambda_scale_warning
+    from isscompress.training.iss_hook import lambda_scale_warning
 
     norms = {"layer0": torch.tensor([2.0, 3.0, 4.0, 0.0])}  # median of the alive units: 3
     weak = lambda_scale_warning(norms, lam=1e-2, lr=1e-3, steps=1000)  # moves a norm by 0.01 in the run

@@ -13,7 +13,7 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import yaml
@@ -154,22 +154,8 @@ def build_plan(flow: Flow) -> Plan:
     for unit in units:
         classes.setdefault(flow.find(unit), []).append(unit)
     positions = _class_positions(flow, classes)
-
-    by_positions = {p: root for root, p in positions.items()}
-    successor: dict[int, int] = {}
-    for root, members in classes.items():
-        nxt = by_positions.get(_shifted(positions[root]))
-        if nxt is not None and sorted(u + 1 for u in members) == sorted(classes[nxt]) and all(
-                flow.range_of(u) == flow.range_of(u + 1) for u in members):
-            successor[root] = nxt
+    successor = _successors(flow, classes, positions)
     heads = sorted(set(classes) - set(successor.values()))
-
-    width_parent: dict[str, str] = {}
-
-    def width_root(key: str) -> str:
-        while width_parent.get(key, key) != key:
-            key = width_parent[key]
-        return key
 
     chains = []
     for head in heads:
@@ -177,10 +163,7 @@ def build_plan(flow: Flow) -> Plan:
         while chain[-1] in successor:
             chain.append(successor[chain[-1]])
         chains.append(chain)
-        keys = {_width_key(flow.range_of(u)) for u in classes[head]}
-        first = width_root(min(keys))
-        for key in keys:
-            width_parent[width_root(key)] = first
+    width_root = _width_roots(flow, [classes[chain[0]] for chain in chains])
 
     sets, unit_sets = [], {}
     for chain in chains:
@@ -205,6 +188,37 @@ def build_plan(flow: Flow) -> Plan:
     sets.sort(key=lambda gs: gs.kind == "feature")  # the recurrent layers first, as before other widths had sets
     return Plan(tuple(sets), list(flow.ranges), flow.consumers, flow.output_labels, unit_sets, flow.input_labels,
                 flow.aliases, flow.positions)
+
+
+def _width_roots(flow: Flow, heads: list[list[int]]) -> Callable[[str], str]:
+    """Width keys that must stay equal (the ranges one set's units span) joined: key -> the key naming its class."""
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        while parent.get(key, key) != key:
+            key = parent[key]
+        return key
+
+    for units in heads:
+        keys = {_width_key(flow.range_of(u)) for u in units}
+        first = root(min(keys))
+        for key in keys:
+            parent[root(key)] = first
+    return root
+
+
+def _successors(flow: Flow, classes: dict[int, list[int]], positions: dict[int, frozenset[Position]]
+                ) -> dict[int, int]:
+    """Each class -> the class of the next units of the same ranges, when it sits one slice further along every
+    tensor (so that the two chain into one set of consecutive units)."""
+    by_positions = {p: root for root, p in positions.items()}
+    successor: dict[int, int] = {}
+    for root, members in classes.items():
+        nxt = by_positions.get(_shifted(positions[root]))
+        if nxt is not None and sorted(u + 1 for u in members) == sorted(classes[nxt]) and all(
+                flow.range_of(u) == flow.range_of(u + 1) for u in members):
+            successor[root] = nxt
+    return successor
 
 
 def _width_key(r: UnitRange, kind: str | None = None) -> str:

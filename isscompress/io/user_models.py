@@ -61,12 +61,33 @@ def load_factory(arch: str) -> Factory:
     if not file or not name:
         raise ArchError(f"--arch {arch!r} is not FILE.py:FACTORY.", "Example: --arch mymodel.py:make_model.")
     path = Path(file)
+    module, made = _run_factory(path, name)
+    if not (isinstance(made, tuple) and len(made) in (2, 3, 4) and isinstance(made[0], nn.Module)):
+        raise ArchError(f"--arch: {name}() in {path} returned {type(made).__name__}, not (model, example_inputs).",
+                        "Return the model and a tuple of example inputs for its forward (and, to fine-tune, "
+                        "unlabelled input batches).")
+    if len(made) == 4 and made[3] is not None and not callable(made[3]):
+        raise ArchError(f"--arch: the fourth value {name}() in {path} returned is not a function.",
+                        "Return evaluate, a function of the model giving {metric name: value}, or leave it out.")
+    model, inputs, batches, evaluate = (*made, None, None)[:4]
+    keys = _checkpoint_keys(getattr(module, "CHECKPOINT_KEYS", None), path)
+    task_loss = getattr(module, "task_loss", None)
+    if task_loss is not None and not callable(task_loss):
+        raise ArchError(f"--arch: task_loss in {path} is not a function.", "Define task_loss(outputs, batch).")
+    rules = metric_rules(getattr(module, "METRICS", None), path)
+    evaluate = TaskMetrics(evaluate, rules) if evaluate is not None else None
+    return Factory(model, inputs if isinstance(inputs, tuple) else (inputs,), guarded_batches(batches, path),
+                   evaluate, keys, guarded_task_loss(task_loss, path))
+
+
+def _run_factory(path: Path, name: str) -> tuple[Any, Any]:
+    """Import ``path`` (its folder on sys.path meanwhile, so it can import its neighbours) and call ``name()``."""
     if not path.is_file():
         raise ArchError(f"--arch: {path} does not exist or is not a file.", "Check the path.")
     spec = importlib.util.spec_from_file_location(f"isscompress_user_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     folder = str(path.resolve().parent)
-    sys.path.insert(0, folder)  # so the file can import its neighbours
+    sys.path.insert(0, folder)
     try:
         try:
             spec.loader.exec_module(module)
@@ -78,40 +99,30 @@ def load_factory(arch: str) -> Factory:
             raise ArchError(f"--arch: {path} has no function {name!r}.",
                             f"Define {name}() returning (model, example_inputs).")
         try:
-            made = factory()
+            return module, factory()
         except Exception as err:
             raise ArchError(f"--arch: {name}() in {path} failed: {type(err).__name__}: {err}.",
                             "Call it from python to see the whole error.") from err
     finally:
         if folder in sys.path:
             sys.path.remove(folder)
-    if not (isinstance(made, tuple) and len(made) in (2, 3, 4) and isinstance(made[0], nn.Module)):
-        raise ArchError(f"--arch: {name}() in {path} returned {type(made).__name__}, not (model, example_inputs).",
-                        "Return the model and a tuple of example inputs for its forward (and, to fine-tune, "
-                        "unlabelled input batches).")
-    if len(made) == 4 and made[3] is not None and not callable(made[3]):
-        raise ArchError(f"--arch: the fourth value {name}() in {path} returned is not a function.",
-                        "Return evaluate, a function of the model giving {metric name: value}, or leave it out.")
-    model, inputs, batches, evaluate = (*made, None, None)[:4]
-    keys = getattr(module, "CHECKPOINT_KEYS", None)
-    if keys is not None and not (isinstance(keys, dict) and all(isinstance(k, str) and isinstance(v, str)
-                                                                 for k, v in keys.items())):
+
+
+def _checkpoint_keys(keys: Any, path: Path) -> dict[str, str] | None:
+    """The file's ``CHECKPOINT_KEYS`` (file name -> model name), checked: strings, one file tensor per model weight."""
+    if keys is None:
+        return None
+    if not (isinstance(keys, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in keys.items())):
         raise ArchError(f"--arch: CHECKPOINT_KEYS in {path} is not a dict of file names to model names.",
                         "Write it as {'enc_w_ih': 'encoder.weight_ih', ...}.")
-    if keys is not None and len(set(keys.values())) != len(keys):
-        targets = [value for value in keys.values()]
+    if len(set(keys.values())) != len(keys):
+        targets = list(keys.values())
         twice = sorted({value for value in targets if targets.count(value) > 1})
         sources = [key for key, value in keys.items() if value == twice[0]]
         raise ArchError(f"--arch: CHECKPOINT_KEYS in {path} maps {', '.join(map(repr, sources))} all to "
                         f"{twice[0]!r}; one model weight can come from only one tensor of the file.",
                         "Map each file tensor to its own model name.")
-    task_loss = getattr(module, "task_loss", None)
-    if task_loss is not None and not callable(task_loss):
-        raise ArchError(f"--arch: task_loss in {path} is not a function.", "Define task_loss(outputs, batch).")
-    rules = metric_rules(getattr(module, "METRICS", None), path)
-    evaluate = TaskMetrics(evaluate, rules) if evaluate is not None else None
-    return Factory(model, inputs if isinstance(inputs, tuple) else (inputs,), guarded_batches(batches, path),
-                   evaluate, keys, guarded_task_loss(task_loss, path))
+    return keys
 
 
 def _renamed(tensors: dict[str, Tensor], keys: dict[str, str], checkpoint: Path, arch: str) -> dict[str, Tensor]:

@@ -22,7 +22,7 @@ from ..core.regularizer import group_norms, penalty
 from ..core.thresholding import kept_widths
 from ..recipe import IssSection
 from ..anymodel.plan import Plan
-from .hooks import GroupLassoHook
+from .iss_hook import GroupLassoHook
 
 
 class GroupLasso:

@@ -1,9 +1,10 @@
 """What ``report`` measures by running both models: a user model's output gap and its factory's task metrics on
-its own probe inputs, and the speed of each kind of model on its own workload (a stack on tokens, another model on
-calls of its forward)."""
+its own probe inputs, the speed of each kind of model on its own workload (a stack on tokens, another model on
+calls of its forward), and the shrunk stack quantised to int8."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -13,7 +14,9 @@ from ..architectures.traced import TracedModel
 from ..errors import IsscompressError
 from ..io.loading import Checkpoint
 from ..measure.output_gap import OutputGap, compare_outputs
+from ..measure.perplexity import Perplexity, perplexity
 from ..measure.speed import SpeedSample, interleaved, measure_speed
+from ..recipe import EvaluateSection
 from ..training.tasks import floats
 
 Call = Callable[[], Any]
@@ -70,3 +73,35 @@ def speed_samples(before: nn.Module, after: nn.Module, calls: tuple[Call, Call] 
     with torch.no_grad():
         times = interleaved(*calls, repeats)
     return [SpeedSample("example_inputs", "eager", 1, tuple(times[0]), tuple(times[1]))]
+
+
+@dataclass
+class Int8Column:
+    """The shrunk model quantised to int8 (``isscompress export --quantize int8``), measured like the others."""
+
+    bytes: int  # its serialized state dict (packed int8 weights)
+    perplexity: Perplexity | None
+    speed: list[SpeedSample]  # the original float32 model (before) against it (after)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bytes": self.bytes, "perplexity": self.perplexity.to_dict() if self.perplexity else None,
+                "speed": [s.to_dict() for s in self.speed]}
+
+
+def int8_column(original: Checkpoint, shrunk: Checkpoint, batches, evaluate: EvaluateSection, level: str,
+                 speed: bool, repeats: int) -> Int8Column:
+    from ..deploy.quantize import quantize_int8, serialized_bytes
+
+    quantized = quantize_int8(shrunk.model())
+    ppl = perplexity(quantized, batches, evaluate.bptt, level=level) if batches is not None else None
+    samples = measure_speed(original.model(), quantized, repeats=repeats) if speed else []
+    return Int8Column(serialized_bytes(quantized), ppl, samples)
+
+
+def refuse_int8(shrunk: Checkpoint | None, user_model: bool) -> None:
+    if shrunk is None:
+        raise IsscompressError("report --int8 quantises the shrunk model.", "Give the original and the shrunk one.")
+    if user_model:
+        raise IsscompressError("report --int8 quantises a recurrent stack (a language model or a bare nn.LSTM/GRU "
+                               f"stack); {shrunk.name} is your own model's.", "Leave out --int8, or quantise the "
+                               "shrunk model yourself (torch.ao.quantization.quantize_dynamic).")

@@ -130,10 +130,17 @@ def export(
     checkpoint = as_checkpoint(source, arch=arch, groups=groups)
     if isinstance(checkpoint.spec, TracedModel):  # a user's own model: its forward as it is
         result = _export_user_model(checkpoint, fmt, quantize)
-        if output is None:
-            return result
-        atomic_write(output, lambda temporary: temporary.write_bytes(result.data))
-        return replace(result, output=output)
+    else:
+        result = _export_stack(checkpoint, fmt, quantize, data, max_increase)
+    if output is None:
+        return result
+    atomic_write(output, lambda temporary: temporary.write_bytes(result.data))
+    return replace(result, output=output)
+
+
+def _export_stack(checkpoint: Checkpoint, fmt: str, quantize: str | None, data: str | os.PathLike | None,
+                  max_increase: float) -> ExportResult:
+    """A language-model stack in the flat calling convention, float32 or int8, checked on a probe of other sizes."""
     model = checkpoint.model().float()
     _refuse_projections(fmt, checkpoint, model)
     quantized = None
@@ -165,7 +172,4 @@ def export(
     result = ExportResult(None, fmt, diff, *names, data=payload, quantize=quantize)
     if quantized is not None:
         result = _int8_quality(result, checkpoint, model, quantized, data, max_increase, _probe_kl(reference, got))
-    if output is None:
-        return result
-    atomic_write(output, lambda temporary: temporary.write_bytes(payload))
-    return replace(result, output=output)
+    return result

@@ -17,11 +17,12 @@ from ..data import Vocabulary
 from ..errors import DataError, IsscompressError
 from ..io.loading import Checkpoint, as_checkpoint
 from ..measure.perplexity import Perplexity, perplexity
-from ..measure.speed import SpeedSample, measure_speed
+from ..measure.speed import SpeedSample
 from ..measure.summary import ModelSummary, NormStats, norm_stats, summarize_checkpoint
 from ..recipe import DataSection, EvaluateSection
 from ..measure.output_gap import AGREEMENT_WARNING, GAP_WARNING, OutputGap
-from .comparison import metric_rules, output_gap, own_input_calls, speed_samples, task_metrics
+from .comparison import (Int8Column, int8_column, metric_rules, output_gap, own_input_calls, refuse_int8,
+                         speed_samples, task_metrics)
 from .preparation import resolve_vocabulary, token_batches
 
 
@@ -131,29 +132,6 @@ class Report:
         }
 
 
-@dataclass
-class Int8Column:
-    """The shrunk model quantised to int8 (``isscompress export --quantize int8``), measured like the others."""
-
-    bytes: int  # its serialized state dict (packed int8 weights)
-    perplexity: Perplexity | None
-    speed: list[SpeedSample]  # the original float32 model (before) against it (after)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"bytes": self.bytes, "perplexity": self.perplexity.to_dict() if self.perplexity else None,
-                "speed": [s.to_dict() for s in self.speed]}
-
-
-def _int8_column(original: Checkpoint, shrunk: Checkpoint, batches, evaluate: EvaluateSection, level: str,
-                 speed: bool, repeats: int) -> Int8Column:
-    from ..deploy.quantize import quantize_int8, serialized_bytes
-
-    quantized = quantize_int8(shrunk.model())
-    ppl = perplexity(quantized, batches, evaluate.bptt, level=level) if batches is not None else None
-    samples = measure_speed(original.model(), quantized, repeats=repeats) if speed else []
-    return Int8Column(serialized_bytes(quantized), ppl, samples)
-
-
 def _environment() -> dict[str, Any]:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
             "processor": platform.processor() or platform.machine()}
@@ -240,12 +218,7 @@ def report(
     result.norms = tuple(norm_stats(n, v) for n, v in all_unit_norms(original.state, original.group_sets).items())
     result.provenance = _provenance(shrunk or original)
     if shrunk is not None:
-        result.shrunk = summarize_checkpoint(shrunk)
-        result.layers = _layer_changes(before, result.shrunk)
-        split = () if getattr(original.spec, "split", ()) else getattr(shrunk.spec, "split", ())
-        after = {unsplit_name(gs.name, split): gs.size for gs in shrunk.group_sets}  # each layer: its own width
-        result.widths = {gs.name: (gs.size, after.get(gs.name, 0)) for gs in original.group_sets}
-        result.feature_sets = tuple(gs.name for gs in original.group_sets if gs.kind == "feature")
+        _compare_shapes(result, original, shrunk)
     batches = None
     if data is not None:
         section = vocab_source or DataSection(test=Path(data), vocab=vocab, level=original.metadata.level or "word")
@@ -261,15 +234,20 @@ def report(
             on_progress("speed", 0, 1)
         result.speed = speed_samples(before_model, after_model, calls, repeats, speed_path)
     if int8:
-        if shrunk is None:
-            raise IsscompressError("report --int8 quantises the shrunk model.", "Give the original and the shrunk one.")
-        if calls is not None:
-            raise IsscompressError("report --int8 quantises a recurrent stack (a language model or a bare nn.LSTM/GRU "
-                                   f"stack); {shrunk.name} is your own model's.", "Leave out --int8, or quantise the "
-                                   "shrunk model yourself (torch.ao.quantization.quantize_dynamic).")
-        result.int8 = _int8_column(original, shrunk, batches, evaluate,
+        refuse_int8(shrunk, calls is not None)
+        result.int8 = int8_column(original, shrunk, batches, evaluate,
                                    original.metadata.level or "word", speed, repeats)
     return result
+
+
+def _compare_shapes(result: Report, original: Checkpoint, shrunk: Checkpoint) -> None:
+    """The shrunk model's summary, its layers beside the original's, and each set's width before and after."""
+    result.shrunk = summarize_checkpoint(shrunk)
+    result.layers = _layer_changes(result.original, result.shrunk)
+    split = () if getattr(original.spec, "split", ()) else getattr(shrunk.spec, "split", ())
+    after = {unsplit_name(gs.name, split): gs.size for gs in shrunk.group_sets}  # each layer: its own width
+    result.widths = {gs.name: (gs.size, after.get(gs.name, 0)) for gs in original.group_sets}
+    result.feature_sets = tuple(gs.name for gs in original.group_sets if gs.kind == "feature")
 
 
 def _fmt(value: float | None, spec: str = ".2f") -> str:

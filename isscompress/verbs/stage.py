@@ -20,7 +20,8 @@ from ..outputs import append_line, check_output_path, refuse_link
 from ..recipe import Recipe, Schedule
 from ..training.budget import budget_cost
 from ..training.distributed import Distributed
-from ..training.hooks import Event, GroupLassoHook, Hook, Report
+from ..training.hooks import Event, Hook, Report
+from ..training.iss_hook import GroupLassoHook
 from ..training.loop import TrainState
 from ..training.state_file import read_train_state, write_train_state
 
