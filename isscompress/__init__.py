@@ -29,10 +29,14 @@ _PUBLIC = {
     "Metadata": "io.metadata",
     # recipes
     "load_recipe": "recipe", "Recipe": "recipe", "Schedule": "recipe", "IssSection": "recipe",
+    "BudgetSection": "recipe", "DistillSection": "recipe",
+    # a new language model's shape (train's argument)
+    "ModelSpec": "architectures", "LayerSpec": "architectures",
     # any model
     "discover": "anymodel", "Plan": "anymodel", "load_groups": "anymodel", "shrink_module": "anymodel",
     "resize_to": "anymodel", "split_layers": "anymodel", "LayerwiseRNN": "anymodel", "GroupLasso": "training.lasso",
-    "all_unit_norms": "core.groups", "mask_state_dict": "core.surgery",
+    "all_unit_norms": "core.groups", "mask_state_dict": "core.surgery", "select_kept": "core.thresholding",
+    "shrink_state_dict": "core.surgery", "distillation_divergence": "training.objectives",
     # errors: what a caller catches (every message is one paragraph: the problem, then what to do)
     "IsscompressError": "errors", "CheckpointError": "errors", "ShapeError": "errors", "RecipeError": "errors",
     "DataError": "errors", "ShrinkError": "errors", "Interrupted": "errors", "Diverged": "errors",
@@ -40,11 +44,10 @@ _PUBLIC = {
 }
 _INTERNAL = {  # reachable for compatibility and for extending isscompress; documented in their modules
     "RecurrentModel": "architectures.stack_module", "build_model": "architectures.stack_module",
-    "Architecture": "architectures", "ModelSpec": "architectures", "TracedModel": "architectures",
-    "LayerSpec": "architectures", "GroupSet": "core.groups", "Member": "core.groups", "CELLS": "layers.cells",
-    "CellKind": "layers.cells", "unit_norms": "core.groups", "shrink_state_dict": "core.surgery",
-    "select_kept": "core.thresholding", "measure_speed": "measure.speed", "distillation_divergence": "training.objectives",
-    "fit": "training.loop", "fit_task": "training.loop", "Hook": "training.hooks", "GroupLassoHook": "training.iss_hook",
+    "Architecture": "architectures", "TracedModel": "architectures",
+    "GroupSet": "core.groups", "Member": "core.groups", "CELLS": "layers.cells", "CellKind": "layers.cells",
+    "unit_norms": "core.groups", "measure_speed": "measure.speed", "fit": "training.loop", "fit_task": "training.loop",
+    "Hook": "training.hooks", "GroupLassoHook": "training.iss_hook",
     "Objective": "training.objectives", "LanguageModelLoss": "training.objectives",
     "Distillation": "training.objectives",
 }

@@ -3,6 +3,7 @@ an import that points up breaks them (so a wrong import fails CI, not a reviewer
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -47,8 +48,6 @@ def test_deploying_through_the_stack_class_breaks_the_contract(tmp_path) -> None
 
 def test_modules_and_functions_stay_small_enough_to_read() -> None:
     """docs/architecture.md's size rule: a module of at most 330 lines, a function of at most 50."""
-    import ast
-
     too_long = []
     for path in sorted((ROOT / "isscompress").rglob("*.py")):
         text = path.read_text()
@@ -59,3 +58,39 @@ def test_modules_and_functions_stay_small_enough_to_read() -> None:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 50:
                 too_long.append(f"{name}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert not too_long, "\n".join(too_long)
+
+
+# Benchmarks that time one internal part on purpose (the deploy runtimes side by side; one training-loop step against
+# a hand-written loop) and say so in their docstrings. Every other example uses only ``isscompress.__all__``.
+INTERNALS_BENCHMARKS = {"examples/benchmarks/speed.py", "examples/benchmarks/finetune_ptb.py"}
+
+
+def _isscompress_names(tree: ast.AST) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "isscompress":
+            names.update([node.module] if node.module != "isscompress" else [a.name for a in node.names])
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names if a.name.startswith("isscompress."))
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "isscompress":
+            names.add(node.attr)
+    return names
+
+
+def test_examples_use_only_the_public_api() -> None:
+    import isscompress
+
+    internal = {}
+    for path in sorted((ROOT / "examples").rglob("*.py")):
+        name = str(path.relative_to(ROOT))
+        used = _isscompress_names(ast.parse(path.read_text()))
+        if name not in INTERNALS_BENCHMARKS and used - set(isscompress.__all__):
+            internal[name] = sorted(used - set(isscompress.__all__))
+    assert not internal, internal
+    for name in INTERNALS_BENCHMARKS:  # each still says what internal part it times
+        assert "isscompress" in (ROOT / name).read_text().split('"""')[1]
+
+
+def test_the_public_api_check_sees_an_internal_import(tmp_path) -> None:
+    tree = ast.parse("import isscompress\nfrom isscompress.kernels import rnn_kernel\nisscompress.fit(1)\n")
+    assert _isscompress_names(tree) == {"isscompress.kernels", "fit"}

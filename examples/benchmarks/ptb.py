@@ -97,7 +97,7 @@ class Bench:
         point.macs = point.macs or sum(small.spec.macs_per_token().values())
         point.mac_ratio = sum(base.spec.macs_per_token().values()) / point.macs
         point.test_ppl = self.test_ppl(path)
-        samples = isscompress.measure_speed(base.model(), small.model(), repeats=self.speed_repeats)
+        samples = isscompress.report(base, small, repeats=self.speed_repeats, speed_path="eager").speed
         speed = {s.workload: s.speedup for s in samples}
         point.speedup_batch1, point.speedup_batch20 = speed["decode_batch1"], speed["batch20x35"]
 

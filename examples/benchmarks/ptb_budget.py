@@ -27,8 +27,7 @@ from pathlib import Path
 import torch
 
 import isscompress
-from isscompress import Recipe, load_recipe
-from isscompress.recipe import BudgetSection, DistillSection
+from isscompress import BudgetSection, DistillSection, Recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "examples" / "ptb" / "ptb-small-iss.yaml"

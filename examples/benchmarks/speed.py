@@ -15,6 +15,9 @@ Prints a Markdown table: tokens/s of both models, the speed-up (median of per-re
 speed-up divided by the multiply-add ratio.
 
     python examples/benchmarks/speed.py [--sizes 1500:373,315 650:200,180] [--repeats 5] [--threads 1]
+
+An internals benchmark: it times isscompress's own runtimes (deploy/runtimes.py, deploy/quantize.py) and kernel
+switch directly, on models built from random weights, which the public verbs (export, report) wrap.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 import isscompress
-from isscompress.errors import IsscompressError
+from isscompress import IsscompressError
 
 RECURRENT = (nn.RNNBase, nn.RNNCellBase)
 

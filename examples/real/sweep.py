@@ -10,14 +10,15 @@ the example inputs, and the wall time of each stage on this machine. Nothing is 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
 
 import isscompress
-from isscompress.threads import apply_threads
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,8 @@ def main(example: Example) -> None:
                         help="What ISS narrows: the recurrent layers, or every width (embedding, MLP units).")
     parser.add_argument("--out", type=Path, default=example.folder / "out")
     args = parser.parse_args()
-    apply_threads(None)  # as the CLI does: one thread on a small machine, where more collapse beside other work
+    if (os.cpu_count() or 1) <= 2:  # as the CLI does: one thread on a small machine, where more collapse
+        torch.set_num_threads(1)
     args.out.mkdir(exist_ok=True)
     metrics = isscompress.report(example.model, arch=example.arch, speed=False).metrics
     print(f"original: {example.metric} {metrics[example.metric][0]:.4g} (halves "
