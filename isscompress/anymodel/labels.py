@@ -135,6 +135,7 @@ class Flow:
     # positions each nn.Linear / nn.Conv1d (module path) and each recurrent module computed on the example inputs:
     # how often a head runs per time step of the recurrent layers, for its multiply-adds per token
     positions: dict[str, int] = field(default_factory=dict)
+    products: int = 0  # multiply-adds of products of two computed tensors (attention) on the example inputs
     # tensors read at a unit's position that are not weights (a BatchNorm's running statistics): cut with the unit
     carried_keys: set[str] = field(default_factory=set)
     # weight positions that some call read with values that are no unit's features: such a position cannot go with

@@ -38,6 +38,7 @@ class Plan:
     input_labels: dict[int, Tensor] = field(default_factory=dict)  # example-input leaf -> its units (passed states)
     aliases: dict[str, str] = field(default_factory=dict)  # another name of a shared weight -> its member name
     positions: dict[str, int] = field(default_factory=dict)  # positions each Linear/Conv1d/recurrent module computed
+    products: int = 0  # multiply-adds of products of two computed tensors (attention) on the example inputs
     left_whole: dict[str, str] = field(default_factory=dict)  # a candidate width not offered -> why (for inspect)
 
     def __str__(self) -> str:
@@ -187,7 +188,7 @@ def build_plan(flow: Flow) -> Plan:
     _check_uniform(flow, sets, unit_sets)
     sets.sort(key=lambda gs: gs.kind == "feature")  # the recurrent layers first, as before other widths had sets
     return Plan(tuple(sets), list(flow.ranges), flow.consumers, flow.output_labels, unit_sets, flow.input_labels,
-                flow.aliases, flow.positions)
+                flow.aliases, flow.positions, products=flow.products)
 
 
 def _width_roots(flow: Flow, heads: list[list[int]]) -> Callable[[str], str]:

@@ -38,6 +38,7 @@ from .labels import (
     fill,
 )
 from .per_feature import PerFeatureRules
+from .products import product_macs
 from .sharing import parameter_names
 from .reductions import SumRules
 
@@ -65,6 +66,10 @@ class Tracer(WriteRules, SumRules, PerFeatureRules, TorchFunctionMode):
         self.filled: set[int] = set()  # ids of labelled values a non-zero fill may have written (see is_filled)
 
     # ----- bookkeeping -----------------------------------------------------------------------
+    def is_weight(self, value: Tensor) -> bool:
+        """Whether ``value`` is one of the model's parameters or buffers (not a value it computed)."""
+        return id(value) in self.param_names or id(value) in self.buffer_names
+
     def label_of(self, value: Any) -> Tensor | None:
         if isinstance(value, PackedSequence):
             value = value.data
@@ -106,6 +111,7 @@ class Tracer(WriteRules, SumRules, PerFeatureRules, TorchFunctionMode):
             return out
         self.busy = True
         try:
+            self.flow.products += product_macs(getattr(func, "__name__", ""), args, kwargs, out, self.is_weight)
             self.propagate(func, args, kwargs, out)
         finally:
             self.busy = False

@@ -280,23 +280,35 @@ class TracedModel:
     def macs_per_token(self) -> dict[str, int]:
         """Multiply-adds per time step: the recurrent layers' (one per matrix weight), and every nn.Linear's and
         nn.Conv1d's times how often it ran per time step of the first recurrent layer on the example inputs (a tagger's
-        head once per token, a classifier's once per sequence); embedding lookups are free. A model described only by
-        a groups file has not run: its other layers count 0."""
+        head once per token, a classifier's once per sequence); embedding lookups are free. Products of two computed
+        tensors (attention scores over every pair of positions, their weighted sums) are ``attention``, as counted on
+        the example inputs: per token they grow with the sequence length, so they hold at those inputs' lengths. A
+        model described only by a groups file has not run: its other layers count 0."""
         if self.module is None:
             return {}
         recurrent, shapes = self._recurrent_keys(), self._shapes()
         other = sum(runs * math.prod(shapes[self.aliases.get(f"{path}.weight", f"{path}.weight")])
                     for path, runs in self._runs_per_token().items())
-        return {"recurrent": sum(math.prod(shape) for key, shape in shapes.items()
+        macs = {"recurrent": sum(math.prod(shape) for key, shape in shapes.items()
                                  if key in recurrent and len(shape) == 2), "other": round(other)}
+        steps = self._first_layer_positions()
+        if self.plan.products and steps:  # attention: per token at the example inputs' lengths (it grows with them)
+            macs["attention"] = round(self.plan.products / steps)
+        return macs
+
+    def _first_layer_positions(self) -> int:
+        """Positions (batch x steps) the first recurrent layer called computed on the example inputs."""
+        positions = self.plan.positions
+        layers = [r.module for r in self.plan.ranges if r.kind != "feature" and r.module in positions]
+        return positions[layers[0]] if layers else 0
 
     def _runs_per_token(self) -> dict[str, float]:
         """Positions each nn.Linear / nn.Conv1d computed per position of the first recurrent layer called."""
-        positions = self.plan.positions
-        layers = list(dict.fromkeys(r.module for r in self.plan.ranges if r.kind != "feature" and r.module in positions))
-        if not layers or not positions[layers[0]]:
+        positions, steps = self.plan.positions, self._first_layer_positions()
+        layers = {r.module for r in self.plan.ranges if r.kind != "feature" and r.module in positions}
+        if not steps:
             return {}
-        return {path: count / positions[layers[0]] for path, count in positions.items() if path not in layers}
+        return {path: count / steps for path, count in positions.items() if path not in layers}
 
     def to_dict(self) -> dict[str, Any]:
         """What the file records: the sets' widths, and whether width attributes (``self.nhid``) were resized with

@@ -39,7 +39,6 @@ ThreadsOption = typer.Option(None, "--threads", min=1, help="CPU threads for tor
                              "Also ISSCOMPRESS_THREADS.")
 GroupsOption = typer.Option(None, "--groups", help="Your model's ISS groups as a YAML groups file (docs/any-model.md).")
 
-
 PIPED_WIDTH = 160  # a table printed into a pipe or file is read whole: Rich's 80 columns would cut its cells ("un…")
 
 
@@ -248,6 +247,10 @@ def report(
     speed_path: str = typer.Option("auto", "--speed-path", help="Runtime to time: eager, torchscript, onnxruntime, "
                                    "or auto (the fastest measured: ONNX Runtime when installed and the model fits "
                                    "ONNX, else eager)."),
+    speed_on: str = typer.Option("example", "--speed-on", help="Time a user model (--arch) on its 'example' inputs "
+                                 "or its factory's first 'batches'."),
+    reuse: Optional[Path] = typer.Option(None, "--reuse", help="An earlier report --json of the same original and "
+                                         "--arch file: its task metrics of the original, not measured again."),
     threads: Optional[int] = ThreadsOption,
 ) -> None:
     """What compression bought: widths, parameters, multiply-adds, size, perplexity and measured speed."""
@@ -256,7 +259,8 @@ def report(
 
     with _user_errors(threads, compute=True):
         result = build_report(original, shrunk, data=data, vocab=vocab, speed=not no_speed, repeats=repeats,
-                              family=family, int8=int8, speed_path=speed_path, arch=arch)
+                              family=family, int8=int8, speed_path=speed_path, arch=arch, speed_on=speed_on,
+                              reuse=reuse)
         if plot is not None:
             from .plots import write_plots
 

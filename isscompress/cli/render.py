@@ -100,6 +100,9 @@ def _ratio(before: float, after: float) -> str:
     return f"{before / after:.2f}x" if after else "-"
 
 
+PART_LABELS = {"attention": "attention (example lengths)"}  # a part that is not per token alone
+
+
 def _cost_rows(table: Table, b: ModelSummary, a: ModelSummary | None, *, per_part_macs: bool) -> None:
     """Parameters, multiply-adds and file size, before → after (after and ratio blank for one model)."""
 
@@ -113,7 +116,7 @@ def _cost_rows(table: Table, b: ModelSummary, a: ModelSummary | None, *, per_par
     row("parameters total", b.total_parameters, a.total_parameters if a else None, style="bold")
     for part, count in b.macs_per_token.items() if per_part_macs else ():
         if count:
-            row(f"multiply-adds {part}", count, a.macs_per_token.get(part, 0) if a else None)
+            row(f"multiply-adds {PART_LABELS.get(part, part)}", count, a.macs_per_token.get(part, 0) if a else None)
     row("multiply-adds / token", b.total_macs, a.total_macs if a else None, style="bold")
     row("file size", b.file_bytes, a.file_bytes if a else None, show=human_bytes)
 
@@ -252,7 +255,8 @@ def render_report(report, console: Console) -> None:
                           f"Δ {pa.bits_per_token - pb.bits_per_token:+.3f}" if pa else "", style="bold")
     for sample in report.speed:
         label = {"decode_batch1": "tokens/s, decode batch 1", "batch20x35": "tokens/s, batch 20x35",
-                 "example_inputs": "calls/s, forward on the example inputs"}[sample.workload]
+                 "example_inputs": "calls/s, forward on the example inputs",
+                 "factory_batches": "calls/s, forward on the factory's batches"}[sample.workload]
         table.add_row(label, f"{sample.before_tokens_per_s:,.0f}",
                       f"{sample.after_tokens_per_s:,.0f}",
                       f"{sample.speedup:.2f}x ({min(sample.speedups):.2f}-{max(sample.speedups):.2f})")

@@ -21,6 +21,7 @@ from torch import nn
 from ..kernels import rnn_kernel
 
 WORKLOADS = {"decode_batch1": ("native", 1, 1), "batch20x35": ("onednn", 20, 35)}
+CALL_WORKLOADS = ("example_inputs", "factory_batches")  # a user model's forward calls, not a stack's time steps
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class SpeedSample:
     @property
     def unit(self) -> str:
         """What ``tokens`` counts: time steps of a stack, calls of another model's forward."""
-        return "calls" if self.workload == "example_inputs" else "tokens"
+        return "calls" if self.workload in CALL_WORKLOADS else "tokens"
 
     def _median(self, values: tuple[float, ...]) -> float:
         return statistics.median(values)

@@ -37,9 +37,10 @@ def output_gap(before: Call, after: Call) -> OutputGap:
         return compare_outputs(floats(after()), floats(before()))
 
 
-def task_metrics(original: Checkpoint, shrunk: Checkpoint | None, before: nn.Module, after: nn.Module | None
-                 ) -> dict[str, tuple[float, float | None]]:
-    """The metrics a user's factory measures its task with (its ``evaluate``), on both models."""
+def task_metrics(original: Checkpoint, shrunk: Checkpoint | None, before: nn.Module, after: nn.Module | None,
+                 original_values: dict[str, float] | None = None) -> dict[str, tuple[float, float | None]]:
+    """The metrics a user's factory measures its task with (its ``evaluate``), on both models (the original's
+    taken from ``original_values`` when an earlier report measured them)."""
     evaluate = getattr(original.spec, "evaluate", None)
     if evaluate is None:
         return {}
@@ -54,7 +55,7 @@ def task_metrics(original: Checkpoint, shrunk: Checkpoint | None, before: nn.Mod
                                    f"{' '.join(str(err).split())[:200]}.", "Call it from python to see the whole "
                                    "error; it receives the model and returns {metric name: value}.") from err
 
-    first = measured(before, original.name)
+    first = original_values if original_values is not None else measured(before, original.name)
     second = measured(after, shrunk.name) if after is not None and shrunk is not None else {}
     return {name: (value, second.get(name)) for name, value in first.items()}
 
@@ -64,15 +65,67 @@ def metric_rules(original: Checkpoint) -> dict[str, dict[str, Any]]:
     return dict(getattr(getattr(original.spec, "evaluate", None), "rules", None) or {})
 
 
-def speed_samples(before: nn.Module, after: nn.Module, calls: tuple[Call, Call] | None, repeats: int,
-                  path: str) -> list[SpeedSample]:
+SPEED_ON = ("example", "batches")
+SPEED_BATCHES = 10  # the factory's first batches, timed as one workload
+
+
+def batch_calls(original: Checkpoint, shrunk: Checkpoint, before: nn.Module, after: nn.Module
+                ) -> tuple[Call, Call, int]:
+    """Each model's forward over its factory's first batches (the inputs the user chose for training), and how many."""
+    first, second = _first_batches(original), _first_batches(shrunk)
+
+    def run(model: nn.Module, batches: list[tuple]) -> None:
+        for batch in batches:
+            model(*batch)
+
+    for model, batches, checkpoint in ((before, first, original), (after, second, shrunk)):
+        try:  # once up front, so that a batch the model cannot take is one error naming it, not a traceback
+            with torch.no_grad():
+                model(*batches[0])
+        except Exception as err:
+            raise IsscompressError(f"{checkpoint.name} failed on its factory's first batch: {type(err).__name__}: "
+                                   f"{' '.join(str(err).split())[:200]}.", "Time the example inputs instead "
+                                   "(--speed-on example), or give batches the shrunk model takes.") from err
+    return (lambda: run(before, first)), (lambda: run(after, second)), min(len(first), len(second))
+
+
+def _first_batches(checkpoint: Checkpoint) -> list[tuple]:
+    batches = getattr(checkpoint.spec, "batches", None)
+    if batches is None:
+        raise IsscompressError(f"--speed-on batches times the --arch factory's batches; {checkpoint.name}'s factory "
+                               "returns none.", "Return (model, example_inputs, batches) from it, or time the "
+                               "example inputs (--speed-on example).")
+    found = []
+    for batch in batches() if callable(batches) else batches:
+        found.append(batch if isinstance(batch, tuple) else (batch,))
+        if len(found) == SPEED_BATCHES:
+            break
+    if not found:
+        raise IsscompressError(f"{checkpoint.name}'s factory gave no batches to time.",
+                               "Return at least one batch, or time the example inputs (--speed-on example).")
+    return found
+
+
+def check_speed_on(speed_on: str) -> None:
+    if speed_on not in SPEED_ON:
+        raise IsscompressError(f"Unknown --speed-on {speed_on!r}.", f"Use one of: {', '.join(SPEED_ON)}.")
+
+
+def speed_samples(checkpoints: tuple[Checkpoint, Checkpoint], before: nn.Module, after: nn.Module,
+                  calls: tuple[Call, Call] | None, repeats: int, path: str, speed_on: str = "example"
+                  ) -> list[SpeedSample]:
     """A stack (forward(inputs, hidden)) is timed on time steps: decoding one at a time, and a batch; another model
-    on calls of its forward with its probe inputs (a user model's example inputs)."""
+    on calls of its forward: ``calls`` (its example inputs), or with ``speed_on="batches"`` its factory's first
+    batches."""
     if calls is None:
         return measure_speed(before, after, repeats=repeats, path=path)
+    workload, count = "example_inputs", 1
+    if speed_on == "batches":
+        *calls, count = batch_calls(*checkpoints, before, after)
+        workload = "factory_batches"
     with torch.no_grad():
         times = interleaved(*calls, repeats)
-    return [SpeedSample("example_inputs", "eager", 1, tuple(times[0]), tuple(times[1]))]
+    return [SpeedSample(workload, "eager", count, tuple(times[0]), tuple(times[1]))]
 
 
 @dataclass

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from ..anymodel.split import unsplit_name
 from ..core.architecture import language_model_facts
@@ -21,8 +22,9 @@ from ..measure.speed import SpeedSample
 from ..measure.summary import ModelSummary, NormStats, norm_stats, summarize_checkpoint
 from ..recipe import DataSection, EvaluateSection
 from ..measure.output_gap import AGREEMENT_WARNING, GAP_WARNING, OutputGap
-from .comparison import (Int8Column, int8_column, metric_rules, output_gap, own_input_calls, refuse_int8,
-                         speed_samples, task_metrics)
+from .comparison import (Int8Column, check_speed_on, int8_column, metric_rules, output_gap, own_input_calls,
+                         refuse_int8, speed_samples, task_metrics)
+from .reuse import measured_on, reused_metrics
 from .preparation import resolve_vocabulary, token_batches
 
 
@@ -63,6 +65,7 @@ class Report:
     output_gap: OutputGap | None = None  # a model without perplexity: its outputs against the original's
     metrics: dict[str, tuple[float, float | None]] = field(default_factory=dict)  # the task's own, before and after
     metric_rules: dict[str, dict[str, Any]] = field(default_factory=dict)  # which way is better, and the noise
+    measured_on: dict[str, Any] = field(default_factory=dict)  # the original's file and factory (see verbs/reuse.py)
     provenance: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
 
@@ -127,6 +130,7 @@ class Report:
             "speed": [s.to_dict() for s in self.speed],
             "int8": maybe(self.int8), "output_gap": maybe(self.output_gap),
             "metrics": {name: list(pair) for name, pair in self.metrics.items()}, "metric_rules": self.metric_rules,
+            "measured_on": self.measured_on,
             "group_norms": [n.to_dict() for n in self.norms],
             "provenance": self.provenance, "environment": self.environment, "warnings": self.warnings,
         }
@@ -205,16 +209,20 @@ def report(
     speed_path: str = "auto",
     arch: str | None = None,
     groups: str | os.PathLike | None = None,
+    speed_on: str = "example",
+    reuse: str | os.PathLike | None = None,
 ) -> Report:
     """Compare a model with its shrunk version (or describe one model) on the same data and machine;
     with ``int8``, also the shrunk model quantised to int8 (size, perplexity, speed against the original).
-    ``arch`` (FILE.py:FACTORY) opens both as checkpoints of a user's own model."""
+    ``arch`` (FILE.py:FACTORY) opens both as checkpoints of a user's own model: its speed is timed on the example
+    inputs, or with ``speed_on="batches"`` on the factory's first batches; ``reuse`` (an earlier report's JSON of
+    the same original and factory) gives the original's task metrics without measuring them again."""
+    check_speed_on(speed_on)
     original = as_checkpoint(original, family, arch, groups)
     shrunk = as_checkpoint(shrunk, family, arch) if shrunk is not None else None
     if shrunk is not None:
         _check_comparable(original, shrunk)
-    before = summarize_checkpoint(original)
-    result = Report(before, environment=_environment())
+    result = Report(summarize_checkpoint(original), environment=_environment())
     result.norms = tuple(norm_stats(n, v) for n, v in all_unit_norms(original.state, original.group_sets).items())
     result.provenance = _provenance(shrunk or original)
     if shrunk is not None:
@@ -224,20 +232,30 @@ def report(
         section = vocab_source or DataSection(test=Path(data), vocab=vocab, level=original.metadata.level or "word")
         batches = _perplexities(result, original, shrunk, Path(data), section, evaluate, max_tokens, on_progress)
     before_model, after_model = original.model(), shrunk.model() if shrunk is not None else None
-    calls = own_input_calls(original, shrunk, before_model, after_model) if shrunk is not None else None
-    if calls is not None:
-        result.output_gap = output_gap(*calls)
-    result.metrics = task_metrics(original, shrunk, before_model, after_model)
-    result.metric_rules = metric_rules(original)
+    calls = _task_measures(result, original, shrunk, before_model, after_model, reuse)
     if speed and shrunk is not None:
         if on_progress:
             on_progress("speed", 0, 1)
-        result.speed = speed_samples(before_model, after_model, calls, repeats, speed_path)
+        result.speed = speed_samples((original, shrunk), before_model, after_model, calls, repeats, speed_path,
+                                     speed_on)
     if int8:
         refuse_int8(shrunk, calls is not None)
-        result.int8 = int8_column(original, shrunk, batches, evaluate,
-                                   original.metadata.level or "word", speed, repeats)
+        result.int8 = int8_column(original, shrunk, batches, evaluate, original.metadata.level or "word", speed, repeats)
     return result
+
+
+def _task_measures(result: Report, original: Checkpoint, shrunk: Checkpoint | None, before: nn.Module,
+                   after: nn.Module | None, reuse: str | os.PathLike | None):
+    """A user model's output gap on its own inputs and its factory's task metrics (the original's reused from an
+    earlier report when given); the calls of each forward on its own inputs (None for a stack)."""
+    calls = own_input_calls(original, shrunk, before, after) if shrunk is not None else None
+    if calls is not None:
+        result.output_gap = output_gap(*calls)
+    result.measured_on = measured_on(original)
+    reused = reused_metrics(Path(reuse), original) if reuse is not None else None
+    result.metrics = task_metrics(original, shrunk, before, after, reused)
+    result.metric_rules = metric_rules(original)
+    return calls
 
 
 def _compare_shapes(result: Report, original: Checkpoint, shrunk: Checkpoint) -> None:
