@@ -25,7 +25,7 @@ def _schema_type(prop: dict) -> str:
 def reference_markdown() -> str:
     """docs/recipe.md, generated from the schema (a test keeps the file and the schema equal)."""
     lines = ["# Recipe reference", "",
-             "Generated from `isscompress/recipe.py` (`python -m isscompress.recipe_reference > docs/recipe.md`). Every key",
+             "Generated from `isscompress/recipe/sections.py` (`python -m isscompress.recipe_reference > docs/recipe.md`). Every key",
              "is optional; unknown keys are errors. Paths (data files, the vocabulary, `distill.teacher`) are relative",
              "to the recipe's folder, never the working directory. `recover` takes the same keys as `finetune` and",
              "runs after shrinking, without ISS; without a `recover` section there is none.",
