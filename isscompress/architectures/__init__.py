@@ -7,10 +7,11 @@ from typing import Any, Mapping
 
 from ..core.architecture import Architecture
 from ..errors import CheckpointError
+from .onnx_graph import OnnxGraph
 from .stack import LayerSpec, ModelSpec
 from .traced import TracedModel
 
-ARCHITECTURES: dict[str, Any] = {ModelSpec.kind: ModelSpec, TracedModel.kind: TracedModel}
+ARCHITECTURES: dict[str, Any] = {ModelSpec.kind: ModelSpec, TracedModel.kind: TracedModel, OnnxGraph.kind: OnnxGraph}
 
 
 def architecture_class(kind: str | None) -> Any:
@@ -26,4 +27,5 @@ def architecture_from_dict(data: Mapping[str, Any], kind: str | None = None) -> 
     return architecture_class(kind).from_dict(data)
 
 
-__all__ = ["ARCHITECTURES", "Architecture", "LayerSpec", "ModelSpec", "TracedModel", "architecture_class", "architecture_from_dict"]
+__all__ = ["ARCHITECTURES", "Architecture", "LayerSpec", "ModelSpec", "OnnxGraph", "TracedModel", "architecture_class",
+           "architecture_from_dict"]

@@ -81,8 +81,8 @@ def norms_table(norms: tuple[NormStats, ...], readers: dict[str, list[str]] | No
 def render_inspection(result: Inspection, console: Console) -> None:
     s = result.summary
     tied = ", tied embedding" if s.tied else ""
-    vocab = f", vocabulary {s.vocab_size}" if s.vocab_size else ", bare recurrent stack" if s.architecture == "recurrent_stack" \
-        else ", your own model (--arch)"
+    kinds = {"recurrent_stack": ", bare recurrent stack", "onnx-graph": ", an ONNX graph's recurrent layers"}
+    vocab = f", vocabulary {s.vocab_size}" if s.vocab_size else kinds.get(s.architecture, ", your own model (--arch)")
     layout = f" ({s.layout} layout)" if s.layout != s.family else ""
     console.print(f"[bold]{escape(str(result.path))}[/]: family [cyan]{s.family}[/]{layout}, {s.cell}{vocab}{tied}, "
                   f"{s.dtype}, {human_bytes(s.file_bytes)}")

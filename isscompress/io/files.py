@@ -217,9 +217,10 @@ def read_checkpoint(path: str | os.PathLike) -> RawCheckpoint:
 CHECKPOINT_SUFFIXES = (".safetensors",)  # what write_checkpoint writes
 
 
-def check_checkpoint_output(output: str | os.PathLike, *, force: bool, inputs: tuple[Path, ...] = ()) -> Path:
-    """:func:`check_output_path` for a checkpoint isscompress writes (safetensors)."""
-    return check_output_path(output, force=force, inputs=inputs, suffixes=CHECKPOINT_SUFFIXES)
+def check_checkpoint_output(output: str | os.PathLike, *, force: bool, inputs: tuple[Path, ...] = (),
+                            suffixes: tuple[str, ...] = CHECKPOINT_SUFFIXES) -> Path:
+    """:func:`check_output_path` for a checkpoint isscompress writes (safetensors, or what ``suffixes`` name)."""
+    return check_output_path(output, force=force, inputs=inputs, suffixes=suffixes)
 
 
 def write_checkpoint(output: Path, tensors: Mapping[str, Tensor], metadata: Metadata) -> None:

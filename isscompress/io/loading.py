@@ -11,12 +11,13 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from ..architectures import architecture_class
+from ..architectures.onnx_graph import KIND as ONNX_KIND
 from ..core.architecture import Architecture
 from ..core.groups import GroupSet
 from ..errors import CheckpointError
 from .families import detect_family, get_family
 from .equations import check_equations
-from .files import RawCheckpoint, read_checkpoint, sha256_file, write_checkpoint
+from .files import CHECKPOINT_SUFFIXES, RawCheckpoint, read_checkpoint, sha256_file, write_checkpoint
 from .metadata import Metadata
 
 CANONICAL_KEY = re.compile(r"'(layers\.(\d+)\.(\w+)_l0(_reverse)?)'")
@@ -96,7 +97,12 @@ def _canonical(raw: RawCheckpoint, family: str | None):
 
 
 def load_checkpoint(path: str | os.PathLike, family: str | None = None) -> Checkpoint:
-    """Read, recognise and check a checkpoint (``family`` overrides auto-detection)."""
+    """Read, recognise and check a checkpoint (``family`` overrides auto-detection); an .onnx file is opened as its
+    graph's recurrent layers."""
+    if Path(path).suffix.lower() == ".onnx":
+        from .onnx_models import open_onnx  # it builds on this module's Checkpoint
+
+        return open_onnx(path)
     raw = read_checkpoint(path)
     name, canonical, spec = _canonical(raw, family)
     state = dict(canonical.tensors)
@@ -123,6 +129,13 @@ def as_checkpoint(source: "Checkpoint | str | os.PathLike", family: str | None =
     return load_checkpoint(source, family)
 
 
+def output_suffixes(source: "Checkpoint | str | os.PathLike") -> tuple[str, ...]:
+    """What a checkpoint made from ``source`` is written as: an ONNX graph as .onnx, everything else safetensors."""
+    onnx = (source.spec.kind == ONNX_KIND if isinstance(source, Checkpoint)
+            else Path(source).suffix.lower() == ".onnx")
+    return (".onnx",) if onnx else CHECKPOINT_SUFFIXES
+
+
 def source_files(source: "Checkpoint | str | os.PathLike") -> tuple[Path, ...]:
     """The file a verb's input came from (none for a checkpoint that lives only in memory), which its
     output must not overwrite."""
@@ -132,9 +145,14 @@ def source_files(source: "Checkpoint | str | os.PathLike") -> tuple[Path, ...]:
 
 
 def save_checkpoint(checkpoint: Checkpoint, output: str | os.PathLike) -> Checkpoint:
-    """Write ``checkpoint`` as safetensors (atomically) and return it pointing at the file."""
+    """Write ``checkpoint`` as safetensors (an ONNX graph as .onnx), atomically, and return it pointing at the file."""
     output = Path(output)
-    write_checkpoint(output, checkpoint.state, checkpoint.metadata)
+    if checkpoint.spec.kind == ONNX_KIND:
+        from .onnx_models import write_onnx
+
+        write_onnx(output, checkpoint.spec, checkpoint.state, checkpoint.metadata)
+    else:
+        write_checkpoint(output, checkpoint.state, checkpoint.metadata)
     return replace(checkpoint, path=output)
 
 

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..architectures.traced import TracedModel
+from ..architectures.stack import ModelSpec
 from ..errors import IsscompressError
 from ..io.loading import Checkpoint
 from ..measure.output_gap import OutputGap, compare_outputs
@@ -24,9 +24,10 @@ Call = Callable[[], Any]
 
 def own_input_calls(original: Checkpoint, shrunk: Checkpoint, before: nn.Module, after: nn.Module
                     ) -> tuple[Call, Call] | None:
-    """Each model's forward on its own probe inputs (a shrunk user model's are cut where they pass states in); None
-    for a stack (forward(inputs, hidden)), which is measured on tokens: perplexity and token throughput."""
-    if not isinstance(original.spec, TracedModel):
+    """Each model's forward on its own probe inputs (a shrunk user model's are cut where they pass states in; an ONNX
+    graph's are its inputs' shapes); None for a stack (forward(inputs, hidden)), which is measured on tokens:
+    perplexity and token throughput."""
+    if isinstance(original.spec, ModelSpec):
         return None
     first, second = original.spec.probe_inputs(), shrunk.spec.probe_inputs()
     return (lambda: before(*first)), (lambda: after(*second))

@@ -22,7 +22,7 @@ from ..core.surgery import shrink_state_dict
 from ..core.thresholding import kept_counts, select_kept
 from ..errors import ShrinkError
 from ..io.files import check_checkpoint_output, sha256_file
-from ..io.loading import Checkpoint, as_checkpoint, save_checkpoint, source_files
+from ..io.loading import output_suffixes, Checkpoint, as_checkpoint, save_checkpoint, source_files
 from ..measure.summary import ModelSummary, summarize_checkpoint
 from .preparation import vocabulary_of
 
@@ -149,7 +149,8 @@ def shrink(
     _check_threshold(threshold)
     in_memory = isinstance(source, Checkpoint)
     if output is not None:
-        output = check_checkpoint_output(output, force=force, inputs=source_files(source))
+        output = check_checkpoint_output(output, force=force, inputs=source_files(source),
+                                         suffixes=output_suffixes(source))
     # Hashing releases the GIL: it reads the file beside loading and surgery, on a core of its own.
     with ThreadPoolExecutor(1) as pool, _one_core_spared():
         if in_memory:
