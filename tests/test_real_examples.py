@@ -206,3 +206,54 @@ def test_g2pm_stand_in_from_a_pickle_of_numpy_arrays_to_a_smaller_model(tmp_path
     assert report["feature_sets"] == ["embedding", "logit_layer.0"]
     assert all(after < before for before, after in report["widths"].values()), report["widths"]
     assert report["parameter_ratio"] > 1.5  # (the file of so small a model is mostly its metadata)
+
+
+def test_ddddocr_pipeline_on_a_stand_in_graph_shaped_like_common_onnx(tmp_path) -> None:
+    """examples/real/ddddocr on a tiny graph exported as common.onnx was (torch.onnx, opset 12: a BiLSTM whose output
+    is flattened into a Gemm): its tail read out with the gates reordered, units zeroed in PyTorch, written back into
+    the graph, and the graph shrunk by the ONNX path — ONNX Runtime's outputs equal the masked PyTorch tail's."""
+    import io
+    import warnings
+
+    import onnxruntime
+    from safetensors.torch import save_file
+
+    sys.path.insert(0, str(REAL / "ddddocr"))
+    import tail
+
+    class Graph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm, self.out = torch.nn.LSTM(6, 5, bidirectional=True), torch.nn.Linear(10, 7)
+
+        def forward(self, x):
+            y = self.lstm(x)[0]
+            return self.out(y.reshape(-1, y.shape[-1])).reshape(y.shape[0], y.shape[1], -1)
+
+    torch.manual_seed(0)
+    graph, buffer = Graph().eval(), io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, (torch.randn(4, 2, 6),), buffer, dynamo=False, opset_version=12, input_names=["x"],
+                          dynamic_axes={"x": {0: "T", 1: "B"}})
+    source = tmp_path / "common.onnx"
+    source.write_bytes(buffer.getvalue())
+    tail.from_onnx(source, tmp_path / "tail.safetensors")
+    student = tail.Tail(6, 5, 7)
+    student.load_state_dict(load_file(tmp_path / "tail.safetensors"))
+    x = torch.randn(9, 3, 6)
+    with torch.no_grad():
+        assert torch.allclose(student(x), graph(x), atol=1e-6)  # the gates were reordered right
+    plan = isscompress.discover(student, (x,))
+    kept = {gs.name: torch.tensor([0, 2, 3]) for gs in plan.group_sets}
+    masked = isscompress.mask_state_dict(student.state_dict(), plan.group_sets, kept)
+    save_file({k: v.contiguous() for k, v in masked.items()}, tmp_path / "tuned.safetensors")
+    tail.to_onnx(tmp_path / "tuned.safetensors", tmp_path / "tuned.onnx", source)
+    result = runner.invoke(app, ["shrink", str(tmp_path / "tuned.onnx"), "-o", str(tmp_path / "small.onnx")])
+    assert result.exit_code == 0, result.output
+    student.load_state_dict(masked)
+    session = onnxruntime.InferenceSession(str(tmp_path / "small.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = student(x).numpy()
+    assert np.abs(session.run(None, {"x": x.numpy()})[0] - expected).max() < 1e-5
+    assert isscompress.load_checkpoint(tmp_path / "small.onnx").spec.layers[0].hidden == 3
