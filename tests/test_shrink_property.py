@@ -19,19 +19,21 @@ from isscompress.core.groups import all_unit_norms
 from isscompress.core.surgery import mask_state_dict, shrink_state_dict
 from isscompress.core.thresholding import kept_counts, select_kept
 from isscompress.errors import ShrinkError
+from isscompress.layers.cells import CELLS
 
 
 @st.composite
 def specs(draw) -> ModelSpec:
-    cell = draw(st.sampled_from(["LSTM", "GRU", "RNN_TANH", "RNN_RELU", "RHN"]))
+    cell = draw(st.sampled_from(sorted(CELLS)))  # every kind of the cell table, one registered later included
+    kind = CELLS[cell]
     n_layers = draw(st.integers(1, 3))
-    bidirectional = cell != "RHN" and draw(st.booleans())  # RHN layers are unidirectional
-    depth = draw(st.integers(1, 4)) if cell == "RHN" else 1
+    bidirectional = kind.bidirectional and draw(st.booleans())  # RHN and mLSTM layers are unidirectional
+    depth = draw(st.integers(1, 4)) if kind.deep else 1
     language_model = draw(st.booleans())
     tied = language_model and draw(st.booleans())
     widths = [draw(st.integers(2, 7)) for _ in range(n_layers)]
     projs = [0] * n_layers
-    if cell == "LSTM" and draw(st.booleans()):
+    if kind.projection and draw(st.booleans()):
         projs = [draw(st.integers(1, w - 1)) for w in widths]
     directions = 2 if bidirectional else 1
     first_input = draw(st.integers(1, 6))

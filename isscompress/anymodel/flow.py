@@ -22,7 +22,7 @@ from torch.nn.utils.rnn import PackedSequence
 from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import IsscompressError
-from ..layers.cells import recurrent_modules
+from ..layers.cells import cell_of_module, recurrent_modules
 from .labels import (
     FEATURE_MODULES,
     HINT,
@@ -74,12 +74,14 @@ class _Tracer(Tracer):
             if isinstance(data, Tensor) and data.dim():
                 self.flow.positions[path] = self.flow.positions.get(path, 0) + data.numel() // data.shape[-1]
             labels = self.label_of(x)
+            cell = cell_of_module(module)  # every weight the cell table says reads the layer's input
             for direction in range(directions):
-                weight = getattr(module, weight_name(module, "weight_ih", 0, direction))
-                if labels is not None:
-                    self.read_by_weight(x, weight, 1, -1, type(module).__name__)
-                else:
-                    self.read_foreign(weight)
+                for name in [p.name for p in cell.params if p.cols == "input"] if cell else ["weight_ih"]:
+                    weight = getattr(module, weight_name(module, name, 0, direction))
+                    if labels is not None:
+                        self.read_by_weight(x, weight, 1, -1, type(module).__name__)
+                    else:
+                        self.read_foreign(weight)
             hx = args[1] if len(args) > 1 else kwargs.get("hx")
             if hx is None:
                 return

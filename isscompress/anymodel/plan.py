@@ -107,12 +107,14 @@ def own_positions(r: UnitRange, module_path: str, module: nn.Module, unit: int) 
     params = cell.layer_params(shape, bias=bool(module.bias))  # nn.RNNBase, its cells and ours keep a bias flag
     key = lambda name, layer=r.layer, direction=r.direction: prefix + weight_name(module, name, layer, direction)  # noqa: E731
     rows, cols = ("gates", "hidden" if proj else "recurrent") if r.kind == "hidden" else ("proj", "recurrent")
+    own_rows = {rows, *(["units"] if rows == "gates" else [])}  # a cell's set also owns its units' own values
+    own_cols = {cols, *(["units"] if rows == "gates" else [])}
     out = set()
     for p in params:
-        if p.rows == rows:
-            out |= {(key(p.name), 0, g * hidden + unit) for g in range(gates)} if rows == "gates" \
+        if p.rows in own_rows:
+            out |= {(key(p.name), 0, g * hidden + unit) for g in range(gates)} if p.rows == "gates" \
                 else {(key(p.name), 0, unit)}
-        if p.cols == cols:
+        if p.cols in own_cols:
             out.add((key(p.name), 1, unit))
     if r.kind == ("proj" if proj else "hidden") and r.layer + 1 < layers:
         for p in (p for p in params if p.cols == "input"):

@@ -272,9 +272,13 @@ def group_sets(spec: ModelSpec) -> tuple[GroupSet, ...]:
 
 def _own_members(params: tuple[CellParam, ...], index: int, direction: int, rows: str, cols: str,
                  starts: tuple[int, ...]) -> tuple[Member, ...]:
-    """A layer's own parameters that belong to a set: the ``rows`` it produces, then the ``cols`` that read it."""
-    return (tuple(Member(layer_key(index, p.name, direction), 0, starts) for p in params if p.rows == rows)
-            + tuple(Member(layer_key(index, p.name, direction), 1, (0,)) for p in params if p.cols == cols))
+    """A layer's own parameters that belong to a set: the ``rows`` it produces, then the ``cols`` that read it; a
+    cell's set (``rows="gates"``) also owns its ``units`` rows and the ``units`` columns that read them."""
+    own_rows = {rows: starts, **({"units": (0,)} if rows == "gates" else {})}
+    own_cols = {cols, *(["units"] if rows == "gates" else [])}
+    return (tuple(Member(layer_key(index, p.name, direction), 0, own_rows[p.rows]) for p in params
+                  if p.rows in own_rows)
+            + tuple(Member(layer_key(index, p.name, direction), 1, (0,)) for p in params if p.cols in own_cols))
 
 
 def _consumers(spec: ModelSpec, index: int, offset: int) -> list[Member]:

@@ -32,17 +32,18 @@ class _Names:
     projection: str | None
     bias: str | None
     deep: bool  # one recurrent matrix per micro-layer: weight_hh0, weight_hh1, ...
+    cell: str = ""  # the kind these names were read from (kinds that share names are told apart by gate count)
 
     @classmethod
     def of(cls, cell: CellKind) -> "_Names":
         def first(test) -> CellParam | None:
             return next((p for p in cell.params if test(p)), None)
 
-        recurrent = first(lambda p: p.rows == "gates" and p.cols == "recurrent")
+        recurrent = first(lambda p: p.cols == "recurrent")
         projection, bias = first(lambda p: p.rows == "proj"), first(lambda p: p.only_with == "bias")
         return cls(first(lambda p: p.rows == "gates" and p.cols == "input").name,
                    recurrent.name + ("0" if recurrent.per_depth else ""), projection and projection.name,
-                   bias and (bias.name + ("0" if bias.per_depth else "")), recurrent.per_depth)
+                   bias and (bias.name + ("0" if bias.per_depth else "")), recurrent.per_depth, cell.name)
 
     @classmethod
     def find(cls, state: Mapping[str, Tensor], cell_hint: str | None) -> "_Names":
@@ -97,7 +98,8 @@ def infer_spec(
     counts = {gates for _, gates in inferred}
     if len(counts) != 1:
         raise ShapeError("Layers disagree on the cell type (their gate counts differ).")
-    cell = cell_for_gates(counts.pop()).name
+    gates = counts.pop()
+    cell = names.cell if names.cell in CELLS and CELLS[names.cell].gates == gates else cell_for_gates(gates).name
     if cell_hint is not None:
         if cell_hint not in CELLS or CELLS[cell_hint].gates != CELLS[cell].gates:
             raise ShapeError(f"The checkpoint says the cell is {cell_hint}, but its weights have the shape of a {cell}.")

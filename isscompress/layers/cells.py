@@ -13,6 +13,7 @@ from typing import Callable, Literal, Protocol
 
 from torch import nn
 
+from .mlstm import MLSTMLayer
 from .rhn import RHNLayer
 
 
@@ -32,16 +33,18 @@ ModuleFactory = Callable[[LayerShape, bool, bool], nn.Module]  # (layer, bias, b
 class CellParam:
     """One parameter tensor of a cell (per layer and direction), described by what its axes count.
 
-    rows: ``gates`` (one block of ``hidden`` rows per gate: unit k produces row k of every block)
-    or ``proj`` (the projection's outputs). cols: ``input`` (what the layer reads), ``recurrent``
-    (what the layer feeds back: its projected or plain output), ``hidden`` (the cell units), or
-    None for a vector. ``only_with``: present only when the layer has biases / a projection.
-    ``per_depth``: one tensor per micro-layer of a deep transition (``name0``, ``name1``, ...).
+    rows: ``gates`` (one block of ``hidden`` rows per gate: unit k produces row k of every block),
+    ``units`` (one block of ``hidden`` rows: a value of the unit's own inside the step, such as a multiplicative
+    LSTM's intermediate m) or ``proj`` (the projection's outputs). cols: ``input`` (what the layer reads),
+    ``recurrent`` (what the layer feeds back: its projected or plain output), ``hidden`` (the cell units, as a
+    projection reads them), ``units`` (what reads the ``units`` rows' values), or None for a vector. ``only_with``:
+    present only when the layer has biases / a projection. ``per_depth``: one tensor per micro-layer of a deep
+    transition (``name0``, ``name1``, ...).
     """
 
     name: str
-    rows: Literal["gates", "proj"]
-    cols: Literal["input", "recurrent", "hidden"] | None
+    rows: Literal["gates", "units", "proj"]
+    cols: Literal["input", "recurrent", "hidden", "units"] | None
     only_with: Literal["bias", "proj"] | None = None
     per_depth: bool = False
 
@@ -97,8 +100,9 @@ class CellKind:
 
     def shape(self, param: CellParam, layer: LayerShape) -> tuple[int, ...]:
         hidden, proj = layer.hidden_size, layer.proj_size
-        rows = self.gates * hidden if param.rows == "gates" else proj
-        cols = {"input": layer.input_size, "recurrent": proj or hidden, "hidden": hidden, None: None}[param.cols]
+        rows = {"gates": self.gates * hidden, "units": hidden, "proj": proj}[param.rows]
+        cols = {"input": layer.input_size, "recurrent": proj or hidden, "hidden": hidden, "units": hidden,
+                None: None}[param.cols]
         return (rows,) if cols is None else (rows, cols)
 
     def state_widths(self, layer: LayerShape) -> tuple[int, ...]:
@@ -133,6 +137,19 @@ def _rhn(layer: LayerShape, bias: bool, bidirectional: bool) -> nn.Module:
     return RHNLayer(layer.input_size, layer.hidden_size, layer.depth, bias=bias)
 
 
+MLSTM_PARAMS = (  # Krause et al.'s multiplicative LSTM (UniRep): gates from x and from m, m from x and from h
+    CellParam("weight_ih", "gates", "input"),
+    CellParam("weight_gm", "gates", "units"),
+    CellParam("weight_mx", "units", "input"),
+    CellParam("weight_mh", "units", "recurrent"),
+    CellParam("bias_ih", "gates", None, "bias"),
+)
+
+
+def _mlstm(layer: LayerShape, bias: bool, bidirectional: bool) -> nn.Module:
+    return MLSTMLayer(layer.input_size, layer.hidden_size, bias=bias)
+
+
 RHN_PARAMS = (  # Zilly et al.: W (input, first micro-layer only), R^d and b^d per micro-layer; blocks H, T
     CellParam("weight_ih", "gates", "input"),
     CellParam("weight_hh", "gates", "recurrent", per_depth=True),
@@ -157,6 +174,10 @@ CELLS: dict[str, CellKind] = {
         CellKind("RHN", 2, ("h",), _rhn, RHN_PARAMS, bidirectional=False, equations=(
             "recurrent highway network: per micro-layer [h; t] = R s + b (+ W x first), "
             "s = tanh(h) * sigmoid(t) + s * (1 - sigmoid(t))"), module_class=RHNLayer),
+        CellKind("MLSTM", 4, ("h", "c"), _mlstm, MLSTM_PARAMS, bidirectional=False, equations=(
+            "multiplicative LSTM (Krause et al. 2016, as UniRep): m = (W_mx x) * (W_mh h), [i, f, o, u] = W_x x + "
+            "W_m m + b, c = sigmoid(f) * c + sigmoid(i) * tanh(u), h = sigmoid(o) * tanh(c)"),
+                 module_class=MLSTMLayer),
     )
 }
 
