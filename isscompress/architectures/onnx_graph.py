@@ -210,7 +210,7 @@ class OnnxRuntimeGraph(nn.Module):
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
-        options.log_severity_level = 3  # errors only: a declared output shape the graph disagrees with is not ours
+        options.log_severity_level = 4  # failures raise; a declared output shape the graph disagrees with is not ours
         self.session = onnxruntime.InferenceSession(model.SerializeToString(), options,
                                                     providers=["CPUExecutionProvider"])
         self.names = [i.name for i in self.session.get_inputs()]

@@ -70,7 +70,8 @@ def _probe_shapes(model: Any) -> dict[str, tuple[int, ...]]:
 
     probe = copy_with_outputs(model, [o for n in model.graph.node for o in n.output if o], onnx)
     options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # a declared output shape the run disagrees with is not ours to warn about
+    options.log_severity_level = 4  # its failures are said by our error; a declared output shape it disagrees with
+    # is not ours to warn about
     session = onnxruntime.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), probe_inputs(model))}
     return {o.name: tuple(np.shape(a)) for o, a in zip(session.get_outputs(), session.run(None, feeds))}
@@ -98,9 +99,14 @@ def open_onnx(path: str | Path) -> Checkpoint:
     except Exception as err:  # onnxruntime's own failure on a probe input
         raise refuse(path, f"ONNX Runtime could not run it on a probe input ({type(err).__name__}: "
                      f"{' '.join(str(err).split())[:200]})", "Check that the file runs in ONNX Runtime.") from None
-    spec = OnnxGraph(model, find_layers(model, path, shapes))
-    arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    state = spec.canonical(arrays)
+    try:
+        spec = OnnxGraph(model, find_layers(model, path, shapes))
+        arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        state = spec.canonical(arrays)
+    except (ValueError, KeyError, TypeError, IndexError) as err:  # a graph ONNX Runtime ran but we cannot read
+        raise refuse(path, f"its recurrent layers could not be read ({type(err).__name__}: "
+                     f"{' '.join(str(err).split())[:160]})", "Export it again with standard ONNX operators; if it "
+                     "runs as it is, report it with the graph's recurrent part.") from None
     record = next((p.value for p in model.metadata_props if p.key == RECORD_KEY), None)
     metadata = Metadata.from_header({RECORD_KEY: record}, str(path)) if record else Metadata()
     return Checkpoint(spec, state, "onnx", "onnx", metadata, path)
