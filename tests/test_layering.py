@@ -25,23 +25,24 @@ def test_the_package_keeps_its_import_contracts() -> None:
     assert "3 kept, 0 broken" in result.stdout
 
 
-def test_an_import_that_points_up_breaks_the_contract(tmp_path) -> None:
+def _lint_with(tmp_path, module: str, line: str) -> subprocess.CompletedProcess:
+    """import-linter on a copy of the package with ``line`` appended to ``module`` (a path inside it)."""
     shutil.copytree(ROOT / "isscompress", tmp_path / "isscompress", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    groups = tmp_path / "isscompress" / "core" / "groups.py"
-    groups.write_text(groups.read_text() + "\nfrom ..verbs.shrink import shrink  # noqa: E402 - the core reaching up\n")
-    result = _lint(tmp_path)
+    edited = tmp_path / "isscompress" / module
+    edited.write_text(edited.read_text() + f"\n{line}  # noqa: E402\n")
+    return _lint(tmp_path)
+
+
+def test_an_import_that_points_up_breaks_the_contract(tmp_path) -> None:
+    result = _lint_with(tmp_path, "core/groups.py", "from ..verbs.shrink import shrink")  # the core reaching up
     assert result.returncode != 0
     assert "isscompress.core is not allowed to import isscompress.verbs" in result.stdout
     assert "isscompress.core.groups -> isscompress.verbs.shrink" in result.stdout
 
 
 def test_deploying_through_the_stack_class_breaks_the_contract(tmp_path) -> None:
-    shutil.copytree(ROOT / "isscompress", tmp_path / "isscompress", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    flat = tmp_path / "isscompress" / "deploy" / "flat.py"
-    flat.write_text(flat.read_text() + "\nfrom ..architectures.stack_module import RecurrentModel  # noqa: E402\n")
-    result = _lint(tmp_path)
+    result = _lint_with(tmp_path, "deploy/flat.py", "from ..architectures.stack_module import RecurrentModel")
     assert result.returncode != 0
     assert "isscompress.deploy.flat -> isscompress.architectures.stack_module" in result.stdout
 

