@@ -34,7 +34,8 @@ _PUBLIC = {
     "ModelSpec": "architectures", "LayerSpec": "architectures",
     # any model
     "discover": "anymodel", "Plan": "anymodel", "load_groups": "anymodel", "shrink_module": "anymodel",
-    "resize_to": "anymodel", "split_layers": "anymodel", "LayerwiseRNN": "anymodel", "GroupLasso": "training.lasso",
+    "resize_to": "anymodel", "split_layers": "anymodel", "LayerwiseRNN": "anymodel", "MLSTMLayer": "layers.mlstm",
+    "GroupLasso": "training.lasso",
     "all_unit_norms": "core.groups", "mask_state_dict": "core.surgery", "select_kept": "core.thresholding",
     "shrink_state_dict": "core.surgery", "distillation_divergence": "training.objectives",
     # errors: what a caller catches (every message is one paragraph: the problem, then what to do)
