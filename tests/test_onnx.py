@@ -112,6 +112,8 @@ def test_the_cli_inspects_shrinks_and_reports_an_onnx_graph(tmp_path) -> None:
     refused = runner.invoke(app, ["finetune", str(tmp_path / "model.onnx"), "-r", str(tmp_path / "r.yaml"), "-o",
                                   str(tmp_path / "t.onnx")])
     assert refused.exit_code == 1 and "ONNX" in refused.stderr and "Traceback" not in refused.output
+    scored = runner.invoke(app, ["eval", str(tmp_path / "small.onnx"), "--data", str(tmp_path / "r.yaml")])
+    assert scored.exit_code == 1 and "not a language model" in " ".join(scored.stderr.split())
     again = runner.invoke(app, ["export", str(tmp_path / "small.onnx"), "-o", str(tmp_path / "e.onnx"), "-f", "onnx"])
     assert again.exit_code == 1 and "already" in " ".join(again.stderr.split())
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from ..core.architecture import language_model_facts
 from ..errors import DataError
 from ..io.loading import Checkpoint, as_checkpoint
 from ..measure.perplexity import Perplexity, perplexity
@@ -31,8 +32,10 @@ def evaluate(
     vocabulary by rule; words, or characters for ``level="char"`` (default: what the recipe or the
     checkpoint says, else words). ``max_tokens``: only the file's first N tokens (as ``report`` takes it)."""
     checkpoint = as_checkpoint(source, family or (recipe.model.family if recipe else None))
-    if not checkpoint.spec.is_language_model:
-        raise DataError(f"{checkpoint.name} is a bare recurrent stack; perplexity needs a language model.")
+    if language_model_facts(checkpoint.spec) is None:  # a bare stack, an ONNX graph: no vocabulary to score
+        what = "a bare recurrent stack" if checkpoint.spec.kind == "recurrent_stack" else \
+            f"not a language model (an {checkpoint.spec.kind}: {checkpoint.spec.cell})"
+        raise DataError(f"{checkpoint.name} is {what}; perplexity needs a language model.")
     level = level or (recipe.data.level if recipe else checkpoint.metadata.level) or "word"
     section = recipe.data if recipe else DataSection(test=Path(data), vocab=vocab, level=level)
     settings = settings or (recipe.evaluate if recipe else EvaluateSection())
