@@ -68,7 +68,7 @@ def _probe_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     import onnx
     import onnxruntime
 
-    probe = copy_with_outputs(model, [o for n in model.graph.node for o in n.output if o], onnx)
+    probe = _with_outputs(model, [o for n in model.graph.node for o in n.output if o])
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 4  # its failures are said by our error; a declared output shape it disagrees with
     # is not ours to warn about
@@ -77,7 +77,10 @@ def _probe_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     return {o.name: tuple(np.shape(a)) for o, a in zip(session.get_outputs(), session.run(None, feeds))}
 
 
-def copy_with_outputs(model: Any, names: list[str], onnx: Any) -> Any:
+def _with_outputs(model: Any, names: list[str]) -> Any:
+    """A copy of ``model`` that also returns the tensors ``names`` (ONNX Runtime infers their types)."""
+    import onnx
+
     probe = type(model)()
     probe.CopyFrom(model)
     known = {o.name for o in probe.graph.output}
