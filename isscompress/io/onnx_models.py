@@ -65,7 +65,6 @@ def read_onnx(path: Path) -> Any:
 
 def _probe_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     """The shape of every node output on one probe run (the sizes layout operations give the layers' outputs)."""
-    import onnx
     import onnxruntime
 
     probe = _with_outputs(model, [o for n in model.graph.node for o in n.output if o])
