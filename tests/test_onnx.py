@@ -118,6 +118,33 @@ def test_the_cli_inspects_shrinks_and_reports_an_onnx_graph(tmp_path) -> None:
     assert again.exit_code == 1 and "already" in " ".join(again.stderr.split())
 
 
+class LastState(nn.Module):
+    """A classifier of the final hidden state, as sentence classifiers read it (ONNX: Y_h, then Gather/Squeeze)."""
+
+    def __init__(self, cell: type = nn.LSTM) -> None:
+        super().__init__()
+        self.rnn, self.head = cell(5, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        _, state = self.rnn(x)
+        h = state[0] if isinstance(state, tuple) else state
+        return self.head(h[-1])
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
+def test_a_graph_that_reads_the_final_state_shrinks_through_it(tmp_path, cell) -> None:
+    torch.manual_seed(0)
+    exported(LastState(cell), tmp_path / "model.onnx")
+    checkpoint = isscompress.load_checkpoint(tmp_path / "model.onnx")
+    (reader,) = checkpoint.spec.layers[0].readers  # the head, reached through the final state
+    assert reader.axis == 1 and reader.starts == (0,)
+    masked = masked_copy(checkpoint, 2, tmp_path / "masked.onnx")
+    result = isscompress.shrink(masked.path, tmp_path / "small.onnx")
+    assert set(result.widths_after.values()) == {2}
+    x = np.random.default_rng(0).standard_normal((7, 3, 5)).astype(np.float32)
+    assert np.abs(run(masked.path, x) - run(tmp_path / "small.onnx", x)).max() < 1e-5
+
+
 def _with_node(path, edit) -> None:
     model = onnx.load(str(path))
     edit(model.graph)
@@ -146,7 +173,7 @@ def test_what_cannot_be_followed_is_refused_by_name(tmp_path) -> None:
         graph.initializer.append(numpy_helper.from_array(np.zeros((2, 21), np.float32), "P"))
         lstm.input.extend(["P"])
 
-    cases = {"reads_final_state": (reads_final_state, "final states"),
+    cases = {"reads_final_state": (reads_final_state, "is a graph output"),
              "quantised": (quantised, "quantised recurrent layer"),
              "other_reader": (other_reader, "reaches Softmax"), "peepholes": (peepholes, "peephole")}
     for name, (edit, said) in cases.items():

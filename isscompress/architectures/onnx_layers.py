@@ -1,6 +1,7 @@
 """Where an ONNX graph's recurrent layers are, and what reads their units: the ONNX ``LSTM``/``GRU``/``RNN`` operators
 with their weights, the literal sizes that name their width, and the Gemm/MatMul weights that read their output
-after layout operations (Transpose, Reshape, Squeeze, Unsqueeze, Flatten).
+or their final states after layout operations (Transpose, Reshape, Squeeze, Unsqueeze, Flatten, Gather of
+constant indices).
 
 Which column of a reader holds which unit is found as the tracer finds it for a PyTorch model: a label array with
 each unit's number at its place in the layer's output ``Y`` (``[steps, directions, batch, hidden]``) is moved through
@@ -109,7 +110,8 @@ def find_layers(model: Any, path: Any, shapes: dict[str, tuple[int, ...]]) -> tu
         initial, literals = _initial_states(graph, inits, values, inputs, node, name, hidden, path)
         layer = OnnxLayer(name, node.op_type, hidden, directions, w_shape[2], (inputs[1], inputs[2], inputs[3]),
                           initial, literals)
-        readers, reshapes = _readers(consumers, inits, values, node.output[0], layer, shapes, path)
+        read = [out for out in node.output if out and out in consumers]  # Y, and the final states Y_h, Y_c
+        readers, reshapes = _readers(consumers, inits, values, read, layer, shapes, path)
         layers.append(OnnxLayer(**{**layer.__dict__, "readers": readers,
                                    "literals": tuple(dict.fromkeys((*literals, *reshapes)))}))
     return tuple(layers)
@@ -137,12 +139,10 @@ def _check_node(node: Any, name: str, inits: dict, consumers: dict, outputs: set
         if inputs[index] and inputs[index] not in inits:
             raise refuse(path, f"the {node.op_type} `{name}` computes its weights ({inputs[index]}) instead of "
                          "holding them as initializers")
-    used = [out for out in node.output[1:] if out and (out in consumers or out in outputs)]
-    if used:
-        raise refuse(path, f"the final states of the {node.op_type} `{name}` ({', '.join(used)}) are read, "
-                     "which isscompress does not follow yet")
-    if node.output[0] in outputs:
-        raise refuse(path, f"the {node.op_type} `{name}`'s output is a graph output: its width is the caller's")
+    given = [out for out in node.output if out in outputs]
+    if given:
+        raise refuse(path, f"the {node.op_type} `{name}`'s {', '.join(given)} is a graph output: its width is the "
+                     "caller's")
 
 
 def _initial_states(graph: Any, inits: dict, values: dict, inputs: list[str], node: Any, name: str, hidden: int,
@@ -192,15 +192,14 @@ def _width_literal(producers: dict, values: dict, shape: str, hidden: int, name:
                  "literal isscompress can rewrite")
 
 
-def _readers(consumers: dict, inits: dict, values: dict, output: str, layer: OnnxLayer,
+def _readers(consumers: dict, inits: dict, values: dict, read: list[str], layer: OnnxLayer,
              shapes: dict[str, tuple[int, ...]], path: Any) -> tuple[tuple[Reader, ...], list[tuple[str, int, int]]]:
-    """Follow the layer's output ``Y`` through layout operations to the weights that read it; also the Reshape
+    """Follow the layer's outputs that are read (``Y`` ``[steps, directions, batch, hidden]``, the final states
+    ``[directions, batch, hidden]``) through layout operations to the weights that read them; also the Reshape
     targets that name the unit axis's size as a literal (rewritten with the width)."""
-    steps, directions, batch, hidden = shapes[output]
-    labels = np.zeros((steps, directions, batch, hidden), dtype=np.int64)
-    for d in range(directions):
-        labels[:, d, :, :] = d * hidden + np.arange(hidden) + 1  # 0: no unit
-    readers, literals, frontier = [], [], [(output, labels)]
+    units = np.arange(layer.directions)[:, None] * layer.hidden + np.arange(layer.hidden) + 1  # 0: no unit
+    frontier = [(name, np.broadcast_to(units[:, None, :], shapes[name]).copy()) for name in read]
+    readers, literals = [], []
     while frontier:
         name, value = frontier.pop()
         for node in consumers.get(name, []):
@@ -210,6 +209,9 @@ def _readers(consumers: dict, inits: dict, values: dict, output: str, layer: Onn
                 if node.op_type == "Reshape":
                     literals += _reshape_literals(node, moved, values, layer.hidden)
                 frontier.append((node.output[0], moved))
+            elif node.op_type == "Gather" and node.input[0] == name and node.input[1] in values:  # h_n[-1]
+                taken = np.take(value, values[node.input[1]], axis=attribute(node, "axis", 0))
+                frontier.append((node.output[0], taken.reshape(shapes[node.output[0]])))
             elif node.op_type in READER_OPS and node.input[0] == name and node.input[1] in inits:
                 readers.append(_reader(node, value, inits, layer, path))
             elif node.op_type == "Shape":
@@ -219,7 +221,7 @@ def _readers(consumers: dict, inits: dict, values: dict, output: str, layer: Onn
                              f"`{node.name or node.output[0]}`, which isscompress does not follow")
     if not readers:
         raise refuse(path, f"no weight reads the output of the {layer.op} `{layer.node}`")
-    return tuple(readers), literals
+    return tuple(dict.fromkeys(readers)), literals
 
 
 def _reshape_literals(node: Any, labels: np.ndarray, values: dict, hidden: int) -> list[tuple[str, int, int]]:
