@@ -88,6 +88,7 @@ def test_an_exported_recurrent_graph_shrinks_to_a_smaller_onnx_that_computes_wha
     assert weights[1] < weights[0]  # (a tiny file gains more from isscompress's record than it loses in weights)
     reopened = isscompress.load_checkpoint(tmp_path / "small.onnx")
     assert [gs.size for gs in reopened.group_sets] == [4] * directions
+    assert result.checkpoint.group_sets == reopened.group_sets
     assert reopened.metadata.lineage and reopened.metadata.stage == "shrink"
 
 
@@ -119,28 +120,35 @@ def test_the_cli_inspects_shrinks_and_reports_an_onnx_graph(tmp_path) -> None:
 
 
 class LastState(nn.Module):
-    """A classifier of the final hidden state, as sentence classifiers read it (ONNX: Y_h, then Gather/Squeeze)."""
+    """A classifier of the final hidden state, as sentence classifiers read it (ONNX: Y_h, then Gather; both
+    directions' last states concatenated beside the mean of the input features, when bidirectional)."""
 
-    def __init__(self, cell: type = nn.LSTM) -> None:
+    def __init__(self, cell: type = nn.LSTM, bidirectional: bool = False) -> None:
         super().__init__()
-        self.rnn, self.head = cell(5, 6), nn.Linear(6, 3)
+        self.rnn = cell(5, 6, bidirectional=bidirectional)
+        self.bidirectional = bidirectional
+        self.head = nn.Linear(17 if bidirectional else 6, 3)
 
     def forward(self, x):
         _, state = self.rnn(x)
         h = state[0] if isinstance(state, tuple) else state
+        if self.bidirectional:
+            return self.head(torch.cat([x.mean(0), h[-2], h[-1]], dim=-1))
         return self.head(h[-1])
 
 
-@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
-def test_a_graph_that_reads_the_final_state_shrinks_through_it(tmp_path, cell) -> None:
+@pytest.mark.parametrize("cell,bidirectional", [(nn.LSTM, False), (nn.GRU, False), (nn.LSTM, True)])
+def test_a_graph_that_reads_the_final_state_shrinks_through_it(tmp_path, cell, bidirectional) -> None:
     torch.manual_seed(0)
-    exported(LastState(cell), tmp_path / "model.onnx")
+    exported(LastState(cell, bidirectional), tmp_path / "model.onnx")
     checkpoint = isscompress.load_checkpoint(tmp_path / "model.onnx")
     (reader,) = checkpoint.spec.layers[0].readers  # the head, reached through the final state
-    assert reader.axis == 1 and reader.starts == (0,)
+    assert reader.axis == 1 and reader.starts == ((5, 11) if bidirectional else (0,))  # after the 5 mean features
     masked = masked_copy(checkpoint, 2, tmp_path / "masked.onnx")
     result = isscompress.shrink(masked.path, tmp_path / "small.onnx")
     assert set(result.widths_after.values()) == {2}
+    reopened = isscompress.load_checkpoint(tmp_path / "small.onnx")
+    assert result.checkpoint.group_sets == reopened.group_sets  # the shrunk graph's readers, in memory as on disk
     x = np.random.default_rng(0).standard_normal((7, 3, 5)).astype(np.float32)
     assert np.abs(run(masked.path, x) - run(tmp_path / "small.onnx", x)).max() < 1e-5
 

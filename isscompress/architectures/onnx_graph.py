@@ -63,11 +63,17 @@ class OnnxGraph:
                 if b:
                     members.append(Member(split_key(b, d), 0, tuple(g * hidden for g in range(2 * gates))))
                 members += [Member(split_key(s, d), 1, (0,)) for s in layer.initial]
-                members += [Member(reader.key, reader.axis, (reader.starts[d] * hidden // layer.hidden,))
+                members += [Member(reader.key, reader.axis, (self._reader_start(reader, d, layer),))
                             for reader in layer.readers]
                 name = layer.node if d == 0 else f"{layer.node} (reverse)"
                 sets.append(GroupSet(name, hidden, tuple(members), layer.node, label=name))
         return tuple(sets)
+
+    def _reader_start(self, reader: Any, direction: int, layer: OnnxLayer) -> int:
+        """Where direction ``direction``'s units start in a reader at this width: each run of units before it has
+        lost the removed ones."""
+        runs_before = sum(1 for start in reader.starts if start < reader.starts[direction])
+        return reader.starts[direction] - runs_before * (layer.hidden - self.width(layer))
 
     def canonical(self, initializers: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
         """The grouped tensors of a graph's initializers: per-direction slices, and the readers whole."""

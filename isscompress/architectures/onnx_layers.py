@@ -1,7 +1,7 @@
 """Where an ONNX graph's recurrent layers are, and what reads their units: the ONNX ``LSTM``/``GRU``/``RNN`` operators
 with their weights, the literal sizes that name their width, and the Gemm/MatMul weights that read their output
 or their final states after layout operations (Transpose, Reshape, Squeeze, Unsqueeze, Flatten, Gather of
-constant indices).
+constant indices, Concat).
 
 Which column of a reader holds which unit is found as the tracer finds it for a PyTorch model: a label array with
 each unit's number at its place in the layer's output ``Y`` (``[steps, directions, batch, hidden]``) is moved through
@@ -111,7 +111,7 @@ def find_layers(model: Any, path: Any, shapes: dict[str, tuple[int, ...]]) -> tu
         layer = OnnxLayer(name, node.op_type, hidden, directions, w_shape[2], (inputs[1], inputs[2], inputs[3]),
                           initial, literals)
         read = [out for out in node.output if out and out in consumers]  # Y, and the final states Y_h, Y_c
-        readers, reshapes = _readers(consumers, inits, values, read, layer, shapes, path)
+        readers, reshapes = _readers(graph.node, inits, values, read, layer, shapes, path)
         layers.append(OnnxLayer(**{**layer.__dict__, "readers": readers,
                                    "literals": tuple(dict.fromkeys((*literals, *reshapes)))}))
     return tuple(layers)
@@ -192,33 +192,36 @@ def _width_literal(producers: dict, values: dict, shape: str, hidden: int, name:
                  "literal isscompress can rewrite")
 
 
-def _readers(consumers: dict, inits: dict, values: dict, read: list[str], layer: OnnxLayer,
+def _readers(nodes: Any, inits: dict, values: dict, read: list[str], layer: OnnxLayer,
              shapes: dict[str, tuple[int, ...]], path: Any) -> tuple[tuple[Reader, ...], list[tuple[str, int, int]]]:
     """Follow the layer's outputs that are read (``Y`` ``[steps, directions, batch, hidden]``, the final states
-    ``[directions, batch, hidden]``) through layout operations to the weights that read them; also the Reshape
-    targets that name the unit axis's size as a literal (rewritten with the width)."""
+    ``[directions, batch, hidden]``) through layout operations to the weights that read them, in the graph's
+    (topological) node order so that a Concat sees all its labelled inputs; also the Reshape targets that name the
+    unit axis's size as a literal (rewritten with the width)."""
     units = np.arange(layer.directions)[:, None] * layer.hidden + np.arange(layer.hidden) + 1  # 0: no unit
-    frontier = [(name, np.broadcast_to(units[:, None, :], shapes[name]).copy()) for name in read]
+    labelled = {name: np.broadcast_to(units[:, None, :], shapes[name]).copy() for name in read}
     readers, literals = [], []
-    while frontier:
-        name, value = frontier.pop()
-        for node in consumers.get(name, []):
-            if node.op_type in LAYOUT_OPS and node.input[0] == name:
-                moved = np.transpose(value, attribute(node, "perm")) if node.op_type == "Transpose" else value
-                moved = moved.reshape(shapes[node.output[0]])
-                if node.op_type == "Reshape":
-                    literals += _reshape_literals(node, moved, values, layer.hidden)
-                frontier.append((node.output[0], moved))
-            elif node.op_type == "Gather" and node.input[0] == name and node.input[1] in values:  # h_n[-1]
-                taken = np.take(value, values[node.input[1]], axis=attribute(node, "axis", 0))
-                frontier.append((node.output[0], taken.reshape(shapes[node.output[0]])))
-            elif node.op_type in READER_OPS and node.input[0] == name and node.input[1] in inits:
-                readers.append(_reader(node, value, inits, layer, path))
-            elif node.op_type == "Shape":
-                continue  # reads sizes only
-            else:
-                raise refuse(path, f"the output of the {layer.op} `{layer.node}` reaches {node.op_type} "
-                             f"`{node.name or node.output[0]}`, which isscompress does not follow")
+    for node in nodes:
+        if not any(name in labelled for name in node.input):
+            continue
+        value = labelled.get(node.input[0])
+        if node.op_type in LAYOUT_OPS and value is not None:
+            moved = np.transpose(value, attribute(node, "perm")) if node.op_type == "Transpose" else value
+            labelled[node.output[0]] = moved.reshape(shapes[node.output[0]])
+            if node.op_type == "Reshape":
+                literals += _reshape_literals(node, labelled[node.output[0]], values, layer.hidden)
+        elif node.op_type == "Gather" and value is not None and node.input[1] in values:  # h_n[-1]
+            taken = np.take(value, values[node.input[1]], axis=attribute(node, "axis", 0))
+            labelled[node.output[0]] = taken.reshape(shapes[node.output[0]])
+        elif node.op_type == "Concat":  # both directions' final states side by side, or units beside other features
+            parts = [labelled.get(name, np.zeros(shapes[name], np.int64)) for name in node.input]
+            labelled[node.output[0]] = np.concatenate(parts, axis=attribute(node, "axis"))
+        elif node.op_type in READER_OPS and value is not None and node.input[1] in inits \
+                and node.input[1] not in labelled:
+            readers.append(_reader(node, value, inits, layer, path))
+        elif node.op_type != "Shape":  # Shape reads sizes only
+            raise refuse(path, f"the output of the {layer.op} `{layer.node}` reaches {node.op_type} "
+                         f"`{node.name or node.output[0]}`, which isscompress does not follow")
     if not readers:
         raise refuse(path, f"no weight reads the output of the {layer.op} `{layer.node}`")
     return tuple(dict.fromkeys(readers)), literals
