@@ -119,6 +119,31 @@ def test_the_cli_inspects_shrinks_and_reports_an_onnx_graph(tmp_path) -> None:
     assert again.exit_code == 1 and "already" in " ".join(again.stderr.split())
 
 
+class Activated(nn.Module):
+    """A head reading tanh of the layer's output through a dropout (kept in the graph in training mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn, self.drop, self.head = nn.GRU(5, 6), nn.Dropout(0.0), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(self.drop(torch.tanh(self.rnn(x)[0])))
+
+
+def test_elementwise_operations_that_keep_zero_zero_are_followed_and_others_refused(tmp_path) -> None:
+    torch.manual_seed(0)
+    exported(Activated(), tmp_path / "model.onnx")
+    masked = masked_copy(isscompress.load_checkpoint(tmp_path / "model.onnx"), 3, tmp_path / "masked.onnx")
+    isscompress.shrink(masked.path, tmp_path / "small.onnx")
+    x = np.random.default_rng(1).standard_normal((6, 2, 5)).astype(np.float32)
+    assert np.abs(run(masked.path, x) - run(tmp_path / "small.onnx", x)).max() < 1e-5
+    graph = onnx.load(str(tmp_path / "model.onnx"))
+    next(n for n in graph.graph.node if n.op_type == "Tanh").op_type = "Sigmoid"  # sigmoid(0) = 1/2: not exact
+    onnx.save(graph, str(tmp_path / "sigmoid.onnx"))
+    refused = runner.invoke(app, ["inspect", str(tmp_path / "sigmoid.onnx")])
+    assert refused.exit_code == 1 and "reaches Sigmoid" in " ".join(refused.stderr.split())
+
+
 class LastState(nn.Module):
     """A classifier of the final hidden state, as sentence classifiers read it (ONNX: Y_h, then Gather; both
     directions' last states concatenated beside the mean of the input features, when bidirectional)."""

@@ -1,7 +1,7 @@
 """Where an ONNX graph's recurrent layers are, and what reads their units: the ONNX ``LSTM``/``GRU``/``RNN`` operators
 with their weights, the literal sizes that name their width, and the Gemm/MatMul weights that read their output
 or their final states after layout operations (Transpose, Reshape, Squeeze, Unsqueeze, Flatten, Gather of
-constant indices, Concat).
+constant indices, Concat) and elementwise ones that keep a zero zero (Relu, Tanh, Dropout, ...).
 
 Which column of a reader holds which unit is found as the tracer finds it for a PyTorch model: a label array with
 each unit's number at its place in the layer's output ``Y`` (``[steps, directions, batch, hidden]``) is moved through
@@ -20,6 +20,8 @@ from ..errors import CheckpointError
 
 RECURRENT_OPS = {"LSTM": 4, "GRU": 3, "RNN": 1}  # gate blocks per operator (ONNX orders them i, o, f, c / z, r, h)
 LAYOUT_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+# Elementwise operations that map 0 to 0 (and need nothing else): a removed unit's zero stays zero through them
+ZERO_KEEPING_OPS = ("Relu", "Tanh", "LeakyRelu", "Elu", "Selu", "Softsign", "Abs", "Neg", "Identity", "Dropout")
 READER_OPS = ("Gemm", "MatMul")
 ALLOWED_ATTRIBUTES = {"direction", "hidden_size", "linear_before_reset", "layout", "activations"}
 # The activations that must map 0 to 0 for a removed unit to keep a zero state (LSTM: the cell input and the output
@@ -210,6 +212,8 @@ def _readers(nodes: Any, inits: dict, values: dict, read: list[str], layer: Onnx
             labelled[node.output[0]] = moved.reshape(shapes[node.output[0]])
             if node.op_type == "Reshape":
                 literals += _reshape_literals(node, labelled[node.output[0]], values, layer.hidden)
+        elif node.op_type in ZERO_KEEPING_OPS and value is not None:
+            labelled[node.output[0]] = value
         elif node.op_type == "Gather" and value is not None and node.input[1] in values:  # h_n[-1]
             taken = np.take(value, values[node.input[1]], axis=attribute(node, "axis", 0))
             labelled[node.output[0]] = taken.reshape(shapes[node.output[0]])
