@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ..core.architecture import LayerInfo
 from ..core.groups import GroupSet, Member
 from ..errors import CheckpointError, ShapeError
+from ..onnx_runtime import ort_session
 from .onnx_layers import PROBE_DIM, OnnxLayer
 
 KIND = "onnx-graph"
@@ -212,13 +213,7 @@ class OnnxRuntimeGraph(nn.Module):
 
     def __init__(self, model: Any) -> None:
         super().__init__()
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.log_severity_level = 4  # failures raise; a declared output shape the graph disagrees with is not ours
-        self.session = onnxruntime.InferenceSession(model.SerializeToString(), options,
-                                                    providers=["CPUExecutionProvider"])
+        self.session = ort_session(model.SerializeToString())
         self.names = [i.name for i in self.session.get_inputs()]
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:

@@ -7,7 +7,6 @@ calling convention of :mod:`.flat`.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import warnings
 
@@ -15,22 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import IsscompressError
+from ..onnx_runtime import missing_onnx, ort_session, require_onnx
 from .flat import FlatStateModel, StateModel, example_arguments, io_names
 
 PATHS = ("eager", "torchscript", "onnxruntime")
-
-
-def _missing_onnx() -> str | None:
-    """The first of onnx (torch.onnx.export needs it, and fails deep inside torch without it) and onnxruntime
-    that is not installed."""
-    return next((name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None), None)
-
-
-def require_onnx() -> None:
-    missing = _missing_onnx()
-    if missing:
-        raise IsscompressError(f"ONNX needs onnx and onnxruntime; {missing} is not installed.",
-                               "pip install 'isscompress[onnx]'.")
 
 
 def onnx_bytes(model: StateModel) -> bytes:
@@ -77,12 +64,7 @@ class OnnxRuntimeModel(_FlatRuntime):
 
     def __init__(self, model_bytes: bytes, like: StateModel) -> None:
         super().__init__(like)
-        require_onnx()
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        self.session = onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        self.session = ort_session(model_bytes)
         self.names = [i.name for i in self.session.get_inputs()]
 
     def call(self, *flat: Tensor) -> list[Tensor]:
@@ -120,6 +102,6 @@ def default_path(model: StateModel) -> str:
     for 2x200 to 2x1500 LSTMs on CPU, when it is installed and ONNX can express the model (PyTorch's own cells,
     no projection); PyTorch eager otherwise."""
     spec = model.spec
-    if _missing_onnx() or not spec.cell_kind.onnx or any(layer.proj_size for layer in spec.layers):
+    if missing_onnx() or not spec.cell_kind.onnx or any(layer.proj_size for layer in spec.layers):
         return "eager"
     return "onnxruntime"

@@ -19,7 +19,7 @@ from torch.utils._pytree import tree_flatten
 
 from ..errors import IsscompressError
 from .readback import TOLERANCE, largest_difference, torchscript_written
-from .runtimes import require_onnx
+from ..onnx_runtime import ort_session, require_onnx
 
 
 class FlatOutputs(nn.Module):
@@ -59,8 +59,6 @@ def _torchscript(model: nn.Module, example: tuple[Tensor, ...]) -> tuple[bytes, 
 
 def _onnx(model: nn.Module, example: tuple[Tensor, ...], outputs: int) -> tuple[bytes, Any]:
     require_onnx()
-    import onnxruntime
-
     names = [f"input{i}" for i in range(len(example))]
     dynamic = {name: {axis: f"{name}_{axis}" for axis in range(value.dim() - (1 if value.is_floating_point() else 0))}
                for name, value in zip(names, example)}  # every axis but a float input's features
@@ -69,7 +67,7 @@ def _onnx(model: nn.Module, example: tuple[Tensor, ...], outputs: int) -> tuple[
         warnings.simplefilter("ignore")
         torch.onnx.export(FlatOutputs(model).eval(), example, buffer, dynamo=False, input_names=names,
                           output_names=[f"output{i}" for i in range(outputs)], dynamic_axes=dynamic, opset_version=17)
-    session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    session = ort_session(buffer.getvalue())
 
     def run(*inputs: Tensor) -> list[Tensor]:
         arrays = session.run(None, {n: t.numpy() for n, t in zip(names, inputs)})

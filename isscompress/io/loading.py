@@ -99,7 +99,7 @@ def _canonical(raw: RawCheckpoint, family: str | None):
 def load_checkpoint(path: str | os.PathLike, family: str | None = None) -> Checkpoint:
     """Read, recognise and check a checkpoint (``family`` overrides auto-detection); an .onnx file is opened as its
     graph's recurrent layers."""
-    if Path(path).suffix.lower() == ".onnx":
+    if is_onnx(path):
         from .onnx_models import open_onnx  # it builds on this module's Checkpoint
 
         return open_onnx(path)
@@ -129,11 +129,16 @@ def as_checkpoint(source: "Checkpoint | str | os.PathLike", family: str | None =
     return load_checkpoint(source, family)
 
 
+def is_onnx(source: "Checkpoint | str | os.PathLike") -> bool:
+    """Whether ``source`` is an ONNX graph: a checkpoint of one, or an .onnx file."""
+    if isinstance(source, Checkpoint):
+        return source.spec.kind == ONNX_KIND
+    return Path(source).suffix.lower() == ".onnx"
+
+
 def output_suffixes(source: "Checkpoint | str | os.PathLike") -> tuple[str, ...]:
     """What a checkpoint made from ``source`` is written as: an ONNX graph as .onnx, everything else safetensors."""
-    onnx = (source.spec.kind == ONNX_KIND if isinstance(source, Checkpoint)
-            else Path(source).suffix.lower() == ".onnx")
-    return (".onnx",) if onnx else CHECKPOINT_SUFFIXES
+    return (".onnx",) if is_onnx(source) else CHECKPOINT_SUFFIXES
 
 
 def source_files(source: "Checkpoint | str | os.PathLike") -> tuple[Path, ...]:
@@ -147,7 +152,7 @@ def source_files(source: "Checkpoint | str | os.PathLike") -> tuple[Path, ...]:
 def save_checkpoint(checkpoint: Checkpoint, output: str | os.PathLike) -> Checkpoint:
     """Write ``checkpoint`` as safetensors (an ONNX graph as .onnx), atomically, and return it pointing at the file."""
     output = Path(output)
-    if checkpoint.spec.kind == ONNX_KIND:
+    if is_onnx(checkpoint):
         from .onnx_models import write_onnx
 
         write_onnx(output, checkpoint.spec, checkpoint.state, checkpoint.metadata)

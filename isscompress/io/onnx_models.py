@@ -8,7 +8,6 @@ Only the file named is read: weights stored outside it (external data) are refus
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -18,24 +17,18 @@ import numpy as np
 from ..architectures.onnx_graph import OnnxGraph, probe_inputs
 from ..architectures.onnx_layers import RECURRENT_OPS, find_layers, refuse
 from ..errors import CheckpointError
+from ..onnx_runtime import ort_session, require_onnx
 from ..outputs import atomic_write
 from .loading import Checkpoint
 from .metadata import METADATA_KEY, Metadata
 
-ONNX_SUFFIXES = (".onnx",)
 RECORD_KEY = METADATA_KEY  # the metadata_props entry holding isscompress's record
 MAX_ONNX_BYTES = 2**31  # protobuf's own limit for one message: a larger .onnx keeps its weights outside
 
 
-def is_onnx(path: Any) -> bool:
-    return isinstance(path, (str, Path)) and Path(path).suffix.lower() in ONNX_SUFFIXES
-
-
 def read_onnx(path: Path) -> Any:
     """The file's ``ModelProto``, checked: bounded, self-contained, standard operators."""
-    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
-        raise CheckpointError(f"{path} is an ONNX model; reading one needs onnx and onnxruntime.",
-                              "pip install 'isscompress[onnx]'.")
+    require_onnx(f"{path} is an ONNX model; reading one", CheckpointError)
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -65,13 +58,8 @@ def read_onnx(path: Path) -> Any:
 
 def _probe_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     """The shape of every node output on one probe run (the sizes layout operations give the layers' outputs)."""
-    import onnxruntime
-
     probe = _with_outputs(model, [o for n in model.graph.node for o in n.output if o])
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 4  # its failures are said by our error; a declared output shape it disagrees with
-    # is not ours to warn about
-    session = onnxruntime.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort_session(probe.SerializeToString())
     feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), probe_inputs(model))}
     return {o.name: tuple(np.shape(a)) for o, a in zip(session.get_outputs(), session.run(None, feeds))}
 

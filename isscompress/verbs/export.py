@@ -19,8 +19,7 @@ from ..deploy.flat import FlatStateModel, StateModel, example_arguments, io_name
 from ..deploy.readback import TOLERANCE, largest_difference, torchscript_written
 from ..errors import IsscompressError
 from ..outputs import atomic_write, check_output_path
-from ..io.loading import Checkpoint, as_checkpoint, source_files
-from ..architectures.onnx_graph import OnnxGraph
+from ..io.loading import Checkpoint, as_checkpoint, is_onnx, source_files
 from ..architectures.traced import TracedModel
 
 FORMATS = ("torchscript", "onnx")
@@ -129,7 +128,7 @@ def export(
     if output is not None:
         output = check_output_path(output, force=force, inputs=source_files(source))
     checkpoint = as_checkpoint(source, arch=arch, groups=groups)
-    if checkpoint.spec.kind == OnnxGraph.kind:
+    if is_onnx(checkpoint):
         raise IsscompressError(f"{checkpoint.name} is already an ONNX model; shrink writes the smaller one as ONNX.",
                                "Run it in ONNX Runtime as it is, or quantise it with onnxruntime.quantization.")
     if isinstance(checkpoint.spec, TracedModel):  # a user's own model: its forward as it is

@@ -23,7 +23,7 @@ from ..core.thresholding import kept_widths
 from ..data import Vocabulary, build_vocabulary, read_vocabulary
 from ..errors import Interrupted, IsscompressError, RecipeError
 from ..io.files import check_checkpoint_output, write_checkpoint
-from ..io.loading import Checkpoint, as_checkpoint, output_suffixes, source_files
+from ..io.loading import Checkpoint, as_checkpoint, is_onnx, source_files
 from ..io.metadata import Metadata
 from ..recipe import Recipe, check_layer_names, load_recipe
 from ..training.distributed import Distributed
@@ -83,7 +83,7 @@ def finetune(
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     if stage not in STAGES:
         raise RecipeError(f"Unknown stage '{stage}'.", f"Use one of: {', '.join(STAGES)}.")
-    if output_suffixes(source) == (".onnx",):
+    if is_onnx(source):
         raise IsscompressError(f"{source_files(source)[0].name if source_files(source) else 'The model'} is an ONNX "
                                "graph, which holds no training graph to fine-tune.", "Fine-tune the PyTorch model it "
                                "was exported from (or its recurrent part, as examples/real/ddddocr does), then shrink "
