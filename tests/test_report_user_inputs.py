@@ -120,3 +120,16 @@ def test_an_earlier_report_gives_the_originals_metrics_only_for_the_same_origina
     (tmp_path / "bad.json").write_text("{not json")
     bad = runner.invoke(app, ["report", str(source), "--arch", arch, "--no-speed", "--reuse", str(tmp_path / "bad.json")])
     assert bad.exit_code == 1 and "bad.json" in bad.stderr and "Traceback" not in bad.output
+
+
+def test_the_user_model_options_say_by_name_where_they_do_not_apply(tmp_path) -> None:
+    from test_bad_input_matrix import make_world
+
+    world = make_world(tmp_path)
+    model = str(world["model"])
+    timed = runner.invoke(app, ["report", model, model, "--speed-on", "batches", "--repeats", "1"])
+    assert timed.exit_code == 1 and "is a language-model stack, timed on tokens" in " ".join(timed.stderr.split())
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(runner.invoke(app, ["report", model, "--json", "--no-speed"]).stdout)
+    reused = runner.invoke(app, ["report", model, "--no-speed", "--reuse", str(earlier)])
+    assert reused.exit_code == 1 and "has none to reuse" in " ".join(reused.stderr.split())

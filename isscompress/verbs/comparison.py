@@ -93,9 +93,10 @@ def batch_calls(original: Checkpoint, shrunk: Checkpoint, before: nn.Module, aft
 def _first_batches(checkpoint: Checkpoint) -> list[tuple]:
     batches = getattr(checkpoint.spec, "batches", None)
     if batches is None:
-        raise IsscompressError(f"--speed-on batches times the --arch factory's batches; {checkpoint.name}'s factory "
-                               "returns none.", "Return (model, example_inputs, batches) from it, or time the "
-                               "example inputs (--speed-on example).")
+        which = "its factory returns none" if hasattr(checkpoint.spec, "batches") else "it has no --arch factory"
+        raise IsscompressError(f"--speed-on batches times the --arch factory's batches; {checkpoint.name}: {which}.",
+                               "Return (model, example_inputs, batches) from the factory, or time the example "
+                               "inputs (--speed-on example).")
     found = []
     for batch in batches() if callable(batches) else batches:
         found.append(batch if isinstance(batch, tuple) else (batch,))
@@ -119,6 +120,10 @@ def speed_samples(checkpoints: tuple[Checkpoint, Checkpoint], before: nn.Module,
     on calls of its forward: ``calls`` (its example inputs), or with ``speed_on="batches"`` its factory's first
     batches."""
     if calls is None:
+        if speed_on != "example":
+            raise IsscompressError(f"--speed-on {speed_on} times a user model's forward on its factory's batches; "
+                                   f"{checkpoints[0].name} is a language-model stack, timed on tokens (decoding "
+                                   "at batch 1 and a 20 x 35 batch).", "Leave out --speed-on.")
         return measure_speed(before, after, repeats=repeats, path=path)
     workload, count = "example_inputs", 1
     if speed_on == "batches":

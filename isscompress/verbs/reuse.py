@@ -27,6 +27,9 @@ def measured_on(original: Checkpoint) -> dict[str, Any]:
 def reused_metrics(previous: Path, original: Checkpoint) -> dict[str, float]:
     """The original's task metrics as ``previous`` (an earlier ``report --json`` of the same original) measured them."""
     hint = "Give a file that isscompress report --json wrote for this same original and --arch file, or leave it out."
+    if getattr(original.spec, "evaluate", None) is None:
+        raise IsscompressError(f"--reuse takes the original's task metrics, which an --arch factory's evaluate "
+                               f"measures; {original.name} has none to reuse.", "Leave out --reuse.")
     if not previous.is_file() or previous.stat().st_size > MAX_REPORT_BYTES:
         raise IsscompressError(f"--reuse {previous}: not a report file (missing, a folder, or over "
                                f"{MAX_REPORT_BYTES >> 20} MiB).", hint)
