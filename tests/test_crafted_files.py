@@ -248,8 +248,12 @@ def _set(kind: str, **values):
 
 def _keras1(config: dict) -> None:
     lstm = _layer(config, "LSTM")["config"]
-    lstm["inner_activation"] = "hard_sigmoid"
+    lstm["inner_activation"] = "linear"
     del lstm["recurrent_activation"]
+
+
+def _one_layer_hard(config: dict) -> None:
+    _layer(config, "LSTM")["config"]["recurrent_activation"] = "hard_sigmoid"  # Keras 2's, but the other layer's not
 
 
 def _unsaid(config: dict) -> None:
@@ -262,7 +266,8 @@ def _insert_masking(config: dict) -> None:
 
 H5_CASES = [
     ("k2_cudnn_lstm.h5", _set("CuDNNLSTM", go_backwards=True), ["'cu_dnnlstm' (CuDNNLSTM)", "go_backwards=True"]),
-    ("k2_lstm_lm.h5", _keras1, ["recurrent_activation='hard_sigmoid'"]),
+    ("k2_lstm_lm.h5", _keras1, ["recurrent_activation='linear'"]),
+    ("k2_lstm_lm.h5", _one_layer_hard, ["different cell kinds (LSTM, LSTM_HARD_SIGMOID)", "one kind for all"]),
     ("k2_lstm_lm.h5", _unsaid, ["does not say its recurrent_activation", "ambiguous"]),
     ("k2_lstm_lm.h5", _set("LSTM", time_major=True), ["time_major=True"]),
     ("k2_lstm_lm.h5", _set("LSTM", return_sequences=False), ["return_sequences=False"]),

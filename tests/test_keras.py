@@ -17,7 +17,7 @@ from isscompress.errors import CheckpointError
 pytest.importorskip("h5py")  # in the test extras; a plain install reads Keras files after pip install '.[keras]'
 FIXTURES = Path(__file__).parent / "fixtures" / "keras"
 READABLE = ["k2_lstm_lm.h5", "k2_bigru.h5", "k2_cudnn_lstm.h5", "k2_cudnn_gru.h5", "k3_lstm_lm.keras",
-            "k3_bilstm.keras", "k3_gru.keras"]
+            "k3_bilstm.keras", "k3_gru.keras", "k2_hard_sigmoid.h5", "k2_bilstm_bn.h5", "k3_lstm_bn.keras"]
 
 
 def keras_logits(checkpoint: isscompress.Checkpoint, tokens: np.ndarray) -> np.ndarray:
@@ -44,7 +44,7 @@ def test_what_kinds_of_layers_came_through():
 
 
 @pytest.mark.parametrize("name, words", [
-    ("k2_hard_sigmoid.h5", ["'lstm_2'", "recurrent_activation='hard_sigmoid'"]),
+    ("k3_hard_sigmoid.keras", ["'lstm_2'", "recurrent_activation=\"Keras 3's hard_sigmoid, relu6(x+3)/6\""]),
     ("k2_gru_reset_before.h5", ["'gru_1'", "reset_after=False"]),
 ])
 def test_what_pytorch_cannot_compute_is_refused_by_name(name, words):

@@ -50,7 +50,8 @@ def _rebuilt(module: nn.Module, state: Mapping[str, Tensor]) -> nn.Module | None
     if own is not None and own.module_class is not None:  # the cell table's own module (an RHN layer): it makes one
         rows, width = state["weight_ih_l0"].shape[0] // own.gates, state["weight_ih_l0"].shape[1]
         shape = SimpleNamespace(input_size=width, hidden_size=rows, proj_size=0, depth=getattr(module, "depth", 1))
-        new = own.make(shape, any(key.startswith("bias") for key in state), False).to(**factory)
+        new = own.make(shape, any(key.startswith("bias") for key in state),
+                       getattr(module, "bidirectional", False)).to(**factory)
         sized = {"input_size", "hidden_size"}
         new.__dict__.update({k: v for k, v in module.__dict__.items() if k not in sized and not k.startswith("_")})
         return new

@@ -1,10 +1,9 @@
 """The architecture of a recurrent model, in one canonical key layout.
 
-Every family adapter renames a checkpoint's tensors into this layout: an optional
-``encoder.weight``, a stack of single-layer recurrent layers ``layers.{l}.{param}_l0[_reverse]``
-(so each layer can have its own width after shrinking), and an optional ``decoder``.
-From a :class:`ModelSpec` alone we derive the expected shapes, the ISS group sets,
-and parameter and multiply-add counts.
+Every family adapter renames a checkpoint's tensors into this layout: an optional ``encoder.weight``, a stack of
+single-layer recurrent layers ``layers.{l}.{param}_l0[_reverse]`` (so each layer can have its own width after
+shrinking), and an optional ``decoder`` (over the vocabulary, or a tagger's classes). From a :class:`ModelSpec` alone
+we derive the expected shapes, the ISS group sets, and parameter and multiply-add counts.
 """
 
 from __future__ import annotations
@@ -48,9 +47,8 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The recurrent-stack architecture: optional embedding, a stack of recurrent layers of their
-    own widths, optional vocabulary decoder (tied or not). Implements
-    :class:`isscompress.core.architecture.Architecture`."""
+    """The recurrent-stack architecture: optional embedding, a stack of recurrent layers of their own widths,
+    optional decoder (tied or not). Implements :class:`isscompress.core.architecture.Architecture`."""
 
     kind: ClassVar[str] = "recurrent_stack"
     cell: str
@@ -60,6 +58,11 @@ class ModelSpec:
     vocab_size: int = 0  # 0: a bare recurrent stack with no embedding and no decoder
     tied: bool = False
     decoder_bias: bool = True
+    classes: int = 0  # the decoder's outputs when it labels each token rather than predicting the next (a tagger's)
+
+    @property
+    def decoder_size(self) -> int:  # the decoder's rows: the vocabulary, or a tagger's classes
+        return self.classes or self.vocab_size
 
     @property
     def cell_kind(self) -> CellKind:
@@ -197,9 +200,9 @@ def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
                 shapes[layer_key(index, param.name, direction)] = cell.shape(param, layer)
     if spec.is_language_model:
         if not spec.tied:
-            shapes["decoder.weight"] = (spec.vocab_size, spec.output_size)
+            shapes["decoder.weight"] = (spec.decoder_size, spec.output_size)
         if spec.decoder_bias:
-            shapes["decoder.bias"] = (spec.vocab_size,)
+            shapes["decoder.bias"] = (spec.decoder_size,)
     return shapes
 
 
@@ -323,5 +326,5 @@ def parameter_counts(spec: ModelSpec) -> dict[str, int]:
 def macs_per_token(spec: ModelSpec) -> dict[str, int]:
     """Multiply-adds per token: the cells' (gate matmuls, projections) and the decoder's; lookups ignored."""
     recurrent = sum(spec.directions * spec.cell_kind.macs(layer) for layer in spec.layers)
-    decoder = spec.vocab_size * spec.output_size if spec.is_language_model else 0
+    decoder = spec.decoder_size * spec.output_size if spec.is_language_model else 0
     return {"embedding": 0, "recurrent": recurrent, "decoder": decoder}

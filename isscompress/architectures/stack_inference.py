@@ -83,6 +83,17 @@ def _infer_layer(state: Mapping[str, Tensor], index: int, names: _Names) -> tupl
     return LayerSpec(input_size, hidden, proj_size, names.depth(state, index)), rows // hidden
 
 
+def _classes(state: Mapping[str, Tensor], vocab_size: int, tied: bool) -> int:
+    """A decoder of other than the vocabulary's size, its bias agreeing, labels each token (a tagger): its rows are
+    the classes. A weight and bias that disagree are damage, which the shape check names."""
+    decoder, bias = state.get("decoder.weight"), state.get("decoder.bias")
+    if tied or not vocab_size or decoder is None or decoder.dim() != 2 or decoder.shape[0] == vocab_size:
+        return 0
+    if bias is not None and tuple(bias.shape) != (decoder.shape[0],):
+        return 0
+    return int(decoder.shape[0])
+
+
 def infer_spec(
     state: Mapping[str, Tensor], *, cell_hint: str | None = None, tied: bool = False
 ) -> ModelSpec:
@@ -117,6 +128,7 @@ def infer_spec(
         vocab_size=vocab_size,
         tied=tied,
         decoder_bias="decoder.bias" in state,
+        classes=_classes(state, vocab_size, tied),
     )
     check_shapes(state, spec)
     return spec

@@ -66,7 +66,7 @@ class RecurrentModel(nn.Module):
                 layer.state_dropout = dropout
         self.decoder = None
         if spec.is_language_model:
-            self.decoder = nn.Linear(spec.output_size, spec.vocab_size, bias=spec.decoder_bias)
+            self.decoder = nn.Linear(spec.output_size, spec.decoder_size, bias=spec.decoder_bias)
             if spec.tied:
                 self.decoder.weight = self.encoder.weight
 

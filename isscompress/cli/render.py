@@ -83,6 +83,7 @@ def render_inspection(result: Inspection, console: Console) -> None:
     tied = ", tied embedding" if s.tied else ""
     kinds = {"recurrent_stack": ", bare recurrent stack", "onnx-graph": ", an ONNX graph's recurrent layers"}
     vocab = f", vocabulary {s.vocab_size}" if s.vocab_size else kinds.get(s.architecture, ", your own model (--arch)")
+    vocab += f" -> {s.classes} classes per token" if s.classes else ""
     layout = f" ({s.layout} layout)" if s.layout != s.family else ""
     console.print(f"[bold]{escape(str(result.path))}[/]: family [cyan]{s.family}[/]{layout}, {s.cell}{vocab}{tied}, "
                   f"{s.dtype}, {human_bytes(s.file_bytes)}")

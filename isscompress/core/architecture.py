@@ -87,6 +87,7 @@ class LanguageModelFacts(Protocol):
 
     vocab_size: int  # 0: the model reads features, not tokens
     tied: bool
+    classes: int  # 0: it predicts the next token; else it labels each token with one of this many classes
 
     @property
     def is_language_model(self) -> bool: ...

@@ -32,6 +32,9 @@ EXPECTED: dict[str, frozenset[str]] = {
     "mask_zero": FALSY,  # Keras carries the state over masked steps; PyTorch's cells step every position
 }
 SHORTHAND = {"on": TRUTHY, "off": FALSY}
+# a reader's attribute naming the cell kind it found (a Keras layer's gates); not a Python attribute name, so a
+# pickled module's own attributes never collide with it
+CELL_KIND = "cell kind"
 
 
 def expected_settings(cell: str) -> dict[str, frozenset[str]]:
@@ -61,6 +64,19 @@ def check_settings(settings: Mapping[str, Any], cell: str, subject: str, keyword
         allowed = table.get(str(key).lower())
         if allowed is not None and str(value).strip().lower() not in allowed:
             raise refuse_setting(subject, key, value, cell, allowed, keyword)
+
+
+def declared_cell(settings: Mapping[str, Any], base: str, subject: str, keyword: bool = False) -> str:
+    """The kind ``settings`` declare among ``base`` and the table's variants of it (a Keras 2 LSTM with hard-sigmoid
+    gates); when none computes what they say, ``base``'s refusal names the setting."""
+    for cell in (base, *(name for name, kind in CELLS.items() if kind.variant_of == base)):
+        try:
+            check_settings(settings, cell, subject, keyword)
+            return cell
+        except CheckpointError:
+            continue
+    check_settings(settings, base, subject, keyword)
+    return base
 
 
 def check_equations(metadata: Mapping[str, Any], cell: str, where: Path) -> None:

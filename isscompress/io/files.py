@@ -43,7 +43,7 @@ class RawCheckpoint:
     path: Path
     tensors: dict[str, Tensor]
     metadata: dict[str, str] = field(default_factory=dict)  # the safetensors header, as stored
-    attributes: dict[str, Any] = field(default_factory=dict)
+    attributes: dict[str, Any] = field(default_factory=dict)  # equations.CELL_KIND: a cell kind a reader found
     ignored: tuple[str, ...] = ()  # what a training checkpoint held beside the weights (optimizer, epoch, ...)
 
     @cached_property

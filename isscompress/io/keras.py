@@ -25,9 +25,8 @@ from torch import Tensor
 
 from ..layers.cells import CELLS
 from ..errors import CheckpointError
-from .equations import check_settings
-from .keras_files import KerasLayer, read_h5_layers, read_keras_zip_layers
-from .limits import ZIP_ERRORS
+from .equations import check_settings, declared_cell
+from .keras_files import KerasLayer
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 RECURRENT = {"LSTM": "LSTM", "CuDNNLSTM": "LSTM", "GRU": "GRU", "CuDNNGRU": "GRU"}
@@ -61,36 +60,38 @@ def is_keras_zip(names: list[str]) -> bool:
     return "config.json" in names and "model.weights.h5" in names
 
 
-def _refuse(path: Path, layer: str, kind: str, what: str) -> CheckpointError:
+def refuse_layer(path: Path, layer: str, kind: str, what: str) -> CheckpointError:
     return CheckpointError(f"{path}: Keras layer '{layer}' ({kind}) {what}; isscompress does not convert it, so that "
                            "it never compresses a different function than the one you trained.",
                            "Retrain or convert that layer with the standard settings (tanh, sigmoid gates, "
                            "reset_after=True for GRU, forwards, no masking), or compress it with Keras tools.")
 
 
-def _check_declaration(path: Path, name: str, kind: str, module: Any, registered: Any) -> None:
+def check_declaration(path: Path, name: str, kind: str, module: Any, registered: Any) -> None:
     """A layer class from Keras itself; a custom class of the same name may compute anything."""
     stock_module = module is None or (isinstance(module, str) and module.split(".")[0] in
                                       {m.split(".")[0] for m in KERAS_MODULES})
     if not stock_module or registered not in (None, kind):
-        raise _refuse(path, name, kind, f"is declared by {module!r} as {registered!r}, not by Keras: a custom "
+        raise refuse_layer(path, name, kind, f"is declared by {module!r} as {registered!r}, not by Keras: a custom "
                       "class may compute something else than the stock layer of that name")
 
 
-def _check_keys(path: Path, name: str, kind: str, config: dict, family: str) -> None:
+def check_keys(path: Path, name: str, kind: str, config: dict, family: str) -> None:
     for key, value in config.items():
         if key in NULL_ONLY:
             if value is not None:
-                raise _refuse(path, name, kind, f"has {key} = {str(value)[:40]!r} (weights changed at run time)")
+                raise refuse_layer(path, name, kind, f"has {key} = {str(value)[:40]!r} (weights changed at run time)")
         elif key not in INERT[family] and key not in CHECKED:
-            raise _refuse(path, name, kind, f"has the setting {key} = {str(value)[:40]!r}, which isscompress does "
+            raise refuse_layer(path, name, kind, f"has the setting {key} = {str(value)[:40]!r}, which isscompress does "
                           "not know (it may change what the layer computes)")
 
 
-def _cell_settings(path: Path, name: str, kind: str, config: dict, backward: bool = False) -> dict[str, Any]:
-    """A recurrent layer's equations, Keras 1 names translated, checked against the table; its units."""
+def _cell_settings(path: Path, name: str, kind: str, config: dict, version: str,
+                   backward: bool = False) -> dict[str, Any]:
+    """A recurrent layer's equations, Keras 1 names translated, checked against the table (which names the cell kind
+    they are); its units."""
     cell = RECURRENT[kind]
-    _check_keys(path, name, kind, config, "recurrent")
+    check_keys(path, name, kind, config, "recurrent")
     settings = dict(config)
     if "recurrent_activation" not in settings and "inner_activation" in settings:  # Keras 1's name
         settings["recurrent_activation"] = settings.pop("inner_activation")
@@ -98,17 +99,21 @@ def _cell_settings(path: Path, name: str, kind: str, config: dict, backward: boo
         settings = {**CUDNN_EQUATIONS, **settings}
     for key, old in (("recurrent_activation", "hard_sigmoid before Keras 2.3"), ("reset_after", "False before TF 2")):
         if (key != "reset_after" or cell == "GRU") and key not in settings:
-            raise _refuse(path, name, kind, f"does not say its {key}, whose default changed between Keras versions "
+            raise refuse_layer(path, name, kind, f"does not say its {key}, whose default changed between Keras versions "
                           f"({old}); the file is ambiguous")
     if not settings.get("return_sequences", False):
-        raise _refuse(path, name, kind, "returns only its last step (return_sequences=False), so the layers after it "
+        raise refuse_layer(path, name, kind, "returns only its last step (return_sequences=False), so the layers after it "
                       "do not see a sequence")
     settings["go_backwards"] = bool(settings.get("go_backwards")) != backward  # the backward half runs reversed
-    check_settings({k: v for k, v in settings.items() if k in CHECKED}, cell,
-                   f"{path}: Keras layer '{name}' ({kind}{', backward half' if backward else ''}) has", keyword=True)
+    if settings.get("recurrent_activation") == "hard_sigmoid" and version.split(".")[0] not in ("1", "2"):
+        # Keras 3's is relu6(x + 3) / 6, not Keras 1/2's clip(0.2 x + 0.5, 0, 1); a file that does not say is not guessed
+        settings["recurrent_activation"] = (f"Keras {version.split('.')[0][:3]}'s hard_sigmoid, relu6(x+3)/6"
+                                            if version else "hard_sigmoid of an unsaid Keras version")
+    cell = declared_cell({k: v for k, v in settings.items() if k in CHECKED}, cell,
+                         f"{path}: Keras layer '{name}' ({kind}{', backward half' if backward else ''}) has", keyword=True)
     units = settings.get("units", settings.get("output_dim"))
     if not isinstance(units, int) or isinstance(units, bool) or units <= 0:
-        raise _refuse(path, name, kind, f"has units = {str(units)[:20]!r}, not a positive whole number")
+        raise refuse_layer(path, name, kind, f"has units = {str(units)[:20]!r}, not a positive whole number")
     return {"cell": cell, "units": units, "use_bias": settings.get("use_bias", True), "cudnn": kind.startswith("CuDNN")}
 
 
@@ -138,11 +143,11 @@ def _check_shapes(path: Path, name: str, kind: str, cell: dict, weights: list[nu
     expected = [(inputs, width), (units, width)] + ([bias] if cell["use_bias"] else [])
     shapes = [tuple(w.shape) for w in weights]
     if shapes != expected:
-        raise _refuse(path, name, kind, f"has weights of shapes {shapes}, but a {kind} of {units} units reading "
+        raise refuse_layer(path, name, kind, f"has weights of shapes {shapes}, but a {kind} of {units} units reading "
                       f"{inputs} features has {expected}")
 
 
-def _cell_tensors(cell: dict, weights: list[numpy.ndarray], suffix: str) -> dict[str, Tensor]:
+def cell_tensors(cell: dict, weights: list[numpy.ndarray], suffix: str) -> dict[str, Tensor]:
     gates, units = CELLS[cell["cell"]].gates, cell["units"]
     if cell["cudnn"]:
         weights = _from_cudnn(weights, gates)
@@ -166,120 +171,67 @@ def _halves(path: Path, layer: KerasLayer) -> list[tuple[str, dict]]:
     """(class, config) of each direction a recurrent or Bidirectional layer runs, each declaration checked."""
     if layer.kind != "Bidirectional":
         return [(layer.kind, layer.config)]
-    _check_keys(path, layer.name, layer.kind, layer.config, "Bidirectional")
+    check_keys(path, layer.name, layer.kind, layer.config, "Bidirectional")
     merge = layer.config.get("merge_mode", "concat")
     if merge != "concat":
-        raise _refuse(path, layer.name, layer.kind, f"merges its directions with {str(merge)[:20]!r}")
+        raise refuse_layer(path, layer.name, layer.kind, f"merges its directions with {str(merge)[:20]!r}")
     halves = []
     for part in ("layer", "backward_layer"):
         inner = layer.config.get(part) if part == "layer" else layer.config.get(part) or layer.config.get("layer")
         if not (isinstance(inner, dict) and isinstance(inner.get("class_name"), str)
                 and isinstance(inner.get("config"), dict)):
-            raise _refuse(path, layer.name, layer.kind, f"has no readable {part} declaration")
+            raise refuse_layer(path, layer.name, layer.kind, f"has no readable {part} declaration")
         kind = inner["class_name"]
         if kind not in RECURRENT:
-            raise _refuse(path, layer.name, layer.kind, f"wraps a {kind[:40]}, which isscompress does not read")
-        _check_declaration(path, layer.name, kind, inner.get("module"), inner.get("registered_name"))
+            raise refuse_layer(path, layer.name, layer.kind, f"wraps a {kind[:40]}, which isscompress does not read")
+        check_declaration(path, layer.name, kind, inner.get("module"), inner.get("registered_name"))
         halves.append((kind, inner["config"]))
     if layer.config.get("backward_layer") is None:  # Keras builds the backward half from the forward one, reversed
         halves[1] = (halves[1][0], {**halves[1][1], "go_backwards": not halves[1][1].get("go_backwards", False)})
     if halves[0][0] != halves[1][0]:
-        raise _refuse(path, layer.name, layer.kind, f"runs a {halves[0][0]} forwards and a {halves[1][0]} backwards")
+        raise refuse_layer(path, layer.name, layer.kind, f"runs a {halves[0][0]} forwards and a {halves[1][0]} backwards")
     return halves
 
 
-def _recurrent(path: Path, layer: KerasLayer, inputs: int) -> tuple[dict[str, Tensor], int]:
-    """One recurrent layer's tensors (both directions) and its output width."""
+def recurrent_tensors(path: Path, layer: KerasLayer, inputs: int, version: str) -> tuple[dict[str, Tensor], int, str]:
+    """One recurrent layer's tensors (both directions), its output width and its cell kind."""
     halves = _halves(path, layer)
-    cells = [_cell_settings(path, layer.name, kind, config, backward=i == 1) for i, (kind, config) in enumerate(halves)]
-    if len({(c["units"], c["use_bias"]) for c in cells}) > 1:
-        raise _refuse(path, layer.name, layer.kind, "has directions of different widths or bias settings")
+    cells = [_cell_settings(path, layer.name, kind, config, version, backward=i == 1)
+             for i, (kind, config) in enumerate(halves)]
+    if len({(c["units"], c["use_bias"], c["cell"]) for c in cells}) > 1:
+        raise refuse_layer(path, layer.name, layer.kind, "has directions of different widths, bias settings or gates")
     per = len(layer.weights) // len(halves)
     tensors = {}
     for direction, cell in enumerate(cells):
         part = layer.weights[direction * per:(direction + 1) * per] if per * len(halves) == len(layer.weights) \
             else layer.weights
         _check_shapes(path, layer.name, halves[direction][0], cell, part, inputs)
-        tensors.update(_cell_tensors(cell, part, "_reverse" if direction else ""))
-    return tensors, cells[0]["units"] * len(cells)
+        tensors.update(cell_tensors(cell, part, "_reverse" if direction else ""))
+    return tensors, cells[0]["units"] * len(cells), cells[0]["cell"]
 
 
-def _embedding(path: Path, layer: KerasLayer) -> tuple[Tensor, int]:
-    _check_keys(path, layer.name, layer.kind, layer.config, "Embedding")
+def embedding_tensor(path: Path, layer: KerasLayer) -> tuple[Tensor, int]:
+    check_keys(path, layer.name, layer.kind, layer.config, "Embedding")
     check_settings({"mask_zero": layer.config.get("mask_zero", False)}, "LSTM",
                    f"{path}: Keras layer '{layer.name}' (Embedding) has", keyword=True)
     shapes = [tuple(w.shape) for w in layer.weights]
     expected = [(layer.config.get("input_dim"), layer.config.get("output_dim"))]
     if shapes != expected:
-        raise _refuse(path, layer.name, layer.kind, f"has weights of shapes {shapes}, but its config declares {expected}")
+        raise refuse_layer(path, layer.name, layer.kind, f"has weights of shapes {shapes}, but its config declares {expected}")
     return _t(layer.weights[0]), shapes[0][1]
 
 
-def _dense(path: Path, layer: KerasLayer, inputs: int) -> dict[str, Tensor]:
-    _check_keys(path, layer.name, layer.kind, {k: v for k, v in layer.config.items() if k != "activation"}, "Dense")
+def dense_tensors(path: Path, layer: KerasLayer, inputs: int) -> dict[str, Tensor]:
+    check_keys(path, layer.name, layer.kind, {k: v for k, v in layer.config.items() if k != "activation"}, "Dense")
     if layer.config.get("activation", "linear") not in ("linear", "softmax"):
-        raise _refuse(path, layer.name, layer.kind, f"applies activation={str(layer.config['activation'])[:40]!r} to "
+        raise refuse_layer(path, layer.name, layer.kind, f"applies activation={str(layer.config['activation'])[:40]!r} to "
                       "its output")
     units = layer.config.get("units", layer.config.get("output_dim"))
     expected = [(inputs, units)] + ([(units,)] if layer.config.get("use_bias", True) else [])
     if [tuple(w.shape) for w in layer.weights] != expected:
-        raise _refuse(path, layer.name, layer.kind, f"has weights of shapes {[tuple(w.shape) for w in layer.weights]}, "
+        raise refuse_layer(path, layer.name, layer.kind, f"has weights of shapes {[tuple(w.shape) for w in layer.weights]}, "
                       f"but a Dense of {units} units reading {inputs} features has {expected}")
     tensors = {"decoder.weight": _t(layer.weights[0]).t().contiguous()}
     if len(layer.weights) > 1:
         tensors["decoder.bias"] = _t(layer.weights[1])
     return tensors
-
-
-def convert_layers(path: Path, layers: list[KerasLayer]) -> dict[str, Tensor]:
-    """Embedding -> recurrent layers -> Dense, in data-flow order, as isscompress's tensors."""
-    tensors: dict[str, Tensor] = {}
-    recurrent, width, done = 0, None, False
-    for layer in layers:
-        _check_declaration(path, layer.name, layer.kind, layer.module, layer.registered_name)
-        if layer.kind in PASSIVE:
-            _check_keys(path, layer.name, layer.kind, layer.config, "passive")
-            continue
-        if done:
-            raise CheckpointError(f"{path}: Keras layer '{layer.name}' ({layer.kind}) follows the Dense output layer.",
-                                  "isscompress reads Embedding -> recurrent layers -> Dense models.")
-        if layer.kind == "Embedding":
-            if width is not None:
-                raise CheckpointError(f"{path}: Keras layer '{layer.name}' (Embedding) is not the first layer.",
-                                      "isscompress reads Embedding -> recurrent layers -> Dense models.")
-            tensors["encoder.weight"], width = _embedding(path, layer)
-        elif layer.kind in RECURRENT or layer.kind == "Bidirectional":
-            if width is None:
-                raise CheckpointError(f"{path}: Keras layer '{layer.name}' ({layer.kind}) has no Embedding before it.",
-                                      "isscompress reads Embedding -> recurrent layers -> Dense models.")
-            found, width = _recurrent(path, layer, width)
-            tensors.update({f"layers.{recurrent}.{key}": value for key, value in found.items()})
-            recurrent += 1
-        elif layer.kind == "Dense" and recurrent:
-            tensors.update(_dense(path, layer, width))
-            done = True
-        elif layer.kind == "Masking":
-            raise _refuse(path, layer.name, layer.kind, "masks steps (Keras carries the state over masked steps; "
-                          "PyTorch's cells step every position)")
-        else:
-            raise CheckpointError(f"{path}: Keras layer '{layer.name}' is a {layer.kind[:60]}, which isscompress does "
-                                  "not read here.", "isscompress reads Embedding -> LSTM/GRU (Bidirectional, CuDNN) -> "
-                                  "Dense.")
-    if not recurrent:
-        raise CheckpointError(f"{path} is a Keras model without LSTM or GRU layers.", "Point to a recurrent model.")
-    return tensors
-
-
-def read_keras_file(path: Path, kind: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Tensors in isscompress's layout, and a note of where they came from, for a Keras ``.h5``/``.keras`` file."""
-    try:
-        layers = read_keras_zip_layers(path) if kind == "keras-zip" else read_h5_layers(path)
-        tensors = convert_layers(path, layers)
-    except CheckpointError:
-        raise
-    except (*ZIP_ERRORS, KeyError, IndexError, TypeError, AttributeError, RuntimeError) as err:
-        raise CheckpointError(f"{path} looks like a Keras model but could not be read ({type(err).__name__}: "
-                              f"{str(err)[:200]}).", "It may be damaged, or from a Keras version isscompress does not "
-                              "know; save it again with model.save().") from None
-    source = "Keras 3 (.keras)" if kind == "keras-zip" else "Keras HDF5 (.h5)"
-    return tensors, {"keras": source}

@@ -164,8 +164,13 @@ def _weight_names(group: Any) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in numpy.atleast_1d(names)]
 
 
-def read_h5_layers(path: Path) -> list[KerasLayer]:
-    """The layers of a Keras 1/2 ``.h5`` whole-model file."""
+def _version(attrs: Any) -> str:
+    raw = attrs.get("keras_version", b"")
+    return (raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw))[:40]
+
+
+def read_h5_layers(path: Path) -> tuple[list[KerasLayer], str]:
+    """The layers of a Keras ``.h5`` whole-model file, and the Keras version that wrote it ("" if unsaid)."""
     h5py = h5py_module(path)
     budget = ReadBudget(path)
     with h5py.File(path, "r") as f:
@@ -181,7 +186,7 @@ def read_h5_layers(path: Path) -> list[KerasLayer]:
             arrays = [read_dataset(group, name, budget, path) for name in _weight_names(group)] \
                 if isinstance(group, h5py.Group) else []
             layers.append(_layer(entry, arrays))
-        return layers
+        return layers, _version(f.attrs)
 
 
 def _snake(name: str) -> str:
@@ -213,8 +218,9 @@ def _member(archive: zipfile.ZipFile, name: str, path: Path) -> zipfile.ZipInfo:
         raise CheckpointError(f"{path} is a .keras archive without {name}.", "Save the model again with model.save().") from None
 
 
-def read_keras_zip_layers(path: Path) -> list[KerasLayer]:
-    """The layers of a Keras 3 ``.keras`` zip: config.json, and model.weights.h5 streamed to a temporary file."""
+def read_keras_zip_layers(path: Path) -> tuple[list[KerasLayer], str]:
+    """The layers of a Keras 3 ``.keras`` zip (config.json, and model.weights.h5 streamed to a temporary file), and
+    the Keras major version the format implies."""
     h5py = h5py_module(path)
     budget = ReadBudget(path)
     with zipfile.ZipFile(path) as archive, tempfile.TemporaryFile(suffix=".h5") as weights_file:
@@ -241,4 +247,4 @@ def read_keras_zip_layers(path: Path) -> list[KerasLayer]:
                 group = child(f, f"layers/{base if count == 0 else f'{base}_{count}'}", path)
                 layers.append((_entry_name(entry), _layer(entry, _vars(group, budget, path) if group is not None else [])))
             by_name = dict(layers)
-            return [by_name[_entry_name(e)] for e in entries if _entry_name(e) in by_name]
+            return [by_name[_entry_name(e)] for e in entries if _entry_name(e) in by_name], "3"

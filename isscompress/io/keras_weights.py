@@ -25,7 +25,8 @@ from torch import Tensor
 
 from ..errors import CheckpointError
 from .hdf5 import child, h5py_module, read_dataset
-from .keras import _cell_tensors, _t, read_keras_file
+from .keras import cell_tensors, _t
+from .keras_model import read_keras_file
 from .limits import ReadBudget
 
 STATED = "ISSCOMPRESS_KERAS_RECURRENT_ACTIVATION"  # the user's statement of a weights-only layer's gate activation
@@ -89,7 +90,7 @@ def _recurrent(path: Path, layer: str, arrays: dict[str, numpy.ndarray], version
                 "GRU" else "") + f", say so: {STATED}=sigmoid. Otherwise save the whole model (model.save).")
     settings = {"cell": cell, "units": units, "cudnn": cudnn, "use_bias": bias is not None}
     weights = [kernel, recurrent] + ([bias] if bias is not None else [])
-    return {f"{layer}.{key}": value for key, value in _cell_tensors(settings, weights, "").items()}
+    return {f"{layer}.{key}": value for key, value in cell_tensors(settings, weights, "").items()}
 
 
 def _layer_tensors(path: Path, layer: str, arrays: dict[str, numpy.ndarray], version: str) -> dict[str, Tensor]:

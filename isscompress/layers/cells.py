@@ -13,6 +13,7 @@ from typing import Callable, Literal, Protocol
 
 from torch import nn
 
+from .hard_lstm import HardSigmoidLSTM
 from .mlstm import MLSTMLayer
 from .rhn import RHNLayer
 
@@ -76,6 +77,8 @@ class CellKind:
     onnx: bool = False  # ONNX has an operator for it (LSTM, GRU, RNN), so ONNX Runtime can run it
     module_class: type[nn.Module] | None = None  # isscompress's own module for it, where PyTorch has none: how a
     # user's model holding one is recognised (its parameters are named as PyTorch's single-layer modules name theirs)
+    variant_of: str | None = None  # the kind whose parameters and file layout it shares, differing only in the
+    # settings it declares (a Keras 2 LSTM's hard-sigmoid gates): a file that declares them reads as this kind
 
     @property
     def projection(self) -> bool:
@@ -133,6 +136,10 @@ def _rnn(nonlinearity: str) -> ModuleFactory:
     return make
 
 
+def _hard_lstm(layer: LayerShape, bias: bool, bidirectional: bool) -> nn.Module:
+    return HardSigmoidLSTM(layer.input_size, layer.hidden_size, bias=bias, bidirectional=bidirectional)
+
+
 def _rhn(layer: LayerShape, bias: bool, bidirectional: bool) -> nn.Module:
     return RHNLayer(layer.input_size, layer.hidden_size, layer.depth, bias=bias)
 
@@ -178,6 +185,10 @@ CELLS: dict[str, CellKind] = {
             "multiplicative LSTM (Krause et al. 2016, as UniRep): m = (W_mx x) * (W_mh h), [i, f, o, u] = W_x x + "
             "W_m m + b, c = sigmoid(f) * c + sigmoid(i) * tanh(u), h = sigmoid(o) * tanh(c)"),
                  module_class=MLSTMLayer),
+        CellKind("LSTM_HARD_SIGMOID", 4, ("h", "c"), _hard_lstm, RNN_PARAMS, equations=(
+            "Keras 1/2's LSTM with recurrent_activation='hard_sigmoid': gates i, f, o clip(0.2 x + 0.5, 0, 1), cell "
+            "input g tanh, h = o * tanh(c)"), settings=(("recurrent_activation", "hard_sigmoid"),),
+                 module_class=HardSigmoidLSTM, variant_of="LSTM"),
     )
 }
 

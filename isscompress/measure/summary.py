@@ -30,6 +30,7 @@ class ModelSummary:
     layout: str = ""
     dtype: str = "float32"
     architecture: str = "recurrent_stack"  # the architecture kind: the LM stack, or a user's traced module ("user-model")
+    classes: int = 0  # a tagger's labels per token (its decoder's outputs), 0 for a language model
 
     @property
     def widths(self) -> list[int]:
@@ -53,7 +54,7 @@ def summarize(
     facts = language_model_facts(spec)
     return ModelSummary(family, spec.cell, spec.layer_info(), facts.vocab_size if facts else 0,
                         bool(facts and facts.tied), spec.parameter_counts(), spec.macs_per_token(), file_bytes,
-                        layout or family, dtype, spec.kind)
+                        layout or family, dtype, spec.kind, facts.classes if facts else 0)
 
 
 def summarize_checkpoint(checkpoint: "Checkpoint") -> ModelSummary:

@@ -77,6 +77,11 @@ def resolve_vocabulary(checkpoint: Checkpoint, data: DataSection) -> tuple[Vocab
     else:
         vocabulary, origin = read_vocabulary(rule), rule
     size = checkpoint.spec.vocab_size
+    if getattr(checkpoint.spec, "classes", 0):
+        raise DataError(f"{checkpoint.name} labels each of its {size} tokens with one of {checkpoint.spec.classes} "
+                        "classes (a tagger), so perplexity and language-model fine-tuning do not apply to it.",
+                        "Fine-tune and measure it on its own task with --arch FILE.py:FACTORY (docs/any-model.md), "
+                        "as examples/real/shakkala does; inspect and shrink take it as it is.")
     if size and len(vocabulary) != size:
         raise DataError(
             f"The vocabulary ({origin}) has {len(vocabulary)} words but {checkpoint.name}'s embedding has {size} rows.",

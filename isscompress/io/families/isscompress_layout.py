@@ -11,6 +11,7 @@ from ...architectures.stack import layer_key_pattern
 from ...layers.cells import CELLS
 from ...errors import CheckpointError
 from ...yaml_lines import shown
+from ..equations import CELL_KIND
 from ..files import RawCheckpoint
 from .base import Canonical, Family, same_tensor
 
@@ -39,6 +40,7 @@ def _stored_claims(raw: RawCheckpoint) -> tuple[bool | None, str | None]:
 def convert(raw: RawCheckpoint) -> Canonical:
     tensors = dict(raw.tensors)
     claimed, cell = _stored_claims(raw)
+    cell = cell or raw.attributes.get(CELL_KIND)  # what a reader of another format determined (a Keras layer's gates)
     encoder, decoder = tensors.get("encoder.weight"), tensors.get("decoder.weight")
     holds_tie = encoder is not None and (decoder is None or same_tensor(decoder, encoder))
     # an untied model may hold two equal matrices (both read, the same function); a tied one never two different
