@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
+from typer.testing import CliRunner
 
 import isscompress
-from isscompress.errors import CheckpointError
+from isscompress.cli import app
+from isscompress.errors import CheckpointError, DataError
 from isscompress.layers.hard_lstm import HardSigmoidLSTM
 
 h5py = pytest.importorskip("h5py")
@@ -82,15 +85,25 @@ def test_a_users_model_of_bidirectional_hard_sigmoid_layers_shrinks_exactly() ->
 def test_batchnorm_between_bidirectional_layers_is_folded_and_the_model_shrinks_exactly(tmp_path) -> None:
     checkpoint = isscompress.load_checkpoint(BN_FILE)
     assert checkpoint.spec.cell == "LSTM_HARD_SIGMOID" and checkpoint.spec.bidirectional
+    assert (checkpoint.spec.vocab_size, checkpoint.spec.classes) == (30, 7)  # a tagger: 7 classes per token
     assert [layer.input_size for layer in checkpoint.spec.layers] == [8, 12]  # the norm is no layer of its own
-    norms = isscompress.all_unit_norms(checkpoint.state, checkpoint.group_sets)
-    threshold = float(torch.cat([norms["layer0"], norms["layer0.reverse"]]).median())
-    result = isscompress.shrink(BN_FILE, tmp_path / "small.safetensors", threshold=threshold)
-    # the stack keeps a unit while either direction needs it: both directions keep one width
-    assert 3 <= result.widths_after["layer0"] == result.widths_after["layer0.reverse"] < 6
-    assert result.max_abs_diff <= result.tolerance and result.largest_removed_norm > 1  # exact against the masked
+    kept = {gs.name: torch.tensor([0, 2, 3]) if gs.name.startswith("layer0") else torch.arange(gs.size)
+            for gs in checkpoint.group_sets}
+    masked = replace(checkpoint, state=isscompress.mask_state_dict(checkpoint.state, checkpoint.group_sets, kept))
+    result = isscompress.shrink(masked, tmp_path / "small.safetensors", threshold=1e-9)
+    assert result.widths_after["layer0"] == result.widths_after["layer0.reverse"] == 3
+    assert result.max_abs_diff <= result.tolerance  # the shrunk model computes what the masked one does
     small = isscompress.load_checkpoint(tmp_path / "small.safetensors")
     assert small.spec.cell == "LSTM_HARD_SIGMOID" and small.spec.layers[1].input_size < 12
+
+
+def test_a_tagger_is_said_to_be_one_and_language_model_verbs_refuse_it(tmp_path) -> None:
+    inspected = CliRunner().invoke(app, ["inspect", str(BN_FILE)], terminal_width=200)
+    assert inspected.exit_code == 0 and "vocabulary 30 -> 7 classes per token" in inspected.output
+    text = tmp_path / "text.txt"
+    text.write_text("a b c\n" * 20)
+    with pytest.raises(DataError, match="labels each of its 30 tokens with one of 7 classes .* --arch"):
+        isscompress.evaluate(BN_FILE, text)
 
 
 def edited(tmp_path: Path, change) -> Path:

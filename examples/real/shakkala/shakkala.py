@@ -20,7 +20,9 @@ diacritised, as quran-transcript 0.6.4 ships it from Tanzil):
 suras in three for label-free fine-tuning (their diacritics are never read), and ``evaluate``: the diacritic error
 rate (letters whose diacritics differ from the text's) and the word error rate on every third sura, with each half's.
 Shakkala's own preprocessing is kept: diacritics stripped, letters mapped by its dictionary (unknown ones to <UNK>),
-every sentence padded after its end to 315 positions.
+every sentence padded after its end to 315 positions. Fine-tuning batches verses of similar length padded to the
+longest plus 32 (five times fewer steps): by then the backward direction has reached the state the long padding
+gives (on 64 held-out verses the shipped model's choices agree with the 315-position ones from 24 pads on).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 MODEL = HERE / "model"
 HARAKAT = "".join(map(chr, (1614, 1615, 1616, 1618, 1617, 1611, 1612, 1613)))  # shakkala's helper.harakat
 LETTER = re.compile("[\u0621-\u064a]")  # what carries a diacritic (hamza .. yeh)
-LENGTH, BATCH = 315, 32
+LENGTH, BATCH, MARGIN = 315, 32, 32
 METRICS = {"diacritic error rate": {"better": "lower"}, "word error rate": {"better": "lower"}}
 
 
@@ -99,10 +101,10 @@ def verses() -> tuple[list[str], list[str]]:
     return train, held_out
 
 
-def encoded(sentences: list[str]) -> torch.Tensor:
-    """``[315, batch]`` letter ids of the undiacritised sentences, padded with 0 after their ends."""
+def encoded(sentences: list[str], length: int = LENGTH) -> torch.Tensor:
+    """``[length, batch]`` letter ids of the undiacritised sentences, padded with 0 after their ends."""
     inputs, _ = vocabularies()
-    ids = torch.zeros(LENGTH, len(sentences), dtype=torch.long)
+    ids = torch.zeros(length, len(sentences), dtype=torch.long)
     for column, sentence in enumerate(sentences):
         letters = split(sentence)[0]
         ids[:len(letters), column] = torch.tensor([inputs.get(ch, inputs["<UNK>"]) for ch in letters])
@@ -140,7 +142,12 @@ def evaluate(model: nn.Module) -> dict[str, float]:
     return found
 
 
+def _batches(sentences: list[str]) -> list[tuple[torch.Tensor]]:
+    ordered = sorted(sentences, key=lambda s: len(split(s)[0]))  # similar lengths together: little padding
+    groups = [ordered[i:i + BATCH] for i in range(0, len(ordered), BATCH)]
+    return [(encoded(group, min(LENGTH, len(split(group[-1])[0]) + MARGIN)),) for group in groups]
+
+
 def make():
     train, held_out = verses()
-    batches = [(encoded(train[i:i + BATCH]),) for i in range(0, len(train), BATCH)]
-    return Shakkala(), (encoded(held_out[:2]),), batches, evaluate
+    return Shakkala(), (encoded(held_out[:2]),), _batches(train), evaluate
