@@ -19,6 +19,7 @@ from ..architectures.onnx_layers import RECURRENT_OPS, find_layers, refuse
 from ..errors import CheckpointError
 from ..onnx_runtime import ort_session, require_onnx
 from ..outputs import atomic_write
+from .files import RawCheckpoint
 from .loading import Checkpoint
 from .metadata import METADATA_KEY, Metadata
 
@@ -104,7 +105,28 @@ def open_onnx(path: str | Path) -> Checkpoint:
 
 def write_onnx(output: Path, spec: OnnxGraph, state: dict, metadata: Metadata) -> None:
     """The graph at ``spec``'s widths holding ``state``, with ``metadata`` in its metadata_props, atomically."""
-    model = spec.materialize(state)
+    write_graph(output, spec.materialize(state), metadata)
+
+
+def write_module(output: Path, module: Any, state: dict, metadata: Metadata) -> None:
+    """A fine-tuned :class:`~isscompress.architectures.onnx_torch.OnnxModule`'s weights (``state``, its state-dict
+    names) written back into its graph."""
+    write_graph(output, module.to_onnx(state), metadata)
+
+
+def module_state(path: str | Path) -> RawCheckpoint:
+    """An ``.onnx`` file's weights under the names of its PyTorch module (``OnnxModule``), with its record."""
+    from ..architectures.onnx_torch import OnnxModule
+
+    path = Path(path)
+    model = read_onnx(path)
+    state = {k: v.detach() for k, v in OnnxModule(model, path).state_dict().items()}
+    record = next((p.value for p in model.metadata_props if p.key == RECORD_KEY), None)
+    return RawCheckpoint(path, state, {RECORD_KEY: record} if record else {})
+
+
+def write_graph(output: Path, model: Any, metadata: Metadata) -> None:
+    """``model`` (a ``ModelProto``) with ``metadata`` in its metadata_props, atomically."""
     header = metadata.to_header()
     kept = [p for p in model.metadata_props if p.key != RECORD_KEY]
     del model.metadata_props[:]

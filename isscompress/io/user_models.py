@@ -27,7 +27,8 @@ from ..architectures.traced import KIND, TracedModel
 from ..layers.cells import cell_of_module
 from ..errors import CheckpointError, IsscompressError
 from .files import read_checkpoint
-from .loading import Checkpoint
+from .loading import Checkpoint, is_onnx
+from .onnx_models import module_state
 from .metadata import Metadata
 from .user_hooks import TaskMetrics, guarded_batches, guarded_task_loss, metric_rules
 
@@ -210,7 +211,7 @@ def open_user_model(checkpoint: str | os.PathLike, arch: str | None = None,
     if arch is None and groups is None:
         raise ArchError("A user model needs --arch FILE.py:FACTORY (its code) or --groups FILE.yaml (its ISS groups).",
                         "See docs/any-model.md.")
-    raw = read_checkpoint(checkpoint)
+    raw = module_state(checkpoint) if is_onnx(checkpoint) else read_checkpoint(checkpoint)
     tensors = dict(raw.tensors)
     metadata = Metadata.from_header(raw.metadata, str(raw.path))
     model = inputs = batches = evaluate = factory = None

@@ -23,7 +23,7 @@ from ..core.thresholding import kept_widths
 from ..data import Vocabulary, build_vocabulary, read_vocabulary
 from ..errors import Interrupted, IsscompressError, RecipeError
 from ..io.files import check_checkpoint_output, write_checkpoint
-from ..io.loading import Checkpoint, as_checkpoint, is_onnx, source_files
+from ..io.loading import Checkpoint, as_checkpoint, is_onnx, output_suffixes, source_files
 from ..io.metadata import Metadata
 from ..recipe import Recipe, check_layer_names, load_recipe
 from ..training.distributed import Distributed
@@ -83,14 +83,16 @@ def finetune(
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     if stage not in STAGES:
         raise RecipeError(f"Unknown stage '{stage}'.", f"Use one of: {', '.join(STAGES)}.")
-    if is_onnx(source):
+    if is_onnx(source) and arch is None:
         raise IsscompressError(f"{source_files(source)[0].name if source_files(source) else 'The model'} is an ONNX "
-                               "graph, which holds no training graph to fine-tune.", "Fine-tune the PyTorch model it "
-                               "was exported from (or its recurrent part, as examples/real/ddddocr does), then shrink "
-                               "the .onnx with the zeroed units.")
+                               "graph, which holds no training data or loss: fine-tuning it needs --arch FILE.py:FACTORY "
+                               "whose model is isscompress.OnnxModule.load(the .onnx) and whose batches are the task's "
+                               "inputs.", "See docs/any-model.md (an ONNX graph); the output is an .onnx with the "
+                               "removed units zeroed, which `isscompress shrink` makes smaller.")
     output = Path(output) if output is not None else None
     if output is not None:
-        check_training_outputs(output, force, source_files(source) + recipe.input_files(), resume)
+        check_training_outputs(output, force, source_files(source) + recipe.input_files(), resume,
+                               output_suffixes(source))
     checkpoint = as_checkpoint(source, recipe.model.family if arch is None else None, arch, groups)
     if stage == "finetune":  # the ISS section applies to this stage only (recovery runs on the shrunk model)
         if recipe.iss is not None and recipe.iss.split_layers:

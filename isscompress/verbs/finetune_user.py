@@ -6,12 +6,16 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from torch import nn
+from torch import Tensor, nn
 
+from ..architectures.onnx_torch import OnnxModule
 from ..errors import RecipeError, ShrinkError
-from ..io.loading import Checkpoint, as_checkpoint
+from ..io.files import write_checkpoint
+from ..io.loading import Checkpoint, as_checkpoint, is_onnx
+from ..io.metadata import Metadata
+from ..io.onnx_models import write_module
 from ..io.user_models import ArchError
 from ..recipe import DistillSection, Recipe
 from ..training.hooks import TaskMetricHook
@@ -101,4 +105,16 @@ def label_free_parts(checkpoint: Checkpoint, recipe: Recipe, stage: str, teacher
                       lambda trained, hooks, dist, state: fit_task(trained, task, schedule, hooks=hooks, dist=dist,
                                                                    state=state),
                       finish, metadata, hooks=[TaskMetricHook(spec.evaluate)] if rules else [],
-                      keeper=metric_keeper(schedule.keep, rules, stage))
+                      keeper=metric_keeper(schedule.keep, rules, stage), write=_writer(checkpoint, model))
+
+
+def _writer(checkpoint: Checkpoint, model: nn.Module) -> Callable[[Path, dict[str, Tensor], Metadata], None]:
+    """How a save writes the model: an ONNX graph's module back into its graph (.onnx), anything else safetensors."""
+    if not is_onnx(checkpoint.path or ""):
+        return write_checkpoint
+    if not isinstance(model, OnnxModule):
+        raise ArchError(f"{checkpoint.name} is an ONNX graph, but the --arch factory's model is a "
+                        f"{type(model).__name__}, whose weights cannot be written back into the graph.",
+                        "Return isscompress.OnnxModule.load(the .onnx file) as the factory's model.")
+    template = copy.deepcopy(model).cpu()
+    return lambda output, weights, metadata: write_module(output, template, weights, metadata)

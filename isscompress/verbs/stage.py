@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, Interrupted
-from ..io.files import check_checkpoint_output, write_checkpoint
+from ..io.files import CHECKPOINT_SUFFIXES, check_checkpoint_output, write_checkpoint
 from ..io.loading import Checkpoint
 from ..io.metadata import Metadata
 from ..outputs import append_line, check_output_path, refuse_link
@@ -59,6 +59,8 @@ class StageParts:
     metadata: Metadata  # what a save writes in the file's header
     hooks: list[Hook] = field(default_factory=list)  # the kind's own (task metrics), before the keeper
     keeper: Hook | None = None  # ``keep: best``
+    write: Callable[[Path, dict[str, Tensor], Metadata], None] = write_checkpoint  # the file a save writes (an ONNX
+    # graph fine-tuned through its PyTorch module is written back as .onnx)
 
 
 def side_files(output: Path) -> tuple[Path, Path]:
@@ -66,10 +68,11 @@ def side_files(output: Path) -> tuple[Path, Path]:
     return output.with_name(output.name + ".train-state.pt"), output.with_name(output.name + ".log.jsonl")
 
 
-def check_training_outputs(output: Path, force: bool, inputs: tuple[Path, ...], resume: bool = False) -> None:
+def check_training_outputs(output: Path, force: bool, inputs: tuple[Path, ...], resume: bool = False,
+                           suffixes: tuple[str, ...] = CHECKPOINT_SUFFIXES) -> None:
     """Every file a training run writes (the checkpoint, its resume state, its log) is an output: never an
     input, and replaced only with ``force``. Resuming continues this run's own files, so they may exist."""
-    check_checkpoint_output(output, force=force or resume, inputs=inputs)
+    check_checkpoint_output(output, force=force or resume, inputs=inputs, suffixes=suffixes)
     for path in side_files(output):
         check_output_path(path, force=force or resume, inputs=inputs)
         refuse_link(path)
@@ -99,9 +102,10 @@ class TrainingFiles(Hook):
     a run that fails before its first save removes the log it started, so a plain retry is not refused."""
 
     def __init__(self, output: Path, metadata: Metadata, recipe: Recipe, stage: str, dist: Distributed,
-                 weights: Callable[[nn.Module], dict[str, Tensor]], resume: bool = False) -> None:
+                 weights: Callable[[nn.Module], dict[str, Tensor]], resume: bool = False,
+                 write: Callable[[Path, dict[str, Tensor], Metadata], None] = write_checkpoint) -> None:
         self.output, self.metadata, self.recipe, self.stage, self.dist = output, metadata, recipe, stage, dist
-        self.weights = weights
+        self.weights, self.write = weights, write
         self.state_file, self.log_file = side_files(output)
         self.resumed, self.wrote = resume, False  # a resumed run's files were saved before: never this run's to remove
         if not resume and dist.is_main:
@@ -114,7 +118,7 @@ class TrainingFiles(Hook):
     def on_checkpoint(self, loop) -> None:
         weights = {k: v.detach() for k, v in self.weights(loop.inner).items()}
         write_train_state(self.state_file, loop.state, weights, self.recipe.to_yaml())
-        write_checkpoint(self.output, weights, self.metadata)
+        self.write(self.output, weights, self.metadata)
         self.wrote = True
 
     def discard_unsaved(self) -> None:
@@ -145,7 +149,7 @@ def run_stage(checkpoint: Checkpoint, recipe: Recipe, stage: str, output: Path |
                 tensor.copy_(weights[name])
     dist = Distributed.from_environment(stage_schedule(recipe, stage).device)
     result = FinetuneResult(checkpoint, stage)
-    files = (TrainingFiles(output, parts.metadata, recipe, stage, dist, parts.weights, resume)
+    files = (TrainingFiles(output, parts.metadata, recipe, stage, dist, parts.weights, resume, parts.write)
              if output is not None else None)
     hooks: list[Hook] = [lasso_hook(checkpoint, recipe)] if stage == "finetune" and recipe.iss is not None else []
     hooks += [hook for hook in (files, *parts.hooks, parts.keeper) if hook is not None]
