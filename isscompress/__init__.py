@@ -35,7 +35,7 @@ _PUBLIC = {
     # any model
     "discover": "anymodel", "Plan": "anymodel", "load_groups": "anymodel", "shrink_module": "anymodel",
     "resize_to": "anymodel", "split_layers": "anymodel", "LayerwiseRNN": "anymodel", "MLSTMLayer": "layers.mlstm",
-    "HardSigmoidLSTM": "layers.hard_lstm", "OnnxModule": "architectures.onnx_torch",
+    "HardSigmoidLSTM": "layers.hard_lstm", "OnnxModule": "architectures.onnx_torch", "onnx_module": "io.onnx_models",
     "GroupLasso": "training.lasso",
     "all_unit_norms": "core.groups", "mask_state_dict": "core.surgery", "select_kept": "core.thresholding",
     "shrink_state_dict": "core.surgery", "distillation_divergence": "training.objectives",

@@ -24,7 +24,7 @@ import torch
 import isscompress
 
 def make():
-    model = isscompress.OnnxModule.load(__file__.replace("task.py", "model.onnx"))
+    model = isscompress.onnx_module(__file__.replace("task.py", "model.onnx"))
     generator = torch.Generator().manual_seed(1)
     batches = [(torch.randn(6, 4, 5, generator=generator),) for _ in range(6)]
     return model, (torch.randn(6, 2, 5, generator=generator),), batches
@@ -36,7 +36,7 @@ def test_the_module_computes_what_onnx_runtime_computes_and_writes_back_the_same
         tmp_path, cell, bidirectional, flat, opset) -> None:
     torch.manual_seed(0)
     exported(Tagger(cell, bidirectional, flat=flat), tmp_path / "model.onnx", opset)
-    module = isscompress.OnnxModule.load(tmp_path / "model.onnx")  # refused past float32 tolerance of ONNX Runtime
+    module = isscompress.onnx_module(tmp_path / "model.onnx")  # refused past float32 tolerance of ONNX Runtime
     x = torch.randn(5, 3, 5)
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     with torch.no_grad():
@@ -78,7 +78,7 @@ def test_what_cannot_be_fine_tuned_is_refused_by_name(tmp_path) -> None:
     (tmp_path / "recipe.yaml").write_text("iss: {target: {macs: 0.5}}\n")
     result = runner.invoke(app, ["finetune", str(tmp_path / "model.onnx"), "-r", str(tmp_path / "recipe.yaml"),
                                  "-o", str(tmp_path / "t.onnx")])
-    assert result.exit_code != 0 and "needs --arch FILE.py:FACTORY whose model is isscompress.OnnxModule" in \
+    assert result.exit_code != 0 and "needs --arch FILE.py:FACTORY whose model is isscompress.onnx_module" in \
         result.output
     (tmp_path / "task.py").write_text(FACTORY)
     result = runner.invoke(app, ["finetune", str(tmp_path / "model.onnx"), "--arch", f"{tmp_path / 'task.py'}:make",
@@ -89,10 +89,10 @@ def test_what_cannot_be_fine_tuned_is_refused_by_name(tmp_path) -> None:
     node.op_type = "Erf"  # an operator the importer does not run
     onnx.save(model, str(tmp_path / "erf.onnx"))
     with pytest.raises(CheckpointError, match="its operators Erf are not among those"):
-        isscompress.OnnxModule.load(tmp_path / "erf.onnx")
+        isscompress.onnx_module(tmp_path / "erf.onnx")
     lstm = next(n for n in model.graph.node if n.op_type == "LSTM")
     lstm.attribute.append(helper.make_attribute("clip", 3.0))
     node.op_type = "Relu"
     onnx.save(model, str(tmp_path / "clip.onnx"))
     with pytest.raises(CheckpointError, match="has clip, which PyTorch's LSTM does not compute"):
-        isscompress.OnnxModule.load(tmp_path / "clip.onnx")
+        isscompress.onnx_module(tmp_path / "clip.onnx")

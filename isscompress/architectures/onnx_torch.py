@@ -6,14 +6,13 @@ operation that computes what the ONNX operator specifies; an ONNX ``LSTM``/``GRU
 that kind (gate blocks reordered: ONNX's i, o, f, c and z, r, h are PyTorch's i, f, g, o and r, z, n), so the tracer
 finds its units and their readers as in any model. Float initializers are parameters (a BatchNormalization's
 running statistics buffers); everything else is constant. An operator or a setting it does not compute is refused by
-name. :meth:`OnnxModule.load` checks the module against ONNX Runtime on a probe input before anything trains.
+name. ``isscompress.onnx_module(path)`` (io.onnx_models) reads a file and checks the module against ONNX Runtime on a probe input before anything trains.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -159,15 +158,6 @@ class OnnxModule(nn.Module):
             if node.op_type == "Constant":
                 self.values[node.output[0]] = torch.from_numpy(np.array(
                     numpy_helper.to_array(attribute(node, "value"))).copy())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "OnnxModule":
-        """The graph of an ``.onnx`` file (read and checked as ``shrink`` reads it), checked against ONNX Runtime."""
-        from ..io.onnx_models import read_onnx
-
-        module = cls(read_onnx(Path(path)), path)
-        check_against_runtime(module)
-        return module
 
     def tensor(self, name: str) -> Tensor:
         if name in self.keys:

@@ -114,6 +114,16 @@ def write_module(output: Path, module: Any, state: dict, metadata: Metadata) -> 
     write_graph(output, module.to_onnx(state), metadata)
 
 
+def onnx_module(path: str | Path) -> Any:
+    """The graph of an ``.onnx`` file (read and checked as ``shrink`` reads it) as a trainable PyTorch module
+    (:class:`~isscompress.architectures.onnx_torch.OnnxModule`), checked against ONNX Runtime on a probe input."""
+    from ..architectures.onnx_torch import OnnxModule, check_against_runtime
+
+    module = OnnxModule(read_onnx(Path(path)), path)
+    check_against_runtime(module)
+    return module
+
+
 def module_state(path: str | Path) -> RawCheckpoint:
     """An ``.onnx`` file's weights under the names of its PyTorch module (``OnnxModule``), with its record."""
     from ..architectures.onnx_torch import OnnxModule

@@ -86,7 +86,7 @@ def finetune(
     if is_onnx(source) and arch is None:
         raise IsscompressError(f"{source_files(source)[0].name if source_files(source) else 'The model'} is an ONNX "
                                "graph, which holds no training data or loss: fine-tuning it needs --arch FILE.py:FACTORY "
-                               "whose model is isscompress.OnnxModule.load(the .onnx) and whose batches are the task's "
+                               "whose model is isscompress.onnx_module(the .onnx) and whose batches are the task's "
                                "inputs.", "See docs/any-model.md (an ONNX graph); the output is an .onnx with the "
                                "removed units zeroed, which `isscompress shrink` makes smaller.")
     output = Path(output) if output is not None else None

@@ -27,7 +27,7 @@ import isscompress
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from tail import BATCH, EVAL, TRAIN, METRICS, captchas, ddddocr_reader, scores  # noqa: E402,F401  (METRICS: report)
+from tail import BATCH, METRICS, cached, ddddocr_reader, scores  # noqa: E402,F401  (METRICS: report's)
 
 
 def images(blobs: list[bytes]) -> torch.Tensor:
@@ -41,16 +41,8 @@ def images(blobs: list[bytes]) -> torch.Tensor:
 
 @lru_cache(maxsize=1)
 def data() -> dict:
-    """Training and held-out images (and the held-out texts): drawn once, then read from out/images.pt."""
-    cache = HERE / "out" / "images.pt"
-    if cache.exists():
-        return torch.load(cache)
-    _, train = captchas(TRAIN, seed=1)
-    eval_texts, held_out = captchas(EVAL, seed=2)
-    found = {"train": images(train), "eval": images(held_out), "eval_texts": eval_texts}
-    cache.parent.mkdir(exist_ok=True)
-    torch.save(found, cache)
-    return found
+    """Training images, held-out images and texts (out/images.pt)."""
+    return cached("images.pt", images)
 
 
 def evaluate(model: nn.Module) -> dict[str, float]:
@@ -64,5 +56,5 @@ def evaluate(model: nn.Module) -> dict[str, float]:
 
 def make():
     found = data()
-    model = isscompress.OnnxModule.load(HERE / "model" / "common.onnx")
+    model = isscompress.onnx_module(HERE / "model" / "common.onnx")
     return model, (found["eval"][:2],), [(chunk,) for chunk in found["train"].split(BATCH)], evaluate

@@ -1,6 +1,7 @@
 """ddddocr 1.6.1's OCR model (``common.onnx``, its ``beta=True`` model): 21 convolutions, then a bidirectional LSTM
 of 512 units per direction and a 1024 -> 8210 Gemm read by CTC. The graph ships without its training code, so the
-recurrent tail is fine-tuned in PyTorch and the ONNX file is shrunk by isscompress's ONNX path:
+recurrent tail is fine-tuned in PyTorch and the ONNX file is shrunk by isscompress's ONNX path (graph.py fine-tunes
+the whole graph instead, through isscompress.OnnxModule, with no conversion script):
 
     python tail.py from-onnx model/common.onnx model/tail.safetensors    # the tail's weights, gates reordered
     isscompress finetune model/tail.safetensors --arch tail.py:make -r recipe.yaml -o out/tuned.safetensors
@@ -28,6 +29,7 @@ import random
 import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -143,18 +145,24 @@ def features(images: list[bytes], source: Path = HERE / "model" / "common.onnx")
     return torch.from_numpy(np.concatenate(found, axis=1))
 
 
-@lru_cache(maxsize=1)
-def data() -> dict:
-    """Training features, held-out features and texts: computed once, then read from out/features.pt."""
-    cache = HERE / "out" / "features.pt"
+def cached(name: str, inputs: Callable[[list[bytes]], torch.Tensor]) -> dict:
+    """The training and held-out captchas as ``inputs`` makes them (and the held-out texts): made once, then read
+    from out/``name``."""
+    cache = HERE / "out" / name
     if cache.exists():
         return torch.load(cache)
-    train_texts, train_images = captchas(TRAIN, seed=1)
+    _, train_images = captchas(TRAIN, seed=1)
     eval_texts, eval_images = captchas(EVAL, seed=2)
-    found = {"train": features(train_images), "eval": features(eval_images), "eval_texts": eval_texts}
+    found = {"train": inputs(train_images), "eval": inputs(eval_images), "eval_texts": eval_texts}
     cache.parent.mkdir(exist_ok=True)
     torch.save(found, cache)
     return found
+
+
+@lru_cache(maxsize=1)
+def data() -> dict:
+    """Training features, held-out features and texts (out/features.pt)."""
+    return cached("features.pt", features)
 
 
 def _edit_distance(a: str, b: str) -> int:
