@@ -10,7 +10,8 @@ from torch import Tensor
 
 from ..errors import CheckpointError
 from .equations import CELL_KIND
-from .keras import (PASSIVE, RECURRENT, check_declaration, check_keys, dense_tensors, embedding_tensor, recurrent_tensors, refuse_layer)
+from .keras import (PASSIVE, RECURRENT, check_declaration, check_keys, dense_tensors, embedding_tensor,
+                    recurrent_tensors, refuse_layer)
 from .keras_batchnorm import PerFeature, batchnorm_map, compose, fold_into_reader, refuse
 from .keras_files import KerasLayer, read_h5_layers, read_keras_zip_layers
 from .limits import ZIP_ERRORS
@@ -21,14 +22,16 @@ class _Chain:
     BatchNormalization's per-feature map waiting for the layer that reads it."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.tensors, self.recurrent, self.width = path, {}, 0, None
+        self.path, self.recurrent, self.done = path, 0, False
+        self.tensors: dict[str, Tensor] = {}
+        self.width: int | None = None
         self.cells: set[str] = set()
-        self.done, self.pending = False, None
+        self.pending: PerFeature | None = None
         self.pending_name = ""
 
     def fold(self, weight_key: str, bias_key: str, layer: KerasLayer) -> None:
         """The waiting per-feature map, folded into the reader ``weight_key`` (and its bias)."""
-        mapping: PerFeature | None = self.pending
+        mapping = self.pending
         if mapping is None:
             return
         try:
