@@ -30,7 +30,7 @@ def _reshape(node: Any, args: list, _: Any) -> Tensor:
 
 
 def _gather(node: Any, args: list, _: Any) -> Tensor:
-    x, index, axis = args[0], args[1].long(), attribute(node, "axis", 0)
+    x, index, axis = args[0], args[1].long().to(args[0].device), attribute(node, "axis", 0)
     index = torch.where(index < 0, index + x.shape[axis], index)
     picked = torch.index_select(x, axis, index.reshape(-1))
     return picked.reshape([*x.shape[:axis % x.dim()], *index.shape, *x.shape[axis % x.dim() + 1:]])

@@ -159,15 +159,20 @@ class OnnxModule(nn.Module):
                 self.values[node.output[0]] = torch.from_numpy(np.array(
                     numpy_helper.to_array(attribute(node, "value"))).copy())
 
-    def tensor(self, name: str) -> Tensor:
+    def tensor(self, name: str, device: torch.device) -> Tensor:
+        """An initializer or constant: a weight where the module is; a float constant on ``device`` (the inputs'),
+        shape arithmetic on the CPU, where the sizes it computes live."""
         if name in self.keys:
             return self.weights[self.keys[name]] if self.keys[name] in self.weights else getattr(self, self.keys[name])
-        return self.values[name]
+        value = self.values[name]
+        return value.to(device) if value.is_floating_point() else value
 
     def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
         env: dict[str, Any] = {i.name: x for i, x in zip(self.model.graph.input, inputs)}
+        device = inputs[0].device if inputs else torch.device("cpu")
         for index, node in enumerate(self.model.graph.node):
-            args = [env[n] if n in env else self.tensor(n) if n and n not in self.held else None for n in node.input]
+            args = [env[n] if n in env else self.tensor(n, device) if n and n not in self.held else None
+                    for n in node.input]
             if node.op_type in RECURRENT_OPS:
                 outputs = _run_recurrent(self.recurrent[self.node_keys[index]], node.op_type, args)
             elif index in self.node_keys:
@@ -215,7 +220,8 @@ class OnnxModule(nn.Module):
 
 def _run_recurrent(module: nn.RNNBase, op: str, args: list) -> tuple[Tensor, ...]:
     """ONNX's outputs of a recurrent node: Y ``[steps, directions, batch, hidden]``, Y_h (and Y_c)."""
-    x, initial = args[0], [a for a in (args + [None] * 8)[5:7 if op == "LSTM" else 6]]
+    x = args[0]  # initial states made from shapes (ConstantOfShape) are made on the CPU: brought to x's device
+    initial = [a.to(x.device) if a is not None else None for a in (args + [None] * 8)[5:7 if op == "LSTM" else 6]]
     state = None
     if initial[0] is not None:
         state = (initial[0], initial[1] if initial[1] is not None else torch.zeros_like(initial[0])) \
