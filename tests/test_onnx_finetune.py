@@ -4,6 +4,9 @@ graph, which `shrink` then makes smaller. The graphs are made by torch.onnx.expo
 
 from __future__ import annotations
 
+import io
+import warnings
+
 import numpy as np
 import onnx
 import onnxruntime
@@ -46,6 +49,53 @@ def test_the_module_computes_what_onnx_runtime_computes_and_writes_back_the_same
         assert np.array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))
     plan = isscompress.discover(module, (x,))
     assert [gs.size for gs in plan.group_sets] == [7] * (2 if bidirectional else 1)
+
+
+class Reader(nn.Module):
+    """ddddocr's shape, small: convolutions (with a norm and x * sigmoid(x)) over an image, its columns as steps into
+    a bidirectional LSTM, a per-step classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.SiLU(), nn.MaxPool2d(2))
+        self.rnn = nn.LSTM(4 * 4, 6, bidirectional=True)
+        self.head = nn.Linear(12, 5)
+
+    def forward(self, image):
+        x = self.conv(image[..., 1:])  # [batch, 4, 4, (width - 1) / 2]; the first column cut (a Slice)
+        x = x.permute(3, 0, 1, 2).reshape(x.shape[3], x.shape[0], -1)
+        y, _ = self.rnn(x)
+        return self.head(y.reshape(-1, y.shape[-1])).reshape(y.shape[0], y.shape[1], -1)
+
+
+def test_a_convolutional_front_runs_as_onnx_runtime_runs_it_and_its_units_are_found(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = Reader().eval()
+    model.conv[1].running_mean.uniform_(-1, 1), model.conv[1].running_var.uniform_(0.5, 2)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(2, 1, 8, 11),), buffer, dynamo=False, opset_version=12,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "B", 3: "W"}},
+                          training=torch.onnx.TrainingMode.PRESERVE)  # the norm kept, not folded into the conv
+    (tmp_path / "reader.onnx").write_bytes(buffer.getvalue())
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "reader.onnx")).graph.node}
+    assert {"Conv", "BatchNormalization", "Sigmoid", "Mul", "MaxPool", "Slice", "LSTM", "Gemm"} <= ops
+    module = isscompress.onnx_module(tmp_path / "reader.onnx")
+    image = torch.randn(3, 1, 8, 15)
+    with torch.no_grad():
+        assert (module(image) - model(image)).abs().max() < 1e-5
+    assert set(dict(module.named_buffers())) and all("running" not in k for k, _ in module.named_parameters())
+    plan = isscompress.discover(module, (image,))
+    assert [gs.size for gs in plan.group_sets] == [6, 6]
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(2, 1, 8, 11),), buffer, dynamo=False, opset_version=12,
+                          input_names=["x"], output_names=["y"], do_constant_folding=False)
+    (tmp_path / "unfolded.onnx").write_bytes(buffer.getvalue())
+    with pytest.raises(CheckpointError, match="computes its weights .* instead of holding them as initializers"):
+        isscompress.onnx_module(tmp_path / "unfolded.onnx")
 
 
 def test_an_onnx_graph_fine_tunes_to_an_onnx_with_zeroed_units_that_shrink_makes_smaller(tmp_path) -> None:

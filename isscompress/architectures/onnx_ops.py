@@ -60,6 +60,38 @@ def _conv(node: Any, args: list, _: Any) -> Tensor:
                 attribute(node, "dilations", [1] * dims), attribute(node, "group", 1))
 
 
+def _pool(node: Any, args: list, _: Any) -> Tensor:
+    """MaxPool / AveragePool over 1 or 2 spatial axes, symmetric pads."""
+    x, kernel = args[0], attribute(node, "kernel_shape")
+    dims = len(kernel)
+    pads = attribute(node, "pads", [0] * 2 * dims)
+    if pads[:dims] != pads[dims:] or attribute(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID") or dims > 2 \
+            or len([o for o in node.output if o]) > 1:
+        raise refuse("the ONNX graph", f"the {node.op_type} `{node.name}` pads unevenly or automatically, pools over "
+                     "more than 2 axes or returns its indices")
+    strides, ceil = attribute(node, "strides", [1] * dims), bool(attribute(node, "ceil_mode", 0))
+    if node.op_type == "MaxPool":
+        pool = F.max_pool1d if dims == 1 else F.max_pool2d
+        return pool(x, kernel, strides, pads[:dims], attribute(node, "dilations", [1] * dims), ceil)
+    pool = F.avg_pool1d if dims == 1 else F.avg_pool2d
+    return pool(x, kernel, strides, pads[:dims], ceil, bool(attribute(node, "count_include_pad", 0)))
+
+
+def _slice(node: Any, args: list, _: Any) -> Tensor:
+    """Slice (opset 10+: starts, ends, axes and steps as inputs; before it, as attributes)."""
+    x = args[0]
+    starts, ends = (_ints(args[1]), _ints(args[2])) if len(args) > 2 else (attribute(node, "starts"),
+                                                                           attribute(node, "ends"))
+    axes = _ints(args[3]) if len(args) > 3 and args[3] is not None else attribute(node, "axes", range(len(starts)))
+    steps = _ints(args[4]) if len(args) > 4 and args[4] is not None else [1] * len(starts)
+    if any(step < 1 for step in steps):
+        raise refuse("the ONNX graph", f"the Slice `{node.name}` steps backwards")
+    index = [slice(None)] * x.dim()
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        index[axis] = slice(start, end, step)
+    return x[tuple(index)]
+
+
 def _binary(function: Callable) -> Callable:
     return lambda node, args, _: function(args[0], args[1])
 
@@ -78,7 +110,9 @@ OPS: dict[str, Callable[[Any, list, Any], Any]] = {
     "Constant": lambda node, args, module: module.values[node.output[0]],
     "Shape": lambda node, args, _: torch.tensor(args[0].shape[attribute(node, "start", 0):attribute(node, "end", None)],
                                                 dtype=torch.int64),
-    "Gather": _gather, "Reshape": _reshape,
+    "Gather": _gather, "Reshape": _reshape, "Slice": _slice, "MaxPool": _pool, "AveragePool": _pool,
+    "Expand": lambda node, args, _: torch.broadcast_to(args[0], torch.broadcast_shapes(args[0].shape,
+                                                                                      tuple(_ints(args[1])))),
     "Unsqueeze": lambda node, args, _: args[0].reshape(_unsqueezed(args[0].shape, _axes(node, args))),
     "Squeeze": lambda node, args, _: args[0].squeeze(tuple(_axes(node, args, range(args[0].dim())))) if _axes(
         node, args) is not None else args[0].squeeze(),

@@ -90,6 +90,10 @@ def _recurrent_module(node: Any, arrays: dict[str, np.ndarray], path: Any) -> nn
     if problems:
         raise refuse(path, f"the {op} `{name}` has {', '.join(problems)}, which PyTorch's {op} does not compute",
                      "Fine-tune the model it was exported from; isscompress can still shrink this .onnx.")
+    computed = [n for n in inputs[1:4] if n and n not in arrays]
+    if computed:
+        raise refuse(path, f"the {op} `{name}` computes its weights ({', '.join(computed)}) instead of holding them "
+                     "as initializers", "Export the model with constant folding (torch.onnx.export's default).")
     w, r = arrays[inputs[1]], arrays[inputs[2]]
     directions, rows, width = w.shape
     hidden = int(attribute(node, "hidden_size", rows // RECURRENT_OPS[op]))
