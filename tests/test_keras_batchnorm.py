@@ -97,6 +97,15 @@ def test_batchnorm_between_bidirectional_layers_is_folded_and_the_model_shrinks_
     assert small.spec.cell == "LSTM_HARD_SIGMOID" and small.spec.layers[1].input_size < 12
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_hard_sigmoid_tagger_exports_and_runs_as_it_computes(tmp_path, fmt) -> None:
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    output = tmp_path / f"tagger.{'onnx' if fmt == 'onnx' else 'pt'}"
+    result = isscompress.export(BN_FILE, output, fmt=fmt)  # refused when its runtime's outputs differ
+    assert output.is_file() and result.max_abs_diff < 1e-5 and result.outputs[0] == "logits"
+
+
 def test_a_tagger_is_said_to_be_one_and_language_model_verbs_refuse_it(tmp_path) -> None:
     inspected = CliRunner().invoke(app, ["inspect", str(BN_FILE)], terminal_width=200)
     assert inspected.exit_code == 0 and "vocabulary 30 -> 7 classes per token" in inspected.output

@@ -6,7 +6,8 @@ operation that computes what the ONNX operator specifies; an ONNX ``LSTM``/``GRU
 that kind (gate blocks reordered: ONNX's i, o, f, c and z, r, h are PyTorch's i, f, g, o and r, z, n), so the tracer
 finds its units and their readers as in any model. Float initializers are parameters (a BatchNormalization's
 running statistics buffers); everything else is constant. An operator or a setting it does not compute is refused by
-name. ``isscompress.onnx_module(path)`` (io.onnx_models) reads a file and checks the module against ONNX Runtime on a probe input before anything trains.
+name. ``isscompress.onnx_module(path)`` (io.onnx_models) reads a file and checks the module against ONNX Runtime on
+a probe input before anything trains.
 """
 
 from __future__ import annotations

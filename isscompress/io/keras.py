@@ -72,8 +72,8 @@ def check_declaration(path: Path, name: str, kind: str, module: Any, registered:
     stock_module = module is None or (isinstance(module, str) and module.split(".")[0] in
                                       {m.split(".")[0] for m in KERAS_MODULES})
     if not stock_module or registered not in (None, kind):
-        raise refuse_layer(path, name, kind, f"is declared by {module!r} as {registered!r}, not by Keras: a custom "
-                      "class may compute something else than the stock layer of that name")
+        raise refuse_layer(path, name, kind, f"is declared by {module!r} as {registered!r}, not by Keras: a "
+                           "custom class may compute something else than the stock layer of that name")
 
 
 def check_keys(path: Path, name: str, kind: str, config: dict, family: str) -> None:
@@ -82,8 +82,8 @@ def check_keys(path: Path, name: str, kind: str, config: dict, family: str) -> N
             if value is not None:
                 raise refuse_layer(path, name, kind, f"has {key} = {str(value)[:40]!r} (weights changed at run time)")
         elif key not in INERT[family] and key not in CHECKED:
-            raise refuse_layer(path, name, kind, f"has the setting {key} = {str(value)[:40]!r}, which isscompress does "
-                          "not know (it may change what the layer computes)")
+            raise refuse_layer(path, name, kind, f"has the setting {key} = {str(value)[:40]!r}, which isscompress "
+                               "does not know (it may change what the layer computes)")
 
 
 def _cell_settings(path: Path, name: str, kind: str, config: dict, version: str,
@@ -99,18 +99,18 @@ def _cell_settings(path: Path, name: str, kind: str, config: dict, version: str,
         settings = {**CUDNN_EQUATIONS, **settings}
     for key, old in (("recurrent_activation", "hard_sigmoid before Keras 2.3"), ("reset_after", "False before TF 2")):
         if (key != "reset_after" or cell == "GRU") and key not in settings:
-            raise refuse_layer(path, name, kind, f"does not say its {key}, whose default changed between Keras versions "
-                          f"({old}); the file is ambiguous")
+            raise refuse_layer(path, name, kind, f"does not say its {key}, whose default changed between Keras "
+                               f"versions ({old}); the file is ambiguous")
     if not settings.get("return_sequences", False):
-        raise refuse_layer(path, name, kind, "returns only its last step (return_sequences=False), so the layers after it "
-                      "do not see a sequence")
+        raise refuse_layer(path, name, kind, "returns only its last step (return_sequences=False), so the layers "
+                           "after it do not see a sequence")
     settings["go_backwards"] = bool(settings.get("go_backwards")) != backward  # the backward half runs reversed
     if settings.get("recurrent_activation") == "hard_sigmoid" and version.split(".")[0] not in ("1", "2"):
-        # Keras 3's is relu6(x + 3) / 6, not Keras 1/2's clip(0.2 x + 0.5, 0, 1); a file that does not say is not guessed
+        # Keras 3's is relu6(x + 3) / 6, not Keras 1/2's clip(0.2 x + 0.5, 0, 1); an unsaid version is not guessed
         settings["recurrent_activation"] = (f"Keras {version.split('.')[0][:3]}'s hard_sigmoid, relu6(x+3)/6"
                                             if version else "hard_sigmoid of an unsaid Keras version")
-    cell = declared_cell({k: v for k, v in settings.items() if k in CHECKED}, cell,
-                         f"{path}: Keras layer '{name}' ({kind}{', backward half' if backward else ''}) has", keyword=True)
+    subject = f"{path}: Keras layer '{name}' ({kind}{', backward half' if backward else ''}) has"
+    cell = declared_cell({k: v for k, v in settings.items() if k in CHECKED}, cell, subject, keyword=True)
     units = settings.get("units", settings.get("output_dim"))
     if not isinstance(units, int) or isinstance(units, bool) or units <= 0:
         raise refuse_layer(path, name, kind, f"has units = {str(units)[:20]!r}, not a positive whole number")
@@ -143,8 +143,8 @@ def _check_shapes(path: Path, name: str, kind: str, cell: dict, weights: list[nu
     expected = [(inputs, width), (units, width)] + ([bias] if cell["use_bias"] else [])
     shapes = [tuple(w.shape) for w in weights]
     if shapes != expected:
-        raise refuse_layer(path, name, kind, f"has weights of shapes {shapes}, but a {kind} of {units} units reading "
-                      f"{inputs} features has {expected}")
+        raise refuse_layer(path, name, kind, f"has weights of shapes {shapes}, but a {kind} of {units} units "
+                           f"reading {inputs} features has {expected}")
 
 
 def cell_tensors(cell: dict, weights: list[numpy.ndarray], suffix: str) -> dict[str, Tensor]:
@@ -189,7 +189,8 @@ def _halves(path: Path, layer: KerasLayer) -> list[tuple[str, dict]]:
     if layer.config.get("backward_layer") is None:  # Keras builds the backward half from the forward one, reversed
         halves[1] = (halves[1][0], {**halves[1][1], "go_backwards": not halves[1][1].get("go_backwards", False)})
     if halves[0][0] != halves[1][0]:
-        raise refuse_layer(path, layer.name, layer.kind, f"runs a {halves[0][0]} forwards and a {halves[1][0]} backwards")
+        raise refuse_layer(path, layer.name, layer.kind,
+                           f"runs a {halves[0][0]} forwards and a {halves[1][0]} backwards")
     return halves
 
 
@@ -217,20 +218,22 @@ def embedding_tensor(path: Path, layer: KerasLayer) -> tuple[Tensor, int]:
     shapes = [tuple(w.shape) for w in layer.weights]
     expected = [(layer.config.get("input_dim"), layer.config.get("output_dim"))]
     if shapes != expected:
-        raise refuse_layer(path, layer.name, layer.kind, f"has weights of shapes {shapes}, but its config declares {expected}")
+        raise refuse_layer(path, layer.name, layer.kind,
+                           f"has weights of shapes {shapes}, but its config declares {expected}")
     return _t(layer.weights[0]), shapes[0][1]
 
 
 def dense_tensors(path: Path, layer: KerasLayer, inputs: int) -> dict[str, Tensor]:
     check_keys(path, layer.name, layer.kind, {k: v for k, v in layer.config.items() if k != "activation"}, "Dense")
     if layer.config.get("activation", "linear") not in ("linear", "softmax"):
-        raise refuse_layer(path, layer.name, layer.kind, f"applies activation={str(layer.config['activation'])[:40]!r} to "
-                      "its output")
+        raise refuse_layer(path, layer.name, layer.kind,
+                           f"applies activation={str(layer.config['activation'])[:40]!r} to its output")
     units = layer.config.get("units", layer.config.get("output_dim"))
     expected = [(inputs, units)] + ([(units,)] if layer.config.get("use_bias", True) else [])
     if [tuple(w.shape) for w in layer.weights] != expected:
-        raise refuse_layer(path, layer.name, layer.kind, f"has weights of shapes {[tuple(w.shape) for w in layer.weights]}, "
-                      f"but a Dense of {units} units reading {inputs} features has {expected}")
+        shapes = [tuple(w.shape) for w in layer.weights]
+        raise refuse_layer(path, layer.name, layer.kind, f"has weights of shapes {shapes}, but a Dense of {units} "
+                           f"units reading {inputs} features has {expected}")
     tensors = {"decoder.weight": _t(layer.weights[0]).t().contiguous()}
     if len(layer.weights) > 1:
         tensors["decoder.bias"] = _t(layer.weights[1])

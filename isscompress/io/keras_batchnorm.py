@@ -82,7 +82,3 @@ def fold_into_reader(weight: Tensor, bias: Tensor | None, mapping: PerFeature) -
         return folded, None
     return folded, (bias.double() + weight.double() @ shift).to(bias.dtype)
 
-
-def fold_into_table(table: Tensor, mapping: PerFeature) -> Tensor:
-    """An embedding table whose rows the map normalises."""
-    return (table.double() * mapping[0] + mapping[1]).to(table.dtype)

@@ -38,7 +38,7 @@ class _Chain:
             weight, bias = fold_into_reader(self.tensors[weight_key], self.tensors.get(bias_key), mapping)
         except ValueError:
             raise refuse(self.path, layer.name, layer.kind, f"has no bias, so the shift of the BatchNormalization "
-                          f"'{self.pending_name}' before it cannot be folded into it") from None
+                         f"'{self.pending_name}' before it cannot be folded into it") from None
         self.tensors[weight_key] = weight
         if bias is not None:
             self.tensors[bias_key] = bias
@@ -74,8 +74,8 @@ class _Chain:
             self.fold("decoder.weight", "decoder.bias", layer)
             self.pending, self.done = None, True
         elif layer.kind == "Masking":
-            raise refuse_layer(path, layer.name, layer.kind, "masks steps (Keras carries the state over masked steps; "
-                          "PyTorch's cells step every position)")
+            raise refuse_layer(path, layer.name, layer.kind, "masks steps (Keras carries the state over masked "
+                               "steps; PyTorch's cells step every position)")
         else:
             raise CheckpointError(f"{path}: Keras layer '{layer.name}' is a {layer.kind[:60]}, which isscompress does "
                                   "not read here.", "isscompress reads Embedding -> LSTM/GRU (Bidirectional, CuDNN) "
@@ -99,8 +99,9 @@ def convert_layers(path: Path, layers: list[KerasLayer], version: str) -> tuple[
                               "no layer reads it that it could be folded into.",
                               "isscompress reads Embedding -> recurrent layers -> Dense models.")
     if len(chain.cells) > 1:
-        raise CheckpointError(f"{path}: its recurrent layers are of different cell kinds ({', '.join(sorted(chain.cells))}"
-                              "); isscompress's stack has one kind for all of its layers.",
+        kinds = ", ".join(sorted(chain.cells))
+        raise CheckpointError(f"{path}: its recurrent layers are of different cell kinds ({kinds}); isscompress's "
+                              "stack has one kind for all of its layers.",
                               "Retrain the layers with one set of gate activations.")
     return chain.tensors, chain.cells.pop()
 

@@ -20,24 +20,21 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from .init import uniform
+
 
 def _hard_sigmoid(x: Tensor) -> Tensor:
     return torch.clamp(0.2 * x + 0.5, 0.0, 1.0)
 
 
-def _hard_scan(projected: Tensor, h: Tensor, c: Tensor, weight_hh: Tensor,
-               reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """``projected`` [T, B, 4H] (W_ih x + both biases), states [B, H]; ``reverse`` steps from the last position."""
-    steps = projected.size(0)
+def _hard_scan(projected: Tensor, h: Tensor, c: Tensor, weight_hh: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``projected`` [T, B, 4H] (W_ih x + both biases), states [B, H]; steps in the order given."""
     outputs: list[Tensor] = []
-    for index in range(steps):
-        step = steps - 1 - index if reverse else index
+    for step in range(projected.size(0)):
         i, f, g, o = (projected[step] + torch.mm(h, weight_hh.t())).chunk(4, 1)
         c = _hard_sigmoid(f) * c + _hard_sigmoid(i) * torch.tanh(g)
         h = _hard_sigmoid(o) * torch.tanh(c)
         outputs.append(h)
-    if reverse:
-        outputs.reverse()
     return torch.stack(outputs), h, c
 
 
@@ -60,10 +57,7 @@ class HardSigmoidLSTM(nn.Module):
             if bias:
                 shapes.update(bias_ih=(4 * hidden_size,), bias_hh=(4 * hidden_size,))
             for name, shape in shapes.items():
-                weight = torch.empty(shape)
-                if weight.device.type != "meta":
-                    weight.uniform_(-bound, bound)
-                setattr(self, f"{name}_l0{suffix}", nn.Parameter(weight))
+                setattr(self, f"{name}_l0{suffix}", nn.Parameter(uniform(shape, bound)))
 
     def _suffixes(self) -> tuple[str, ...]:
         return ("", "_reverse") if self.bidirectional else ("",)
@@ -78,8 +72,10 @@ class HardSigmoidLSTM(nn.Module):
                 h = c = x.new_zeros(x.size(1), self.hidden_size)
             else:
                 h, c = state[0][direction], state[1][direction]
-            output, h, c = _hard_scan(projected, h, c, getattr(self, f"weight_hh_l0{suffix}"), direction == 1)
-            outputs.append(output)
+            if direction:  # the backward direction reads the sequence from its end
+                projected = projected.flip(0)
+            output, h, c = _hard_scan(projected, h, c, getattr(self, f"weight_hh_l0{suffix}"))
+            outputs.append(output.flip(0) if direction else output)
             hs.append(h)
             cs.append(c)
         return torch.cat(outputs, -1), (torch.stack(hs), torch.stack(cs))

@@ -22,6 +22,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from .init import uniform
+
 
 def _multiplicative_scan(projected: Tensor, intermediate_x: Tensor, h: Tensor, c: Tensor, weight_mh: Tensor,
                          weight_gm: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -42,11 +44,6 @@ with warnings.catch_warnings():  # TorchScript is deprecated in favour of torch.
     _multiplicative_scan = torch.jit.script(_multiplicative_scan)
 
 
-def _uniform(shape: tuple[int, ...], bound: float) -> Tensor:
-    weight = torch.empty(shape)
-    return weight if weight.device.type == "meta" else weight.uniform_(-bound, bound)
-
-
 class MLSTMLayer(nn.Module):
     """Sequence-first mLSTM layer: ``forward(x [T, B, I], (h [1, B, H], c [1, B, H]) | None) -> (output [T, B, H],
     (h, c))``, its parameters named as PyTorch's single-layer modules name theirs: ``weight_ih_l0`` (the gates from
@@ -57,12 +54,12 @@ class MLSTMLayer(nn.Module):
         super().__init__()
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         bound = 1.0 / math.sqrt(hidden_size)
-        self.weight_ih_l0 = nn.Parameter(_uniform((4 * hidden_size, input_size), bound))
-        self.weight_gm_l0 = nn.Parameter(_uniform((4 * hidden_size, hidden_size), bound))
-        self.weight_mx_l0 = nn.Parameter(_uniform((hidden_size, input_size), bound))
-        self.weight_mh_l0 = nn.Parameter(_uniform((hidden_size, hidden_size), bound))
+        self.weight_ih_l0 = nn.Parameter(uniform((4 * hidden_size, input_size), bound))
+        self.weight_gm_l0 = nn.Parameter(uniform((4 * hidden_size, hidden_size), bound))
+        self.weight_mx_l0 = nn.Parameter(uniform((hidden_size, input_size), bound))
+        self.weight_mh_l0 = nn.Parameter(uniform((hidden_size, hidden_size), bound))
         if bias:
-            self.bias_ih_l0 = nn.Parameter(_uniform((4 * hidden_size,), bound))
+            self.bias_ih_l0 = nn.Parameter(uniform((4 * hidden_size,), bound))
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         batch = x.size(1)

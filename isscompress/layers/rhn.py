@@ -21,6 +21,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from .init import uniform
+
 
 def _highway_scan(projected: Tensor, state: Tensor, recurrent: Tensor, bias: Tensor,
                   mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -38,13 +40,6 @@ def _highway_scan(projected: Tensor, state: Tensor, recurrent: Tensor, bias: Ten
             state = transform * gate + state * (1.0 - gate)
         outputs.append(state)
     return torch.stack(outputs), state
-
-
-def _uniform(shape: tuple[int, int], bound: float) -> Tensor:
-    """U(-bound, bound) as PyTorch's recurrent layers start; left empty on the meta device, where a model
-    is only laid out before its trained weights are assigned."""
-    weight = torch.empty(shape)
-    return weight if weight.device.type == "meta" else weight.uniform_(-bound, bound)
 
 
 with warnings.catch_warnings():  # TorchScript is deprecated in favour of torch.export, which cannot keep the loop
@@ -67,9 +62,9 @@ class RHNLayer(nn.Module):
         self.input_size, self.hidden_size, self.depth, self.bias = input_size, hidden_size, depth, bias
         self.state_dropout = state_dropout
         bound = 1.0 / math.sqrt(hidden_size)
-        self.weight_ih_l0 = nn.Parameter(_uniform((2 * hidden_size, input_size), bound))
+        self.weight_ih_l0 = nn.Parameter(uniform((2 * hidden_size, input_size), bound))
         for d in range(depth):
-            setattr(self, f"weight_hh{d}_l0", nn.Parameter(_uniform((2 * hidden_size, hidden_size), bound)))
+            setattr(self, f"weight_hh{d}_l0", nn.Parameter(uniform((2 * hidden_size, hidden_size), bound)))
             if bias:  # the transform gate starts closed (carry open), as in Zilly et al.
                 initial = torch.zeros(2 * hidden_size)
                 initial[hidden_size:] = transform_bias

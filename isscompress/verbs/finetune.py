@@ -85,10 +85,10 @@ def finetune(
         raise RecipeError(f"Unknown stage '{stage}'.", f"Use one of: {', '.join(STAGES)}.")
     if is_onnx(source) and arch is None:
         raise IsscompressError(f"{source_files(source)[0].name if source_files(source) else 'The model'} is an ONNX "
-                               "graph, which holds no training data or loss: fine-tuning it needs --arch FILE.py:FACTORY "
-                               "whose model is isscompress.onnx_module(the .onnx) and whose batches are the task's "
-                               "inputs.", "See docs/any-model.md (an ONNX graph); the output is an .onnx with the "
-                               "removed units zeroed, which `isscompress shrink` makes smaller.")
+                               "graph, which holds no training data or loss: fine-tuning it needs --arch "
+                               "FILE.py:FACTORY whose model is isscompress.onnx_module(the .onnx) and whose batches "
+                               "are the task's inputs.", "See docs/any-model.md (an ONNX graph); the output is an "
+                               ".onnx with the removed units zeroed, which `isscompress shrink` makes smaller.")
     output = Path(output) if output is not None else None
     if output is not None:
         check_training_outputs(output, force, source_files(source) + recipe.input_files(), resume,
