@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -53,7 +54,7 @@ def _plain(op: str, activations: list[str]) -> bool:
     return activations in (per_direction, per_direction * 2)
 
 
-def _linear_module(node: Any, arrays: dict[str, np.ndarray], uses: dict[str, int]) -> nn.Linear | None:
+def _linear_module(node: Any, arrays: dict[str, np.ndarray], uses: Counter) -> nn.Linear | None:
     """``nn.Linear`` for a Gemm (``transB``, unscaled) or a MatMul whose weight is an initializer only it reads, so
     that the tracer and the report see a layer reading the units; None for any other product."""
     inputs = list(node.input) + [""]
@@ -132,7 +133,7 @@ class OnnxModule(nn.Module):
         taken: set[str] = set()
         self.node_keys: dict[int, str] = {}
         held: set[str] = set()
-        uses = {name: sum(list(n.input).count(name) for n in graph.node) for name in arrays}
+        uses = Counter(name for n in graph.node for name in n.input)  # how many inputs read each tensor
         for index, node in enumerate(graph.node):
             linear = _linear_module(node, arrays, uses) if node.op_type in ("Gemm", "MatMul") else None
             if node.op_type in RECURRENT_OPS or linear is not None:

@@ -116,5 +116,4 @@ def _writer(checkpoint: Checkpoint, model: nn.Module) -> Callable[[Path, dict[st
         raise ArchError(f"{checkpoint.name} is an ONNX graph, but the --arch factory's model is a "
                         f"{type(model).__name__}, whose weights cannot be written back into the graph.",
                         "Return isscompress.onnx_module(the .onnx file) as the factory's model.")
-    template = copy.deepcopy(model).cpu()
-    return lambda output, weights, metadata: write_module(output, template, weights, metadata)
+    return lambda output, weights, metadata: write_module(output, model, weights, metadata)  # its graph, these weights
